@@ -1,0 +1,55 @@
+"""Facade over the compiled fast path (`heteromoe._C`) and its fallbacks.
+
+Priority: the C++ extension, then numba, then plain numpy. `HAS_EXT` says whether `_C` loaded and
+`ext_load_error` keeps why not (xformers' `_cpp_lib.py` pattern). Set `HETEROMOE_DEBUG_EXT=1` to log
+the full import error, or `HETEROMOE_FASTPATH=c|numba|python` to force one implementation.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from types import SimpleNamespace
+
+from heteromoe import _fallback
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["HAS_EXT", "ext_load_error", "IMPLEMENTATIONS", "impl", "counting_sort", "sieve_greedy"]
+
+try:
+    from heteromoe import _C  # type: ignore[attr-defined]
+
+    HAS_EXT = True
+    ext_load_error: str | None = None
+    _c_impl = SimpleNamespace(name="c", counting_sort=_C.counting_sort, sieve_greedy=_C.sieve_greedy)
+except ImportError as exc:
+    HAS_EXT = False
+    ext_load_error = repr(exc)
+    _c_impl = None
+    if os.environ.get("HETEROMOE_DEBUG_EXT") == "1":
+        logger.warning("heteromoe._C failed to import: %s", ext_load_error)
+    else:
+        logger.info("heteromoe._C not available (set HETEROMOE_DEBUG_EXT=1 for details); using fallbacks")
+
+#: Every implementation that can run here, by name, in priority order.
+IMPLEMENTATIONS = {
+    name: mod
+    for name, mod in (("c", _c_impl), ("numba", _fallback.numba_impl), ("python", _fallback.python_impl))
+    if mod is not None
+}
+
+
+def _choose():
+    forced = os.environ.get("HETEROMOE_FASTPATH")
+    if forced:
+        if forced not in IMPLEMENTATIONS:
+            raise ImportError(
+                f"HETEROMOE_FASTPATH={forced!r} is not available here; available: {sorted(IMPLEMENTATIONS)}"
+            )
+        return IMPLEMENTATIONS[forced]
+    return next(iter(IMPLEMENTATIONS.values()))
+
+
+impl = _choose()
+counting_sort = impl.counting_sort
+sieve_greedy = impl.sieve_greedy

@@ -1,0 +1,7 @@
+"""Policies -> Plan, the plan validator, and `schedule()`."""
+from heteromoe.sched.api import schedule
+from heteromoe.sched.factory import POLICIES, get_policy, register_policy
+from heteromoe.sched.plan import Plan, PlanError
+from heteromoe.sched.policy import Policy
+
+__all__ = ["schedule", "Plan", "PlanError", "Policy", "POLICIES", "get_policy", "register_policy"]

@@ -1,0 +1,1 @@
+"""One policy per file; `sched.factory` maps names to them."""

@@ -1,0 +1,14 @@
+"""`all-exp`: every expert on PIM in decode (PAPI / Stratum style)."""
+from __future__ import annotations
+
+import numpy as np
+
+from heteromoe.sched.policy import PlacementContext, Policy
+
+
+class AllExpPolicy(Policy):
+    name = "all-exp"
+    summary = "all experts on PIM"
+
+    def _place(self, ctx: PlacementContext) -> np.ndarray:
+        return np.zeros_like(ctx.counts)

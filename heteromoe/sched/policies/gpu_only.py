@@ -1,0 +1,14 @@
+"""`gpu-only`: every expert on the GPU, no PIM (the plain GPU baseline)."""
+from __future__ import annotations
+
+import numpy as np
+
+from heteromoe.sched.policy import PlacementContext, Policy
+
+
+class GpuOnlyPolicy(Policy):
+    name = "gpu-only"
+    summary = "everything on GPU, no PIM"
+
+    def _place(self, ctx: PlacementContext) -> np.ndarray:
+        return ctx.counts.copy()

@@ -1,0 +1,71 @@
+"""Policy: loads -> plan, as a template method.
+
+`Policy.plan()` is concrete: it checks the inputs, calls the policy's `_place()` for the GPU token
+counts, evaluates the split with the shared cost model, and always runs the plan validator.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from heteromoe.cost.model import CostModel
+from heteromoe.sched.plan import Plan
+
+__all__ = ["Policy", "PlacementContext", "check_counts"]
+
+
+def check_counts(counts, num_experts: int) -> np.ndarray:
+    """[E] int64 token counts, or ValueError naming what is wrong."""
+    arr = np.asarray(counts)
+    if arr.ndim != 1:
+        raise ValueError(f"counts must be 1-D [num_experts], got shape {arr.shape}")
+    if arr.shape[0] != num_experts:
+        raise ValueError(f"counts has {arr.shape[0]} entries but the model has {num_experts} experts")
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"counts must be integers, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
+        if bad.size:
+            e = int(bad[0])
+            raise ValueError(f"counts must be integers: counts[{e}] = {arr[e]!r}")
+    neg = np.flatnonzero(arr < 0)
+    if neg.size:
+        e = int(neg[0])
+        raise ValueError(f"counts must be >= 0: counts[{e}] = {arr[e]!r}")
+    return arr.astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class PlacementContext:
+    """What `_place()` may look at: the loads, the homes, and the cost model."""
+
+    counts: np.ndarray  # [E]
+    expert_gpu: np.ndarray  # [E]
+    num_gpus: int
+    cost: CostModel
+
+
+class Policy(ABC):
+    """A GPU/PIM placement rule. Subclasses set `name` and implement `_place()`."""
+
+    name: str = ""
+    #: One line for `heteromoe policies` and error messages.
+    summary: str = ""
+
+    def plan(self, counts: np.ndarray, expert_gpu: np.ndarray, num_gpus: int, cost: CostModel) -> Plan:
+        """Make, evaluate and validate the plan of one layer call."""
+        counts = check_counts(counts, cost.model.num_experts)
+        ctx = PlacementContext(counts=counts, expert_gpu=expert_gpu, num_gpus=num_gpus, cost=cost)
+        gpu_tokens = np.asarray(self._place(ctx), dtype=np.int64)
+        pim_tokens = counts - gpu_tokens
+        times = cost.times(counts, gpu_tokens, pim_tokens, expert_gpu, num_gpus)
+        plan = Plan(policy=self.name, expert_gpu=expert_gpu, gpu_tokens=gpu_tokens, pim_tokens=pim_tokens,
+                    per_gpu_t_comm_s=times.t_comm_s, per_gpu_t_gpu_s=times.t_gpu_s, per_gpu_t_pim_s=times.t_pim_s)
+        plan.validate(counts)
+        return plan
+
+    @abstractmethod
+    def _place(self, ctx: PlacementContext) -> np.ndarray:
+        """Return [E] tokens of each expert to run on its GPU's SMs (the rest run on PIM)."""

@@ -1,0 +1,7 @@
+"""Specs (frozen dataclasses) and their TOML presets."""
+from heteromoe.spec.hardware import DramTimings, GpuSpec, LinkSpec, PimSpec, SystemSpec
+from heteromoe.spec.model import MoEModelSpec
+from heteromoe.spec.presets import PresetRegistry, models, systems
+
+__all__ = ["DramTimings", "GpuSpec", "LinkSpec", "PimSpec", "SystemSpec", "MoEModelSpec", "PresetRegistry",
+           "models", "systems"]

@@ -1,0 +1,202 @@
+"""Hardware specs: GPU, PIM stacks, links and the whole system, as frozen dataclasses.
+
+Units are in the field names (`_bytes_per_s`, `_s`, `_cycles`, `_ns`); presets are TOML data under
+`spec/presets/systems/`, built by `SystemSpec.from_toml()`. Checks run in `__post_init__`, so an
+impossible configuration fails where it is made, naming the field and the value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from heteromoe.spec._build import build_dataclass, require_positive, require_in
+
+__all__ = ["DramTimings", "GpuSpec", "PimSpec", "LinkSpec", "SystemSpec"]
+
+
+@dataclass(frozen=True)
+class DramTimings:
+    """DRAM timing parameters in clock cycles at `tck_ns` (JEDEC names); refresh in ns."""
+
+    tck_ns: float
+    t_rcd_cycles: int
+    t_rp_cycles: int
+    t_ras_cycles: int
+    t_rc_cycles: int
+    t_cl_cycles: int = 0
+    t_wr_cycles: int = 0
+    t_ccd_s_cycles: int = 2
+    t_ccd_l_cycles: int = 4
+    t_rrd_cycles: int = 0
+    t_faw_cycles: int = 0
+    t_refi_ns: float = 3900.0
+    t_rfc_ns: float = 350.0
+
+    def __post_init__(self) -> None:
+        require_positive(self, "tck_ns", "t_rcd_cycles", "t_rp_cycles", "t_ccd_l_cycles", "t_refi_ns")
+        if self.t_rfc_ns >= self.t_refi_ns:
+            raise ValueError(f"t_rfc_ns={self.t_rfc_ns} must be below t_refi_ns={self.t_refi_ns}: the stack would never be free")
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One GPU: peak dense bf16 FLOP/s, external HBM bandwidth, and the roofline efficiencies."""
+
+    name: str
+    peak_flops_per_s: float
+    ext_bw_bytes_per_s: float
+    memory_bytes: float = 0.0
+    eta_bw: float = 0.85
+    eta_fl: float = 0.8
+    launch_overhead_s: float = 5e-6
+
+    def __post_init__(self) -> None:
+        require_positive(self, "peak_flops_per_s", "ext_bw_bytes_per_s", "eta_bw", "eta_fl")
+        require_in(self, "eta_bw", 0.0, 1.0)
+        require_in(self, "eta_fl", 0.0, 1.0)
+        if self.launch_overhead_s < 0:
+            raise ValueError(f"GpuSpec.launch_overhead_s must be >= 0, got {self.launch_overhead_s}")
+
+
+@dataclass(frozen=True)
+class PimSpec:
+    """The PIM-capable HBM stacks of one GPU.
+
+    `kind="bank"`: processing units beside the banks (HBM-PIM, AiM); they read weights at
+    `internal_bw_multiplier` x the external bandwidth, compute `flops_per_byte` FLOP per byte read, and a
+    multi-token expert runs as serialized GEMVs (each token sweeps the weights again).
+    `kind="logic"`: compute on the stack's logic die (Duplex Logic-PIM) behind TSVs; tokens are batched.
+    When `internal_bw_multiplier` is omitted for bank-level PIM it is derived from the DRAM timings
+    (see `derived_internal_bw_multiplier`), as DESIGN.md section 4 asks.
+    """
+
+    kind: Literal["bank", "logic"]
+    stacks_per_gpu: int
+    ext_bw_per_stack_bytes_per_s: float
+    pseudo_channels_per_stack: int = 32
+    banks_per_pseudo_channel: int = 16
+    page_bytes: int = 1024
+    column_bytes: int = 32
+    internal_bw_multiplier: float | None = None
+    flops_per_byte: float = 1.0
+    flops_per_stack_per_s: float | None = None
+    tokens_serialized: bool = True
+    command_overhead_s: float = 0.0
+    capacity_per_stack_bytes: float = 0.0
+    timings: DramTimings | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("bank", "logic"):
+            raise ValueError(f"PimSpec.kind must be 'bank' or 'logic', got {self.kind!r}")
+        require_positive(self, "stacks_per_gpu", "ext_bw_per_stack_bytes_per_s", "pseudo_channels_per_stack",
+                         "banks_per_pseudo_channel", "page_bytes", "column_bytes", "flops_per_byte")
+        if self.internal_bw_multiplier is None and self.timings is None:
+            raise ValueError("PimSpec needs internal_bw_multiplier or DRAM timings to derive it from")
+        if self.internal_bw_multiplier is not None and self.internal_bw_multiplier <= 0:
+            raise ValueError(f"PimSpec.internal_bw_multiplier must be > 0, got {self.internal_bw_multiplier}")
+        if self.command_overhead_s < 0:
+            raise ValueError(f"PimSpec.command_overhead_s must be >= 0, got {self.command_overhead_s}")
+
+    @property
+    def derived_internal_bw_multiplier(self) -> float:
+        """Internal/external bandwidth ratio of one pseudo-channel in all-bank mode, from the timings.
+
+        All banks stream `column_bytes` per tCCD_L; each `page_bytes` row costs tRCD + tRP extra.
+        External: the pseudo-channel's share of the stack's external bandwidth.
+        """
+        t = self.timings
+        if t is None:
+            raise ValueError("no DRAM timings to derive the internal bandwidth multiplier from")
+        cols_per_row = self.page_bytes / self.column_bytes
+        busy_cycles = cols_per_row * t.t_ccd_l_cycles
+        row_efficiency = busy_cycles / (busy_cycles + t.t_rcd_cycles + t.t_rp_cycles)
+        internal = self.banks_per_pseudo_channel * self.column_bytes / (t.t_ccd_l_cycles * t.tck_ns * 1e-9)
+        external = self.ext_bw_per_stack_bytes_per_s / self.pseudo_channels_per_stack
+        return internal * row_efficiency / external
+
+    @property
+    def bw_multiplier(self) -> float:
+        """X: the preset's value when given, else derived from the timings."""
+        if self.internal_bw_multiplier is not None:
+            return self.internal_bw_multiplier
+        return self.derived_internal_bw_multiplier
+
+    @property
+    def ext_bw_bytes_per_s(self) -> float:
+        """External bandwidth of all stacks of one GPU."""
+        return self.stacks_per_gpu * self.ext_bw_per_stack_bytes_per_s
+
+    @property
+    def internal_bw_bytes_per_s(self) -> float:
+        """Weight-read bandwidth of all PIM units of one GPU."""
+        return self.bw_multiplier * self.ext_bw_bytes_per_s
+
+    @property
+    def flops_per_s(self) -> float:
+        """Compute rate of all PIM units of one GPU."""
+        if self.flops_per_stack_per_s is not None:
+            return self.flops_per_stack_per_s * self.stacks_per_gpu
+        return self.flops_per_byte * self.internal_bw_bytes_per_s
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """GPU-to-GPU link (NVLink): bandwidth per direction per GPU and one-way latency."""
+
+    bw_bytes_per_s_per_dir: float
+    latency_s: float = 1e-6
+
+    def __post_init__(self) -> None:
+        require_positive(self, "bw_bytes_per_s_per_dir")
+        if self.latency_s < 0:
+            raise ValueError(f"LinkSpec.latency_s must be >= 0, got {self.latency_s}")
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """A node of identical GPUs, each with PIM-capable HBM stacks, joined by links."""
+
+    name: str
+    pim: PimSpec
+    link: LinkSpec
+    gpu: GpuSpec | None = None
+    max_gpus: int = 8
+    description: str = ""
+    source: str = ""
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        require_positive(self, "max_gpus")
+
+    def require_gpu(self) -> GpuSpec:
+        """The GPU spec, or a clear error for host-attached PIM presets that have none."""
+        if self.gpu is None:
+            raise ValueError(f"system {self.name!r} has no GPU (a host-attached PIM preset); "
+                             "choose a GPU system such as 'h100-hbm3-pim'")
+        return self.gpu
+
+    def check_gpus(self, gpus: int) -> None:
+        if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
+            raise ValueError(f"gpus must be a positive integer, got {gpus!r}")
+        if gpus > self.max_gpus:
+            raise ValueError(f"gpus={gpus} exceeds system {self.name!r}'s max_gpus={self.max_gpus}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SystemSpec":
+        data = dict(data)
+        pim = dict(data.pop("pim"))
+        if "timing" in pim:
+            pim["timings"] = build_dataclass(DramTimings, pim.pop("timing"), "pim.timing")
+        built = {
+            "pim": build_dataclass(PimSpec, pim, "pim"),
+            "link": build_dataclass(LinkSpec, data.pop("link"), "link"),
+        }
+        if "gpu" in data:
+            built["gpu"] = build_dataclass(GpuSpec, data.pop("gpu"), "gpu")
+        return build_dataclass(cls, {**data, **built}, "system")
+
+    @classmethod
+    def from_toml(cls, path) -> "SystemSpec":
+        from heteromoe.spec._build import load_toml
+
+        return cls.from_dict(load_toml(path))
