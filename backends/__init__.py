@@ -1,0 +1,1 @@
+"""heteromoe's built-in backends, registered through the `heteromoe.backends` entry points."""

@@ -1,0 +1,239 @@
+"""`heteromoe.wrap()`: run a Hugging Face transformers MoE model through heteromoe.
+
+Registers a heteromoe experts implementation with transformers' `ExpertsInterface` and selects it on the
+model (`model.set_experts_implementation`). Routing, shared experts and scaling stay in the model; each
+experts call becomes loads -> plan -> execution on the backends. Families whose experts bypass the
+interface (DBRX, Llama4, GPT-OSS loaded as native MXFP4) are refused with the class named: nothing runs
+silently unwrapped.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from heteromoe.cost.model import CostModel
+from heteromoe.device import Backend, BackendUnavailable, registry
+from heteromoe.runtime.executor import MoEExecutor
+from heteromoe.runtime.layer import ExpertLayer
+from heteromoe.sched.factory import get_policy
+from heteromoe.sched.placement import check_placement, contiguous_placement
+from heteromoe.spec.hardware import SystemSpec
+from heteromoe.spec.model import MoEModelSpec
+from heteromoe.spec.presets import models, systems
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["wrap", "HeteroMoERuntime", "find_expert_layers", "UnsupportedModelError"]
+
+_ids = itertools.count()
+_EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+_TOP_K_KEYS = ("num_experts_per_tok", "moe_top_k", "top_k")
+
+
+class UnsupportedModelError(ValueError):
+    """The model cannot be wrapped; the message names the class and why."""
+
+
+def _is_interface_experts(module: torch.nn.Module) -> bool:
+    """Set up by transformers' `@use_experts_implementation` (structure, not source text)."""
+    return all(hasattr(module, a) for a in ("has_gate", "is_transposed", "down_proj")) and hasattr(module, "config")
+
+
+def _bypasses_interface(module: torch.nn.Module) -> bool:
+    """An experts container that transformers' interface will not dispatch."""
+    if _is_interface_experts(module):
+        return False
+    name = type(module).__name__
+    fused = [p for n, p in module.named_parameters(recurse=False) if n in ("gate_up_proj", "down_proj", "up_proj")]
+    return name.endswith("Experts") or any(p.dim() >= 3 for p in fused)
+
+
+def find_expert_layers(model: torch.nn.Module) -> list[ExpertLayer]:
+    """Every MoE experts module of `model`, in module order; raise UnsupportedModelError where unsupported."""
+    layers: list[ExpertLayer] = []
+    for name, module in model.named_modules():
+        if _is_interface_experts(module):
+            if getattr(module, "_is_expert_parallel", False):
+                raise UnsupportedModelError(f"{type(module).__name__} at {name} runs transformers' own expert "
+                                            "parallelism; load the model without tp_plan/ep to wrap it")
+            layers.append(ExpertLayer.from_module(name, module))
+        elif _bypasses_interface(module):
+            raise UnsupportedModelError(
+                f"{type(model).__name__}: its experts module {type(module).__name__} (at {name}) bypasses "
+                "transformers' ExpertsInterface, so heteromoe cannot run it (DBRX, Llama4 and GPT-OSS loaded as "
+                "native MXFP4 are such families; load GPT-OSS dequantized to bf16 to wrap it)")
+    if not layers:
+        routed = next((getattr(model.config, k) for k in _EXPERT_COUNT_KEYS
+                       if getattr(getattr(model, "config", None), k, None)), None)
+        detail = (f"its config routes to {routed} experts but no experts module uses transformers' "
+                  "ExpertsInterface") if routed else "it has no MoE layers"
+        raise UnsupportedModelError(f"cannot wrap {type(model).__name__}: {detail}")
+    return layers
+
+
+def _config_value(module: torch.nn.Module, keys) -> int | None:
+    config = getattr(module, "config", None)
+    for key in keys:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _model_spec_for(layer: ExpertLayer, given: "str | MoEModelSpec | None") -> MoEModelSpec:
+    """The spec used for timing: the user's preset (checked against the module) or one read off the module."""
+    top_k = _config_value(layer.module, _TOP_K_KEYS) or 1
+    if given is not None:
+        spec = models.get(given)
+        if spec.num_experts != layer.num_experts:
+            raise ValueError(f"model preset {spec.name!r} has {spec.num_experts} experts but layer {layer.name} of the "
+                             f"wrapped model has {layer.num_experts}; pass a matching preset or model_spec=None")
+        return spec
+    elem = torch.empty((), dtype=layer.dtype).element_size()
+    n_layers = _config_value(layer.module, ("num_hidden_layers",)) or 1
+    return MoEModelSpec(name=f"{type(layer.module).__name__}", hidden_size=layer.hidden_size,
+                        moe_intermediate_size=layer.intermediate_size, num_experts=layer.num_experts,
+                        top_k=min(top_k, layer.num_experts), num_layers=n_layers, num_moe_layers=n_layers,
+                        bytes_per_weight=float(elem), bytes_per_activation=float(elem))
+
+
+def _resolve_backend(name: str | Backend | None, side: str, layers: list[ExpertLayer]) -> Backend:
+    backend = registry.default(side) if name is None else (name if isinstance(name, Backend) else registry.get(name))
+    for layer in layers:
+        ok, reason = backend.supports(layer)
+        if not ok:
+            if name is None:
+                raise BackendUnavailable(f"default {side} backend {backend.name!r} cannot run {layer.name}: {reason}")
+            raise BackendUnavailable(f"backend {backend.name!r} cannot run {layer.name}: {reason}; "
+                                     f"alternatives: {registry.available_names()}")
+    return backend
+
+
+@dataclass(eq=False)
+class _LayerBinding:
+    layer: ExpertLayer
+    cost: CostModel
+    expert_gpu: np.ndarray
+
+
+class HeteroMoERuntime:
+    """A wrapped model: `model` is the same object, now dispatching its experts through heteromoe."""
+
+    def __init__(self, model, bindings: dict[int, _LayerBinding], executor: MoEExecutor, impl_name: str,
+                 previous_impl, system: SystemSpec) -> None:
+        self.model = model
+        self.executor = executor
+        self.system = system
+        self._bindings = bindings
+        self._impl_name = impl_name
+        self._previous_impl = previous_impl
+        self._active = True
+
+    @property
+    def layers(self) -> list[ExpertLayer]:
+        return [b.layer for b in self._bindings.values()]
+
+    def __call__(self, module, hidden_states, top_k_index, top_k_weights):
+        """The experts function transformers calls: `(module, [T, d], [T, k], [T, k]) -> [T, d]`."""
+        binding = self._bindings.get(id(module))
+        if binding is None:
+            raise RuntimeError(f"heteromoe implementation {self._impl_name!r} called for an experts module "
+                               f"({type(module).__name__}) it did not wrap")
+        shape = hidden_states.shape
+        hidden = hidden_states.reshape(-1, shape[-1])
+        out = self.executor.run(binding.layer, binding.cost, binding.expert_gpu, hidden,
+                                top_k_index.reshape(hidden.shape[0], -1), top_k_weights.reshape(hidden.shape[0], -1))
+        return out.reshape(shape)
+
+    def report(self) -> dict:
+        """JSON-serializable per-layer sums: GPU/PIM split and predicted times (see README)."""
+        layers = [self.executor.stats[b.layer.name].to_dict() if b.layer.name in self.executor.stats
+                  else {"name": b.layer.name, "calls": 0} for b in self._bindings.values()]
+        return {
+            "system": self.system.name,
+            "policy": self.executor.policy.name,
+            "num_gpus": self.executor.num_gpus,
+            "backends": {"gpu": self.executor.gpu_backend.name, "pim": self.executor.pim_backend.name,
+                         "fallback": self.executor.fallback_backend.name},
+            "layers": layers,
+        }
+
+    def reset_report(self) -> None:
+        self.executor.stats.clear()
+
+    def unwrap(self):
+        """Restore the previous experts implementation; returns the model."""
+        if not self._active:
+            return self.model
+        from transformers.integrations.moe import ExpertsInterface
+
+        self.model.set_experts_implementation(self._previous_impl)
+        ExpertsInterface._global_mapping.pop(self._impl_name, None)
+        self._active = False
+        return self.model
+
+
+def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
+         model_spec: "str | MoEModelSpec | None" = None, gpus: int = 1, placement=None,
+         gpu_backend: "str | Backend | None" = None, pim_backend: "str | Backend | None" = None,
+         fallback_backend: "str | Backend" = "torch") -> HeteroMoERuntime:
+    """Wrap a transformers MoE model so every experts call runs loads -> plan -> backends.
+
+    Args:
+        model: a transformers `PreTrainedModel` whose experts use the ExpertsInterface.
+        system: system preset name, TOML path or SystemSpec (the emulated hardware).
+        policy: `gpu-only`, `all-exp`, `sieve` or a Policy.
+        model_spec: preset used for timing (its expert count must match); default: read off the model.
+        gpus: GPUs the plan is made for (experts placed in contiguous blocks, or by `placement`).
+            Execution is local; real multi-GPU execution is `process_group=` (the multi-GPU issue).
+        gpu_backend / pim_backend: backend names; default: DEFAULT_PRIORITY of `heteromoe.device`.
+        fallback_backend: runs a slice whose backend failed mid-batch.
+    Returns:
+        HeteroMoERuntime (`.model`, `.report()`, `.unwrap()`).
+    """
+    if not hasattr(model, "set_experts_implementation"):
+        raise UnsupportedModelError(f"cannot wrap {type(model).__name__}: not a transformers PreTrainedModel with "
+                                    "set_experts_implementation (transformers >= 5.17 is required)")
+    layers = find_expert_layers(model)
+    system_spec = systems.get(system)
+    system_spec.require_gpu()
+    system_spec.check_gpus(gpus)
+    bindings: dict[int, _LayerBinding] = {}
+    for layer in layers:
+        spec = _model_spec_for(layer, model_spec)
+        expert_gpu = (contiguous_placement(layer.num_experts, gpus) if placement is None
+                      else check_placement(placement, layer.num_experts, gpus))
+        bindings[id(layer.module)] = _LayerBinding(layer, CostModel(system_spec, spec), expert_gpu)
+
+    executor = MoEExecutor(
+        policy=get_policy(policy),
+        gpu_backend=_resolve_backend(gpu_backend, "gpu", layers),
+        pim_backend=_resolve_backend(pim_backend, "pim", layers),
+        fallback_backend=_resolve_backend(fallback_backend, "gpu", layers),
+        num_gpus=gpus,
+    )
+    from transformers.integrations.moe import ExpertsInterface
+
+    impl_name = f"heteromoe_{next(_ids)}"
+    previous = (model.get_experts_implementation() if hasattr(model, "get_experts_implementation")
+                else model.config._experts_implementation)
+    runtime = HeteroMoERuntime(model, bindings, executor, impl_name, previous, system_spec)
+    ExpertsInterface.register(impl_name, runtime)
+    try:
+        model.set_experts_implementation(impl_name)
+        missed = [b.layer.name for b in bindings.values()
+                  if getattr(b.layer.module.config, "_experts_implementation", None) != impl_name]
+        if missed:
+            raise UnsupportedModelError(f"{type(model).__name__}: set_experts_implementation did not reach "
+                                        f"{missed[:3]}; the model would run partly unwrapped")
+    except Exception:
+        model.set_experts_implementation(previous)
+        ExpertsInterface._global_mapping.pop(impl_name, None)
+        raise
+    logger.info("wrapped %s: %d MoE layers, policy %s on %s x%d (gpu=%s, pim=%s)", type(model).__name__, len(layers),
+                executor.policy.name, system_spec.name, gpus, executor.gpu_backend.name, executor.pim_backend.name)
+    return runtime

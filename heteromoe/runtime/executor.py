@@ -1,0 +1,115 @@
+"""runtime: executes plans on backends for real tensors, one MoE layer call at a time.
+
+    routing (top_k_index) -> loads (counting sort) -> plan (policy) -> split pairs -> backends -> combine
+
+The combine follows transformers' own implementations: each pair's weighted output is kept in the
+promoted dtype of hidden states and routing weights, then summed over the k slots of each token and
+cast back, so wrapped and unwrapped models agree to rounding. A backend that raises mid-batch is
+logged and its slice re-runs on the fallback backend: no token is lost.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from heteromoe.cost.model import CostModel
+from heteromoe.device import Backend
+from heteromoe.routing.loads import RoutingLoads, loads_from_topk
+from heteromoe.runtime.layer import ExpertLayer
+from heteromoe.runtime.report import LayerStats
+from heteromoe.runtime.work import WorkSlice
+from heteromoe.sched.plan import Plan, PlanError
+from heteromoe.sched.policy import Policy
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MoEExecutor", "split_work"]
+
+
+def split_work(loads: RoutingLoads, plan: Plan) -> tuple[WorkSlice, WorkSlice]:
+    """Cut each expert's pairs: the first `gpu_tokens[e]` to the GPU slice, the rest to the PIM slice.
+
+    Also checks that the two slices together hold every routed pair exactly once.
+    """
+    counts, order = loads.counts, loads.order
+    expert_of_pos = np.repeat(np.arange(loads.num_experts), counts)  # (P,)
+    pos_in_expert = np.arange(order.shape[0]) - loads.offsets[expert_of_pos]
+    on_gpu = pos_in_expert < plan.gpu_tokens[expert_of_pos]
+
+    def make(mask: np.ndarray, per_expert: np.ndarray) -> WorkSlice:
+        experts = np.flatnonzero(per_expert > 0)
+        offsets = np.zeros(experts.size + 1, dtype=np.int64)
+        np.cumsum(per_expert[experts], out=offsets[1:])
+        return WorkSlice(experts=experts, offsets=offsets, pair_index=order[mask], top_k=loads.top_k)
+
+    gpu, pim = make(on_gpu, plan.gpu_tokens), make(~on_gpu, plan.pim_tokens)
+    covered = np.bincount(np.concatenate([gpu.pair_index, pim.pair_index]), minlength=order.shape[0])
+    if covered.shape[0] != order.shape[0] or (covered != 1).any():
+        raise PlanError(f"plan of policy {plan.policy!r} does not run every routed pair exactly once")
+    return gpu, pim
+
+
+@dataclass
+class MoEExecutor:
+    """Runs layer calls: loads -> plan -> backends -> combine, and keeps per-layer statistics."""
+
+    policy: Policy
+    gpu_backend: Backend
+    pim_backend: Backend
+    fallback_backend: Backend
+    num_gpus: int = 1
+    stats: dict[str, LayerStats] = field(default_factory=dict)
+    last_plans: dict[str, Plan] = field(default_factory=dict)
+
+    def run(self, layer: ExpertLayer, cost: CostModel, expert_gpu: np.ndarray, hidden: torch.Tensor,
+            top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        """One MoE layer call.
+
+        Args:
+            layer: the experts.
+            cost: the layer's cost model.
+            expert_gpu: [E] home GPU of each expert.
+            hidden: [T, d]; top_k_index: [T, k]; top_k_weights: [T, k].
+        Returns:
+            [T, d] combined expert output in `hidden.dtype`.
+        """
+        if hidden.dim() != 2 or hidden.shape[-1] != layer.hidden_size:
+            raise ValueError(f"layer {layer.name}: hidden states must be [tokens, {layer.hidden_size}], got {tuple(hidden.shape)}")
+        if top_k_index.shape != top_k_weights.shape or top_k_index.shape[0] != hidden.shape[0]:
+            raise ValueError(f"layer {layer.name}: top_k_index {tuple(top_k_index.shape)} and top_k_weights "
+                             f"{tuple(top_k_weights.shape)} must both be [{hidden.shape[0]}, k]")
+        num_tokens, top_k = top_k_index.shape
+        loads = loads_from_topk(top_k_index, layer.num_experts, where=layer.name)
+        plan = self.policy.plan(loads.counts, expert_gpu, self.num_gpus, cost)
+        gpu_work, pim_work = split_work(loads, plan)
+
+        out_dtype = torch.promote_types(hidden.dtype, top_k_weights.dtype)
+        pairs_out = torch.zeros(num_tokens * top_k, hidden.shape[-1], dtype=out_dtype, device=hidden.device)  # (T*k, d)
+        stats = self.stats.setdefault(layer.name, LayerStats(layer.name))
+        for backend, work in ((self.gpu_backend, gpu_work), (self.pim_backend, pim_work)):
+            if work.is_empty():
+                continue
+            out = self._run_with_fallback(backend, layer, hidden, top_k_weights, work, stats)
+            pairs_out[torch.from_numpy(work.pair_index).to(hidden.device)] = out.to(out_dtype)
+        stats.add(plan, num_tokens)
+        self.last_plans[layer.name] = plan
+        return pairs_out.view(num_tokens, top_k, -1).sum(dim=1).to(hidden.dtype)
+
+    def _run_with_fallback(self, backend: Backend, layer: ExpertLayer, hidden: torch.Tensor,
+                           top_k_weights: torch.Tensor, work: WorkSlice, stats: LayerStats) -> torch.Tensor:
+        expected = (work.num_pairs, hidden.shape[-1])
+        try:
+            out = backend.run_experts(layer, hidden, top_k_weights, work)
+            if tuple(out.shape) != expected:
+                raise RuntimeError(f"returned shape {tuple(out.shape)}, expected {expected}")
+            return out
+        except Exception as exc:  # noqa: BLE001 - any backend failure: fall back, lose no token
+            if backend is self.fallback_backend:
+                raise
+            stats.fallbacks += 1
+            logger.warning("layer %s: backend %r failed on %d pairs (%s: %s); re-running them on %r",
+                           layer.name, backend.name, work.num_pairs, type(exc).__name__, exc, self.fallback_backend.name)
+            return self.fallback_backend.run_experts(layer, hidden, top_k_weights, work)

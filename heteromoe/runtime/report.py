@@ -1,0 +1,43 @@
+"""Per-layer statistics of a wrapped model, summed over calls (`runtime.report()`)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from heteromoe.sched.plan import Plan
+
+__all__ = ["LayerStats"]
+
+
+@dataclass
+class LayerStats:
+    """Sums over the calls of one MoE layer; times are the plan's predicted (emulated) seconds."""
+
+    name: str
+    calls: int = 0
+    tokens: int = 0
+    pairs: int = 0
+    gpu_experts: int = 0
+    pim_experts: int = 0
+    gpu_tokens: int = 0
+    pim_tokens: int = 0
+    t_comm_s: float = 0.0
+    t_gpu_s: float = 0.0
+    t_pim_s: float = 0.0
+    predicted_time_s: float = 0.0
+    fallbacks: int = 0
+
+    def add(self, plan: Plan, num_tokens: int) -> None:
+        self.calls += 1
+        self.tokens += num_tokens
+        self.pairs += int(plan.gpu_tokens.sum() + plan.pim_tokens.sum())
+        self.gpu_experts += int(plan.gpu_experts.size)
+        self.pim_experts += int(plan.pim_experts.size)
+        self.gpu_tokens += int(plan.gpu_tokens.sum())
+        self.pim_tokens += int(plan.pim_tokens.sum())
+        self.t_comm_s += plan.t_comm_s
+        self.t_gpu_s += plan.t_gpu_s
+        self.t_pim_s += plan.t_pim_s
+        self.predicted_time_s += plan.predicted_time_s
+
+    def to_dict(self) -> dict:
+        return asdict(self)
