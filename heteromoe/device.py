@@ -161,8 +161,11 @@ class BackendRegistry:
             origin = f"entry point {ep.value}" + (f" ({dist.name} {dist.version})" if dist is not None else "")
             logger.info("backend plugin %s -> %s", ep.name, ep.value)
             collector = _CollectLogs()
-            root = logging.getLogger()
-            root.addHandler(collector)
+            plugin_logger = logging.getLogger(ep.module)
+            saved = plugin_logger.level, plugin_logger.propagate
+            plugin_logger.setLevel(logging.DEBUG)  # catch the probe's reason, whatever the user's log level
+            plugin_logger.propagate = False
+            plugin_logger.addHandler(collector)
             try:
                 target = ep.load()()
             except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
@@ -170,7 +173,11 @@ class BackendRegistry:
                 self._entries[ep.name] = BackendEntry(ep.name, origin, None, reason=f"probe failed: {exc!r}")
                 continue
             finally:
-                root.removeHandler(collector)
+                plugin_logger.removeHandler(collector)
+                plugin_logger.setLevel(saved[0])
+                plugin_logger.propagate = saved[1]
+                for message in collector.messages:
+                    logger.info("backend plugin %s: %s", ep.name, message)
             reason = "; ".join(collector.messages) if target is None else ""
             self._entries[ep.name] = BackendEntry(ep.name, origin, target, reason=reason or
                                                   ("" if target else "probe returned None"))

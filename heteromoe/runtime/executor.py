@@ -37,7 +37,9 @@ def split_work(loads: RoutingLoads, plan: Plan) -> tuple[WorkSlice, WorkSlice]:
     counts, order = loads.counts, loads.order
     expert_of_pos = np.repeat(np.arange(loads.num_experts), counts)  # (P,)
     pos_in_expert = np.arange(order.shape[0]) - loads.offsets[expert_of_pos]
-    on_gpu = pos_in_expert < plan.gpu_tokens[expert_of_pos]
+    gpu_end = plan.gpu_tokens[expert_of_pos]
+    on_gpu = pos_in_expert < gpu_end
+    on_pim = (pos_in_expert >= gpu_end) & (pos_in_expert < gpu_end + plan.pim_tokens[expert_of_pos])
 
     def make(mask: np.ndarray, per_expert: np.ndarray) -> WorkSlice:
         experts = np.flatnonzero(per_expert > 0)
@@ -45,9 +47,10 @@ def split_work(loads: RoutingLoads, plan: Plan) -> tuple[WorkSlice, WorkSlice]:
         np.cumsum(per_expert[experts], out=offsets[1:])
         return WorkSlice(experts=experts, offsets=offsets, pair_index=order[mask], top_k=loads.top_k)
 
-    gpu, pim = make(on_gpu, plan.gpu_tokens), make(~on_gpu, plan.pim_tokens)
+    gpu, pim = make(on_gpu, plan.gpu_tokens), make(on_pim, plan.pim_tokens)
     covered = np.bincount(np.concatenate([gpu.pair_index, pim.pair_index]), minlength=order.shape[0])
-    if covered.shape[0] != order.shape[0] or (covered != 1).any():
+    if covered.shape[0] != order.shape[0] or (covered != 1).any() or gpu.offsets[-1] != gpu.num_pairs \
+            or pim.offsets[-1] != pim.num_pairs:
         raise PlanError(f"plan of policy {plan.policy!r} does not run every routed pair exactly once")
     return gpu, pim
 
@@ -96,7 +99,7 @@ class MoEExecutor:
             pairs_out[torch.from_numpy(work.pair_index).to(hidden.device)] = out.to(out_dtype)
         stats.add(plan, num_tokens)
         self.last_plans[layer.name] = plan
-        return pairs_out.view(num_tokens, top_k, -1).sum(dim=1).to(hidden.dtype)
+        return pairs_out.view(num_tokens, top_k, hidden.shape[-1]).sum(dim=1).to(hidden.dtype)
 
     def _run_with_fallback(self, backend: Backend, layer: ExpertLayer, hidden: torch.Tensor,
                            top_k_weights: torch.Tensor, work: WorkSlice, stats: LayerStats) -> torch.Tensor:

@@ -29,11 +29,11 @@ def check_counts(counts, num_experts: int) -> np.ndarray:
         bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
         if bad.size:
             e = int(bad[0])
-            raise ValueError(f"counts must be integers: counts[{e}] = {arr[e]!r}")
+            raise ValueError(f"counts must be integers: counts[{e}] = {arr[e].item()!r}")
     neg = np.flatnonzero(arr < 0)
     if neg.size:
         e = int(neg[0])
-        raise ValueError(f"counts must be >= 0: counts[{e}] = {arr[e]!r}")
+        raise ValueError(f"counts must be >= 0: counts[{e}] = {arr[e].item()!r}")
     return arr.astype(np.int64)
 
 

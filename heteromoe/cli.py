@@ -1,0 +1,138 @@
+"""`heteromoe ...`: the command line.
+
+    heteromoe backends            list backends, where they come from, whether they run here
+    heteromoe presets             list system and model presets
+    heteromoe schedule ...        plan one layer from token counts (JSON out)
+    heteromoe demo                wrap a tiny random Qwen3-MoE model, generate, print the GPU/PIM split
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+__all__ = ["main"]
+
+
+def _cmd_backends(args) -> int:
+    from heteromoe import _ext
+    from heteromoe.device import registry
+
+    rows = []
+    for entry in registry.entries():
+        ok, reason = registry.availability(entry.name)
+        kind = ""
+        if ok:
+            cls = registry.backend_class(entry.name)
+            kind = getattr(cls, "kind", "")
+        rows.append({"name": entry.name, "kind": kind, "available": ok, "origin": entry.origin,
+                     "reason": reason or entry.reason})
+    if args.json:
+        print(json.dumps({"backends": rows, "fastpath": _ext.impl.name, "has_ext": _ext.HAS_EXT,
+                          "ext_load_error": _ext.ext_load_error}, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows) if rows else 4
+    for r in rows:
+        status = "available" if r["available"] else f"unavailable: {r['reason']}"
+        print(f"{r['name']:<{width}}  {r['kind']:<4}  {status}  [{r['origin']}]")
+    print(f"fast path: {_ext.impl.name} (C++ extension {'loaded' if _ext.HAS_EXT else 'missing: ' + str(_ext.ext_load_error)})")
+    return 0
+
+
+def _cmd_presets(args) -> int:
+    from heteromoe.spec import models, systems
+
+    out = {"systems": {}, "models": {}}
+    for name in systems.names():
+        s = systems.get(name)
+        out["systems"][name] = {"gpu": s.gpu.name if s.gpu else None, "pim": s.pim.kind,
+                                "stacks_per_gpu": s.pim.stacks_per_gpu, "pim_bw_multiplier": round(s.pim.bw_multiplier, 3),
+                                "description": s.description}
+    for name in models.names():
+        m = models.get(name)
+        out["models"][name] = {"d": m.hidden_size, "f": m.moe_intermediate_size, "E": m.num_experts, "k": m.top_k,
+                               "layers": m.num_layers}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print("systems:")
+    for name, s in out["systems"].items():
+        print(f"  {name:<18} gpu={s['gpu']}, {s['stacks_per_gpu']} {s['pim']}-PIM stacks, X={s['pim_bw_multiplier']}")
+    print("models:")
+    for name, m in out["models"].items():
+        print(f"  {name:<20} d={m['d']} f={m['f']} E={m['E']} k={m['k']} layers={m['layers']}")
+    return 0
+
+
+def _cmd_schedule(args) -> int:
+    import numpy as np
+
+    import heteromoe
+
+    try:
+        counts = np.array(json.loads(args.counts))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--counts must be a JSON list of integers: {exc}") from None
+    plan = heteromoe.schedule(counts, model=args.model, system=args.system, gpus=args.gpus, policy=args.policy)
+    print(json.dumps(plan.to_dict(), indent=None if args.compact else 2))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from heteromoe.demo import run_demo
+
+    report = run_demo(system=args.system, policy=args.policy, batch=args.batch, new_tokens=args.new_tokens,
+                      seed=args.seed)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="heteromoe", description="MoE inference across GPU and HBM-PIM")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("backends", help="list backends, their origin and availability")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_backends)
+
+    p = sub.add_parser("presets", help="list system and model presets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_presets)
+
+    p = sub.add_parser("schedule", help="plan one MoE layer call from per-expert token counts")
+    p.add_argument("--counts", required=True, help="JSON list: tokens per expert")
+    p.add_argument("--model", required=True)
+    p.add_argument("--system", required=True)
+    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--policy", default="sieve")
+    p.add_argument("--compact", action="store_true")
+    p.set_defaults(func=_cmd_schedule)
+
+    p = sub.add_parser("demo", help="wrap a tiny random Qwen3-MoE model, generate, print the GPU/PIM split")
+    p.add_argument("--system", default="h100-hbm3-pim")
+    p.add_argument("--policy", default="sieve")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--new-tokens", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="also print the full report as JSON")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, TypeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"heteromoe {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

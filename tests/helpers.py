@@ -1,0 +1,64 @@
+"""Tiny random MoE models and experts modules for tests (built from configs: no hub access)."""
+from __future__ import annotations
+
+import torch
+
+COMMON = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              max_position_embeddings=128, pad_token_id=0, eos_token_id=None, bos_token_id=None)
+
+
+def tiny_config(family: str, num_experts: int = 8, top_k: int = 2):
+    import transformers as tf
+
+    e, k = num_experts, top_k
+    if family == "mixtral":
+        return tf.MixtralConfig(**COMMON, intermediate_size=48, num_local_experts=e, num_experts_per_tok=k)
+    if family == "qwen2_moe":
+        return tf.Qwen2MoeConfig(**COMMON, intermediate_size=48, moe_intermediate_size=24,
+                                 shared_expert_intermediate_size=32, num_experts=e, num_experts_per_tok=k)
+    if family == "qwen3_moe":
+        return tf.Qwen3MoeConfig(**COMMON, intermediate_size=48, moe_intermediate_size=24, num_experts=e,
+                                 num_experts_per_tok=k, head_dim=8)
+    if family == "olmoe":
+        return tf.OlmoeConfig(**COMMON, intermediate_size=24, num_experts=e, num_experts_per_tok=k)
+    if family == "gpt_oss":
+        return tf.GptOssConfig(**COMMON, intermediate_size=24, num_local_experts=e, num_experts_per_tok=k, head_dim=8,
+                               sliding_window=16, layer_types=["sliding_attention", "full_attention"])
+    if family == "deepseek_v3":
+        return tf.DeepseekV3Config(**{**COMMON, "num_key_value_heads": 4}, intermediate_size=48,
+                                   moe_intermediate_size=24, n_routed_experts=e, num_experts_per_tok=k,
+                                   n_shared_experts=1, first_k_dense_replace=1, n_group=2, topk_group=1,
+                                   kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+                                   v_head_dim=8, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    if family == "glm4_moe":
+        return tf.Glm4MoeConfig(**COMMON, intermediate_size=48, moe_intermediate_size=24, n_routed_experts=e,
+                                num_experts_per_tok=k, n_shared_experts=1, first_k_dense_replace=1, n_group=1,
+                                topk_group=1, head_dim=8)
+    raise ValueError(family)
+
+
+FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "deepseek_v3", "glm4_moe"]
+
+
+def tiny_model(family: str, seed: int = 0, dtype=torch.float32, **kw):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **kw))
+    _randomize_experts(model, seed)
+    return model.to(dtype).eval()
+
+
+def _randomize_experts(model, seed: int) -> None:
+    """Random init leaves some expert tensors (biases) at zero; give them values so every term is tested."""
+    g = torch.Generator().manual_seed(seed + 1)
+    for name, p in model.named_parameters():
+        if ".experts." in name or name.endswith("router.bias") or "e_score_correction_bias" in name:
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32) * 0.2)
+
+
+def experts_module(family: str, num_experts: int = 8, seed: int = 0, dtype=torch.float32):
+    """The experts module of a tiny model of `family` (a standalone module with random weights)."""
+    model = tiny_model(family, seed=seed, dtype=dtype, num_experts=num_experts)
+    return next(m for _, m in model.named_modules() if hasattr(m, "has_gate") and hasattr(m, "down_proj"))
