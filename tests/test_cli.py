@@ -1,0 +1,64 @@
+"""`heteromoe ...` as a user calls it."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from heteromoe.cli import main
+
+
+def test_backends_lists_builtins_with_origin(capsys):
+    assert main(["backends", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    names = {b["name"]: b for b in data["backends"]}
+    assert {"torch", "pim-emulator", "numba-cpu"} <= set(names)
+    assert names["pim-emulator"]["kind"] == "pim" and names["pim-emulator"]["available"]
+    assert "heteromoe_backends.pim_emulator:probe" in names["pim-emulator"]["origin"]
+    assert data["fastpath"] in ("c", "numba", "python")
+
+
+def test_console_script_runs():
+    exe = shutil.which("heteromoe")
+    cmd = [exe, "backends"] if exe else [sys.executable, "-m", "heteromoe.cli", "backends"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert "pim-emulator" in out and "fast path:" in out
+
+
+def test_presets(capsys):
+    assert main(["presets", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["models"]["qwen3-30b-a3b"]["E"] == 128
+    assert data["systems"]["samsung-hbm2-pim"]["gpu"] is None
+
+
+def test_schedule_prints_a_valid_plan(capsys):
+    counts = [5] * 4 + [1] * 124
+    assert main(["schedule", "--counts", json.dumps(counts), "--model", "qwen3-30b-a3b",
+                 "--system", "b200-hbm3e-pim", "--policy", "sieve"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [g + p for g, p in zip(plan["gpu_tokens"], plan["pim_tokens"])] == counts
+    assert plan["predicted_time_s"] > 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["schedule", "--counts", "[1, -1]", "--model", "qwen3-30b-a3b", "--system", "h100-hbm3-pim"], "2 entries"),
+    (["schedule", "--counts", "[1,", "--model", "qwen3-30b-a3b", "--system", "h100-hbm3-pim"], "JSON list"),
+    (["schedule", "--counts", "[1]", "--model", "qwen3-30b-a3b", "--system", "nope"], "unknown system preset 'nope'"),
+    (["demo", "--batch", "0"], "batch and new_tokens must be >= 1"),
+])
+def test_bad_arguments_exit_nonzero_with_message(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_demo_generates_identical_tokens(capsys):
+    assert main(["demo", "--batch", "2", "--new-tokens", "4", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "greedy tokens identical to the unwrapped model: True" in out
+    report = json.loads(out[out.index("{"):])
+    assert report["tokens_identical"] and sum(layer["pim_tokens"] for layer in report["layers"]) > 0
