@@ -83,3 +83,24 @@ def test_facade_reports_choice():
     assert _ext.HAS_EXT == ("c" in _ext.IMPLEMENTATIONS)
     if not _ext.HAS_EXT:
         assert _ext.ext_load_error
+
+
+def test_package_works_without_the_extension():
+    """With `heteromoe._C` unimportable, the facade falls back and plans are identical."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json; sys.modules['heteromoe._C'] = None\n"
+        "import numpy as np, heteromoe\nfrom heteromoe import _ext\n"
+        "counts = np.arange(128) % 7\n"
+        "p = heteromoe.schedule(counts, model='qwen3-30b-a3b', system='b200-hbm3e-pim')\n"
+        "print(json.dumps([_ext.HAS_EXT, _ext.impl.name, p.gpu_tokens.tolist()]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    has_ext, name, gpu_tokens = __import__("json").loads(out)
+    import heteromoe
+
+    expected = heteromoe.schedule(np.arange(128) % 7, model="qwen3-30b-a3b", system="b200-hbm3e-pim").gpu_tokens
+    assert has_ext is False and name in ("numba", "python")
+    assert gpu_tokens == expected.tolist()

@@ -67,7 +67,7 @@ def test_every_policy_is_exact(policy, gpus):
     runtime.unwrap()
 
 
-@pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss", "deepseek_v3"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_bf16_within_dtype_tolerance(family):
     model = tiny_model(family, dtype=torch.bfloat16)
     ids = prompt(batch=2, length=6)
