@@ -1,9 +1,12 @@
 // heteromoe._C: the per-layer hot path in C++ (pybind11).
 //
-// Two pure functions, mirrored exactly by heteromoe/_fallback.py (numba and numpy versions):
-//   counting_sort  routing -> loads: per-expert token counts and the expert-contiguous pair order;
-//   sieve_greedy   loads -> plan: Sieve's greedy GPU/PIM split for each GPU's experts.
-// Both use the same arithmetic in the same order as the fallbacks, so results are bit-identical.
+// Pure functions, mirrored statement by statement by heteromoe/_fallback.py (numba and python twins):
+//   counting_sort   routing -> loads: per-expert token counts and the expert-contiguous pair order;
+//   sieve_plan      loads -> plan: Sieve's greedy GPU/PIM split, per GPU;
+//   heteromoe_plan  loads -> plan: the best prefix of the same order plus one split boundary expert.
+// Both planners take the layer's costs as tables indexed by token count (all experts of a layer share
+// one shape): read_s (weights streamed once on the GPU), flop_tab[n], pim_tab[n] for n tokens.
+// Same arithmetic, same order as the twins: results are bit-identical across implementations.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -45,52 +48,158 @@ static std::tuple<carray<i64>, carray<i64>, carray<i64>> counting_sort(carray<i6
   return {counts, offsets, order};
 }
 
-// Sieve's greedy split, one segment of `order` per GPU.
-// order[seg[g]:seg[g+1]] lists GPU g's active experts by token count, descending. All start on PIM;
-// the hottest remaining one moves to the GPU while max(T_comm, T_GPU, T_PIM) strictly falls.
-//   T_GPU = max(sum read_s, sum flop_s) + launch_s + gpu_other_s[g]   (launch only if the GPU set is non-empty)
-//   T_PIM = pim_fixed_s[g] + sum pim_s
-// Returns moved [G]: how many experts of each segment's prefix run on the GPU.
-static carray<i64> sieve_greedy(carray<i64> order, carray<i64> seg, carray<double> read_s, carray<double> flop_s,
-                                carray<double> pim_s, carray<double> comm_s, carray<double> gpu_other_s,
-                                double launch_s, carray<double> pim_fixed_s) {
-  const i64 g_count = seg.size() - 1;
-  if (g_count < 1) throw std::invalid_argument("seg must have at least 2 entries");
-  if (comm_s.size() != g_count || gpu_other_s.size() != g_count || pim_fixed_s.size() != g_count)
-    throw std::invalid_argument("per-GPU arrays must have len(seg) - 1 entries");
-  const i64* o = order.data();
-  const i64* s = seg.data();
-  const double *rd = read_s.data(), *fl = flop_s.data(), *pm = pim_s.data();
-  const double *cm = comm_s.data(), *go = gpu_other_s.data(), *pf = pim_fixed_s.data();
-  carray<i64> moved(g_count);
-  i64* mv = moved.mutable_data();
-  for (i64 g = 0; g < g_count; ++g) {
-    double pim = pf[g];
-    for (i64 i = s[g]; i < s[g + 1]; ++i) pim += pm[o[i]];
-    double best = std::max(std::max(cm[g], go[g]), pim);
+struct LayerCosts {
+  const i64* counts;
+  const i64* home;
+  i64 E, G;
+  double read_s, launch_s;
+  const double *flop, *pim, *comm, *gfix, *pfix;
+};
+
+// Active experts of each GPU by count descending, ties by lower id. seg[g]..seg[g+1] is GPU g's.
+static void sorted_by_gpu(const LayerCosts& c, std::vector<i64>& order, std::vector<i64>& seg) {
+  seg.assign(c.G + 1, 0);
+  for (i64 e = 0; e < c.E; ++e)
+    if (c.counts[e] > 0) ++seg[c.home[e] + 1];
+  for (i64 g = 0; g < c.G; ++g) seg[g + 1] += seg[g];
+  order.assign(seg[c.G], 0);
+  std::vector<i64> cursor(seg.begin(), seg.end() - 1);
+  for (i64 e = 0; e < c.E; ++e)
+    if (c.counts[e] > 0) order[cursor[c.home[e]]++] = e;
+  for (i64 g = 0; g < c.G; ++g)
+    std::stable_sort(order.begin() + seg[g], order.begin() + seg[g + 1],
+                     [&](i64 a, i64 b) { return c.counts[a] > c.counts[b]; });
+}
+
+static LayerCosts make_costs(const carray<i64>& counts, const carray<i64>& home, i64 num_gpus, double read_s,
+                             const carray<double>& flop_tab, const carray<double>& pim_tab, const carray<double>& comm,
+                             const carray<double>& gfix, double launch_s, const carray<double>& pfix) {
+  const i64 E = counts.size();
+  if (home.size() != E) throw std::invalid_argument("expert_gpu must have one entry per expert");
+  if (num_gpus < 1) throw std::invalid_argument("num_gpus must be >= 1");
+  if (comm.size() != num_gpus || gfix.size() != num_gpus || pfix.size() != num_gpus)
+    throw std::invalid_argument("per-GPU arrays must have num_gpus entries");
+  const i64* cnt = counts.data();
+  const i64* h = home.data();
+  i64 max_count = 0;
+  for (i64 e = 0; e < E; ++e) {
+    if (cnt[e] < 0) throw std::invalid_argument("counts must be >= 0");
+    if (h[e] < 0 || h[e] >= num_gpus) throw std::invalid_argument("expert_gpu outside [0, num_gpus)");
+    max_count = std::max(max_count, cnt[e]);
+  }
+  if (flop_tab.size() <= max_count || pim_tab.size() <= max_count)
+    throw std::invalid_argument("cost tables must cover token counts up to " + std::to_string(max_count));
+  return LayerCosts{cnt, h, E, num_gpus, read_s, launch_s, flop_tab.data(), pim_tab.data(), comm.data(), gfix.data(),
+                    pfix.data()};
+}
+
+// Sieve: all start on PIM; the hottest remaining expert moves to the GPU while
+// max(T_comm, T_GPU, T_PIM) strictly falls. Returns gpu_tokens [E].
+static carray<i64> sieve_plan(carray<i64> counts, carray<i64> home, i64 num_gpus, double read_s, carray<double> flop_tab,
+                              carray<double> pim_tab, carray<double> comm, carray<double> gfix, double launch_s,
+                              carray<double> pfix) {
+  const LayerCosts c = make_costs(counts, home, num_gpus, read_s, flop_tab, pim_tab, comm, gfix, launch_s, pfix);
+  std::vector<i64> order, seg;
+  sorted_by_gpu(c, order, seg);
+  carray<i64> gpu_tokens(c.E);
+  i64* out = gpu_tokens.mutable_data();
+  std::fill(out, out + c.E, 0);
+  for (i64 g = 0; g < c.G; ++g) {
+    double pim = c.pfix[g];
+    for (i64 i = seg[g]; i < seg[g + 1]; ++i) pim += c.pim[c.counts[order[i]]];
+    double best = std::max(std::max(c.comm[g], c.gfix[g]), pim);
     double read = 0.0, flop = 0.0;
-    i64 m = 0;
-    for (i64 i = s[g]; i < s[g + 1]; ++i) {
-      const i64 e = o[i];
-      const double n_read = read + rd[e], n_flop = flop + fl[e];
-      const double t_gpu = std::max(n_read, n_flop) + launch_s + go[g];
-      const double n_pim = pim - pm[e];
-      const double t = std::max(std::max(cm[g], t_gpu), n_pim);
+    for (i64 i = seg[g]; i < seg[g + 1]; ++i) {
+      const i64 e = order[i], n = c.counts[e];
+      const double n_read = read + c.read_s, n_flop = flop + c.flop[n];
+      const double n_pim = pim - c.pim[n];
+      const double t = std::max(std::max(c.comm[g], std::max(n_read, n_flop) + c.launch_s + c.gfix[g]), n_pim);
       if (!(t < best)) break;
       best = t;
       read = n_read;
       flop = n_flop;
       pim = n_pim;
-      ++m;
+      out[e] = n;
     }
-    mv[g] = m;
   }
-  return moved;
+  return gpu_tokens;
+}
+
+// heteromoe: among all prefixes of Sieve's order (not only up to the first non-improving move), take
+// the best; then try splitting the expert on each side of the boundary between GPU and PIM.
+static carray<i64> heteromoe_plan(carray<i64> counts, carray<i64> home, i64 num_gpus, double read_s,
+                                  carray<double> flop_tab, carray<double> pim_tab, carray<double> comm,
+                                  carray<double> gfix, double launch_s, carray<double> pfix) {
+  const LayerCosts c = make_costs(counts, home, num_gpus, read_s, flop_tab, pim_tab, comm, gfix, launch_s, pfix);
+  std::vector<i64> order, seg;
+  sorted_by_gpu(c, order, seg);
+  carray<i64> gpu_tokens(c.E);
+  i64* out = gpu_tokens.mutable_data();
+  std::fill(out, out + c.E, 0);
+  for (i64 g = 0; g < c.G; ++g) {
+    const i64 lo = seg[g], hi = seg[g + 1];
+    const double cm = c.comm[g], gf = c.gfix[g];
+    double pim = c.pfix[g];
+    for (i64 i = lo; i < hi; ++i) pim += c.pim[c.counts[order[i]]];
+    // 1. best prefix m (experts order[lo, lo+m) on the GPU)
+    double best = std::max(std::max(cm, gf), pim);
+    i64 best_m = 0;
+    double read = 0.0, flop = 0.0, best_read = 0.0, best_flop = 0.0, best_pim = pim;
+    for (i64 i = lo; i < hi; ++i) {
+      const i64 n = c.counts[order[i]];
+      read = read + c.read_s;
+      flop = flop + c.flop[n];
+      pim = pim - c.pim[n];
+      const double t = std::max(std::max(cm, std::max(read, flop) + c.launch_s + gf), pim);
+      if (t < best) {
+        best = t;
+        best_m = i - lo + 1;
+        best_read = read;
+        best_flop = flop;
+        best_pim = pim;
+      }
+    }
+    for (i64 i = lo; i < lo + best_m; ++i) out[order[i]] = c.counts[order[i]];
+    // 2. split the next expert (part of it joins the GPU) or the last one (part of it goes back to PIM)
+    i64 split_e = -1, split_g = 0;
+    if (best_m < hi - lo) {
+      const i64 e = order[lo + best_m], n = c.counts[e];
+      for (i64 k = 1; k < n; ++k) {
+        const double t_gpu = std::max(best_read + c.read_s, best_flop + c.flop[k]) + c.launch_s + gf;
+        const double t_pim = best_pim - c.pim[n] + c.pim[n - k];
+        const double t = std::max(std::max(cm, t_gpu), t_pim);
+        if (t < best) {
+          best = t;
+          split_e = e;
+          split_g = k;
+        }
+      }
+    }
+    if (best_m > 0) {
+      const i64 e = order[lo + best_m - 1], n = c.counts[e];
+      for (i64 k = 1; k < n; ++k) {
+        const double t_gpu = std::max(best_read, best_flop - c.flop[n] + c.flop[k]) + c.launch_s + gf;
+        const double t_pim = best_pim + c.pim[n - k];
+        const double t = std::max(std::max(cm, t_gpu), t_pim);
+        if (t < best) {
+          best = t;
+          split_e = e;
+          split_g = k;
+        }
+      }
+    }
+    if (split_e >= 0) out[split_e] = split_g;
+  }
+  return gpu_tokens;
 }
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "heteromoe C++ fast path: counting sort of routing pairs and Sieve's greedy split";
+  m.doc() = "heteromoe C++ fast path: counting sort of routing pairs, Sieve's greedy and heteromoe's split";
   m.def("counting_sort", &counting_sort, py::arg("expert_ids"), py::arg("num_experts"));
-  m.def("sieve_greedy", &sieve_greedy, py::arg("order"), py::arg("seg"), py::arg("read_s"), py::arg("flop_s"),
-        py::arg("pim_s"), py::arg("comm_s"), py::arg("gpu_other_s"), py::arg("launch_s"), py::arg("pim_fixed_s"));
+#define PLAN_ARGS                                                                                                 \
+  py::arg("counts"), py::arg("expert_gpu"), py::arg("num_gpus"), py::arg("read_s"), py::arg("flop_tab"),          \
+      py::arg("pim_tab"), py::arg("comm_s"), py::arg("gpu_fixed_s"), py::arg("launch_s"), py::arg("pim_fixed_s")
+  m.def("sieve_plan", &sieve_plan, PLAN_ARGS);
+  m.def("heteromoe_plan", &heteromoe_plan, PLAN_ARGS);
+#undef PLAN_ARGS
 }

@@ -14,14 +14,15 @@ from heteromoe import _fallback
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HAS_EXT", "ext_load_error", "IMPLEMENTATIONS", "impl", "counting_sort", "sieve_greedy"]
+__all__ = ["HAS_EXT", "ext_load_error", "IMPLEMENTATIONS", "impl", "counting_sort", "sieve_plan", "heteromoe_plan"]
 
 try:
     from heteromoe import _C  # type: ignore[attr-defined]
 
     HAS_EXT = True
     ext_load_error: str | None = None
-    _c_impl = SimpleNamespace(name="c", counting_sort=_C.counting_sort, sieve_greedy=_C.sieve_greedy)
+    _c_impl = SimpleNamespace(name="c", counting_sort=_C.counting_sort, sieve_plan=_C.sieve_plan,
+                              heteromoe_plan=_C.heteromoe_plan)
 except ImportError as exc:
     HAS_EXT = False
     ext_load_error = repr(exc)
@@ -52,4 +53,5 @@ def _choose():
 
 impl = _choose()
 counting_sort = impl.counting_sort
-sieve_greedy = impl.sieve_greedy
+sieve_plan = impl.sieve_plan
+heteromoe_plan = impl.heteromoe_plan

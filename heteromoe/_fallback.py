@@ -1,7 +1,8 @@
-"""Fallbacks for `heteromoe._C`: the same two functions, in numba and in plain numpy/python.
+"""Fallbacks for `heteromoe._C`: the same functions, as numba-compiled and as plain python code.
 
-The arithmetic mirrors csrc/heteromoe_ext.cpp statement by statement (double precision, the same
-summation order), so every implementation returns bit-identical results; tests compare them all.
+Each algorithm is written once below as loop code over numpy arrays, mirroring csrc/heteromoe_ext.cpp
+statement by statement (double precision, the same summation order). `python_impl` runs it as is,
+`numba_impl` runs it through `numba.njit`; tests check that all implementations agree bit for bit.
 """
 from __future__ import annotations
 
@@ -9,6 +10,140 @@ import numpy as np
 
 __all__ = ["python_impl", "numba_impl", "numba_load_error"]
 
+
+# -- the algorithms (plain python over numpy arrays; numba compiles the same source) -------------------
+
+def _counting_sort(expert_ids, num_experts):
+    n = expert_ids.shape[0]
+    counts = np.zeros(num_experts, dtype=np.int64)
+    for i in range(n):
+        counts[expert_ids[i]] += 1
+    offsets = np.zeros(num_experts + 1, dtype=np.int64)
+    for e in range(num_experts):
+        offsets[e + 1] = offsets[e] + counts[e]
+    cursor = offsets[:-1].copy()
+    order = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        e = expert_ids[i]
+        order[cursor[e]] = i
+        cursor[e] += 1
+    return counts, offsets, order
+
+
+def _sorted_by_gpu(counts, home, num_gpus):
+    """Active experts of each GPU by count descending, ties by lower id."""
+    seg = np.zeros(num_gpus + 1, dtype=np.int64)
+    for e in range(counts.shape[0]):
+        if counts[e] > 0:
+            seg[home[e] + 1] += 1
+    for g in range(num_gpus):
+        seg[g + 1] += seg[g]
+    order = np.empty(seg[num_gpus], dtype=np.int64)
+    cursor = seg[:-1].copy()
+    for e in range(counts.shape[0]):
+        if counts[e] > 0:
+            order[cursor[home[e]]] = e
+            cursor[home[e]] += 1
+    for g in range(num_gpus):
+        block = order[seg[g]:seg[g + 1]].copy()
+        keys = -counts[block]
+        idx = np.argsort(keys, kind="mergesort")
+        for i in range(block.shape[0]):
+            order[seg[g] + i] = block[idx[i]]
+    return order, seg
+
+
+def _sieve_plan(counts, home, num_gpus, read_s, flop, pim_tab, comm, gfix, launch_s, pfix):
+    order, seg = _sorted_by_gpu(counts, home, num_gpus)
+    out = np.zeros(counts.shape[0], dtype=np.int64)
+    for g in range(num_gpus):
+        pim = pfix[g]
+        for i in range(seg[g], seg[g + 1]):
+            pim += pim_tab[counts[order[i]]]
+        best = max(max(comm[g], gfix[g]), pim)
+        read = 0.0
+        fl = 0.0
+        for i in range(seg[g], seg[g + 1]):
+            e = order[i]
+            n = counts[e]
+            n_read = read + read_s
+            n_flop = fl + flop[n]
+            n_pim = pim - pim_tab[n]
+            t = max(max(comm[g], max(n_read, n_flop) + launch_s + gfix[g]), n_pim)
+            if not t < best:
+                break
+            best = t
+            read = n_read
+            fl = n_flop
+            pim = n_pim
+            out[e] = n
+    return out
+
+
+def _heteromoe_plan(counts, home, num_gpus, read_s, flop, pim_tab, comm, gfix, launch_s, pfix):
+    order, seg = _sorted_by_gpu(counts, home, num_gpus)
+    out = np.zeros(counts.shape[0], dtype=np.int64)
+    for g in range(num_gpus):
+        lo = seg[g]
+        hi = seg[g + 1]
+        cm = comm[g]
+        gf = gfix[g]
+        pim = pfix[g]
+        for i in range(lo, hi):
+            pim += pim_tab[counts[order[i]]]
+        # 1. best prefix
+        best = max(max(cm, gf), pim)
+        best_m = 0
+        read = 0.0
+        fl = 0.0
+        best_read = 0.0
+        best_flop = 0.0
+        best_pim = pim
+        for i in range(lo, hi):
+            n = counts[order[i]]
+            read = read + read_s
+            fl = fl + flop[n]
+            pim = pim - pim_tab[n]
+            t = max(max(cm, max(read, fl) + launch_s + gf), pim)
+            if t < best:
+                best = t
+                best_m = i - lo + 1
+                best_read = read
+                best_flop = fl
+                best_pim = pim
+        for i in range(lo, lo + best_m):
+            out[order[i]] = counts[order[i]]
+        # 2. split the expert on either side of the boundary
+        split_e = -1
+        split_g = 0
+        if best_m < hi - lo:
+            e = order[lo + best_m]
+            n = counts[e]
+            for k in range(1, n):
+                t_gpu = max(best_read + read_s, best_flop + flop[k]) + launch_s + gf
+                t_pim = best_pim - pim_tab[n] + pim_tab[n - k]
+                t = max(max(cm, t_gpu), t_pim)
+                if t < best:
+                    best = t
+                    split_e = e
+                    split_g = k
+        if best_m > 0:
+            e = order[lo + best_m - 1]
+            n = counts[e]
+            for k in range(1, n):
+                t_gpu = max(best_read, best_flop - flop[n] + flop[k]) + launch_s + gf
+                t_pim = best_pim + pim_tab[n - k]
+                t = max(max(cm, t_gpu), t_pim)
+                if t < best:
+                    best = t
+                    split_e = e
+                    split_g = k
+        if split_e >= 0:
+            out[split_e] = split_g
+    return out
+
+
+# -- argument checks shared by the twins (the C++ side has the same ones) ---------------------------
 
 def _check_ids(expert_ids: np.ndarray, num_experts: int) -> None:
     if num_experts <= 0:
@@ -20,121 +155,70 @@ def _check_ids(expert_ids: np.ndarray, num_experts: int) -> None:
             raise ValueError(f"expert id {int(expert_ids[i])} at pair {i} is outside [0, {num_experts})")
 
 
-class python_impl:  # noqa: N801 - a namespace with the extension's function names
-    """Plain numpy/python implementation (always available)."""
+def _plan_args(counts, home, num_gpus, read_s, flop_tab, pim_tab, comm, gfix, launch_s, pfix):
+    i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
+    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+    counts, home = i64(counts), i64(home)
+    comm, gfix, pfix, flop_tab, pim_tab = f64(comm), f64(gfix), f64(pfix), f64(flop_tab), f64(pim_tab)
+    num_gpus = int(num_gpus)
+    if home.shape != counts.shape:
+        raise ValueError("expert_gpu must have one entry per expert")
+    if num_gpus < 1:
+        raise ValueError("num_gpus must be >= 1")
+    if comm.shape[0] != num_gpus or gfix.shape[0] != num_gpus or pfix.shape[0] != num_gpus:
+        raise ValueError("per-GPU arrays must have num_gpus entries")
+    if counts.size and counts.min() < 0:
+        raise ValueError("counts must be >= 0")
+    if home.size and (home.min() < 0 or home.max() >= num_gpus):
+        raise ValueError("expert_gpu outside [0, num_gpus)")
+    max_count = int(counts.max()) if counts.size else 0
+    if flop_tab.shape[0] <= max_count or pim_tab.shape[0] <= max_count:
+        raise ValueError(f"cost tables must cover token counts up to {max_count}")
+    return counts, home, num_gpus, float(read_s), flop_tab, pim_tab, comm, gfix, float(launch_s), pfix
 
-    name = "python"
 
-    @staticmethod
-    def counting_sort(expert_ids: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class _Impl:
+    """One implementation: the three kernels behind argument checks."""
+
+    def __init__(self, name: str, counting_sort, sieve_plan, heteromoe_plan) -> None:
+        self.name = name
+        self._counting_sort, self._sieve, self._heteromoe = counting_sort, sieve_plan, heteromoe_plan
+
+    def counting_sort(self, expert_ids, num_experts):
         """Args: expert_ids [P] int64. Returns counts [E], offsets [E+1], order [P] (stable)."""
         expert_ids = np.ascontiguousarray(expert_ids, dtype=np.int64)
         _check_ids(expert_ids, num_experts)
-        counts = np.bincount(expert_ids, minlength=num_experts).astype(np.int64)
-        offsets = np.zeros(num_experts + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        order = np.argsort(expert_ids, kind="stable").astype(np.int64)
-        return counts, offsets, order
+        return self._counting_sort(expert_ids, np.int64(num_experts))
 
-    @staticmethod
-    def sieve_greedy(order, seg, read_s, flop_s, pim_s, comm_s, gpu_other_s, launch_s, pim_fixed_s) -> np.ndarray:
-        """See csrc/heteromoe_ext.cpp `sieve_greedy`. Returns moved [G] int64."""
-        order = [int(x) for x in order]
-        seg = [int(x) for x in seg]
-        rd, fl, pm = (np.asarray(a, dtype=np.float64).tolist() for a in (read_s, flop_s, pim_s))
-        cm, go, pf = (np.asarray(a, dtype=np.float64).tolist() for a in (comm_s, gpu_other_s, pim_fixed_s))
-        launch_s = float(launch_s)
-        moved = np.zeros(len(seg) - 1, dtype=np.int64)
-        for g in range(len(seg) - 1):
-            pim = pf[g]
-            for i in range(seg[g], seg[g + 1]):
-                pim += pm[order[i]]
-            best = max(max(cm[g], go[g]), pim)
-            read = flop = 0.0
-            m = 0
-            for i in range(seg[g], seg[g + 1]):
-                e = order[i]
-                n_read, n_flop = read + rd[e], flop + fl[e]
-                t = max(max(cm[g], max(n_read, n_flop) + launch_s + go[g]), pim - pm[e])
-                if not t < best:
-                    break
-                best, read, flop, pim, m = t, n_read, n_flop, pim - pm[e], m + 1
-            moved[g] = m
-        return moved
+    def sieve_plan(self, *args):
+        """See csrc/heteromoe_ext.cpp `sieve_plan`. Returns gpu_tokens [E] int64."""
+        return self._sieve(*_plan_args(*args))
+
+    def heteromoe_plan(self, *args):
+        """See csrc/heteromoe_ext.cpp `heteromoe_plan`. Returns gpu_tokens [E] int64."""
+        return self._heteromoe(*_plan_args(*args))
 
 
-def _build_numba():
+python_impl = _Impl("python", _counting_sort, _sieve_plan, _heteromoe_plan)
+
+
+def _build_numba() -> _Impl:
     import numba
 
-    @numba.njit(cache=True)
-    def _counting_sort(expert_ids, num_experts):
-        n = expert_ids.shape[0]
-        counts = np.zeros(num_experts, dtype=np.int64)
-        for i in range(n):
-            counts[expert_ids[i]] += 1
-        offsets = np.zeros(num_experts + 1, dtype=np.int64)
-        for e in range(num_experts):
-            offsets[e + 1] = offsets[e] + counts[e]
-        cursor = offsets[:-1].copy()
-        order = np.empty(n, dtype=np.int64)
-        for i in range(n):
-            e = expert_ids[i]
-            order[cursor[e]] = i
-            cursor[e] += 1
-        return counts, offsets, order
+    jit = numba.njit(cache=True)
+    sorted_by_gpu = jit(_sorted_by_gpu)
+    # the planners call _sorted_by_gpu: compile them against the jitted version
+    sieve_globals = dict(_sieve_plan.__globals__, _sorted_by_gpu=sorted_by_gpu)
+    import types
 
-    @numba.njit(cache=True)
-    def _sieve_greedy(order, seg, rd, fl, pm, cm, go, launch_s, pf):
-        g_count = seg.shape[0] - 1
-        moved = np.zeros(g_count, dtype=np.int64)
-        for g in range(g_count):
-            pim = pf[g]
-            for i in range(seg[g], seg[g + 1]):
-                pim += pm[order[i]]
-            best = max(max(cm[g], go[g]), pim)
-            read = 0.0
-            flop = 0.0
-            m = 0
-            for i in range(seg[g], seg[g + 1]):
-                e = order[i]
-                n_read = read + rd[e]
-                n_flop = flop + fl[e]
-                t_gpu = max(n_read, n_flop) + launch_s + go[g]
-                n_pim = pim - pm[e]
-                t = max(max(cm[g], t_gpu), n_pim)
-                if not t < best:
-                    break
-                best = t
-                read = n_read
-                flop = n_flop
-                pim = n_pim
-                m += 1
-            moved[g] = m
-        return moved
+    def rebind(fn):
+        return types.FunctionType(fn.__code__, sieve_globals, fn.__name__, fn.__defaults__, fn.__closure__)
 
-    class numba_impl:  # noqa: N801
-        """numba-compiled implementation."""
-
-        name = "numba"
-
-        @staticmethod
-        def counting_sort(expert_ids, num_experts):
-            expert_ids = np.ascontiguousarray(expert_ids, dtype=np.int64)
-            _check_ids(expert_ids, num_experts)
-            return _counting_sort(expert_ids, np.int64(num_experts))
-
-        @staticmethod
-        def sieve_greedy(order, seg, read_s, flop_s, pim_s, comm_s, gpu_other_s, launch_s, pim_fixed_s):
-            f = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
-            i = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
-            return _sieve_greedy(i(order), i(seg), f(read_s), f(flop_s), f(pim_s), f(comm_s), f(gpu_other_s),
-                                 float(launch_s), f(pim_fixed_s))
-
-    return numba_impl
+    return _Impl("numba", jit(_counting_sort), jit(rebind(_sieve_plan)), jit(rebind(_heteromoe_plan)))
 
 
 try:
-    numba_impl = _build_numba()
+    numba_impl: _Impl | None = _build_numba()
     numba_load_error: str | None = None
 except Exception as exc:  # noqa: BLE001 - numba missing or broken: the python path remains
     numba_impl = None

@@ -39,37 +39,80 @@ def test_counting_sort_rejects_out_of_range(fastpath, bad):
         fastpath.counting_sort(np.array([0, 1, bad], dtype=np.int64), 4)
 
 
-def test_sieve_greedy_hand_case(fastpath):
-    # Experts sorted by load: PIM times 5, 3, 1; each costs 1 s of GPU weight reads, no launch cost.
-    # Start: all on PIM -> max = 9. Move e0: GPU 1, PIM 4 -> 4. Move e1: GPU 2, PIM 1 -> 2.
-    # Move e2: GPU 3, PIM 0 -> 3, not lower than 2: stop. Two experts move.
-    moved = fastpath.sieve_greedy(np.array([0, 1, 2]), np.array([0, 3]), np.ones(3), np.zeros(3),
-                                  np.array([5.0, 3.0, 1.0]), np.zeros(1), np.zeros(1), 0.0, np.zeros(1))
-    assert moved.tolist() == [2]
+def plan_args(counts, pim_per_token=1.0, read_s=1.0, comm=0.0, launch=0.0, gpus=1, home=None):
+    """Toy layer: reading an expert on the GPU costs read_s, GPU compute is free, PIM costs per token."""
+    counts = np.asarray(counts, dtype=np.int64)
+    home = np.zeros(counts.size, dtype=np.int64) if home is None else np.asarray(home, dtype=np.int64)
+    size = int(counts.max()) + 1
+    return (counts, home, gpus, read_s, np.zeros(size), np.arange(size) * pim_per_token,
+            np.full(gpus, comm), np.zeros(gpus), launch, np.zeros(gpus))
 
 
-def test_sieve_greedy_comm_floor_stops_early(fastpath):
-    # T_comm = 6 dominates after the first move (PIM 4 < 6): the second move does not lower max -> stop at 1.
-    moved = fastpath.sieve_greedy(np.array([0, 1, 2]), np.array([0, 3]), np.ones(3), np.zeros(3),
-                                  np.array([5.0, 3.0, 1.0]), np.array([6.0]), np.zeros(1), 0.0, np.zeros(1))
-    assert moved.tolist() == [1]
+def test_sieve_plan_hand_case(fastpath):
+    # PIM costs 1 s per token, an expert's GPU read 1 s. Sorted loads 5, 3, 1: all on PIM -> 9.
+    # Move 5: GPU 1, PIM 4 -> 4. Move 3: GPU 2, PIM 1 -> 2. Move 1: GPU 3, PIM 0 -> 3, not lower: stop.
+    assert fastpath.sieve_plan(*plan_args([3, 0, 5, 1])).tolist() == [3, 0, 5, 0]
+
+
+def test_sieve_plan_comm_floor_stops_early(fastpath):
+    # T_comm = 6 dominates after the first move (PIM 4 < 6): the next move does not lower the max -> stop.
+    assert fastpath.sieve_plan(*plan_args([3, 0, 5, 1], comm=6.0)).tolist() == [0, 0, 5, 0]
+
+
+def test_best_prefix_equals_sieves_stop_for_monotone_costs(fastpath):
+    # Along Sieve's order the GPU side only grows and the PIM side only shrinks, so the max is
+    # quasi-convex and Sieve's first stop is the best prefix: heteromoe's prefix scan agrees.
+    # Launch 5 s: all PIM 8; one move: GPU 1+5 = 6, PIM 6 -> 6; two: GPU 7, PIM 4 -> 7: stop at one.
+    args = plan_args([2, 2, 2, 2], launch=5.0)
+    assert fastpath.sieve_plan(*args).tolist() == [2, 0, 0, 0]
+    assert fastpath.heteromoe_plan(*args).tolist() == [2, 0, 0, 0]
+
+
+def test_heteromoe_splits_an_expert_when_the_gpu_is_compute_bound(fastpath):
+    # GPU compute 1 s per token (flop_tab), no read cost; PIM 1 s per token. One expert with 10 tokens:
+    # all on one side -> 10; split 5/5 -> 5.
+    counts = np.array([10], dtype=np.int64)
+    args = (counts, np.zeros(1, dtype=np.int64), 1, 0.0, np.arange(11, dtype=np.float64),
+            np.arange(11, dtype=np.float64), np.zeros(1), np.zeros(1), 0.0, np.zeros(1))
+    assert fastpath.sieve_plan(*args).tolist() == [0]  # moving all 10 to the GPU does not lower the max (10)
+    assert fastpath.heteromoe_plan(*args).tolist() == [5]
+
+
+def test_plans_per_gpu_segments(fastpath):
+    # Two GPUs, each plans its own experts: GPU 0 has 5 and 3, GPU 1 has 4.
+    args = plan_args([5, 4, 3], home=[0, 1, 0], gpus=2)
+    assert fastpath.sieve_plan(*args).tolist() == [5, 4, 3]  # GPU0: 8 -> 3 -> 2; GPU1: 4 -> 1
+    assert fastpath.heteromoe_plan(*args).tolist() == [5, 4, 3]
+
+
+@pytest.mark.parametrize("kernel", ["sieve_plan", "heteromoe_plan"])
+def test_plan_kernels_reject_bad_arguments(fastpath, kernel):
+    fn = getattr(fastpath, kernel)
+    with pytest.raises(ValueError, match="cost tables must cover token counts up to 9"):
+        args = list(plan_args([9, 1]))
+        args[4] = np.zeros(3)
+        fn(*args)
+    with pytest.raises(ValueError, match="expert_gpu outside"):
+        fn(*plan_args([1, 1], home=[0, 3], gpus=2))
 
 
 def test_implementations_agree_bitwise():
     if len(_ext.IMPLEMENTATIONS) < 2:
         pytest.skip(f"only {list(_ext.IMPLEMENTATIONS)} available")
     rng = np.random.default_rng(7)
-    for trial in range(50):
+    for trial in range(40):
         num_gpus = int(rng.integers(1, 9))
         num_experts = int(rng.integers(num_gpus, 300))
-        order = rng.permutation(num_experts)
-        cuts = np.sort(rng.integers(0, num_experts + 1, size=num_gpus - 1))
-        seg = np.concatenate([[0], cuts, [num_experts]]).astype(np.int64)
-        args = (order, seg, rng.random(num_experts) * 1e-5, rng.random(num_experts) * 1e-5,
-                rng.random(num_experts) * 1e-5, rng.random(num_gpus) * 1e-4, rng.random(num_gpus) * 1e-6, 3e-6,
-                rng.random(num_gpus) * 1e-5)
-        results = {name: impl.sieve_greedy(*args).tolist() for name, impl in _ext.IMPLEMENTATIONS.items()}
-        assert len({tuple(r) for r in results.values()}) == 1, (trial, results)
+        counts = rng.poisson(rng.choice([0.3, 4.0, 30.0], size=num_experts)).astype(np.int64)
+        home = rng.integers(0, num_gpus, size=num_experts)
+        size = int(counts.max()) + 1
+        pim_tab = np.cumsum(rng.random(size) * 1e-6)
+        pim_tab[0] = 0.0
+        args = (counts, home, num_gpus, rng.random() * 2e-6, np.arange(size) * rng.random() * 1e-8, pim_tab,
+                rng.random(num_gpus) * 1e-5, rng.random(num_gpus) * 1e-6, 3e-6, rng.random(num_gpus) * 1e-5)
+        for kernel in ("sieve_plan", "heteromoe_plan"):
+            results = {name: getattr(impl, kernel)(*args).tolist() for name, impl in _ext.IMPLEMENTATIONS.items()}
+            assert len({tuple(r) for r in results.values()}) == 1, (trial, kernel, results)
         ids = rng.integers(0, num_experts, size=int(rng.integers(0, 500)))
         sorts = {name: impl.counting_sort(ids, num_experts) for name, impl in _ext.IMPLEMENTATIONS.items()}
         first = next(iter(sorts.values()))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from heteromoe.cost.gpu import GpuRoofline
+from heteromoe.cost.layout import PIM_LAYOUTS, channel_groups
 from heteromoe.cost.link import all_to_all_s
 from heteromoe.cost.pim import PimCostModel, PimRooflineV1
 from heteromoe.spec.hardware import SystemSpec
@@ -36,32 +37,70 @@ class CostModel:
         model: the expert shapes.
         pim_model: a PIM cost model; defaults to the v1 roofline.
         gpu_other_s: other GPU work overlapping the experts in the step (per GPU), default 0.
-        pim_fixed_s: fixed PIM work in the step, e.g. decode attention on PIM (per GPU), default 0.
+        pim_fixed_s: other fixed PIM work in the step (per GPU), default 0.
+        attn_kv_bytes: KV-cache bytes decode attention reads per GPU in this layer (0: no attention
+            modelled). Policies that put decode attention on PIM (all but `gpu-only`) add its PIM time
+            to T_PIM; `gpu-only` adds its GPU time to T_GPU.
     """
 
     def __init__(self, system: SystemSpec, model: MoEModelSpec, pim_model: PimCostModel | None = None,
-                 gpu_other_s: float = 0.0, pim_fixed_s: float = 0.0) -> None:
+                 gpu_other_s: float = 0.0, pim_fixed_s: float = 0.0, attn_kv_bytes: float = 0.0) -> None:
         self.system = system
         self.model = model
-        self.gpu = GpuRoofline(system.require_gpu(), model)
+        gpu = system.require_gpu()
+        self.gpu = GpuRoofline(gpu, model)
         self.pim = pim_model if pim_model is not None else PimRooflineV1(system.pim, model)
-        if gpu_other_s < 0 or pim_fixed_s < 0:
-            raise ValueError(f"gpu_other_s and pim_fixed_s must be >= 0, got {gpu_other_s}, {pim_fixed_s}")
+        for name, value in (("gpu_other_s", gpu_other_s), ("pim_fixed_s", pim_fixed_s), ("attn_kv_bytes", attn_kv_bytes)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         self.gpu_other_s = float(gpu_other_s)
         self.pim_fixed_s = float(pim_fixed_s)
+        self.attn_gpu_s = float(attn_kv_bytes) / (gpu.eta_bw * gpu.ext_bw_bytes_per_s)
+        self.attn_pim_s = float(attn_kv_bytes) / system.pim.internal_bw_bytes_per_s
+        self.channels_per_gpu = system.pim.stacks_per_gpu * system.pim.pseudo_channels_per_stack
+        self._tables: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
+
+    def tables(self, max_count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(flop_tab, pim_tab): GPU compute and PIM seconds of one expert for n = 0..max_count tokens.
+
+        Cached and grown by doubling: the fast path looks costs up by token count.
+        """
+        if self._tables[0].shape[0] <= max_count:
+            size = max(64, 1 << int(max_count).bit_length())
+            n = np.arange(size)
+            self._tables = (self.gpu.flop_s(n), np.asarray(self.pim.times_s(n), dtype=np.float64))
+        return self._tables
+
+    def fixed_s(self, attention_on_pim: bool = True) -> tuple[float, float]:
+        """(GPU, PIM) seconds of work besides the experts, per GPU, with decode attention placed as asked."""
+        if attention_on_pim:
+            return self.gpu_other_s, self.pim_fixed_s + self.attn_pim_s
+        return self.gpu_other_s + self.attn_gpu_s, self.pim_fixed_s
 
     def comm_s(self, counts: np.ndarray, expert_gpu: np.ndarray, num_gpus: int) -> np.ndarray:
         return all_to_all_s(counts, expert_gpu, num_gpus, self.system.link, self.model)
 
+    def pim_s_per_gpu(self, pim_tokens: np.ndarray, expert_gpu: np.ndarray, num_gpus: int,
+                      pim_layout: str = "tp") -> np.ndarray:
+        """[G] PIM seconds of the experts alone: summed (tp) or the busiest channel group's (ep)."""
+        if pim_layout == "tp":
+            return np.bincount(expert_gpu, weights=self.pim.times_s(pim_tokens), minlength=num_gpus)
+        if pim_layout != "ep":
+            raise ValueError(f"unknown PIM layout {pim_layout!r}; known: {PIM_LAYOUTS}")
+        group, share, slots = channel_groups(expert_gpu, num_gpus, self.channels_per_gpu)
+        per_group = np.bincount(group, weights=self.pim.times_s(pim_tokens, share), minlength=slots)
+        return per_group.reshape(num_gpus, self.channels_per_gpu).max(axis=1)
+
     def times(self, counts: np.ndarray, gpu_tokens: np.ndarray, pim_tokens: np.ndarray,
-              expert_gpu: np.ndarray, num_gpus: int) -> StepTimes:
+              expert_gpu: np.ndarray, num_gpus: int, *, attention_on_pim: bool = True,
+              pim_layout: str = "tp") -> StepTimes:
         """Evaluate a split: `gpu_tokens [E]` on the SMs, `pim_tokens [E]` in PIM, experts homed on `expert_gpu`."""
+        gpu_fixed, pim_fixed = self.fixed_s(attention_on_pim)
         read = self.gpu.read_s(gpu_tokens)
         flop = self.gpu.flop_s(gpu_tokens)
-        pim = self.pim.times_s(pim_tokens)
         read_g = np.bincount(expert_gpu, weights=read, minlength=num_gpus)
         flop_g = np.bincount(expert_gpu, weights=flop, minlength=num_gpus)
         busy_g = np.bincount(expert_gpu, weights=(np.asarray(gpu_tokens) > 0).astype(np.float64), minlength=num_gpus)
-        t_gpu = np.maximum(read_g, flop_g) + np.where(busy_g > 0, self.gpu.launch_s, 0.0) + self.gpu_other_s
-        t_pim = np.bincount(expert_gpu, weights=pim, minlength=num_gpus) + self.pim_fixed_s
+        t_gpu = np.maximum(read_g, flop_g) + np.where(busy_g > 0, self.gpu.launch_s, 0.0) + gpu_fixed
+        t_pim = self.pim_s_per_gpu(pim_tokens, expert_gpu, num_gpus, pim_layout) + pim_fixed
         return StepTimes(t_comm_s=self.comm_s(counts, expert_gpu, num_gpus), t_gpu_s=t_gpu, t_pim_s=t_pim)

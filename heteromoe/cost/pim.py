@@ -22,8 +22,12 @@ __all__ = ["PimCostModel", "PimRooflineV1"]
 class PimCostModel(Protocol):
     """What the scheduler asks of a PIM cost model."""
 
-    def times_s(self, tokens: np.ndarray) -> np.ndarray:
-        """[E] seconds each expert takes on PIM for `tokens [E]` tokens (0 for 0 tokens)."""
+    def times_s(self, tokens: np.ndarray, share=1.0) -> np.ndarray:
+        """[E] seconds each expert takes on PIM for `tokens [E]` tokens (0 for 0 tokens).
+
+        `share` ([E] or scalar) is the fraction of the GPU's PIM channels an expert is spread over: 1 for
+        Sieve's layout (every expert over all channels), 1/groups for an expert-parallel layout.
+        """
         ...
 
 
@@ -39,9 +43,14 @@ class PimRooflineV1:
         self.command_s = pim.command_overhead_s
         self.gemv_s = max(read_s, self.flop_s_per_token) + self.command_s
 
-    def times_s(self, tokens: np.ndarray) -> np.ndarray:
+    def times_s(self, tokens: np.ndarray, share=1.0) -> np.ndarray:
         n = np.asarray(tokens, dtype=np.float64)
+        if np.all(np.asarray(share) == 1.0):
+            read_s, flop_s = self.read_s_per_sweep, self.flop_s_per_token
+        else:
+            share = np.asarray(share, dtype=np.float64)
+            read_s, flop_s = self.read_s_per_sweep / share, self.flop_s_per_token / share
         if self.pim.tokens_serialized:
-            return n * self.gemv_s
-        batched = np.maximum(self.read_s_per_sweep, n * self.flop_s_per_token) + self.command_s
+            return n * (np.maximum(read_s, flop_s) + self.command_s)
+        batched = np.maximum(read_s, n * flop_s) + self.command_s
         return np.where(n > 0, batched, 0.0)

@@ -1,19 +1,27 @@
 """Policy names -> policy objects.
 
-Selection: a `Policy` instance is used as is; a name is looked up in `POLICIES` (built-ins:
-`gpu-only`, `all-exp`, `sieve`); anything else raises, listing the known names. `register_policy`
-adds a user's policy class under its `name`.
+Selection: a `Policy` instance is used as is; a name is looked up in `POLICIES`; anything else raises,
+listing the known names. The baselines of DESIGN.md section 3 (`gpu-only`, `no-exp`, `all-exp`,
+`duplex`, `pimoe`, `sieve`), the OR-Tools yardstick `exact`, and ours, `heteromoe`. `register_policy`
+adds a user's Policy subclass under its `name`.
 """
 from __future__ import annotations
 
 from heteromoe.sched.policies.all_exp import AllExpPolicy
+from heteromoe.sched.policies.duplex import DuplexPolicy
+from heteromoe.sched.policies.exact import ExactPolicy
 from heteromoe.sched.policies.gpu_only import GpuOnlyPolicy
+from heteromoe.sched.policies.heteromoe_policy import HeteromoePolicy
+from heteromoe.sched.policies.no_exp import NoExpPolicy
+from heteromoe.sched.policies.pimoe import PimoePolicy
 from heteromoe.sched.policies.sieve import SievePolicy
 from heteromoe.sched.policy import Policy
 
-__all__ = ["POLICIES", "get_policy", "register_policy"]
+__all__ = ["POLICIES", "BASELINES", "get_policy", "register_policy"]
 
-POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (GpuOnlyPolicy, AllExpPolicy, SievePolicy)}
+BASELINES = ("gpu-only", "no-exp", "all-exp", "duplex", "pimoe", "sieve")
+POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (
+    GpuOnlyPolicy, NoExpPolicy, AllExpPolicy, DuplexPolicy, PimoePolicy, SievePolicy, ExactPolicy, HeteromoePolicy)}
 
 
 def register_policy(cls: type[Policy]) -> type[Policy]:

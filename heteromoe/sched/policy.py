@@ -1,7 +1,8 @@
 """Policy: loads -> plan, as a template method.
 
 `Policy.plan()` is concrete: it checks the inputs, calls the policy's `_place()` for the GPU token
-counts, evaluates the split with the shared cost model, and always runs the plan validator.
+counts, evaluates the split with the shared cost model (with the policy's attention placement and PIM
+layout), and always runs the plan validator.
 """
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ def check_counts(counts, num_experts: int) -> np.ndarray:
         raise ValueError(f"counts must be 1-D [num_experts], got shape {arr.shape}")
     if arr.shape[0] != num_experts:
         raise ValueError(f"counts has {arr.shape[0]} entries but the model has {num_experts} experts")
+    if arr.dtype == np.int64:
+        if arr.size and arr.min() < 0:
+            e = int(np.flatnonzero(arr < 0)[0])
+            raise ValueError(f"counts must be >= 0: counts[{e}] = {arr[e].item()!r}")
+        return arr
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"counts must be integers, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.floating):
@@ -39,30 +45,54 @@ def check_counts(counts, num_experts: int) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class PlacementContext:
-    """What `_place()` may look at: the loads, the homes, and the cost model."""
+    """What `_place()` may look at: the loads, the homes, the cost model and the fixed per-GPU times."""
 
     counts: np.ndarray  # [E]
     expert_gpu: np.ndarray  # [E]
     num_gpus: int
     cost: CostModel
+    comm_s: np.ndarray  # [G] all-to-all time (independent of the split)
+    gpu_fixed_s: np.ndarray  # [G] GPU work besides the experts
+    pim_fixed_s: np.ndarray  # [G] PIM work besides the experts (decode attention where it runs on PIM)
+
+    def fast_path_args(self) -> tuple:
+        """Arguments of the `_ext.*_plan` kernels."""
+        flop_tab, pim_tab = self.cost.tables(int(self.counts.max()) if self.counts.size else 0)
+        return (self.counts, self.expert_gpu, self.num_gpus, self.cost.gpu.read_s_per_expert, flop_tab, pim_tab,
+                self.comm_s, self.gpu_fixed_s, self.cost.gpu.launch_s, self.pim_fixed_s)
 
 
 class Policy(ABC):
-    """A GPU/PIM placement rule. Subclasses set `name` and implement `_place()`."""
+    """A GPU/PIM placement rule. Subclasses set `name` and implement `_place()`.
+
+    Class attributes:
+        attention_on_pim: decode attention runs on PIM (every policy but `gpu-only`).
+        pim_layout: "tp" (experts sharded over all PIM channels, Sieve) or "ep" (expert-parallel, PIMoE).
+    """
 
     name: str = ""
     #: One line for `heteromoe policies` and error messages.
     summary: str = ""
+    attention_on_pim: bool = True
+    pim_layout: str = "tp"
+
+    def context(self, counts: np.ndarray, expert_gpu: np.ndarray, num_gpus: int, cost: CostModel) -> PlacementContext:
+        gpu_fixed, pim_fixed = cost.fixed_s(self.attention_on_pim)
+        return PlacementContext(counts=counts, expert_gpu=expert_gpu, num_gpus=num_gpus, cost=cost,
+                                comm_s=cost.comm_s(counts, expert_gpu, num_gpus),
+                                gpu_fixed_s=np.full(num_gpus, gpu_fixed), pim_fixed_s=np.full(num_gpus, pim_fixed))
 
     def plan(self, counts: np.ndarray, expert_gpu: np.ndarray, num_gpus: int, cost: CostModel) -> Plan:
         """Make, evaluate and validate the plan of one layer call."""
         counts = check_counts(counts, cost.model.num_experts)
-        ctx = PlacementContext(counts=counts, expert_gpu=expert_gpu, num_gpus=num_gpus, cost=cost)
+        ctx = self.context(counts, expert_gpu, num_gpus, cost)
         gpu_tokens = np.asarray(self._place(ctx), dtype=np.int64)
         pim_tokens = counts - gpu_tokens
-        times = cost.times(counts, gpu_tokens, pim_tokens, expert_gpu, num_gpus)
+        times = cost.times(counts, gpu_tokens, pim_tokens, expert_gpu, num_gpus,
+                           attention_on_pim=self.attention_on_pim, pim_layout=self.pim_layout)
         plan = Plan(policy=self.name, expert_gpu=expert_gpu, gpu_tokens=gpu_tokens, pim_tokens=pim_tokens,
-                    per_gpu_t_comm_s=times.t_comm_s, per_gpu_t_gpu_s=times.t_gpu_s, per_gpu_t_pim_s=times.t_pim_s)
+                    per_gpu_t_comm_s=times.t_comm_s, per_gpu_t_gpu_s=times.t_gpu_s, per_gpu_t_pim_s=times.t_pim_s,
+                    info=getattr(self, "last_info", {}))
         plan.validate(counts)
         return plan
 

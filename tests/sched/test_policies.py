@@ -91,7 +91,7 @@ def test_schedule_rejects_bad_gpus_placement_and_policy():
         plan([1, 1, 1, 1], "sieve", gpus=0)
     with pytest.raises(ValueError, match="homeless"):
         heteromoe.schedule([1, 1, 1, 1], model=TOY_MODEL, system=TOY_SYSTEM, gpus=2, placement=[0, 1, 2, 0])
-    with pytest.raises(ValueError, match="unknown policy 'nope'; known policies: all-exp, gpu-only, sieve"):
+    with pytest.raises(ValueError, match="unknown policy 'nope'; known policies: all-exp, duplex, exact, gpu-only, heteromoe, no-exp, pimoe, sieve"):
         plan([1, 1, 1, 1], "nope")
 
 

@@ -1,4 +1,4 @@
-"""`all-exp`: every expert on PIM in decode (PAPI / Stratum style)."""
+"""`all-exp`: decode attention and every expert on PIM (PAPI / Stratum style)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,0 +1,14 @@
+"""`no-exp`: decode attention on PIM, every expert on the GPU (NeuPIMs style)."""
+from __future__ import annotations
+
+import numpy as np
+
+from heteromoe.sched.policy import PlacementContext, Policy
+
+
+class NoExpPolicy(Policy):
+    name = "no-exp"
+    summary = "decode attention on PIM, all experts on GPU"
+
+    def _place(self, ctx: PlacementContext) -> np.ndarray:
+        return ctx.counts.copy()
