@@ -93,9 +93,36 @@ static LayerCosts make_costs(const carray<i64>& counts, const carray<i64>& home,
                     pfix.data()};
 }
 
+using PlanResult = std::tuple<carray<i64>, carray<double>, carray<double>>;
+
+// Per-GPU T_GPU and T_PIM of a split, summed in expert-id order (as numpy's bincount does, so the
+// numbers equal CostModel.times bit for bit).
+static PlanResult evaluate(const LayerCosts& c, carray<i64> gpu_tokens) {
+  const i64* out = gpu_tokens.data();
+  carray<double> t_gpu(c.G), t_pim(c.G);
+  double* tg = t_gpu.mutable_data();
+  double* tp = t_pim.mutable_data();
+  std::vector<double> read(c.G, 0.0), flop(c.G, 0.0), pim(c.G, 0.0);
+  std::vector<char> busy(c.G, 0);
+  for (i64 e = 0; e < c.E; ++e) {
+    const i64 g = c.home[e], k = out[e];
+    if (k > 0) {
+      read[g] += c.read_s;
+      busy[g] = 1;
+    }
+    flop[g] += c.flop[k];
+    pim[g] += c.pim[c.counts[e] - k];
+  }
+  for (i64 g = 0; g < c.G; ++g) {
+    tg[g] = std::max(read[g], flop[g]) + (busy[g] ? c.launch_s : 0.0) + c.gfix[g];
+    tp[g] = pim[g] + c.pfix[g];
+  }
+  return {gpu_tokens, t_gpu, t_pim};
+}
+
 // Sieve: all start on PIM; the hottest remaining expert moves to the GPU while
-// max(T_comm, T_GPU, T_PIM) strictly falls. Returns gpu_tokens [E].
-static carray<i64> sieve_plan(carray<i64> counts, carray<i64> home, i64 num_gpus, double read_s, carray<double> flop_tab,
+// max(T_comm, T_GPU, T_PIM) strictly falls. Returns gpu_tokens [E], T_GPU [G], T_PIM [G].
+static PlanResult sieve_plan(carray<i64> counts, carray<i64> home, i64 num_gpus, double read_s, carray<double> flop_tab,
                               carray<double> pim_tab, carray<double> comm, carray<double> gfix, double launch_s,
                               carray<double> pfix) {
   const LayerCosts c = make_costs(counts, home, num_gpus, read_s, flop_tab, pim_tab, comm, gfix, launch_s, pfix);
@@ -122,12 +149,12 @@ static carray<i64> sieve_plan(carray<i64> counts, carray<i64> home, i64 num_gpus
       out[e] = n;
     }
   }
-  return gpu_tokens;
+  return evaluate(c, gpu_tokens);
 }
 
 // heteromoe: among all prefixes of Sieve's order (not only up to the first non-improving move), take
 // the best; then try splitting the expert on each side of the boundary between GPU and PIM.
-static carray<i64> heteromoe_plan(carray<i64> counts, carray<i64> home, i64 num_gpus, double read_s,
+static PlanResult heteromoe_plan(carray<i64> counts, carray<i64> home, i64 num_gpus, double read_s,
                                   carray<double> flop_tab, carray<double> pim_tab, carray<double> comm,
                                   carray<double> gfix, double launch_s, carray<double> pfix) {
   const LayerCosts c = make_costs(counts, home, num_gpus, read_s, flop_tab, pim_tab, comm, gfix, launch_s, pfix);
@@ -190,7 +217,7 @@ static carray<i64> heteromoe_plan(carray<i64> counts, carray<i64> home, i64 num_
     }
     if (split_e >= 0) out[split_e] = split_g;
   }
-  return gpu_tokens;
+  return evaluate(c, gpu_tokens);
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -53,6 +53,28 @@ def _sorted_by_gpu(counts, home, num_gpus):
     return order, seg
 
 
+def _evaluate(counts, home, num_gpus, read_s, flop, pim_tab, gfix, launch_s, pfix, out):
+    """Per-GPU T_GPU and T_PIM of a split, summed in expert-id order."""
+    read = np.zeros(num_gpus)
+    fl = np.zeros(num_gpus)
+    pim = np.zeros(num_gpus)
+    busy = np.zeros(num_gpus, dtype=np.bool_)
+    for e in range(counts.shape[0]):
+        g = home[e]
+        k = out[e]
+        if k > 0:
+            read[g] += read_s
+            busy[g] = True
+        fl[g] += flop[k]
+        pim[g] += pim_tab[counts[e] - k]
+    t_gpu = np.empty(num_gpus)
+    t_pim = np.empty(num_gpus)
+    for g in range(num_gpus):
+        t_gpu[g] = max(read[g], fl[g]) + (launch_s if busy[g] else 0.0) + gfix[g]
+        t_pim[g] = pim[g] + pfix[g]
+    return out, t_gpu, t_pim
+
+
 def _sieve_plan(counts, home, num_gpus, read_s, flop, pim_tab, comm, gfix, launch_s, pfix):
     order, seg = _sorted_by_gpu(counts, home, num_gpus)
     out = np.zeros(counts.shape[0], dtype=np.int64)
@@ -77,7 +99,7 @@ def _sieve_plan(counts, home, num_gpus, read_s, flop, pim_tab, comm, gfix, launc
             fl = n_flop
             pim = n_pim
             out[e] = n
-    return out
+    return _evaluate(counts, home, num_gpus, read_s, flop, pim_tab, gfix, launch_s, pfix, out)
 
 
 def _heteromoe_plan(counts, home, num_gpus, read_s, flop, pim_tab, comm, gfix, launch_s, pfix):
@@ -140,7 +162,7 @@ def _heteromoe_plan(counts, home, num_gpus, read_s, flop, pim_tab, comm, gfix, l
                     split_g = k
         if split_e >= 0:
             out[split_e] = split_g
-    return out
+    return _evaluate(counts, home, num_gpus, read_s, flop, pim_tab, gfix, launch_s, pfix, out)
 
 
 # -- argument checks shared by the twins (the C++ side has the same ones) ---------------------------
@@ -191,11 +213,11 @@ class _Impl:
         return self._counting_sort(expert_ids, np.int64(num_experts))
 
     def sieve_plan(self, *args):
-        """See csrc/heteromoe_ext.cpp `sieve_plan`. Returns gpu_tokens [E] int64."""
+        """See csrc/heteromoe_ext.cpp `sieve_plan`. Returns gpu_tokens [E], T_GPU [G], T_PIM [G]."""
         return self._sieve(*_plan_args(*args))
 
     def heteromoe_plan(self, *args):
-        """See csrc/heteromoe_ext.cpp `heteromoe_plan`. Returns gpu_tokens [E] int64."""
+        """See csrc/heteromoe_ext.cpp `heteromoe_plan`. Returns gpu_tokens [E], T_GPU [G], T_PIM [G]."""
         return self._heteromoe(*_plan_args(*args))
 
 
@@ -206,9 +228,8 @@ def _build_numba() -> _Impl:
     import numba
 
     jit = numba.njit(cache=True)
-    sorted_by_gpu = jit(_sorted_by_gpu)
-    # the planners call _sorted_by_gpu: compile them against the jitted version
-    sieve_globals = dict(_sieve_plan.__globals__, _sorted_by_gpu=sorted_by_gpu)
+    # the planners call _sorted_by_gpu and _evaluate: compile them against the jitted versions
+    sieve_globals = dict(_sieve_plan.__globals__, _sorted_by_gpu=jit(_sorted_by_gpu), _evaluate=jit(_evaluate))
     import types
 
     def rebind(fn):

@@ -1,4 +1,6 @@
-"""Routing maps -> expert loads."""
+"""Routing maps -> expert loads; synthetic routing; recorded traces."""
 from heteromoe.routing.loads import RoutingLoads, loads_from_topk
+from heteromoe.routing.synth import BimodalRouting
+from heteromoe.routing.traces import RoutingTrace, load_trace
 
-__all__ = ["RoutingLoads", "loads_from_topk"]
+__all__ = ["RoutingLoads", "loads_from_topk", "BimodalRouting", "RoutingTrace", "load_trace"]

@@ -17,7 +17,7 @@ __all__ = ["schedule"]
 
 def schedule(counts, *, model: "str | MoEModelSpec", system: "str | SystemSpec", gpus: int = 1,
              policy: "str | Policy" = "sieve", placement=None, gpu_other_s: float = 0.0,
-             pim_fixed_s: float = 0.0) -> Plan:
+             pim_fixed_s: float = 0.0, attn_kv_bytes: float = 0.0) -> Plan:
     """Plan one MoE layer call.
 
     Args:
@@ -25,10 +25,12 @@ def schedule(counts, *, model: "str | MoEModelSpec", system: "str | SystemSpec",
         model: a model preset name, TOML path or MoEModelSpec (gives d, f, E, bytes per weight).
         system: a system preset name, TOML path or SystemSpec.
         gpus: GPUs in expert parallelism (experts in contiguous blocks unless `placement` is given).
-        policy: a policy name (`gpu-only`, `all-exp`, `sieve`) or a Policy.
+        policy: a policy name (see `heteromoe.sched.POLICIES`) or a Policy instance.
         placement: optional [E] home GPU of each expert.
         gpu_other_s: other GPU work of the step overlapping the experts (seconds, per GPU).
-        pim_fixed_s: fixed PIM work, e.g. decode attention on PIM (seconds, per GPU).
+        pim_fixed_s: other fixed PIM work (seconds, per GPU).
+        attn_kv_bytes: KV-cache bytes decode attention reads per GPU in this layer; on PIM for every policy
+            but `gpu-only` (DESIGN.md section 2).
     Returns:
         A validated Plan.
     """
@@ -37,5 +39,6 @@ def schedule(counts, *, model: "str | MoEModelSpec", system: "str | SystemSpec",
     system_spec.check_gpus(gpus)
     expert_gpu = (contiguous_placement(model_spec.num_experts, gpus) if placement is None
                   else check_placement(placement, model_spec.num_experts, gpus))
-    cost = CostModel(system_spec, model_spec, gpu_other_s=gpu_other_s, pim_fixed_s=pim_fixed_s)
+    cost = CostModel(system_spec, model_spec, gpu_other_s=gpu_other_s, pim_fixed_s=pim_fixed_s,
+                     attn_kv_bytes=attn_kv_bytes)
     return get_policy(policy).plan(np.asarray(counts), expert_gpu, gpus, cost)

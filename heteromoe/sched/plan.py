@@ -80,22 +80,22 @@ class Plan:
     def validate(self, counts) -> None:
         """Raise PlanError unless every routed pair runs exactly once: gpu + pim == counts, both >= 0."""
         counts = np.asarray(counts)
-        shapes = {a.shape for a in (counts, self.gpu_tokens, self.pim_tokens, self.expert_gpu)}
-        if len(shapes) != 1:
+        gpu, pim = self.gpu_tokens, self.pim_tokens
+        if not (counts.shape == gpu.shape == pim.shape == self.expert_gpu.shape):
             raise PlanError(f"plan of policy {self.policy!r}: shapes differ: counts {counts.shape}, gpu_tokens "
-                            f"{self.gpu_tokens.shape}, pim_tokens {self.pim_tokens.shape}, expert_gpu {self.expert_gpu.shape}")
-        for name in ("gpu_tokens", "pim_tokens"):
-            arr = getattr(self, name)
-            if (arr < 0).any():
-                e = int(np.flatnonzero(arr < 0)[0])
-                raise PlanError(f"plan of policy {self.policy!r}: {name}[{e}] = {int(arr[e])} is negative")
-        wrong = np.flatnonzero(self.gpu_tokens + self.pim_tokens != counts)
-        if wrong.size:
+                            f"{gpu.shape}, pim_tokens {pim.shape}, expert_gpu {self.expert_gpu.shape}")
+        if gpu.size == 0:
+            return
+        if min(gpu.min(), pim.min()) < 0:
+            name, arr = ("gpu_tokens", gpu) if gpu.min() < 0 else ("pim_tokens", pim)
+            e = int(np.flatnonzero(arr < 0)[0])
+            raise PlanError(f"plan of policy {self.policy!r}: {name}[{e}] = {int(arr[e])} is negative")
+        if not np.array_equal(gpu + pim, counts):
+            wrong = np.flatnonzero(gpu + pim != counts)
             e = int(wrong[0])
             raise PlanError(f"plan of policy {self.policy!r}: expert {e} has {int(counts[e])} routed tokens but the plan "
-                            f"runs {int(self.gpu_tokens[e])} on GPU + {int(self.pim_tokens[e])} on PIM "
-                            f"({wrong.size} expert(s) wrong)")
-        if ((self.expert_gpu < 0) | (self.expert_gpu >= self.num_gpus)).any():
+                            f"runs {int(gpu[e])} on GPU + {int(pim[e])} on PIM ({wrong.size} expert(s) wrong)")
+        if self.expert_gpu.min() < 0 or self.expert_gpu.max() >= self.num_gpus:
             raise PlanError(f"plan of policy {self.policy!r}: expert_gpu outside [0, {self.num_gpus})")
 
     def to_dict(self) -> dict:

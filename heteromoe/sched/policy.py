@@ -86,16 +86,24 @@ class Policy(ABC):
         """Make, evaluate and validate the plan of one layer call."""
         counts = check_counts(counts, cost.model.num_experts)
         ctx = self.context(counts, expert_gpu, num_gpus, cost)
-        gpu_tokens = np.asarray(self._place(ctx), dtype=np.int64)
-        pim_tokens = counts - gpu_tokens
-        times = cost.times(counts, gpu_tokens, pim_tokens, expert_gpu, num_gpus,
-                           attention_on_pim=self.attention_on_pim, pim_layout=self.pim_layout)
-        plan = Plan(policy=self.name, expert_gpu=expert_gpu, gpu_tokens=gpu_tokens, pim_tokens=pim_tokens,
-                    per_gpu_t_comm_s=times.t_comm_s, per_gpu_t_gpu_s=times.t_gpu_s, per_gpu_t_pim_s=times.t_pim_s,
+        placed = self._place(ctx)
+        if isinstance(placed, tuple):  # the fast path also evaluated its split, from the same cost tables
+            gpu_tokens, t_gpu, t_pim = placed
+        else:
+            gpu_tokens = np.asarray(placed, dtype=np.int64)
+            times = cost.times(counts, gpu_tokens, counts - gpu_tokens, expert_gpu, num_gpus,
+                               attention_on_pim=self.attention_on_pim, pim_layout=self.pim_layout)
+            t_gpu, t_pim = times.t_gpu_s, times.t_pim_s
+        plan = Plan(policy=self.name, expert_gpu=expert_gpu, gpu_tokens=gpu_tokens, pim_tokens=counts - gpu_tokens,
+                    per_gpu_t_comm_s=ctx.comm_s, per_gpu_t_gpu_s=t_gpu, per_gpu_t_pim_s=t_pim,
                     info=getattr(self, "last_info", {}))
         plan.validate(counts)
         return plan
 
     @abstractmethod
-    def _place(self, ctx: PlacementContext) -> np.ndarray:
-        """Return [E] tokens of each expert to run on its GPU's SMs (the rest run on PIM)."""
+    def _place(self, ctx: PlacementContext):
+        """Return [E] tokens of each expert to run on its GPU's SMs (the rest run on PIM).
+
+        A fast-path policy may return `(gpu_tokens [E], t_gpu_s [G], t_pim_s [G])`, its own evaluation of
+        the split from the cost model's tables (equal to `CostModel.times` for the "tp" layout).
+        """

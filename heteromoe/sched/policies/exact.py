@@ -32,7 +32,7 @@ class ExactPolicy(Policy):
 
     def _place(self, ctx: PlacementContext) -> np.ndarray:
         args = ctx.fast_path_args()
-        fast = _ext.heteromoe_plan(*args)
+        fast, _, _ = _ext.heteromoe_plan(*args)
         _, _, _, read_s, flop_tab, pim_tab, comm, gfix, launch_s, pfix = args
         gpu_tokens = fast.copy()
         per_gpu = []

@@ -23,5 +23,5 @@ class HeteromoePolicy(Policy):
     name = "heteromoe"
     summary = "best prefix of Sieve's order on the GPU, plus one expert split between GPU and PIM"
 
-    def _place(self, ctx: PlacementContext) -> np.ndarray:
+    def _place(self, ctx: PlacementContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return _ext.heteromoe_plan(*ctx.fast_path_args())

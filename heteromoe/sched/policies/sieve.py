@@ -18,5 +18,5 @@ class SievePolicy(Policy):
     name = "sieve"
     summary = "Sieve: hottest experts move from PIM to GPU while the max of comm/GPU/PIM time falls"
 
-    def _place(self, ctx: PlacementContext) -> np.ndarray:
+    def _place(self, ctx: PlacementContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return _ext.sieve_plan(*ctx.fast_path_args())

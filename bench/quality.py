@@ -1,0 +1,131 @@
+"""Plan quality: every policy's predicted layer makespan relative to `exact` (OR-Tools CP-SAT).
+
+Run:  python bench/quality.py --json bench/results/quality-b200.json
+Loads: synthetic bimodal routing (DESIGN.md section 6) for Qwen3-30B-A3B on 1, 4 and 8 GPUs and
+Qwen3.5-397B-A17B on 8 GPUs, and the real traces of shared/traces replayed on experts of Qwen3-30B-A3B's
+shape (d 2048, f 768) with each trace's own expert count and top-k; batch 1-256 decode tokens; decode
+attention over a 2048-token context per sequence (data-parallel: batch / G sequences per GPU).
+This is a quality benchmark (predicted times), not a timing one: it prints a table and writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import heteromoe
+from heteromoe.routing import BimodalRouting, load_trace
+from heteromoe.sched.policies.exact import ExactPolicy
+
+POLICIES = ["gpu-only", "no-exp", "all-exp", "duplex", "pimoe", "sieve", "heteromoe"]
+BATCHES = [1, 4, 16, 64, 256]
+TRACES = ["DynaNDE-Simulator", "cerebras-assesment2", "vllm-expert-profiler", "vllm_moe_routelogging_patch",
+          "ExperimentsForMoE"]
+
+
+def kv_bytes_per_token(spec) -> float:
+    heads = spec.num_kv_heads or 1
+    head_dim = spec.head_dim or 128
+    return 2.0 * heads * head_dim * spec.bytes_per_activation
+
+
+def run_case(counts, spec, system, gpus, batch, context, exact_limit_s):
+    attn = batch * context * kv_bytes_per_token(spec) / gpus
+    kw = dict(model=spec, system=system, gpus=gpus, attn_kv_bytes=attn)
+    exact = heteromoe.schedule(counts, policy=ExactPolicy(time_limit_s=exact_limit_s), **kw)
+    row = {"exact_s": exact.predicted_time_s, "exact_gap": exact.info["max_gap"]}
+    for policy in POLICIES:
+        row[policy] = heteromoe.schedule(counts, policy=policy, **kw).predicted_time_s / exact.predicted_time_s
+    return row
+
+
+def cases(shared: Path, samples: int, quick: bool):
+    gpu_counts = [1, 4] if quick else [1, 4, 8]
+    batches = [1, 16, 256] if quick else BATCHES
+    qwen = heteromoe.models.get("qwen3-30b-a3b")
+    for gpus in gpu_counts:
+        for batch in batches:
+            gen = BimodalRouting.for_model(qwen, seed=1000 * gpus + batch)
+            for counts in gen.counts(batch, samples):
+                yield "synthetic", qwen, gpus, batch, counts
+    if not quick:
+        big = heteromoe.models.get("qwen3.5-397b-a17b")
+        for batch in batches:
+            gen = BimodalRouting.for_model(big, seed=batch)
+            for counts in gen.counts(batch, max(1, samples // 2)):
+                yield "synthetic", big, 8, batch, counts
+    for name in ([] if quick else TRACES):
+        trace = load_trace(shared / "traces" / name)
+        spec = dataclasses.replace(qwen, name=f"{name}-on-qwen3-shape", num_experts=trace.num_experts,
+                                   top_k=trace.top_k)
+        for gpus in gpu_counts:
+            for batch in batches:
+                for i, ids in enumerate(trace.batches(batch)):
+                    if i >= samples:
+                        break
+                    yield f"trace:{name}", spec, gpus, batch, np.bincount(ids.reshape(-1), minlength=trace.num_experts)
+
+
+def summarize(rows):
+    table = {}
+    for row in rows:
+        key = (row["source"].split(":")[0], row["model"].split("-on-")[0] if "-on-" not in row["model"] else "traces",
+               row["gpus"])
+        table.setdefault(key, []).append(row)
+    out = []
+    for (source, model, gpus), group in sorted(table.items()):
+        entry = {"source": source, "model": model, "gpus": gpus, "cases": len(group)}
+        for policy in POLICIES:
+            ratios = np.array([r[policy] for r in group])
+            entry[policy] = {"mean": float(ratios.mean()), "max": float(ratios.max())}
+        entry["heteromoe_worse_than_sieve"] = int(sum(r["heteromoe"] > r["sieve"] * (1 + 1e-12) for r in group))
+        entry["max_exact_gap"] = float(max(r["exact_gap"] for r in group))
+        out.append(entry)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--system", default="b200-hbm3e-pim")
+    parser.add_argument("--samples", type=int, default=6)
+    parser.add_argument("--context", type=int, default=2048)
+    parser.add_argument("--exact-limit-s", type=float, default=5.0)
+    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[1].parent / "shared"))
+    parser.add_argument("--quick", action="store_true", help="a small subset (smoke test)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    start = time.time()
+    rows = []
+    for source, spec, gpus, batch, counts in cases(Path(args.shared), args.samples, args.quick):
+        row = run_case(counts, spec, args.system, gpus, batch, args.context, args.exact_limit_s)
+        rows.append({"source": source, "model": spec.name, "gpus": gpus, "batch": batch, **row})
+    summary = summarize(rows)
+    header = f"{'source':<10} {'model':<18} {'G':>2} {'n':>4} " + " ".join(f"{p:>14}" for p in POLICIES)
+    print(f"policy makespan / exact, mean (max); system {args.system}")
+    print(header)
+    for e in summary:
+        cells = " ".join(f"{e[p]['mean']:>6.3f} ({e[p]['max']:>5.2f})" for p in POLICIES)
+        print(f"{e['source']:<10} {e['model']:<18} {e['gpus']:>2} {e['cases']:>4} {cells}")
+    worse = sum(e["heteromoe_worse_than_sieve"] for e in summary)
+    print(f"heteromoe worse than sieve in {worse} of {len(rows)} cases; max exact gap "
+          f"{max(e['max_exact_gap'] for e in summary):.2e}; {time.time() - start:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+            "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "python": platform.python_version()},
+            "system": args.system, "context": args.context, "summary": summary, "rows": [
+                {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()} for r in rows],
+        }, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Synthetic bimodal routing (DESIGN.md section 6): a two-class popularity model with temporal correlation.
+
+Per layer a share `hot_share` of the experts is hot, with `ratio` times the popularity of the rest (the
+ratio varies across layers, log-normally with `layer_spread`). Each token picks k distinct experts by
+popularity (Gumbel top-k). Across decode steps the hot set drifts slowly (`drift`: the share of hot
+experts swapped per step) and each sequence keeps a slot's expert from its previous step with probability
+`stickiness`. Calibration against the published one-token shares belongs to the simulator issue.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["BimodalRouting", "PRESET_SKEW"]
+
+#: (hot_share, ratio) per model preset, from DESIGN.md section 6.
+PRESET_SKEW = {
+    "qwen3-30b-a3b": (0.5, 10.0),
+    "gpt-oss-120b": (0.3, 16.0),
+    "qwen3-next-80b-a3b": (0.3, 8.0),
+    "qwen3.5-397b-a17b": (0.3, 8.0),
+    "mixtral-8x7b": (0.5, 2.0),
+    "deepseek-v3": (0.3, 8.0),
+}
+
+
+@dataclass
+class BimodalRouting:
+    num_experts: int
+    top_k: int
+    hot_share: float = 0.5
+    ratio: float = 10.0
+    layer_spread: float = 0.3
+    drift: float = 0.02
+    stickiness: float = 0.3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.top_k <= self.num_experts:
+            raise ValueError(f"top_k={self.top_k} must be in [1, num_experts={self.num_experts}]")
+        if not 0 <= self.hot_share <= 1 or self.ratio < 1:
+            raise ValueError(f"hot_share must be in [0, 1] and ratio >= 1, got {self.hot_share}, {self.ratio}")
+        self.rng = np.random.default_rng(self.seed)
+
+    @classmethod
+    def for_model(cls, model, seed: int = 0, **overrides) -> "BimodalRouting":
+        """The generator for a model preset (name or MoEModelSpec)."""
+        from heteromoe.spec.presets import models
+
+        spec = models.get(model)
+        hot, ratio = PRESET_SKEW.get(spec.name, (0.3, 8.0))
+        return cls(num_experts=spec.num_experts, top_k=spec.top_k, hot_share=hot, ratio=ratio, seed=seed, **overrides)
+
+    def _popularity(self, hot: np.ndarray, ratio: float) -> np.ndarray:
+        pop = np.ones(self.num_experts)
+        pop[hot] = ratio
+        return np.log(pop / pop.sum())
+
+    def decode(self, batch: int, steps: int, layers: int = 1) -> np.ndarray:
+        """top_k_index [steps, layers, batch, k] of `steps` decode steps of `batch` sequences."""
+        if batch < 1 or steps < 1 or layers < 1:
+            raise ValueError(f"batch, steps and layers must be >= 1, got {batch}, {steps}, {layers}")
+        E, k, rng = self.num_experts, self.top_k, self.rng
+        n_hot = int(round(self.hot_share * E))
+        out = np.empty((steps, layers, batch, k), dtype=np.int64)
+        for layer in range(layers):
+            ratio = float(self.ratio * np.exp(rng.normal(0.0, self.layer_spread))) if self.layer_spread else self.ratio
+            ratio = max(ratio, 1.0)
+            hot = rng.permutation(E)[:n_hot]
+            prev = None
+            for step in range(steps):
+                if step and n_hot and n_hot < E:  # drift: swap a few hot experts for cold ones
+                    swaps = rng.binomial(n_hot, self.drift)
+                    if swaps:
+                        cold = np.setdiff1d(np.arange(E), hot)
+                        hot = hot.copy()
+                        hot[rng.choice(n_hot, swaps, replace=False)] = rng.choice(cold, swaps, replace=False)
+                keys = self._popularity(hot, ratio) + rng.gumbel(size=(batch, E))
+                if prev is not None and self.stickiness:
+                    keep = rng.random((batch, k)) < self.stickiness
+                    rows = np.repeat(np.arange(batch), k).reshape(batch, k)
+                    keys[rows[keep], prev[keep]] = np.inf  # keep last step's expert in this slot
+                choice = np.argpartition(-keys, k - 1, axis=1)[:, :k]
+                out[step, layer] = choice
+                prev = choice
+        return out
+
+    def counts(self, batch: int, samples: int) -> np.ndarray:
+        """[samples, E] token counts of independent decode steps (one layer each)."""
+        ids = self.decode(batch, samples, 1)[:, 0]  # (samples, batch, k)
+        return np.stack([np.bincount(s.reshape(-1), minlength=self.num_experts) for s in ids])
