@@ -20,7 +20,8 @@ from heteromoe.device import Backend, BackendUnavailable, registry
 from heteromoe.runtime.executor import MoEExecutor
 from heteromoe.runtime.layer import ExpertLayer
 from heteromoe.sched.factory import get_policy
-from heteromoe.sched.placement import check_placement, contiguous_placement
+from heteromoe.sched.placement import Placement, as_placement
+from heteromoe.sched.replicas import ReplicaPlanner
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
 from heteromoe.spec.presets import models, systems
@@ -117,7 +118,7 @@ def _resolve_backend(name: str | Backend | None, side: str, layers: list[ExpertL
 class _LayerBinding:
     layer: ExpertLayer
     cost: CostModel
-    expert_gpu: np.ndarray
+    placement: "Placement | ReplicaPlanner"
 
 
 class HeteroMoERuntime:
@@ -145,7 +146,7 @@ class HeteroMoERuntime:
                                f"({type(module).__name__}) it did not wrap")
         shape = hidden_states.shape
         hidden = hidden_states.reshape(-1, shape[-1])
-        out = self.executor.run(binding.layer, binding.cost, binding.expert_gpu, hidden,
+        out = self.executor.run(binding.layer, binding.cost, binding.placement, hidden,
                                 top_k_index.reshape(hidden.shape[0], -1), top_k_weights.reshape(hidden.shape[0], -1))
         return out.reshape(shape)
 
@@ -179,6 +180,7 @@ class HeteroMoERuntime:
 
 def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
          model_spec: "str | MoEModelSpec | None" = None, gpus: int = 1, placement=None,
+         replicas_per_gpu: int = 0, replan_every: int = 64,
          gpu_backend: "str | Backend | None" = None, pim_backend: "str | Backend | None" = None,
          fallback_backend: "str | Backend" = "torch") -> HeteroMoERuntime:
     """Wrap a transformers MoE model so every experts call runs loads -> plan -> backends.
@@ -188,8 +190,11 @@ def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
         system: system preset name, TOML path or SystemSpec (the emulated hardware).
         policy: `gpu-only`, `all-exp`, `sieve` or a Policy.
         model_spec: preset used for timing (its expert count must match); default: read off the model.
-        gpus: GPUs the plan is made for (experts placed in contiguous blocks, or by `placement`).
-            Execution is local; real multi-GPU execution is `process_group=` (the multi-GPU issue).
+        gpus: GPUs the plan is made for (experts placed in contiguous blocks, or by `placement`: [E] home
+            GPUs or a Placement). Execution is local; real multi-GPU execution is the multi-GPU issue's.
+        replicas_per_gpu: extra expert slots per GPU for replicas of hot experts, chosen per layer by the
+            slow loop (`sched.replicas.ReplicaPlanner`) every `replan_every` calls from moving-average
+            loads; the `heteromoe` policy routes tokens to them.
         gpu_backend / pim_backend: backend names; default: DEFAULT_PRIORITY of `heteromoe.device`.
         fallback_backend: runs a slice whose backend failed mid-batch.
     Returns:
@@ -205,9 +210,10 @@ def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
     bindings: dict[int, _LayerBinding] = {}
     for layer in layers:
         spec = _model_spec_for(layer, model_spec)
-        expert_gpu = (contiguous_placement(layer.num_experts, gpus) if placement is None
-                      else check_placement(placement, layer.num_experts, gpus))
-        bindings[id(layer.module)] = _LayerBinding(layer, CostModel(system_spec, spec), expert_gpu)
+        slots = as_placement(placement, layer.num_experts, gpus)
+        if replicas_per_gpu:
+            slots = ReplicaPlanner(slots.home_gpu, gpus, replicas_per_gpu, replan_every)
+        bindings[id(layer.module)] = _LayerBinding(layer, CostModel(system_spec, spec), slots)
 
     executor = MoEExecutor(
         policy=get_policy(policy),

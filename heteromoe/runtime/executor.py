@@ -30,27 +30,33 @@ __all__ = ["MoEExecutor", "split_work"]
 
 
 def split_work(loads: RoutingLoads, plan: Plan) -> tuple[WorkSlice, WorkSlice]:
-    """Cut each expert's pairs: the first `gpu_tokens[e]` to the GPU slice, the rest to the PIM slice.
+    """Cut the routed pairs by the plan: per slot, a range of its expert's pairs; of each range the first
+    `gpu_tokens[s]` go to the GPU slice, the rest to the PIM slice.
 
     Also checks that the two slices together hold every routed pair exactly once.
     """
-    counts, order = loads.counts, loads.order
-    expert_of_pos = np.repeat(np.arange(loads.num_experts), counts)  # (P,)
-    pos_in_expert = np.arange(order.shape[0]) - loads.offsets[expert_of_pos]
-    gpu_end = plan.gpu_tokens[expert_of_pos]
-    on_gpu = pos_in_expert < gpu_end
-    on_pim = (pos_in_expert >= gpu_end) & (pos_in_expert < gpu_end + plan.pim_tokens[expert_of_pos])
+    order = loads.order
+    slot_expert = plan.slot_expert
+    totals = plan.gpu_tokens + plan.pim_tokens
+    # where each slot's range starts inside `order`: its expert's offset + the earlier slots of that expert
+    by_expert = np.argsort(slot_expert, kind="stable")
+    ends = np.cumsum(totals[by_expert])
+    first_of_expert = np.searchsorted(slot_expert[by_expert], slot_expert[by_expert])  # index of the expert's first slot
+    before = ends - totals[by_expert] - np.concatenate([[0], ends])[first_of_expert]
+    start = np.empty_like(totals)
+    start[by_expert] = loads.offsets[slot_expert[by_expert]] + before
 
-    def make(mask: np.ndarray, per_expert: np.ndarray) -> WorkSlice:
-        experts = np.flatnonzero(per_expert > 0)
-        offsets = np.zeros(experts.size + 1, dtype=np.int64)
-        np.cumsum(per_expert[experts], out=offsets[1:])
-        return WorkSlice(experts=experts, offsets=offsets, pair_index=order[mask], top_k=loads.top_k)
+    def take(begin: np.ndarray, length: np.ndarray) -> WorkSlice:
+        used = np.flatnonzero(length > 0)
+        offsets = np.zeros(used.size + 1, dtype=np.int64)
+        np.cumsum(length[used], out=offsets[1:])
+        idx = np.repeat(begin[used] - offsets[:-1], length[used]) + np.arange(offsets[-1])
+        return WorkSlice(experts=slot_expert[used], offsets=offsets, pair_index=order[idx], top_k=loads.top_k)
 
-    gpu, pim = make(on_gpu, plan.gpu_tokens), make(on_pim, plan.pim_tokens)
+    gpu = take(start, plan.gpu_tokens)
+    pim = take(start + plan.gpu_tokens, plan.pim_tokens)
     covered = np.bincount(np.concatenate([gpu.pair_index, pim.pair_index]), minlength=order.shape[0])
-    if covered.shape[0] != order.shape[0] or (covered != 1).any() or gpu.offsets[-1] != gpu.num_pairs \
-            or pim.offsets[-1] != pim.num_pairs:
+    if covered.shape[0] != order.shape[0] or (covered != 1).any():
         raise PlanError(f"plan of policy {plan.policy!r} does not run every routed pair exactly once")
     return gpu, pim
 
@@ -67,14 +73,14 @@ class MoEExecutor:
     stats: dict[str, LayerStats] = field(default_factory=dict)
     last_plans: dict[str, Plan] = field(default_factory=dict)
 
-    def run(self, layer: ExpertLayer, cost: CostModel, expert_gpu: np.ndarray, hidden: torch.Tensor,
+    def run(self, layer: ExpertLayer, cost: CostModel, placement, hidden: torch.Tensor,
             top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
         """One MoE layer call.
 
         Args:
             layer: the experts.
             cost: the layer's cost model.
-            expert_gpu: [E] home GPU of each expert.
+            placement: a Placement, or a ReplicaPlanner that observes the loads and returns one.
             hidden: [T, d]; top_k_index: [T, k]; top_k_weights: [T, k].
         Returns:
             [T, d] combined expert output in `hidden.dtype`.
@@ -86,7 +92,9 @@ class MoEExecutor:
                              f"{tuple(top_k_weights.shape)} must both be [{hidden.shape[0]}, k]")
         num_tokens, top_k = top_k_index.shape
         loads = loads_from_topk(top_k_index, layer.num_experts, where=layer.name)
-        plan = self.policy.plan(loads.counts, expert_gpu, self.num_gpus, cost)
+        if hasattr(placement, "observe"):
+            placement = placement.observe(loads.counts)
+        plan = self.policy.plan(loads.counts, placement, self.num_gpus, cost)
         gpu_work, pim_work = split_work(loads, plan)
 
         out_dtype = torch.promote_types(hidden.dtype, top_k_weights.dtype)

@@ -1,7 +1,8 @@
 """Policies -> Plan, the plan validator, and `schedule()`."""
 from heteromoe.sched.api import schedule
 from heteromoe.sched.factory import POLICIES, get_policy, register_policy
+from heteromoe.sched.placement import Placement
 from heteromoe.sched.plan import Plan, PlanError
 from heteromoe.sched.policy import Policy
 
-__all__ = ["schedule", "Plan", "PlanError", "Policy", "POLICIES", "get_policy", "register_policy"]
+__all__ = ["schedule", "Placement", "Plan", "PlanError", "Policy", "POLICIES", "get_policy", "register_policy"]

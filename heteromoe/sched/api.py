@@ -5,7 +5,7 @@ import numpy as np
 
 from heteromoe.cost.model import CostModel
 from heteromoe.sched.factory import get_policy
-from heteromoe.sched.placement import check_placement, contiguous_placement
+from heteromoe.sched.placement import Placement, as_placement
 from heteromoe.sched.plan import Plan
 from heteromoe.sched.policy import Policy
 from heteromoe.spec.hardware import SystemSpec
@@ -26,7 +26,8 @@ def schedule(counts, *, model: "str | MoEModelSpec", system: "str | SystemSpec",
         system: a system preset name, TOML path or SystemSpec.
         gpus: GPUs in expert parallelism (experts in contiguous blocks unless `placement` is given).
         policy: a policy name (see `heteromoe.sched.POLICIES`) or a Policy instance.
-        placement: optional [E] home GPU of each expert.
+        placement: optional [E] home GPU of each expert, or a Placement (with replicas of hot experts, which
+            the `heteromoe` policy routes tokens to; see `heteromoe.sched.replicas`).
         gpu_other_s: other GPU work of the step overlapping the experts (seconds, per GPU).
         pim_fixed_s: other fixed PIM work (seconds, per GPU).
         attn_kv_bytes: KV-cache bytes decode attention reads per GPU in this layer; on PIM for every policy
@@ -37,8 +38,7 @@ def schedule(counts, *, model: "str | MoEModelSpec", system: "str | SystemSpec",
     model_spec = models.get(model)
     system_spec = systems.get(system)
     system_spec.check_gpus(gpus)
-    expert_gpu = (contiguous_placement(model_spec.num_experts, gpus) if placement is None
-                  else check_placement(placement, model_spec.num_experts, gpus))
+    slots: Placement = as_placement(placement, model_spec.num_experts, gpus)
     cost = CostModel(system_spec, model_spec, gpu_other_s=gpu_other_s, pim_fixed_s=pim_fixed_s,
                      attn_kv_bytes=attn_kv_bytes)
-    return get_policy(policy).plan(np.asarray(counts), expert_gpu, gpus, cost)
+    return get_policy(policy).plan(np.asarray(counts), slots, gpus, cost)

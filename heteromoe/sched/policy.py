@@ -1,8 +1,9 @@
 """Policy: loads -> plan, as a template method.
 
-`Policy.plan()` is concrete: it checks the inputs, calls the policy's `_place()` for the GPU token
-counts, evaluates the split with the shared cost model (with the policy's attention placement and PIM
-layout), and always runs the plan validator.
+`Policy.plan()` is concrete: it checks the inputs, calls the policy's `_place()`, evaluates the split with
+the shared cost model (with the policy's attention placement and PIM layout) unless the fast path already
+did, and always runs the plan validator. Policies work on the placement's slots; only replica-aware
+policies (`heteromoe`) move tokens onto replica slots, the others leave them idle.
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from heteromoe.cost.model import CostModel
+from heteromoe.sched.placement import Placement
 from heteromoe.sched.plan import Plan
 
-__all__ = ["Policy", "PlacementContext", "check_counts"]
+__all__ = ["Policy", "PlacementContext", "Split", "check_counts"]
 
 
 def check_counts(counts, num_experts: int) -> np.ndarray:
@@ -45,21 +47,57 @@ def check_counts(counts, num_experts: int) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class PlacementContext:
-    """What `_place()` may look at: the loads, the homes, the cost model and the fixed per-GPU times."""
+    """What `_place()` may look at.
 
-    counts: np.ndarray  # [E]
-    expert_gpu: np.ndarray  # [E]
-    num_gpus: int
+    Attributes:
+        counts: [E] tokens per expert.
+        placement: the slots.
+        slot_counts: [P] tokens per slot with every token on its home slot.
+        cost: the cost model.
+        comm_s: [G] all-to-all time of `slot_counts`.
+        gpu_fixed_s, pim_fixed_s: [G] GPU / PIM work besides the experts (decode attention where it runs).
+    """
+
+    counts: np.ndarray
+    placement: Placement
+    slot_counts: np.ndarray
     cost: CostModel
-    comm_s: np.ndarray  # [G] all-to-all time (independent of the split)
-    gpu_fixed_s: np.ndarray  # [G] GPU work besides the experts
-    pim_fixed_s: np.ndarray  # [G] PIM work besides the experts (decode attention where it runs on PIM)
+    comm_s: np.ndarray
+    gpu_fixed_s: np.ndarray
+    pim_fixed_s: np.ndarray
 
-    def fast_path_args(self) -> tuple:
-        """Arguments of the `_ext.*_plan` kernels."""
-        flop_tab, pim_tab = self.cost.tables(int(self.counts.max()) if self.counts.size else 0)
-        return (self.counts, self.expert_gpu, self.num_gpus, self.cost.gpu.read_s_per_expert, flop_tab, pim_tab,
-                self.comm_s, self.gpu_fixed_s, self.cost.gpu.launch_s, self.pim_fixed_s)
+    @property
+    def num_gpus(self) -> int:
+        return self.placement.num_gpus
+
+    @property
+    def slot_gpu(self) -> np.ndarray:
+        return self.placement.slot_gpu
+
+    def fast_path_args(self, slot_counts: np.ndarray | None = None, comm_s: np.ndarray | None = None) -> tuple:
+        """Arguments of the `_ext.*_plan` kernels, for `slot_counts` (default: the home loads)."""
+        slot_counts = self.slot_counts if slot_counts is None else slot_counts
+        flop_tab, pim_tab = self.cost.tables(int(slot_counts.max()) if slot_counts.size else 0)
+        return (slot_counts, self.slot_gpu, self.num_gpus, self.cost.gpu.read_s_per_expert, flop_tab, pim_tab,
+                self.comm_s if comm_s is None else comm_s, self.gpu_fixed_s, self.cost.gpu.launch_s, self.pim_fixed_s)
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """What `_place()` returns.
+
+    Attributes:
+        gpu_tokens: [P] tokens of each slot on its GPU's SMs (the rest of the slot's tokens run on PIM).
+        slot_counts: [P] tokens per slot, when the policy moved tokens onto replicas (default: home loads).
+        t_comm_s, t_gpu_s, t_pim_s: [G] the policy's own evaluation, when its fast path made one from the
+            cost model's tables (equal to `CostModel.times` for the "tp" layout).
+    """
+
+    gpu_tokens: np.ndarray
+    slot_counts: np.ndarray | None = None
+    t_comm_s: np.ndarray | None = None
+    t_gpu_s: np.ndarray | None = None
+    t_pim_s: np.ndarray | None = None
 
 
 class Policy(ABC):
@@ -76,34 +114,47 @@ class Policy(ABC):
     attention_on_pim: bool = True
     pim_layout: str = "tp"
 
-    def context(self, counts: np.ndarray, expert_gpu: np.ndarray, num_gpus: int, cost: CostModel) -> PlacementContext:
+    def context(self, counts: np.ndarray, placement: Placement, cost: CostModel) -> PlacementContext:
         gpu_fixed, pim_fixed = cost.fixed_s(self.attention_on_pim)
-        return PlacementContext(counts=counts, expert_gpu=expert_gpu, num_gpus=num_gpus, cost=cost,
-                                comm_s=cost.comm_s(counts, expert_gpu, num_gpus),
-                                gpu_fixed_s=np.full(num_gpus, gpu_fixed), pim_fixed_s=np.full(num_gpus, pim_fixed))
+        G = placement.num_gpus
+        slot_counts = placement.home_counts(counts)
+        return PlacementContext(counts=counts, placement=placement, slot_counts=slot_counts, cost=cost,
+                                comm_s=cost.comm_s(slot_counts, placement.slot_gpu, G),
+                                gpu_fixed_s=np.full(G, gpu_fixed), pim_fixed_s=np.full(G, pim_fixed))
 
-    def plan(self, counts: np.ndarray, expert_gpu: np.ndarray, num_gpus: int, cost: CostModel) -> Plan:
-        """Make, evaluate and validate the plan of one layer call."""
+    def plan(self, counts: np.ndarray, placement, num_gpus: int, cost: CostModel) -> Plan:
+        """Make, evaluate and validate the plan of one layer call.
+
+        Args:
+            counts: [E] tokens per expert.
+            placement: a Placement, or [E] home GPUs.
+            num_gpus: G.
+            cost: the layer's cost model.
+        """
         counts = check_counts(counts, cost.model.num_experts)
-        ctx = self.context(counts, expert_gpu, num_gpus, cost)
-        placed = self._place(ctx)
-        if isinstance(placed, tuple):  # the fast path also evaluated its split, from the same cost tables
-            gpu_tokens, t_gpu, t_pim = placed
-        else:
-            gpu_tokens = np.asarray(placed, dtype=np.int64)
-            times = cost.times(counts, gpu_tokens, counts - gpu_tokens, expert_gpu, num_gpus,
+        if not isinstance(placement, Placement):
+            placement = Placement.from_homes(placement, num_gpus)
+        ctx = self.context(counts, placement, cost)
+        split = self._place(ctx)
+        if not isinstance(split, Split):
+            split = Split(gpu_tokens=np.asarray(split, dtype=np.int64))
+        slot_counts = ctx.slot_counts if split.slot_counts is None else split.slot_counts
+        gpu_tokens = split.gpu_tokens
+        pim_tokens = slot_counts - gpu_tokens
+        if split.t_gpu_s is None:
+            times = cost.times(slot_counts, gpu_tokens, pim_tokens, placement.slot_gpu, num_gpus,
                                attention_on_pim=self.attention_on_pim, pim_layout=self.pim_layout)
-            t_gpu, t_pim = times.t_gpu_s, times.t_pim_s
-        plan = Plan(policy=self.name, expert_gpu=expert_gpu, gpu_tokens=gpu_tokens, pim_tokens=counts - gpu_tokens,
-                    per_gpu_t_comm_s=ctx.comm_s, per_gpu_t_gpu_s=t_gpu, per_gpu_t_pim_s=t_pim,
-                    info=getattr(self, "last_info", {}))
+            t_comm, t_gpu, t_pim = times.t_comm_s, times.t_gpu_s, times.t_pim_s
+        else:
+            t_comm = ctx.comm_s if split.t_comm_s is None else split.t_comm_s
+            t_gpu, t_pim = split.t_gpu_s, split.t_pim_s
+        plan = Plan(policy=self.name, slot_gpu=placement.slot_gpu, gpu_tokens=gpu_tokens, pim_tokens=pim_tokens,
+                    per_gpu_t_comm_s=t_comm, per_gpu_t_gpu_s=t_gpu, per_gpu_t_pim_s=t_pim,
+                    info=getattr(self, "last_info", {}),
+                    phys2log=placement.phys2log if placement.has_replicas else None)
         plan.validate(counts)
         return plan
 
     @abstractmethod
-    def _place(self, ctx: PlacementContext):
-        """Return [E] tokens of each expert to run on its GPU's SMs (the rest run on PIM).
-
-        A fast-path policy may return `(gpu_tokens [E], t_gpu_s [G], t_pim_s [G])`, its own evaluation of
-        the split from the cost model's tables (equal to `CostModel.times` for the "tp" layout).
-        """
+    def _place(self, ctx: PlacementContext) -> "Split | np.ndarray":
+        """Return a Split, or just [P] tokens of each slot to run on its GPU's SMs (the rest run on PIM)."""

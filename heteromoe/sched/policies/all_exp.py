@@ -11,4 +11,4 @@ class AllExpPolicy(Policy):
     summary = "all experts on PIM"
 
     def _place(self, ctx: PlacementContext) -> np.ndarray:
-        return np.zeros_like(ctx.counts)
+        return np.zeros_like(ctx.slot_counts)

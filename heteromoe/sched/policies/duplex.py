@@ -16,11 +16,11 @@ class DuplexPolicy(Policy):
     summary = "Duplex: all on GPU, coldest experts move to PIM while the max falls"
 
     def _place(self, ctx: PlacementContext) -> np.ndarray:
-        counts, cost = ctx.counts, ctx.cost
+        counts, cost = ctx.slot_counts, ctx.cost
         flop_tab, pim_tab = cost.tables(int(counts.max()) if counts.size else 0)
         gpu_tokens = counts.copy()
         for g in range(ctx.num_gpus):
-            mine = np.flatnonzero((ctx.expert_gpu == g) & (counts > 0))
+            mine = np.flatnonzero((ctx.slot_gpu == g) & (counts > 0))
             order = mine[np.lexsort((mine, counts[mine]))]  # coldest first, ties by lower id
             if order.size == 0:
                 continue

@@ -37,11 +37,11 @@ class ExactPolicy(Policy):
         gpu_tokens = fast.copy()
         per_gpu = []
         for g in range(ctx.num_gpus):
-            experts = np.flatnonzero((ctx.expert_gpu == g) & (ctx.counts > 0))
+            experts = np.flatnonzero((ctx.slot_gpu == g) & (ctx.slot_counts > 0))
             if experts.size == 0:
                 per_gpu.append({"status": "EMPTY", "objective_s": 0.0, "bound_s": 0.0, "gap": 0.0})
                 continue
-            model = build_model(ctx.counts, experts, read_s, flop_tab, pim_tab, float(comm[g]), float(gfix[g]),
+            model = build_model(ctx.slot_counts, experts, read_s, flop_tab, pim_tab, float(comm[g]), float(gfix[g]),
                                 launch_s, float(pfix[g]), allow_split=self.allow_split, hint=fast[experts])
             result = solve(model, self.time_limit_s, self.num_workers)
             per_gpu.append({"status": result.status, "objective_s": result.objective_s, "bound_s": result.bound_s,
@@ -61,6 +61,6 @@ class ExactPolicy(Policy):
         return gpu_tokens
 
     def _time_of(self, ctx: PlacementContext, gpu_tokens: np.ndarray, g: int) -> float:
-        times = ctx.cost.times(ctx.counts, gpu_tokens, ctx.counts - gpu_tokens, ctx.expert_gpu, ctx.num_gpus,
+        times = ctx.cost.times(ctx.slot_counts, gpu_tokens, ctx.slot_counts - gpu_tokens, ctx.slot_gpu, ctx.num_gpus,
                                attention_on_pim=self.attention_on_pim, pim_layout=self.pim_layout)
         return float(times.per_gpu_s[g])

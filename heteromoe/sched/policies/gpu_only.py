@@ -12,4 +12,4 @@ class GpuOnlyPolicy(Policy):
     attention_on_pim = False
 
     def _place(self, ctx: PlacementContext) -> np.ndarray:
-        return ctx.counts.copy()
+        return ctx.slot_counts.copy()

@@ -11,4 +11,4 @@ class NoExpPolicy(Policy):
     summary = "decode attention on PIM, all experts on GPU"
 
     def _place(self, ctx: PlacementContext) -> np.ndarray:
-        return ctx.counts.copy()
+        return ctx.slot_counts.copy()

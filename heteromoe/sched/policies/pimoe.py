@@ -20,13 +20,13 @@ class PimoePolicy(Policy):
     pim_layout = "ep"
 
     def _place(self, ctx: PlacementContext) -> np.ndarray:
-        counts, cost = ctx.counts, ctx.cost
-        group, share, _ = channel_groups(ctx.expert_gpu, ctx.num_gpus, cost.channels_per_gpu)
+        counts, cost = ctx.slot_counts, ctx.cost
+        group, share, _ = channel_groups(ctx.slot_gpu, ctx.num_gpus, cost.channels_per_gpu)
         pim_time = cost.pim.times_s(counts, share)  # [E] each expert's time in its own channel group
         flop_tab, _ = cost.tables(int(counts.max()) if counts.size else 0)
         gpu_tokens = np.zeros_like(counts)
         for g in range(ctx.num_gpus):
-            mine = np.flatnonzero((ctx.expert_gpu == g) & (counts > 0))
+            mine = np.flatnonzero((ctx.slot_gpu == g) & (counts > 0))
             if mine.size == 0:
                 continue
             groups = np.unique(group[mine])

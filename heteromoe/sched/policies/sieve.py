@@ -11,12 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from heteromoe import _ext
-from heteromoe.sched.policy import PlacementContext, Policy
+from heteromoe.sched.policy import PlacementContext, Policy, Split
 
 
 class SievePolicy(Policy):
     name = "sieve"
     summary = "Sieve: hottest experts move from PIM to GPU while the max of comm/GPU/PIM time falls"
 
-    def _place(self, ctx: PlacementContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return _ext.sieve_plan(*ctx.fast_path_args())
+    def _place(self, ctx: PlacementContext) -> Split:
+        gpu_tokens, t_gpu, t_pim = _ext.sieve_plan(*ctx.fast_path_args())
+        return Split(gpu_tokens, t_gpu_s=t_gpu, t_pim_s=t_pim)
