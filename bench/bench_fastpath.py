@@ -15,7 +15,8 @@ from heteromoe import _ext
 from heteromoe.cost import CostModel
 from heteromoe.sched import get_policy
 from heteromoe.routing import BimodalRouting
-from heteromoe.sched.placement import contiguous_placement
+from heteromoe.sched.placement import Placement, contiguous_placement
+from heteromoe.sched.replicas import place_replicas
 
 CASES = [("qwen3-30b-a3b", 1), ("qwen3.5-397b-a17b", 8)]
 IDS = [f"{m}-x{g}" for m, g in CASES]
@@ -25,7 +26,7 @@ def setup_case(model: str, gpus: int):
     spec = heteromoe.models.get(model)
     cost = CostModel(heteromoe.systems.get("b200-hbm3e-pim"), spec, attn_kv_bytes=64 * 2048 * 2048 / gpus)
     counts = BimodalRouting.for_model(spec, seed=0).counts(64, 1)[0]
-    return cost, counts, contiguous_placement(spec.num_experts, gpus)
+    return cost, counts, Placement.from_homes(contiguous_placement(spec.num_experts, gpus), gpus)
 
 
 @pytest.mark.parametrize("policy", ["sieve", "heteromoe"])
@@ -39,13 +40,22 @@ def test_plan_per_layer(benchmark, policy, model, gpus):
                                 gpu_experts=int(plan.gpu_experts.size))
 
 
+def test_plan_per_layer_with_replicas(benchmark):
+    """heteromoe on 8 GPUs with 2 replica slots per GPU: routing to replicas + two planning passes."""
+    cost, counts, homes = setup_case("qwen3.5-397b-a17b", 8)
+    placement = place_replicas(counts.astype(float), homes.home_gpu, 8, slots_per_gpu=2)
+    p = get_policy("heteromoe")
+    plan = benchmark(p.plan, counts, placement, 8, cost)
+    benchmark.extra_info.update(fastpath=_ext.impl.name, slots=placement.num_slots, replicas_used=bool(plan.has_replicas))
+
+
 @pytest.mark.parametrize("impl", list(_ext.IMPLEMENTATIONS))
 @pytest.mark.parametrize("kernel", ["sieve_plan", "heteromoe_plan"])
 @pytest.mark.parametrize("model,gpus", CASES, ids=IDS)
 def test_plan_kernel(benchmark, impl, kernel, model, gpus):
     """The decision kernel alone, per implementation (C++ / numba / python)."""
     cost, counts, homes = setup_case(model, gpus)
-    ctx = get_policy("sieve").context(counts, homes, gpus, cost)
+    ctx = get_policy("sieve").context(counts, homes, cost)
     fn = getattr(_ext.IMPLEMENTATIONS[impl], kernel)
     args = ctx.fast_path_args()
     fn(*args)  # compile numba outside the timing

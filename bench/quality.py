@@ -5,6 +5,10 @@ Loads: synthetic bimodal routing (DESIGN.md section 6) for Qwen3-30B-A3B on 1, 4
 Qwen3.5-397B-A17B on 8 GPUs, and the real traces of shared/traces replayed on experts of Qwen3-30B-A3B's
 shape (d 2048, f 768) with each trace's own expert count and top-k; batch 1-256 decode tokens; decode
 attention over a 2048-token context per sequence (data-parallel: batch / G sequences per GPU).
+Replicas: on a correlated synthetic decode trace, the slow loop (`ReplicaPlanner`, 2 extra slots per GPU)
+sees the first 32 steps; the next steps are planned by `heteromoe` with those replicas
+("heteromoe+replicas"). `exact` is the optimum over the home placement (no replicas), so a ratio below 1
+there is a real gain over what any home-placement plan can do.
 This is a quality benchmark (predicted times), not a timing one: it prints a table and writes JSON.
 """
 from __future__ import annotations
@@ -21,9 +25,12 @@ import numpy as np
 
 import heteromoe
 from heteromoe.routing import BimodalRouting, load_trace
+from heteromoe.sched.placement import contiguous_placement
 from heteromoe.sched.policies.exact import ExactPolicy
+from heteromoe.sched.replicas import ReplicaPlanner
 
-POLICIES = ["gpu-only", "no-exp", "all-exp", "duplex", "pimoe", "sieve", "heteromoe"]
+POLICIES = ["gpu-only", "no-exp", "all-exp", "duplex", "pimoe", "sieve", "heteromoe", "heteromoe+replicas"]
+WARMUP_STEPS = 32
 BATCHES = [1, 4, 16, 64, 256]
 TRACES = ["DynaNDE-Simulator", "cerebras-assesment2", "vllm-expert-profiler", "vllm_moe_routelogging_patch",
           "ExperimentsForMoE"]
@@ -35,31 +42,51 @@ def kv_bytes_per_token(spec) -> float:
     return 2.0 * heads * head_dim * spec.bytes_per_activation
 
 
-def run_case(counts, spec, system, gpus, batch, context, exact_limit_s):
+def run_case(counts, spec, system, gpus, batch, context, exact_limit_s, replicas=None):
     attn = batch * context * kv_bytes_per_token(spec) / gpus
     kw = dict(model=spec, system=system, gpus=gpus, attn_kv_bytes=attn)
     exact = heteromoe.schedule(counts, policy=ExactPolicy(time_limit_s=exact_limit_s), **kw)
     row = {"exact_s": exact.predicted_time_s, "exact_gap": exact.info["max_gap"]}
-    for policy in POLICIES:
+    for policy in POLICIES[:-1]:
         row[policy] = heteromoe.schedule(counts, policy=policy, **kw).predicted_time_s / exact.predicted_time_s
+    with_replicas = heteromoe.schedule(counts, policy="heteromoe", placement=replicas, **kw) if replicas else None
+    row[POLICIES[-1]] = (with_replicas.predicted_time_s / exact.predicted_time_s) if replicas else row["heteromoe"]
     return row
+
+
+def replica_cases(model: str, gpus: int, batches, samples: int):
+    """Correlated decode steps; the slow loop learns replicas on the first WARMUP_STEPS of them."""
+    spec = heteromoe.models.get(model)
+    for batch in batches:
+        gen = BimodalRouting.for_model(spec, seed=7 * gpus + batch)
+        steps = gen.decode(batch, WARMUP_STEPS + samples, 1)[:, 0]  # (steps, batch, k)
+        counts = [np.bincount(s.reshape(-1), minlength=spec.num_experts) for s in steps]
+        planner = ReplicaPlanner(contiguous_placement(spec.num_experts, gpus), gpus, slots_per_gpu=2,
+                                 replan_every=WARMUP_STEPS, ema_alpha=0.1, time_limit_s=5.0)
+        for c in counts[:WARMUP_STEPS]:
+            placement = planner.observe(c)
+        for c in counts[WARMUP_STEPS:]:
+            yield "synthetic-replicas", spec, gpus, batch, c, placement
 
 
 def cases(shared: Path, samples: int, quick: bool):
     gpu_counts = [1, 4] if quick else [1, 4, 8]
     batches = [1, 16, 256] if quick else BATCHES
+    yield from replica_cases("qwen3-30b-a3b", 4, batches, samples)
+    if not quick:
+        yield from replica_cases("qwen3.5-397b-a17b", 8, batches, samples)
     qwen = heteromoe.models.get("qwen3-30b-a3b")
     for gpus in gpu_counts:
         for batch in batches:
             gen = BimodalRouting.for_model(qwen, seed=1000 * gpus + batch)
             for counts in gen.counts(batch, samples):
-                yield "synthetic", qwen, gpus, batch, counts
+                yield "synthetic", qwen, gpus, batch, counts, None
     if not quick:
         big = heteromoe.models.get("qwen3.5-397b-a17b")
         for batch in batches:
             gen = BimodalRouting.for_model(big, seed=batch)
             for counts in gen.counts(batch, max(1, samples // 2)):
-                yield "synthetic", big, 8, batch, counts
+                yield "synthetic", big, 8, batch, counts, None
     for name in ([] if quick else TRACES):
         trace = load_trace(shared / "traces" / name)
         spec = dataclasses.replace(qwen, name=f"{name}-on-qwen3-shape", num_experts=trace.num_experts,
@@ -69,7 +96,8 @@ def cases(shared: Path, samples: int, quick: bool):
                 for i, ids in enumerate(trace.batches(batch)):
                     if i >= samples:
                         break
-                    yield f"trace:{name}", spec, gpus, batch, np.bincount(ids.reshape(-1), minlength=trace.num_experts)
+                    yield (f"trace:{name}", spec, gpus, batch, np.bincount(ids.reshape(-1), minlength=trace.num_experts),
+                           None)
 
 
 def summarize(rows):
@@ -85,6 +113,7 @@ def summarize(rows):
             ratios = np.array([r[policy] for r in group])
             entry[policy] = {"mean": float(ratios.mean()), "max": float(ratios.max())}
         entry["heteromoe_worse_than_sieve"] = int(sum(r["heteromoe"] > r["sieve"] * (1 + 1e-12) for r in group))
+        entry["replicas_worse_than_sieve"] = int(sum(r["heteromoe+replicas"] > r["sieve"] * (1 + 1e-12) for r in group))
         entry["max_exact_gap"] = float(max(r["exact_gap"] for r in group))
         out.append(entry)
     return out
@@ -103,18 +132,18 @@ def main(argv=None) -> int:
 
     start = time.time()
     rows = []
-    for source, spec, gpus, batch, counts in cases(Path(args.shared), args.samples, args.quick):
-        row = run_case(counts, spec, args.system, gpus, batch, args.context, args.exact_limit_s)
+    for source, spec, gpus, batch, counts, replicas in cases(Path(args.shared), args.samples, args.quick):
+        row = run_case(counts, spec, args.system, gpus, batch, args.context, args.exact_limit_s, replicas)
         rows.append({"source": source, "model": spec.name, "gpus": gpus, "batch": batch, **row})
     summary = summarize(rows)
-    header = f"{'source':<10} {'model':<18} {'G':>2} {'n':>4} " + " ".join(f"{p:>14}" for p in POLICIES)
+    header = f"{'source':<18} {'model':<18} {'G':>2} {'n':>4} " + " ".join(f"{p:>14}" for p in POLICIES)
     print(f"policy makespan / exact, mean (max); system {args.system}")
     print(header)
     for e in summary:
         cells = " ".join(f"{e[p]['mean']:>6.3f} ({e[p]['max']:>5.2f})" for p in POLICIES)
-        print(f"{e['source']:<10} {e['model']:<18} {e['gpus']:>2} {e['cases']:>4} {cells}")
-    worse = sum(e["heteromoe_worse_than_sieve"] for e in summary)
-    print(f"heteromoe worse than sieve in {worse} of {len(rows)} cases; max exact gap "
+        print(f"{e['source']:<18} {e['model']:<18} {e['gpus']:>2} {e['cases']:>4} {cells}")
+    worse = sum(e["heteromoe_worse_than_sieve"] + e["replicas_worse_than_sieve"] for e in summary)
+    print(f"heteromoe (with or without replicas) worse than sieve in {worse} of {len(rows)} cases; max exact gap "
           f"{max(e['max_exact_gap'] for e in summary):.2e}; {time.time() - start:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({

@@ -220,6 +220,43 @@ static PlanResult heteromoe_plan(carray<i64> counts, carray<i64> home, i64 num_g
   return evaluate(c, gpu_tokens);
 }
 
+// Replica routing: each replicated expert's tokens go, whole, to the slot (home first, then replicas in
+// slot order) whose GPU holds the fewest tokens so far; hottest expert first, ties by lower expert id.
+// Args: counts [E], phys2log [P] (first E slots are the homes), slot_gpu [P]. Returns slot_counts [P].
+static carray<i64> route_to_replicas(carray<i64> counts, carray<i64> phys2log, carray<i64> slot_gpu, i64 num_gpus) {
+  const i64 E = counts.size(), P = phys2log.size();
+  if (slot_gpu.size() != P || P < E) throw std::invalid_argument("phys2log and slot_gpu must have P >= E entries");
+  const i64 *c = counts.data(), *p2l = phys2log.data(), *sg = slot_gpu.data();
+  for (i64 s = 0; s < P; ++s) {
+    if (p2l[s] < 0 || p2l[s] >= E) throw std::invalid_argument("phys2log outside [0, E)");
+    if (sg[s] < 0 || sg[s] >= num_gpus) throw std::invalid_argument("slot_gpu outside [0, num_gpus)");
+  }
+  carray<i64> slot_counts(P);
+  i64* out = slot_counts.mutable_data();
+  std::fill(out, out + P, 0);
+  std::vector<char> replicated(E, 0);
+  for (i64 s = E; s < P; ++s) replicated[p2l[s]] = 1;
+  std::vector<i64> load(num_gpus, 0), order;
+  for (i64 e = 0; e < E; ++e) {
+    if (replicated[e]) {
+      order.push_back(e);
+    } else {
+      out[e] = c[e];
+      load[sg[e]] += c[e];
+    }
+  }
+  std::stable_sort(order.begin(), order.end(), [&](i64 a, i64 b) { return c[a] > c[b]; });
+  for (const i64 e : order) {
+    if (c[e] == 0) continue;
+    i64 best = e;
+    for (i64 s = E; s < P; ++s)
+      if (p2l[s] == e && load[sg[s]] < load[sg[best]]) best = s;
+    out[best] = c[e];
+    load[sg[best]] += c[e];
+  }
+  return slot_counts;
+}
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "heteromoe C++ fast path: counting sort of routing pairs, Sieve's greedy and heteromoe's split";
   m.def("counting_sort", &counting_sort, py::arg("expert_ids"), py::arg("num_experts"));
@@ -228,5 +265,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("pim_tab"), py::arg("comm_s"), py::arg("gpu_fixed_s"), py::arg("launch_s"), py::arg("pim_fixed_s")
   m.def("sieve_plan", &sieve_plan, PLAN_ARGS);
   m.def("heteromoe_plan", &heteromoe_plan, PLAN_ARGS);
+  m.def("route_to_replicas", &route_to_replicas, py::arg("counts"), py::arg("phys2log"), py::arg("slot_gpu"),
+        py::arg("num_gpus"));
 #undef PLAN_ARGS
 }

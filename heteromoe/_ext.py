@@ -14,7 +14,8 @@ from heteromoe import _fallback
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HAS_EXT", "ext_load_error", "IMPLEMENTATIONS", "impl", "counting_sort", "sieve_plan", "heteromoe_plan"]
+__all__ = ["HAS_EXT", "ext_load_error", "IMPLEMENTATIONS", "impl", "counting_sort", "sieve_plan", "heteromoe_plan",
+           "route_to_replicas"]
 
 try:
     from heteromoe import _C  # type: ignore[attr-defined]
@@ -22,7 +23,7 @@ try:
     HAS_EXT = True
     ext_load_error: str | None = None
     _c_impl = SimpleNamespace(name="c", counting_sort=_C.counting_sort, sieve_plan=_C.sieve_plan,
-                              heteromoe_plan=_C.heteromoe_plan)
+                              heteromoe_plan=_C.heteromoe_plan, route_to_replicas=_C.route_to_replicas)
 except ImportError as exc:
     HAS_EXT = False
     ext_load_error = repr(exc)
@@ -55,3 +56,4 @@ impl = _choose()
 counting_sort = impl.counting_sort
 sieve_plan = impl.sieve_plan
 heteromoe_plan = impl.heteromoe_plan
+route_to_replicas = impl.route_to_replicas

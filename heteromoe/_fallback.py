@@ -165,6 +165,40 @@ def _heteromoe_plan(counts, home, num_gpus, read_s, flop, pim_tab, comm, gfix, l
     return _evaluate(counts, home, num_gpus, read_s, flop, pim_tab, gfix, launch_s, pfix, out)
 
 
+def _route_to_replicas(counts, phys2log, slot_gpu, num_gpus):
+    E = counts.shape[0]
+    P = phys2log.shape[0]
+    out = np.zeros(P, dtype=np.int64)
+    replicated = np.zeros(E, dtype=np.bool_)
+    for s in range(E, P):
+        replicated[phys2log[s]] = True
+    load = np.zeros(num_gpus, dtype=np.int64)
+    n_rep = 0
+    for e in range(E):
+        if replicated[e]:
+            n_rep += 1
+        else:
+            out[e] = counts[e]
+            load[slot_gpu[e]] += counts[e]
+    order = np.empty(n_rep, dtype=np.int64)
+    i = 0
+    for e in range(E):
+        if replicated[e]:
+            order[i] = e
+            i += 1
+    order = order[np.argsort(-counts[order], kind="mergesort")]
+    for e in order:
+        if counts[e] == 0:
+            continue
+        best = e
+        for s in range(E, P):
+            if phys2log[s] == e and load[slot_gpu[s]] < load[slot_gpu[best]]:
+                best = s
+        out[best] = counts[e]
+        load[slot_gpu[best]] += counts[e]
+    return out
+
+
 # -- argument checks shared by the twins (the C++ side has the same ones) ---------------------------
 
 def _check_ids(expert_ids: np.ndarray, num_experts: int) -> None:
@@ -202,9 +236,10 @@ def _plan_args(counts, home, num_gpus, read_s, flop_tab, pim_tab, comm, gfix, la
 class _Impl:
     """One implementation: the three kernels behind argument checks."""
 
-    def __init__(self, name: str, counting_sort, sieve_plan, heteromoe_plan) -> None:
+    def __init__(self, name: str, counting_sort, sieve_plan, heteromoe_plan, route_to_replicas) -> None:
         self.name = name
         self._counting_sort, self._sieve, self._heteromoe = counting_sort, sieve_plan, heteromoe_plan
+        self._route = route_to_replicas
 
     def counting_sort(self, expert_ids, num_experts):
         """Args: expert_ids [P] int64. Returns counts [E], offsets [E+1], order [P] (stable)."""
@@ -220,8 +255,21 @@ class _Impl:
         """See csrc/heteromoe_ext.cpp `heteromoe_plan`. Returns gpu_tokens [E], T_GPU [G], T_PIM [G]."""
         return self._heteromoe(*_plan_args(*args))
 
+    def route_to_replicas(self, counts, phys2log, slot_gpu, num_gpus):
+        """See csrc/heteromoe_ext.cpp `route_to_replicas`. Returns slot_counts [P] int64."""
+        i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
+        counts, phys2log, slot_gpu = i64(counts), i64(phys2log), i64(slot_gpu)
+        E, P = counts.shape[0], phys2log.shape[0]
+        if slot_gpu.shape[0] != P or P < E:
+            raise ValueError("phys2log and slot_gpu must have P >= E entries")
+        if P and (phys2log.min() < 0 or phys2log.max() >= E):
+            raise ValueError("phys2log outside [0, E)")
+        if P and (slot_gpu.min() < 0 or slot_gpu.max() >= num_gpus):
+            raise ValueError("slot_gpu outside [0, num_gpus)")
+        return self._route(counts, phys2log, slot_gpu, int(num_gpus))
 
-python_impl = _Impl("python", _counting_sort, _sieve_plan, _heteromoe_plan)
+
+python_impl = _Impl("python", _counting_sort, _sieve_plan, _heteromoe_plan, _route_to_replicas)
 
 
 def _build_numba() -> _Impl:
@@ -235,7 +283,8 @@ def _build_numba() -> _Impl:
     def rebind(fn):
         return types.FunctionType(fn.__code__, sieve_globals, fn.__name__, fn.__defaults__, fn.__closure__)
 
-    return _Impl("numba", jit(_counting_sort), jit(rebind(_sieve_plan)), jit(rebind(_heteromoe_plan)))
+    return _Impl("numba", jit(_counting_sort), jit(rebind(_sieve_plan)), jit(rebind(_heteromoe_plan)),
+                 jit(_route_to_replicas))
 
 
 try:

@@ -169,3 +169,22 @@ def test_fast_path_times_equal_the_cost_model(policy):
         assert plan.per_gpu_t_gpu_s.tolist() == ref.t_gpu_s.tolist()
         assert plan.per_gpu_t_pim_s.tolist() == ref.t_pim_s.tolist()
         assert plan.per_gpu_t_comm_s.tolist() == ref.t_comm_s.tolist()
+
+
+def test_route_to_replicas_agrees_across_implementations(fastpath):
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        G = int(rng.integers(2, 9))
+        E = int(rng.integers(G, 200))
+        homes = np.sort(rng.integers(0, G, size=E))
+        extra = [(int(e), int(g)) for e in rng.choice(E, size=min(E, 2 * G), replace=False)
+                 for g in rng.choice(G, size=1) if g != homes[e]]
+        phys2log = np.array(list(range(E)) + [e for e, _ in extra], dtype=np.int64)
+        slot_gpu = np.concatenate([homes, np.array([g for _, g in extra], dtype=np.int64)])
+        counts = rng.poisson(rng.choice([0.3, 20.0], size=E))
+        out = fastpath.route_to_replicas(counts, phys2log, slot_gpu, G)
+        ref = _ext.IMPLEMENTATIONS["python"].route_to_replicas(counts, phys2log, slot_gpu, G)
+        assert out.tolist() == ref.tolist()
+        assert np.bincount(phys2log, weights=out, minlength=E).astype(int).tolist() == counts.tolist()
+    with pytest.raises(ValueError, match="slot_gpu outside"):
+        fastpath.route_to_replicas(np.array([1, 1]), np.array([0, 1, 0]), np.array([0, 1, 5]), 2)

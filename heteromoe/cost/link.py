@@ -23,7 +23,7 @@ def all_to_all_s(counts: np.ndarray, expert_gpu: np.ndarray, num_gpus: int, link
     """
     if num_gpus == 1:
         return np.zeros(1)
-    pairs_in = np.bincount(expert_gpu, weights=counts.astype(np.float64), minlength=num_gpus)
-    remote = pairs_in * (num_gpus - 1) / num_gpus
-    bytes_one_way = remote * model.hidden_size * model.bytes_per_activation
-    return np.where(remote > 0, 2.0 * (bytes_one_way / link.bw_bytes_per_s_per_dir + link.latency_s), 0.0)
+    pairs_in = np.bincount(expert_gpu, weights=counts, minlength=num_gpus)
+    # seconds per routed pair over the link, both ways: the remote share of its activation bytes
+    pair_s = 2.0 * (num_gpus - 1) / num_gpus * model.hidden_size * model.bytes_per_activation / link.bw_bytes_per_s_per_dir
+    return np.where(pairs_in > 0, pairs_in * pair_s + 2.0 * link.latency_s, 0.0)

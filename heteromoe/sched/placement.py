@@ -65,6 +65,7 @@ class Placement:
             raise ValueError("an expert has two slots on one GPU")
         object.__setattr__(self, "phys2log", p2l.astype(np.int64))
         object.__setattr__(self, "slot_gpu", gpu.astype(np.int64))
+        object.__setattr__(self, "_num_experts", num_experts)  # asked on every layer call: computed once
 
     @classmethod
     def from_homes(cls, expert_gpu, num_gpus: int) -> "Placement":
@@ -73,7 +74,7 @@ class Placement:
 
     @property
     def num_experts(self) -> int:
-        return int(self.phys2log.max()) + 1
+        return self._num_experts
 
     @property
     def num_slots(self) -> int:

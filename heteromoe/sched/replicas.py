@@ -15,6 +15,7 @@ import logging
 import numpy as np
 from ortools.sat.python import cp_model
 
+from heteromoe import _ext
 from heteromoe.sched.placement import Placement
 
 logger = logging.getLogger(__name__)
@@ -23,7 +24,10 @@ __all__ = ["route_to_replicas", "place_replicas", "ReplicaPlanner"]
 
 
 def route_to_replicas(counts: np.ndarray, placement: Placement) -> np.ndarray:
-    """[P] slot loads: each replicated expert's tokens go to its least-loaded GPU's slot.
+    """[P] slot loads: each replicated expert's tokens go, whole, to its least-loaded GPU's slot.
+
+    Hottest replicated expert first; load = tokens already on the GPU; ties go to the home slot, then to
+    the lower replica slot. Runs in the C++ fast path (`_ext.route_to_replicas`) or its twins.
 
     Args:
         counts: [E] tokens per expert.
@@ -33,20 +37,7 @@ def route_to_replicas(counts: np.ndarray, placement: Placement) -> np.ndarray:
     """
     if not placement.has_replicas:
         return counts
-    E, G = placement.num_experts, placement.num_gpus
-    replicated = np.unique(placement.phys2log[E:])
-    slot_counts = placement.home_counts(counts).copy()
-    slot_counts[replicated] = 0
-    load = np.bincount(placement.slot_gpu, weights=slot_counts, minlength=G)  # tokens per GPU, fixed experts
-    slots_of = {int(e): np.flatnonzero(placement.phys2log == e) for e in replicated}
-    for e in replicated[np.argsort(-counts[replicated], kind="stable")]:
-        if counts[e] == 0:
-            continue
-        slots = slots_of[int(e)]
-        best = slots[np.argmin(load[placement.slot_gpu[slots]])]  # ties: the lowest slot (home first)
-        slot_counts[best] = counts[e]
-        load[placement.slot_gpu[best]] += counts[e]
-    return slot_counts
+    return _ext.route_to_replicas(counts, placement.phys2log, placement.slot_gpu, placement.num_gpus)
 
 
 def place_replicas(expected_load: np.ndarray, home_gpu: np.ndarray, num_gpus: int, slots_per_gpu: int,
