@@ -77,8 +77,10 @@ class CostModel:
             return self.gpu_other_s, self.pim_fixed_s + self.attn_pim_s
         return self.gpu_other_s + self.attn_gpu_s, self.pim_fixed_s
 
-    def comm_s(self, counts: np.ndarray, expert_gpu: np.ndarray, num_gpus: int) -> np.ndarray:
-        return all_to_all_s(counts, expert_gpu, num_gpus, self.system.link, self.model)
+    def comm_s(self, counts: np.ndarray, slot_gpu: np.ndarray, num_gpus: int,
+               origin: np.ndarray | None = None) -> np.ndarray:
+        """[G] all-to-all seconds for `counts [P]` tokens per slot (optionally [G, P] by origin GPU)."""
+        return all_to_all_s(counts, slot_gpu, num_gpus, self.system.link, self.model, origin)
 
     def pim_s_per_gpu(self, pim_tokens: np.ndarray, expert_gpu: np.ndarray, num_gpus: int,
                       pim_layout: str = "tp") -> np.ndarray:
@@ -93,8 +95,10 @@ class CostModel:
 
     def times(self, counts: np.ndarray, gpu_tokens: np.ndarray, pim_tokens: np.ndarray,
               expert_gpu: np.ndarray, num_gpus: int, *, attention_on_pim: bool = True,
-              pim_layout: str = "tp") -> StepTimes:
-        """Evaluate a split: `gpu_tokens [E]` on the SMs, `pim_tokens [E]` in PIM, experts homed on `expert_gpu`."""
+              pim_layout: str = "tp", comm_s: np.ndarray | None = None) -> StepTimes:
+        """Evaluate a split: `gpu_tokens [P]` on the SMs, `pim_tokens [P]` in PIM, slots on `expert_gpu`.
+
+        `comm_s` ([G], e.g. from known token origins) replaces the uniform-origin all-to-all estimate."""
         gpu_fixed, pim_fixed = self.fixed_s(attention_on_pim)
         read = self.gpu.read_s(gpu_tokens)
         flop = self.gpu.flop_s(gpu_tokens)
@@ -103,4 +107,6 @@ class CostModel:
         busy_g = np.bincount(expert_gpu, weights=(np.asarray(gpu_tokens) > 0).astype(np.float64), minlength=num_gpus)
         t_gpu = np.maximum(read_g, flop_g) + np.where(busy_g > 0, self.gpu.launch_s, 0.0) + gpu_fixed
         t_pim = self.pim_s_per_gpu(pim_tokens, expert_gpu, num_gpus, pim_layout) + pim_fixed
-        return StepTimes(t_comm_s=self.comm_s(counts, expert_gpu, num_gpus), t_gpu_s=t_gpu, t_pim_s=t_pim)
+        if comm_s is None:
+            comm_s = self.comm_s(counts, expert_gpu, num_gpus)
+        return StepTimes(t_comm_s=comm_s, t_gpu_s=t_gpu, t_pim_s=t_pim)

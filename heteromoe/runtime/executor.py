@@ -26,7 +26,19 @@ from heteromoe.sched.policy import Policy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MoEExecutor", "split_work"]
+__all__ = ["MoEExecutor", "split_work", "token_origins"]
+
+
+def token_origins(loads: RoutingLoads, num_gpus: int) -> np.ndarray | None:
+    """[G, E] tokens of each expert by origin GPU, with the batch's tokens in contiguous blocks per GPU
+    (data-parallel attention: GPU g holds tokens [g T / G, (g+1) T / G)). None on one GPU."""
+    if num_gpus == 1:
+        return None
+    token = loads.order // loads.top_k  # (P,) token of each pair, grouped by expert
+    expert = np.repeat(np.arange(loads.num_experts), loads.counts)
+    gpu = token * num_gpus // max(loads.num_tokens, 1)
+    return np.bincount(gpu * loads.num_experts + expert, minlength=num_gpus * loads.num_experts).reshape(
+        num_gpus, loads.num_experts)
 
 
 def split_work(loads: RoutingLoads, plan: Plan) -> tuple[WorkSlice, WorkSlice]:
@@ -94,7 +106,7 @@ class MoEExecutor:
         loads = loads_from_topk(top_k_index, layer.num_experts, where=layer.name)
         if hasattr(placement, "observe"):
             placement = placement.observe(loads.counts)
-        plan = self.policy.plan(loads.counts, placement, self.num_gpus, cost)
+        plan = self.policy.plan(loads.counts, placement, self.num_gpus, cost, origin=token_origins(loads, self.num_gpus))
         gpu_work, pim_work = split_work(loads, plan)
 
         out_dtype = torch.promote_types(hidden.dtype, top_k_weights.dtype)

@@ -17,7 +17,7 @@ __all__ = ["schedule"]
 
 def schedule(counts, *, model: "str | MoEModelSpec", system: "str | SystemSpec", gpus: int = 1,
              policy: "str | Policy" = "sieve", placement=None, gpu_other_s: float = 0.0,
-             pim_fixed_s: float = 0.0, attn_kv_bytes: float = 0.0) -> Plan:
+             pim_fixed_s: float = 0.0, attn_kv_bytes: float = 0.0, token_origin=None) -> Plan:
     """Plan one MoE layer call.
 
     Args:
@@ -32,6 +32,8 @@ def schedule(counts, *, model: "str | MoEModelSpec", system: "str | SystemSpec",
         pim_fixed_s: other fixed PIM work (seconds, per GPU).
         attn_kv_bytes: KV-cache bytes decode attention reads per GPU in this layer; on PIM for every policy
             but `gpu-only` (DESIGN.md section 2).
+        token_origin: optional [G, E] tokens of each expert by the GPU their token lives on (attention is
+            data-parallel); sets the all-to-all time. Default: origins uniform over the GPUs.
     Returns:
         A validated Plan.
     """
@@ -41,4 +43,4 @@ def schedule(counts, *, model: "str | MoEModelSpec", system: "str | SystemSpec",
     slots: Placement = as_placement(placement, model_spec.num_experts, gpus)
     cost = CostModel(system_spec, model_spec, gpu_other_s=gpu_other_s, pim_fixed_s=pim_fixed_s,
                      attn_kv_bytes=attn_kv_bytes)
-    return get_policy(policy).plan(np.asarray(counts), slots, gpus, cost)
+    return get_policy(policy).plan(np.asarray(counts), slots, gpus, cost, origin=token_origin)

@@ -16,7 +16,32 @@ from heteromoe.cost.model import CostModel
 from heteromoe.sched.placement import Placement
 from heteromoe.sched.plan import Plan
 
-__all__ = ["Policy", "PlacementContext", "Split", "check_counts"]
+__all__ = ["Policy", "PlacementContext", "Split", "check_counts", "check_origin", "slot_origin"]
+
+
+def slot_origin(origin: np.ndarray | None, placement: Placement, counts: np.ndarray,
+                slot_counts: np.ndarray) -> np.ndarray | None:
+    """[G, P] tokens of each slot by origin GPU: each slot takes its share of its expert's origins."""
+    if origin is None:
+        return None
+    if not placement.has_replicas:
+        return origin
+    expert = placement.phys2log
+    share = np.divide(slot_counts, counts[expert], out=np.zeros(slot_counts.shape[0]), where=counts[expert] > 0)
+    return origin[:, expert] * share
+
+
+def check_origin(origin, counts: np.ndarray, num_gpus: int) -> np.ndarray:
+    """[G, E] token origins, or ValueError naming what is wrong."""
+    arr = np.asarray(origin)
+    if arr.shape != (num_gpus, counts.shape[0]):
+        raise ValueError(f"token origins must be [gpus={num_gpus}, experts={counts.shape[0]}], got shape {arr.shape}")
+    if arr.size and arr.min() < 0:
+        raise ValueError("token origins must be >= 0")
+    if not np.array_equal(arr.sum(axis=0), counts):
+        e = int(np.flatnonzero(arr.sum(axis=0) != counts)[0])
+        raise ValueError(f"token origins of expert {e} add up to {arr[:, e].sum()}, not its {counts[e]} tokens")
+    return arr
 
 
 def check_counts(counts, num_experts: int) -> np.ndarray:
@@ -56,6 +81,7 @@ class PlacementContext:
         cost: the cost model.
         comm_s: [G] all-to-all time of `slot_counts`.
         gpu_fixed_s, pim_fixed_s: [G] GPU / PIM work besides the experts (decode attention where it runs).
+        origin: [G, E] tokens of each expert by origin GPU, or None (uniform origins).
     """
 
     counts: np.ndarray
@@ -65,6 +91,12 @@ class PlacementContext:
     comm_s: np.ndarray
     gpu_fixed_s: np.ndarray
     pim_fixed_s: np.ndarray
+    origin: np.ndarray | None = None
+
+    def comm_for(self, slot_counts: np.ndarray) -> np.ndarray:
+        """[G] all-to-all seconds with `slot_counts [P]` tokens per slot (origins split pro rata)."""
+        return self.cost.comm_s(slot_counts, self.slot_gpu, self.num_gpus,
+                                slot_origin(self.origin, self.placement, self.counts, slot_counts))
 
     @property
     def num_gpus(self) -> int:
@@ -114,15 +146,17 @@ class Policy(ABC):
     attention_on_pim: bool = True
     pim_layout: str = "tp"
 
-    def context(self, counts: np.ndarray, placement: Placement, cost: CostModel) -> PlacementContext:
+    def context(self, counts: np.ndarray, placement: Placement, cost: CostModel,
+                origin: np.ndarray | None = None) -> PlacementContext:
         gpu_fixed, pim_fixed = cost.fixed_s(self.attention_on_pim)
         G = placement.num_gpus
         slot_counts = placement.home_counts(counts)
-        return PlacementContext(counts=counts, placement=placement, slot_counts=slot_counts, cost=cost,
-                                comm_s=cost.comm_s(slot_counts, placement.slot_gpu, G),
-                                gpu_fixed_s=np.full(G, gpu_fixed), pim_fixed_s=np.full(G, pim_fixed))
+        comm = cost.comm_s(slot_counts, placement.slot_gpu, G, slot_origin(origin, placement, counts, slot_counts))
+        return PlacementContext(counts=counts, placement=placement, slot_counts=slot_counts, cost=cost, comm_s=comm,
+                                gpu_fixed_s=np.full(G, gpu_fixed), pim_fixed_s=np.full(G, pim_fixed), origin=origin)
 
-    def plan(self, counts: np.ndarray, placement, num_gpus: int, cost: CostModel) -> Plan:
+    def plan(self, counts: np.ndarray, placement, num_gpus: int, cost: CostModel,
+             origin: np.ndarray | None = None) -> Plan:
         """Make, evaluate and validate the plan of one layer call.
 
         Args:
@@ -130,11 +164,16 @@ class Policy(ABC):
             placement: a Placement, or [E] home GPUs.
             num_gpus: G.
             cost: the layer's cost model.
+            origin: optional [G, E] tokens of each expert by origin GPU (default: uniform origins).
         """
         counts = check_counts(counts, cost.model.num_experts)
         if not isinstance(placement, Placement):
             placement = Placement.from_homes(placement, num_gpus)
-        ctx = self.context(counts, placement, cost)
+        if origin is not None and num_gpus > 1:
+            origin = check_origin(origin, counts, num_gpus)
+        else:
+            origin = None
+        ctx = self.context(counts, placement, cost, origin)
         split = self._place(ctx)
         if not isinstance(split, Split):
             split = Split(gpu_tokens=np.asarray(split, dtype=np.int64))
@@ -142,8 +181,9 @@ class Policy(ABC):
         gpu_tokens = split.gpu_tokens
         pim_tokens = slot_counts - gpu_tokens
         if split.t_gpu_s is None:
+            comm = ctx.comm_s if split.slot_counts is None else ctx.comm_for(slot_counts)
             times = cost.times(slot_counts, gpu_tokens, pim_tokens, placement.slot_gpu, num_gpus,
-                               attention_on_pim=self.attention_on_pim, pim_layout=self.pim_layout)
+                               attention_on_pim=self.attention_on_pim, pim_layout=self.pim_layout, comm_s=comm)
             t_comm, t_gpu, t_pim = times.t_comm_s, times.t_gpu_s, times.t_pim_s
         else:
             t_comm = ctx.comm_s if split.t_comm_s is None else split.t_comm_s

@@ -26,8 +26,8 @@ TOY_SYSTEM = SystemSpec(
 )
 
 
-def plan(counts, policy, gpus=1):
-    return heteromoe.schedule(np.array(counts), model=TOY_MODEL, system=TOY_SYSTEM, policy=policy, gpus=gpus)
+def plan(counts, policy, gpus=1, **kw):
+    return heteromoe.schedule(np.array(counts), model=TOY_MODEL, system=TOY_SYSTEM, policy=policy, gpus=gpus, **kw)
 
 
 def test_gpu_only_and_all_exp():
@@ -55,14 +55,41 @@ def test_sieve_ties_take_lower_expert_first():
 
 
 def test_sieve_on_two_gpus_plans_each_gpu():
-    # GPU 0 homes experts 0,1; GPU 1 homes 2,3. Comm per GPU: remote half of its pairs x 2 directions.
+    # GPU 0 homes experts 0,1 (7 pairs), GPU 1 homes 2,3 (2 pairs); token origins uniform over 2 GPUs.
+    # GPU 0 receives 7/2 = 3.5 remote pairs and sends 2/2 = 1; GPU 1 receives 1 and sends 3.5. Links are
+    # full duplex: 3.5 pairs each, x2 (dispatch + combine) at 1 s per pair -> 7 s on both.
     p = plan([6, 1, 1, 1], "sieve", gpus=2)
     assert p.num_gpus == 2
     assert p.expert_gpu.tolist() == [0, 0, 1, 1]
-    assert p.per_gpu_t_comm_s.tolist() == pytest.approx([2 * 3.5 / 1.0, 2 * 1.0 / 1.0])
-    # GPU 0: comm 7 dominates everything, so no move lowers the max: all stay on PIM
+    assert p.per_gpu_t_comm_s.tolist() == pytest.approx([7.0, 7.0])
+    # comm 7 dominates everything, so no move lowers the max: all stay on PIM
     assert p.gpu_tokens.tolist() == [0, 0, 0, 0]
     assert p.predicted_time_s == pytest.approx(7.0)
+
+
+def test_comm_follows_token_origins():
+    # All tokens of experts 0,1 live on GPU 0 and those of 2,3 on GPU 1: nothing crosses the link.
+    local = np.array([[6, 1, 0, 0], [0, 0, 1, 1]])
+    p = plan([6, 1, 1, 1], "sieve", gpus=2, token_origin=local)
+    assert p.per_gpu_t_comm_s.tolist() == [0.0, 0.0]
+    # every token on the other GPU: GPU 0 receives 7 and sends 2 -> 14 s; GPU 1 receives 2, sends 7 -> 14 s
+    swapped = local[::-1]
+    p = plan([6, 1, 1, 1], "sieve", gpus=2, token_origin=swapped)
+    assert p.per_gpu_t_comm_s.tolist() == pytest.approx([14.0, 14.0])
+    with pytest.raises(ValueError, match="token origins of expert 0 add up to 5, not its 6 tokens"):
+        plan([6, 1, 1, 1], "sieve", gpus=2, token_origin=np.array([[5, 1, 0, 0], [0, 0, 1, 1]]))
+    with pytest.raises(ValueError, match=r"token origins must be \[gpus=2, experts=4\]"):
+        plan([6, 1, 1, 1], "sieve", gpus=2, token_origin=np.zeros((3, 4)))
+
+
+def test_runtime_token_origins_are_contiguous_blocks():
+    from heteromoe.routing import loads_from_topk
+    from heteromoe.runtime.executor import token_origins
+
+    loads = loads_from_topk(np.array([[0, 1], [0, 2], [1, 2], [3, 0]]), 4)  # 4 tokens, k = 2
+    origin = token_origins(loads, 2)  # tokens 0,1 on GPU 0; tokens 2,3 on GPU 1
+    assert origin.tolist() == [[2, 1, 1, 0], [1, 1, 1, 1]]
+    assert token_origins(loads, 1) is None
 
 
 def test_sieve_never_worse_than_all_pim_on_real_presets():

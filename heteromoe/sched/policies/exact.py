@@ -62,5 +62,6 @@ class ExactPolicy(Policy):
 
     def _time_of(self, ctx: PlacementContext, gpu_tokens: np.ndarray, g: int) -> float:
         times = ctx.cost.times(ctx.slot_counts, gpu_tokens, ctx.slot_counts - gpu_tokens, ctx.slot_gpu, ctx.num_gpus,
-                               attention_on_pim=self.attention_on_pim, pim_layout=self.pim_layout)
+                               attention_on_pim=self.attention_on_pim, pim_layout=self.pim_layout,
+                               comm_s=ctx.comm_s)
         return float(times.per_gpu_s[g])

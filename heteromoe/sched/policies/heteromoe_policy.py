@@ -31,7 +31,7 @@ class HeteromoePolicy(Policy):
         if not ctx.placement.has_replicas:
             return best
         routed = route_to_replicas(ctx.counts, ctx.placement)
-        comm = ctx.cost.comm_s(routed, ctx.slot_gpu, ctx.num_gpus)
+        comm = ctx.comm_for(routed)
         r_tokens, r_gpu, r_pim = _ext.heteromoe_plan(*ctx.fast_path_args(routed, comm))
         if _makespan(comm, r_gpu, r_pim) < _makespan(ctx.comm_s, t_gpu, t_pim):
             return Split(r_tokens, slot_counts=routed, t_comm_s=comm, t_gpu_s=r_gpu, t_pim_s=r_pim)
