@@ -1,6 +1,9 @@
 """Cost models shared by the scheduler, the runtime's report and (later) the simulator."""
+from heteromoe.cost.ema import EmaPimCost
 from heteromoe.cost.gpu import GpuRoofline
-from heteromoe.cost.model import CostModel, StepTimes
+from heteromoe.cost.model import CostModel, StepTimes, default_pim_cost
 from heteromoe.cost.pim import PimCostModel, PimRooflineV1
+from heteromoe.cost.pim_bank import BankPimCost, BankPimTiming
 
-__all__ = ["CostModel", "StepTimes", "GpuRoofline", "PimCostModel", "PimRooflineV1"]
+__all__ = ["CostModel", "StepTimes", "GpuRoofline", "PimCostModel", "PimRooflineV1", "BankPimCost", "BankPimTiming",
+           "EmaPimCost", "default_pim_cost"]

@@ -9,10 +9,19 @@ from heteromoe.cost.gpu import GpuRoofline
 from heteromoe.cost.layout import PIM_LAYOUTS, channel_groups
 from heteromoe.cost.link import all_to_all_s
 from heteromoe.cost.pim import PimCostModel, PimRooflineV1
+from heteromoe.cost.pim_bank import BankPimCost
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
 
-__all__ = ["CostModel", "StepTimes"]
+__all__ = ["CostModel", "StepTimes", "default_pim_cost"]
+
+
+def default_pim_cost(system: SystemSpec, model: MoEModelSpec) -> PimCostModel:
+    """The bank-level timing model where the preset has DRAM timings; the v1 roofline otherwise
+    (Logic-PIM, whose compute sits on the logic die, and presets without timings)."""
+    if system.pim.kind == "bank" and system.pim.timings is not None:
+        return BankPimCost(system.pim, model)
+    return PimRooflineV1(system.pim, model)
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,7 +44,7 @@ class CostModel:
     Args:
         system: the hardware (must have a GPU).
         model: the expert shapes.
-        pim_model: a PIM cost model; defaults to the v1 roofline.
+        pim_model: a PIM cost model; default `default_pim_cost` (bank-level model where timings exist).
         gpu_other_s: other GPU work overlapping the experts in the step (per GPU), default 0.
         pim_fixed_s: other fixed PIM work in the step (per GPU), default 0.
         attn_kv_bytes: KV-cache bytes decode attention reads per GPU in this layer (0: no attention
@@ -49,7 +58,7 @@ class CostModel:
         self.model = model
         gpu = system.require_gpu()
         self.gpu = GpuRoofline(gpu, model)
-        self.pim = pim_model if pim_model is not None else PimRooflineV1(system.pim, model)
+        self.pim = pim_model if pim_model is not None else default_pim_cost(system, model)
         for name, value in (("gpu_other_s", gpu_other_s), ("pim_fixed_s", pim_fixed_s), ("attn_kv_bytes", attn_kv_bytes)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -59,13 +68,16 @@ class CostModel:
         self.attn_pim_s = float(attn_kv_bytes) / system.pim.internal_bw_bytes_per_s
         self.channels_per_gpu = system.pim.stacks_per_gpu * system.pim.pseudo_channels_per_stack
         self._tables: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
+        self._tables_version = None
 
     def tables(self, max_count: int) -> tuple[np.ndarray, np.ndarray]:
         """(flop_tab, pim_tab): GPU compute and PIM seconds of one expert for n = 0..max_count tokens.
 
         Cached and grown by doubling: the fast path looks costs up by token count.
         """
-        if self._tables[0].shape[0] <= max_count:
+        version = getattr(self.pim, "version", None)  # a learned table changes with what it observes
+        if self._tables[0].shape[0] <= max_count or version != self._tables_version:
+            self._tables_version = version
             size = max(64, 1 << int(max_count).bit_length())
             n = np.arange(size)
             self._tables = (self.gpu.flop_s(n), np.asarray(self.pim.times_s(n), dtype=np.float64))

@@ -67,7 +67,10 @@ class PimSpec:
     multi-token expert runs as serialized GEMVs (each token sweeps the weights again).
     `kind="logic"`: compute on the stack's logic die (Duplex Logic-PIM) behind TSVs; tokens are batched.
     When `internal_bw_multiplier` is omitted for bank-level PIM it is derived from the DRAM timings
-    (see `derived_internal_bw_multiplier`), as DESIGN.md section 4 asks.
+    (see `derived_internal_bw_multiplier`), as DESIGN.md section 4 asks; when given, the bank-level timing
+    model (`cost.pim_bank`) treats it as a power cap on the internal streaming bandwidth.
+    `banks_per_pim_unit`: banks sharing one processing unit (2 for Samsung HBM2-PIM, 1 for bank-level PIM
+    with a unit per bank). `mode_switch_cycles`: cost of entering (and, again, leaving) all-bank PIM mode.
     """
 
     kind: Literal["bank", "logic"]
@@ -83,13 +86,21 @@ class PimSpec:
     tokens_serialized: bool = True
     command_overhead_s: float = 0.0
     capacity_per_stack_bytes: float = 0.0
+    banks_per_pim_unit: int = 1
+    mode_switch_cycles: int = 0
     timings: DramTimings | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("bank", "logic"):
             raise ValueError(f"PimSpec.kind must be 'bank' or 'logic', got {self.kind!r}")
         require_positive(self, "stacks_per_gpu", "ext_bw_per_stack_bytes_per_s", "pseudo_channels_per_stack",
-                         "banks_per_pseudo_channel", "page_bytes", "column_bytes", "flops_per_byte")
+                         "banks_per_pseudo_channel", "page_bytes", "column_bytes", "flops_per_byte",
+                         "banks_per_pim_unit")
+        if self.banks_per_pseudo_channel % self.banks_per_pim_unit:
+            raise ValueError(f"PimSpec.banks_per_pim_unit={self.banks_per_pim_unit} must divide "
+                             f"banks_per_pseudo_channel={self.banks_per_pseudo_channel}")
+        if self.mode_switch_cycles < 0:
+            raise ValueError(f"PimSpec.mode_switch_cycles must be >= 0, got {self.mode_switch_cycles}")
         if self.internal_bw_multiplier is None and self.timings is None:
             raise ValueError("PimSpec needs internal_bw_multiplier or DRAM timings to derive it from")
         if self.internal_bw_multiplier is not None and self.internal_bw_multiplier <= 0:
@@ -98,21 +109,34 @@ class PimSpec:
             raise ValueError(f"PimSpec.command_overhead_s must be >= 0, got {self.command_overhead_s}")
 
     @property
-    def derived_internal_bw_multiplier(self) -> float:
-        """Internal/external bandwidth ratio of one pseudo-channel in all-bank mode, from the timings.
+    def row_step_cycles(self) -> float:
+        """Cycles of one all-bank row step in steady state, before any power cap.
 
-        All banks stream `column_bytes` per tCCD_L; each `page_bytes` row costs tRCD + tRP extra.
-        External: the pseudo-channel's share of the stack's external bandwidth.
+        All banks open one row: the all-bank activation is power-limited to four banks per tFAW window,
+        then tRCD; every processing unit streams its banks' rows, `column_bytes` per tCCD_L; then tRP.
+        The row stays open at least tRAS and a bank's activations are at least tRC apart.
         """
         t = self.timings
         if t is None:
-            raise ValueError("no DRAM timings to derive the internal bandwidth multiplier from")
-        cols_per_row = self.page_bytes / self.column_bytes
-        busy_cycles = cols_per_row * t.t_ccd_l_cycles
-        row_efficiency = busy_cycles / (busy_cycles + t.t_rcd_cycles + t.t_rp_cycles)
-        internal = self.banks_per_pseudo_channel * self.column_bytes / (t.t_ccd_l_cycles * t.tck_ns * 1e-9)
+            raise ValueError("no DRAM timings: the bank-level model needs them")
+        groups = -(-self.banks_per_pseudo_channel // 4)
+        issue = (groups - 1) * t.t_faw_cycles
+        stream = self.banks_per_pim_unit * (self.page_bytes / self.column_bytes) * t.t_ccd_l_cycles
+        open_cycles = max(t.t_ras_cycles, t.t_rcd_cycles + stream)
+        return max(issue + open_cycles + t.t_rp_cycles, issue + t.t_rc_cycles)
+
+    @property
+    def derived_internal_bw_multiplier(self) -> float:
+        """Internal/external bandwidth of one pseudo-channel in all-bank mode, from the timings.
+
+        Per row step every unit streams `banks_per_pim_unit` rows of `page_bytes`; the step lasts
+        `row_step_cycles` (activation under tFAW, tRCD, columns at tCCD_L, tRP). External: the
+        pseudo-channel's share of the stack's external bandwidth.
+        """
+        units = self.banks_per_pseudo_channel // self.banks_per_pim_unit
+        internal = units * self.banks_per_pim_unit * self.page_bytes / (self.row_step_cycles * self.timings.tck_ns * 1e-9)
         external = self.ext_bw_per_stack_bytes_per_s / self.pseudo_channels_per_stack
-        return internal * row_efficiency / external
+        return internal / external
 
     @property
     def bw_multiplier(self) -> float:

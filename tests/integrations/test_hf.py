@@ -144,7 +144,7 @@ def test_preset_with_wrong_expert_count_is_refused():
 
 
 def test_matching_preset_times_with_real_shapes():
-    from heteromoe.cost import PimRooflineV1
+    from heteromoe.cost import default_pim_cost
 
     system = heteromoe.systems.get("h100-hbm3-pim")
     model = tiny_model("qwen3_moe", num_experts=128, top_k=8)
@@ -152,7 +152,8 @@ def test_matching_preset_times_with_real_shapes():
     with torch.no_grad():
         model(prompt())
     layer = runtime.report()["layers"][0]
-    per_token = PimRooflineV1(system.pim, heteromoe.models.get("qwen3-30b-a3b")).gemv_s  # the real 2048x768 experts
+    pim = default_pim_cost(system, heteromoe.models.get("qwen3-30b-a3b"))  # the real 2048x768 experts
+    per_token = float(pim.times_s([1])[0])
     assert layer["pim_tokens"] == 2 * 5 * 8
     assert layer["t_pim_s"] == pytest.approx(layer["pim_tokens"] * per_token)
     runtime.unwrap()

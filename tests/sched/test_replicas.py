@@ -62,7 +62,7 @@ def test_heteromoe_uses_replicas_to_beat_sieve():
     kw = dict(model=spec, system="b200-hbm3e-pim", gpus=4)
     sieve = heteromoe.schedule(counts, policy="sieve", placement=homes, **kw)
     ours = heteromoe.schedule(counts, policy="heteromoe", placement=placement, **kw)
-    assert ours.has_replicas and ours.predicted_time_s < 0.8 * sieve.predicted_time_s
+    assert ours.has_replicas and ours.predicted_time_s < 0.95 * sieve.predicted_time_s
     ours.validate(counts)
     # replicas only help: on the same placement, never worse than without them
     no_rep = heteromoe.schedule(counts, policy="heteromoe", placement=homes, **kw)

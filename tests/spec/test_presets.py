@@ -33,10 +33,12 @@ def test_gpu_systems_have_consistent_bandwidth(name):
 def test_b200_multiplier_is_derived_from_timings():
     pim = heteromoe.systems.get("b200-hbm3e-pim").pim
     assert pim.internal_bw_multiplier is None  # not picked: derived
-    # 24 banks x 32 B / (4 x 0.5 ns) = 384 GB/s; row efficiency 128 / (128 + 28 + 28); external 1 TB/s / 32
-    expected = 24 * 32 / 2e-9 * (128 / 184) / (1e12 / 32)
+    # A row step: 24 banks activate four per tFAW (5 x 12 cycles), tRCD 28, 32 columns x tCCD_L 4, tRP 28
+    # = 244 cycles of 0.5 ns, in which 24 banks stream 1 KB each. External: 1 TB/s over 32 pseudo-channels.
+    assert pim.row_step_cycles == 60 + 28 + 128 + 28
+    expected = 24 * 1024 / (244 * 0.5e-9) / (1e12 / 32)
     assert pim.bw_multiplier == pytest.approx(expected)
-    assert 4 < pim.bw_multiplier < 12  # below the 12x bound of DESIGN.md section 4
+    assert 4 < pim.bw_multiplier < 12  # below the 12x bound of DESIGN.md section 4 (columns alone)
 
 
 def test_unknown_preset_lists_known_names():

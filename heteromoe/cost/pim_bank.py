@@ -1,0 +1,248 @@
+"""Bank-level HBM-PIM timing model: a command-level path and the closed form derived from it.
+
+A GEMV `[n tokens x d_in] x [d_in x d_out]` on the PIM stacks of one GPU, weights sharded evenly over every
+pseudo-channel (Sieve's layout: identical bank and row indices everywhere, so every channel runs the same
+command sequence and one channel's timeline is the GEMV's). Each token is a serialized GEMV:
+
+1. enter all-bank PIM mode (`mode_switch_cycles`);
+2. write the input vector to the channel's buffers: one column write per `column_bytes`, tCCD_S apart,
+   then tWR;
+3. row steps until the channel's share of the weights is streamed: activate a row in every bank (the
+   all-bank activation is power-limited to four banks per tFAW window), tRCD, then every processing
+   unit consumes `column_bytes` per column command, tCCD_L apart, from each of its `banks_per_pim_unit`
+   banks; precharge after at least tRAS, tRP; a bank's activations at least tRC apart. An explicit
+   `internal_bw_multiplier` caps the streaming rate (power cap); a PIM FLOP/s figure caps compute;
+4. read the results back: tCL, then one column read per `column_bytes`, tCCD_S apart;
+5. leave PIM mode (`mode_switch_cycles`).
+Refresh: every tREFI the stack is busy for tRFC. The command-level path inserts the stall at the first
+command boundary past each tREFI; the closed form scales by tREFI / (tREFI - tRFC), the expectation over
+refresh phases. Logic-PIM (compute on the logic die) is not bank-level: see `cost.pim.PimRooflineV1`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from heteromoe.spec.hardware import PimSpec
+from heteromoe.spec.model import MoEModelSpec
+
+__all__ = ["BankPimTiming", "GemvTiming", "BankPimCost"]
+
+
+@dataclass
+class GemvTiming:
+    """Seconds of one GEMV call (all its tokens), by phase, and the commands when traced."""
+
+    mode_s: float
+    input_s: float
+    stream_s: float
+    output_s: float
+    refresh_s: float
+    commands: list = field(default_factory=list)
+
+    @property
+    def total_s(self) -> float:
+        return self.mode_s + self.input_s + self.stream_s + self.output_s + self.refresh_s
+
+
+class BankPimTiming:
+    """Timing of GEMVs on the bank-level PIM stacks of one GPU (or `stacks` of them)."""
+
+    def __init__(self, pim: PimSpec, stacks: int | None = None) -> None:
+        if pim.kind != "bank":
+            raise ValueError(f"the bank-level model needs a bank-level PIM preset, got kind={pim.kind!r}")
+        if pim.timings is None:
+            raise ValueError("the bank-level model needs the preset's DRAM timings ([pim.timing])")
+        stacks = pim.stacks_per_gpu if stacks is None else stacks
+        if not isinstance(stacks, int) or not 1 <= stacks <= pim.stacks_per_gpu:
+            raise ValueError(f"stacks must be an integer in [1, {pim.stacks_per_gpu}], got {stacks!r}")
+        self.pim = pim
+        self.t = pim.timings
+        self.stacks = stacks
+        self.channels = stacks * pim.pseudo_channels_per_stack
+        self.units = pim.banks_per_pseudo_channel // pim.banks_per_pim_unit
+        self.tck_s = self.t.tck_ns * 1e-9
+        ext_per_channel = pim.ext_bw_per_stack_bytes_per_s / pim.pseudo_channels_per_stack
+        # streaming cap: bytes per cycle over the whole channel (power cap), None when uncapped
+        self.cap_bytes_per_cycle = (pim.internal_bw_multiplier * ext_per_channel * self.tck_s
+                                    if pim.internal_bw_multiplier is not None else None)
+        flops_per_channel = (pim.flops_per_stack_per_s / pim.pseudo_channels_per_stack
+                             if pim.flops_per_stack_per_s is not None else None)
+        self.flops_per_cycle = flops_per_channel * self.tck_s if flops_per_channel else None
+        groups = -(-pim.banks_per_pseudo_channel // 4)
+        self.issue_cycles = (groups - 1) * self.t.t_faw_cycles
+        self.cols_per_step = pim.banks_per_pim_unit * pim.page_bytes // pim.column_bytes
+        self.refresh_factor = self.t.t_refi_ns / (self.t.t_refi_ns - self.t.t_rfc_ns)
+
+    # -- shared pieces -------------------------------------------------------------------------------
+    def _row_step(self, cols):
+        """Cycles of a row step whose units each run `cols` column commands (scalar or array)."""
+        t = self.t
+        open_cycles = np.maximum(t.t_ras_cycles, t.t_rcd_cycles + np.asarray(cols) * t.t_ccd_l_cycles)
+        step = np.maximum(self.issue_cycles + open_cycles + t.t_rp_cycles, self.issue_cycles + t.t_rc_cycles)
+        if self.cap_bytes_per_cycle is not None:
+            step = np.maximum(step, self.units * np.asarray(cols) * self.pim.column_bytes / self.cap_bytes_per_cycle)
+        return step
+
+    def _shape(self, d_in, d_out, bytes_w, bytes_a, channels):
+        """Per channel: column writes of the input, column commands per unit, column reads of the output."""
+        cb = self.pim.column_bytes
+        in_cols = np.ceil(d_in * bytes_a / cb)
+        unit_cols = np.ceil(np.ceil(d_in * d_out * bytes_w / channels) / self.units / cb)
+        out_cols = np.ceil(np.ceil(d_out / channels) * bytes_a / cb)
+        return in_cols, unit_cols, out_cols
+
+    # -- closed form ---------------------------------------------------------------------------------
+    def gemv(self, d_in, d_out, tokens=1, bytes_w: float = 2.0, bytes_a: float = 2.0, share=1.0) -> GemvTiming:
+        """Closed-form timing; `tokens` and `share` (fraction of the channels used) may be arrays."""
+        t = self.t
+        channels = self.channels * np.asarray(share, dtype=np.float64)
+        in_cols, unit_cols, out_cols = self._shape(d_in, d_out, bytes_w, bytes_a, channels)
+        full, last = np.divmod(unit_cols, self.cols_per_step)
+        stream = full * self._row_step(self.cols_per_step) + np.where(last > 0, self._row_step(last), 0.0)
+        if self.flops_per_cycle is not None:
+            stream = np.maximum(stream, 2.0 * d_in * np.ceil(d_out / channels) / self.flops_per_cycle)
+        n = np.asarray(tokens, dtype=np.float64)
+        mode = n * 2 * self.pim.mode_switch_cycles * self.tck_s
+        inp = n * (in_cols * t.t_ccd_s_cycles + t.t_wr_cycles) * self.tck_s
+        out = n * (t.t_cl_cycles + out_cols * t.t_ccd_s_cycles) * self.tck_s
+        stream_s = n * stream * self.tck_s
+        busy = mode + inp + out + stream_s
+        return GemvTiming(mode_s=mode, input_s=inp, stream_s=stream_s, output_s=out,
+                          refresh_s=busy * (self.refresh_factor - 1.0))
+
+    def gemv_s(self, d_in, d_out, tokens=1, bytes_w: float = 2.0, bytes_a: float = 2.0, share=1.0):
+        """Closed-form seconds (array-friendly)."""
+        return self.gemv(d_in, d_out, tokens, bytes_w, bytes_a, share).total_s
+
+    # -- command level --------------------------------------------------------------------------------
+    def gemv_commands(self, d_in: int, d_out: int, tokens: int = 1, bytes_w: float = 2.0, bytes_a: float = 2.0,
+                      refresh_phase_ns: float = 0.0, trace: bool = False) -> GemvTiming:
+        """Walk the command sequence of one channel; `trace` keeps (command, cycle) pairs.
+
+        `refresh_phase_ns` is when, within a tREFI period, the first refresh falls after the start.
+        """
+        t, tck_ns = self.t, self.t.tck_ns
+        in_cols, unit_cols, out_cols = (int(v) for v in self._shape(d_in, d_out, bytes_w, bytes_a, self.channels))
+        refi, rfc = t.t_refi_ns / tck_ns, t.t_rfc_ns / tck_ns
+        next_ref = (refresh_phase_ns % t.t_refi_ns) / tck_ns if refresh_phase_ns else refi
+        log: list = []
+        now = 0.0
+        spent = {"mode": 0.0, "input": 0.0, "stream": 0.0, "output": 0.0, "refresh": 0.0}
+
+        def emit(name: str, at: float) -> None:
+            if trace:
+                log.append((name, at))
+
+        def boundary() -> None:  # refresh stalls land between command groups, all banks precharged
+            nonlocal now, next_ref
+            while now >= next_ref:
+                emit("REF", now)
+                now += rfc
+                spent["refresh"] += rfc
+                next_ref += refi
+
+        def advance(phase: str, cycles: float) -> None:
+            nonlocal now
+            now += cycles
+            spent[phase] += cycles
+
+        for _ in range(int(tokens)):
+            boundary()
+            emit("PIM_ENTER", now)
+            advance("mode", self.pim.mode_switch_cycles)
+            boundary()
+            for c in range(in_cols):
+                emit("WR_INPUT", now + c * t.t_ccd_s_cycles)
+            advance("input", in_cols * t.t_ccd_s_cycles + t.t_wr_cycles)
+            remaining = unit_cols
+            while remaining > 0:
+                boundary()
+                cols = min(self.cols_per_step, remaining)
+                start = now
+                groups = -(-self.pim.banks_per_pseudo_channel // 4)
+                for g in range(groups):
+                    emit("ACT_ALLBANK", start + g * t.t_faw_cycles)
+                first_col = start + self.issue_cycles + t.t_rcd_cycles
+                for c in range(cols if trace else 0):
+                    emit("MAC", first_col + c * t.t_ccd_l_cycles)
+                pre = max(start + self.issue_cycles + t.t_ras_cycles, first_col + cols * t.t_ccd_l_cycles)
+                emit("PRE_ALLBANK", pre)
+                end = max(pre + t.t_rp_cycles, start + self.issue_cycles + t.t_rc_cycles)
+                if self.cap_bytes_per_cycle is not None:
+                    end = max(end, start + self.units * cols * self.pim.column_bytes / self.cap_bytes_per_cycle)
+                if self.flops_per_cycle is not None and remaining == unit_cols:
+                    # compute cap over the whole sweep, charged on its first step
+                    sweep = 2.0 * d_in * math.ceil(d_out / self.channels) / self.flops_per_cycle
+                    full, last = divmod(unit_cols, self.cols_per_step)
+                    natural = full * float(self._row_step(self.cols_per_step)) + (float(self._row_step(last)) if last else 0.0)
+                    end += max(0.0, sweep - natural)
+                advance("stream", end - start)
+                remaining -= cols
+            boundary()
+            emit("RD_OUTPUT", now + t.t_cl_cycles)
+            advance("output", t.t_cl_cycles + out_cols * t.t_ccd_s_cycles)
+            emit("PIM_EXIT", now)
+            advance("mode", self.pim.mode_switch_cycles)
+        s = self.tck_s
+        return GemvTiming(mode_s=spent["mode"] * s, input_s=spent["input"] * s, stream_s=spent["stream"] * s,
+                          output_s=spent["output"] * s, refresh_s=spent["refresh"] * s, commands=log)
+
+    def gemv_commands_expected_s(self, d_in: int, d_out: int, tokens: int = 1, bytes_w: float = 2.0,
+                                 bytes_a: float = 2.0, phases: int | None = None) -> float:
+        """The command-level time averaged over evenly spaced refresh phases (the closed form's expectation).
+
+        By default the phases are spaced at most a 32nd of the GEMV's own length apart, so that short
+        GEMVs, which a refresh hits only at some phases, are averaged finely enough.
+        """
+        period = self.t.t_refi_ns
+        if phases is None:
+            length_ns = float(self.gemv_s(d_in, d_out, tokens, bytes_w, bytes_a)) * 1e9
+            phases = int(min(4096, max(16, math.ceil(32 * period / max(length_ns, 1e-9)))))
+        return float(np.mean([self.gemv_commands(d_in, d_out, tokens, bytes_w, bytes_a,
+                                                 refresh_phase_ns=period * (i + 0.5) / phases).total_s
+                              for i in range(phases)]))
+
+    # -- plain HBM reference ----------------------------------------------------------------------------
+    def hbm_read_s(self, d_in, d_out, tokens=1, bytes_w: float = 2.0, gpu=None) -> float:
+        """The same GEMV with the weights read once by the GPU from these stacks (roofline).
+
+        With a GPU spec: max(W / (eta_bw * BW), 2 n d_in d_out / (eta_fl * F)); without (host-attached
+        PIM): W / BW at the stacks' external peak.
+        """
+        bw = self.stacks * self.pim.ext_bw_per_stack_bytes_per_s
+        weights = d_in * d_out * bytes_w
+        if gpu is None:
+            return weights / bw
+        return max(weights / (gpu.eta_bw * bw), 2.0 * np.asarray(tokens) * d_in * d_out / (gpu.eta_fl * gpu.peak_flops_per_s))
+
+
+class BankPimCost:
+    """PIM cost model of one MoE layer on bank-level PIM: per token, the experts' two GEMVs.
+
+    An expert on PIM runs gate+up as one GEMV (d -> 2f) and down as another (f -> d) for each of its
+    tokens, serialized. Implements `times_s(tokens, share)` of `cost.pim.PimCostModel`.
+    """
+
+    def __init__(self, pim: PimSpec, model: MoEModelSpec) -> None:
+        self.timing = BankPimTiming(pim)
+        self.model = model
+        self._per_token: dict[float, float] = {}
+
+    def per_token_s(self, share: float = 1.0) -> float:
+        if share not in self._per_token:
+            m, t = self.model, self.timing
+            self._per_token[share] = float(
+                t.gemv_s(m.hidden_size, 2 * m.moe_intermediate_size, 1, m.bytes_per_weight, m.bytes_per_activation, share)
+                + t.gemv_s(m.moe_intermediate_size, m.hidden_size, 1, m.bytes_per_weight, m.bytes_per_activation, share))
+        return self._per_token[share]
+
+    def times_s(self, tokens: np.ndarray, share=1.0) -> np.ndarray:
+        n = np.asarray(tokens, dtype=np.float64)
+        if np.ndim(share) == 0:
+            return n * self.per_token_s(float(share))
+        share = np.asarray(share, dtype=np.float64)
+        per = np.array([self.per_token_s(float(v)) for v in np.unique(share)])
+        return n * per[np.searchsorted(np.unique(share), share)]
