@@ -3,6 +3,7 @@
     heteromoe backends            list backends, where they come from, whether they run here
     heteromoe presets             list system and model presets
     heteromoe schedule ...        plan one layer from token counts (JSON out)
+    heteromoe pim-time ...        emulated time of one GEMV on PIM, and of the same GEMV read by the GPU
     heteromoe demo                wrap a tiny random Qwen3-MoE model, generate, print the GPU/PIM split
 """
 from __future__ import annotations
@@ -79,6 +80,57 @@ def _cmd_schedule(args) -> int:
     return 0
 
 
+class ArgumentError(ValueError):
+    """A bad command-line value; the message names the argument."""
+
+
+def _cmd_pim_time(args) -> int:
+    from heteromoe.cost.pim import PimRooflineV1
+    from heteromoe.cost.pim_bank import BankPimTiming, hbm_read_s
+    from heteromoe.spec import models, systems
+
+    def models_any():  # PimRooflineV1 wants a model; gemv_s does not use its shapes
+        return models.get(models.names()[0])
+
+    for name in ("d_in", "d_out", "tokens"):
+        if getattr(args, name) <= 0:
+            raise ArgumentError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    try:
+        system = systems.get(args.system)
+    except KeyError as exc:
+        raise ArgumentError(f"--system: {exc}") from None
+    pim = system.pim
+    stacks = pim.stacks_per_gpu if args.stacks is None else args.stacks
+    if not 1 <= stacks <= pim.stacks_per_gpu:
+        raise ArgumentError(f"--stacks must be in [1, {pim.stacks_per_gpu}] for {system.name}, got {stacks}")
+    bytes_w = {"bf16": 2.0, "fp16": 2.0}[args.dtype]
+    out = {"system": system.name, "stacks": stacks, "d_in": args.d_in, "d_out": args.d_out, "tokens": args.tokens,
+           "dtype": args.dtype}
+    if pim.kind == "bank" and pim.timings is not None:
+        timing = BankPimTiming(pim, stacks)
+        t = timing.gemv(args.d_in, args.d_out, args.tokens, bytes_w, bytes_w)
+        out.update(model="bank-level", pim_ns=float(t.total_s) * 1e9,
+                   breakdown_ns={k: float(getattr(t, k)) * 1e9 for k in ("mode_s", "input_s", "stream_s", "output_s",
+                                                                         "refresh_s")},
+                   hbm_read_ns=float(timing.hbm_read_s(args.d_in, args.d_out, args.tokens, bytes_w, system.gpu)) * 1e9)
+    else:
+        # Logic-PIM (and presets without timings): the roofline of cost.pim on `stacks` stacks
+        import dataclasses
+
+        scaled = dataclasses.replace(pim, stacks_per_gpu=stacks)
+        per = float(PimRooflineV1(scaled, models_any()).gemv_s(args.d_in, args.d_out, args.tokens, bytes_w))
+        hbm = hbm_read_s(pim, stacks, args.d_in, args.d_out, args.tokens, bytes_w, system.gpu)
+        out.update(model="roofline", pim_ns=per * 1e9, hbm_read_ns=hbm * 1e9)
+    out["speedup"] = out["hbm_read_ns"] / out["pim_ns"]
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{system.name} x{stacks} stacks, GEMV {args.tokens} x {args.d_in} x {args.d_out} {args.dtype} "
+              f"({out['model']} model): PIM {out['pim_ns']:.1f} ns, plain HBM read {out['hbm_read_ns']:.1f} ns, "
+              f"PIM speed-up {out['speedup']:.2f}x")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from heteromoe.demo import run_demo
 
@@ -110,6 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="sieve")
     p.add_argument("--compact", action="store_true")
     p.set_defaults(func=_cmd_schedule)
+
+    p = sub.add_parser("pim-time", help="emulated PIM time of one GEMV, and the plain-HBM time of the same GEMV")
+    p.add_argument("--system", required=True)
+    p.add_argument("--stacks", type=int, default=None, help="stacks to use (default: all of one GPU)")
+    p.add_argument("--d-in", type=int, required=True)
+    p.add_argument("--d-out", type=int, required=True)
+    p.add_argument("--tokens", type=int, default=1)
+    p.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_pim_time)
 
     p = sub.add_parser("demo", help="wrap a tiny random Qwen3-MoE model, generate, print the GPU/PIM split")
     p.add_argument("--system", default="h100-hbm3-pim")

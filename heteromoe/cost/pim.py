@@ -37,20 +37,24 @@ class PimRooflineV1:
     def __init__(self, pim: PimSpec, model: MoEModelSpec) -> None:
         self.pim = pim
         self.model = model
-        read_s = model.expert_weight_bytes / pim.internal_bw_bytes_per_s
-        self.read_s_per_sweep = read_s
-        self.flop_s_per_token = model.expert_flops_per_token / pim.flops_per_s
         self.command_s = pim.command_overhead_s
-        self.gemv_s = max(read_s, self.flop_s_per_token) + self.command_s
+        self.read_s_per_sweep = model.expert_weight_bytes / pim.internal_bw_bytes_per_s
+        self.flop_s_per_token = model.expert_flops_per_token / pim.flops_per_s
+        self.gemv_s_per_token = max(self.read_s_per_sweep, self.flop_s_per_token) + self.command_s
 
-    def times_s(self, tokens: np.ndarray, share=1.0) -> np.ndarray:
+    def _time(self, read_s, flop_s, tokens, share=1.0):
         n = np.asarray(tokens, dtype=np.float64)
-        if np.all(np.asarray(share) == 1.0):
-            read_s, flop_s = self.read_s_per_sweep, self.flop_s_per_token
-        else:
+        if not np.all(np.asarray(share) == 1.0):
             share = np.asarray(share, dtype=np.float64)
-            read_s, flop_s = self.read_s_per_sweep / share, self.flop_s_per_token / share
+            read_s, flop_s = read_s / share, flop_s / share
         if self.pim.tokens_serialized:
             return n * (np.maximum(read_s, flop_s) + self.command_s)
-        batched = np.maximum(read_s, n * flop_s) + self.command_s
-        return np.where(n > 0, batched, 0.0)
+        return np.where(n > 0, np.maximum(read_s, n * flop_s) + self.command_s, 0.0)
+
+    def times_s(self, tokens: np.ndarray, share=1.0) -> np.ndarray:
+        return self._time(self.read_s_per_sweep, self.flop_s_per_token, tokens, share)
+
+    def gemv_s(self, d_in: int, d_out: int, tokens=1, bytes_w: float = 2.0):
+        """One GEMV `[tokens x d_in] x [d_in x d_out]` on all the stacks of the spec."""
+        return self._time(d_in * d_out * bytes_w / self.pim.internal_bw_bytes_per_s,
+                          2.0 * d_in * d_out / self.pim.flops_per_s, tokens)

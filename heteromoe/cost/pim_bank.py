@@ -28,7 +28,7 @@ import numpy as np
 from heteromoe.spec.hardware import PimSpec
 from heteromoe.spec.model import MoEModelSpec
 
-__all__ = ["BankPimTiming", "GemvTiming", "BankPimCost"]
+__all__ = ["BankPimTiming", "GemvTiming", "BankPimCost", "hbm_read_s"]
 
 
 @dataclass
@@ -186,6 +186,7 @@ class BankPimTiming:
             advance("output", t.t_cl_cycles + out_cols * t.t_ccd_s_cycles)
             emit("PIM_EXIT", now)
             advance("mode", self.pim.mode_switch_cycles)
+        boundary()  # a refresh that came due during the last group is owed before the next command
         s = self.tck_s
         return GemvTiming(mode_s=spent["mode"] * s, input_s=spent["input"] * s, stream_s=spent["stream"] * s,
                           output_s=spent["output"] * s, refresh_s=spent["refresh"] * s, commands=log)
@@ -207,16 +208,22 @@ class BankPimTiming:
 
     # -- plain HBM reference ----------------------------------------------------------------------------
     def hbm_read_s(self, d_in, d_out, tokens=1, bytes_w: float = 2.0, gpu=None) -> float:
-        """The same GEMV with the weights read once by the GPU from these stacks (roofline).
+        """The same GEMV with the weights read once by the GPU from these stacks (see `hbm_read_s`)."""
+        return hbm_read_s(self.pim, self.stacks, d_in, d_out, tokens, bytes_w, gpu)
 
-        With a GPU spec: max(W / (eta_bw * BW), 2 n d_in d_out / (eta_fl * F)); without (host-attached
-        PIM): W / BW at the stacks' external peak.
-        """
-        bw = self.stacks * self.pim.ext_bw_per_stack_bytes_per_s
-        weights = d_in * d_out * bytes_w
-        if gpu is None:
-            return weights / bw
-        return max(weights / (gpu.eta_bw * bw), 2.0 * np.asarray(tokens) * d_in * d_out / (gpu.eta_fl * gpu.peak_flops_per_s))
+
+def hbm_read_s(pim: PimSpec, stacks: int, d_in, d_out, tokens=1, bytes_w: float = 2.0, gpu=None) -> float:
+    """Plain-HBM reference: a GEMV with the weights read once by the GPU from `stacks` stacks (roofline).
+
+    With a GPU spec: max(W / (eta_bw * BW), 2 n d_in d_out / (eta_fl * F)); without (host-attached PIM):
+    W / BW at the stacks' external peak.
+    """
+    bw = stacks * pim.ext_bw_per_stack_bytes_per_s
+    weights = d_in * d_out * bytes_w
+    if gpu is None:
+        return weights / bw
+    return float(max(weights / (gpu.eta_bw * bw),
+                     2.0 * np.asarray(tokens) * d_in * d_out / (gpu.eta_fl * gpu.peak_flops_per_s)))
 
 
 class BankPimCost:
