@@ -81,6 +81,14 @@ class Backend(ABC):
             of `hidden.dtype` promoted with `top_k_weights.dtype` (as transformers' implementations do).
         """
 
+    def reported_times_s(self, work: WorkSlice) -> np.ndarray | None:
+        """Measured seconds of each expert of `work` in its last run ([G], `work.experts` order), or None.
+
+        A real PIM backend reports these and the runtime feeds them to the layer's learned cost table
+        (`wrap(..., learn_pim_costs=True)`); emulated backends have nothing measured to report.
+        """
+        return None
+
     def estimate_time(self, cost, tokens: np.ndarray) -> float:
         """Predicted seconds for `tokens [E]` tokens per expert on this backend, from the cost model."""
         if self.kind == "pim":

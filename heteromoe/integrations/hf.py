@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from heteromoe.cost.model import CostModel
+from heteromoe.cost.ema import EmaPimCost
+from heteromoe.cost.model import CostModel, default_pim_cost
 from heteromoe.device import Backend, BackendUnavailable, registry
 from heteromoe.runtime.executor import MoEExecutor
 from heteromoe.runtime.layer import ExpertLayer
@@ -180,7 +181,7 @@ class HeteroMoERuntime:
 
 def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
          model_spec: "str | MoEModelSpec | None" = None, gpus: int = 1, placement=None,
-         replicas_per_gpu: int = 0, replan_every: int = 64,
+         replicas_per_gpu: int = 0, replan_every: int = 64, learn_pim_costs: bool = False,
          gpu_backend: "str | Backend | None" = None, pim_backend: "str | Backend | None" = None,
          fallback_backend: "str | Backend" = "torch") -> HeteroMoERuntime:
     """Wrap a transformers MoE model so every experts call runs loads -> plan -> backends.
@@ -195,6 +196,8 @@ def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
         replicas_per_gpu: extra expert slots per GPU for replicas of hot experts, chosen per layer by the
             slow loop (`sched.replicas.ReplicaPlanner`) every `replan_every` calls from moving-average
             loads; the `heteromoe` policy routes tokens to them.
+        learn_pim_costs: keep, per layer, Sieve's EMA table of PIM times by token count (`cost.ema`),
+            fed by what the PIM backend reports (`Backend.reported_times_s`); the policy plans with it.
         gpu_backend / pim_backend: backend names; default: DEFAULT_PRIORITY of `heteromoe.device`.
         fallback_backend: runs a slice whose backend failed mid-batch.
     Returns:
@@ -213,7 +216,8 @@ def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
         slots = as_placement(placement, layer.num_experts, gpus)
         if replicas_per_gpu:
             slots = ReplicaPlanner(slots.home_gpu, gpus, replicas_per_gpu, replan_every)
-        bindings[id(layer.module)] = _LayerBinding(layer, CostModel(system_spec, spec), slots)
+        pim_cost = EmaPimCost(default_pim_cost(system_spec, spec)) if learn_pim_costs else None
+        bindings[id(layer.module)] = _LayerBinding(layer, CostModel(system_spec, spec, pim_model=pim_cost), slots)
 
     executor = MoEExecutor(
         policy=get_policy(policy),

@@ -115,24 +115,29 @@ class MoEExecutor:
         for backend, work in ((self.gpu_backend, gpu_work), (self.pim_backend, pim_work)):
             if work.is_empty():
                 continue
-            out = self._run_with_fallback(backend, layer, hidden, top_k_weights, work, stats)
+            out, ran_on = self._run_with_fallback(backend, layer, hidden, top_k_weights, work, stats)
             pairs_out[torch.from_numpy(work.pair_index).to(hidden.device)] = out.to(out_dtype)
+            if backend is self.pim_backend and ran_on is backend and hasattr(cost.pim, "observe"):
+                measured = backend.reported_times_s(work)
+                if measured is not None:  # Sieve's learned table: what the PIM really took
+                    cost.pim.observe(work.tokens_per_expert, measured)
         stats.add(plan, num_tokens)
         self.last_plans[layer.name] = plan
         return pairs_out.view(num_tokens, top_k, hidden.shape[-1]).sum(dim=1).to(hidden.dtype)
 
     def _run_with_fallback(self, backend: Backend, layer: ExpertLayer, hidden: torch.Tensor,
-                           top_k_weights: torch.Tensor, work: WorkSlice, stats: LayerStats) -> torch.Tensor:
+                           top_k_weights: torch.Tensor, work: WorkSlice, stats: LayerStats) -> tuple[torch.Tensor, Backend]:
+        """The slice's outputs and the backend that produced them."""
         expected = (work.num_pairs, hidden.shape[-1])
         try:
             out = backend.run_experts(layer, hidden, top_k_weights, work)
             if tuple(out.shape) != expected:
                 raise RuntimeError(f"returned shape {tuple(out.shape)}, expected {expected}")
-            return out
+            return out, backend
         except Exception as exc:  # noqa: BLE001 - any backend failure: fall back, lose no token
             if backend is self.fallback_backend:
                 raise
             stats.fallbacks += 1
             logger.warning("layer %s: backend %r failed on %d pairs (%s: %s); re-running them on %r",
                            layer.name, backend.name, work.num_pairs, type(exc).__name__, exc, self.fallback_backend.name)
-            return self.fallback_backend.run_experts(layer, hidden, top_k_weights, work)
+            return self.fallback_backend.run_experts(layer, hidden, top_k_weights, work), self.fallback_backend

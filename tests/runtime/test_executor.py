@@ -84,3 +84,38 @@ def test_backend_returning_garbage_shape_falls_back():
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
     assert sum(layer["fallbacks"] for layer in runtime.report()["layers"]) == 2
     runtime.unwrap()
+
+
+class TimedPimBackend(Backend):
+    """A 'real' PIM backend: exact outputs, and measured times 1.7x what the timing model says."""
+
+    name = "timed-pim"
+    kind = "pim"
+
+    def __init__(self, cost_for):
+        self.cost_for = cost_for
+
+    def run_experts(self, layer, hidden, top_k_weights, work):
+        return registry.get("pim-emulator").run_experts(layer, hidden, top_k_weights, work)
+
+    def reported_times_s(self, work):
+        return 1.7 * self.cost_for.times_s(work.tokens_per_expert)
+
+
+def test_runtime_feeds_reported_pim_times_to_the_learned_table():
+    from heteromoe.cost import default_pim_cost
+
+    model = tiny_model("qwen3_moe")
+    spec = heteromoe.models.get("qwen3-30b-a3b")
+    system = heteromoe.systems.get("b200-hbm3e-pim")
+    model = tiny_model("qwen3_moe", num_experts=128, top_k=8)
+    base = default_pim_cost(system, spec)
+    runtime = heteromoe.wrap(model, system=system, model_spec=spec, policy="all-exp", learn_pim_costs=True,
+                             pim_backend=TimedPimBackend(base))
+    with torch.no_grad():
+        for seed in range(3):
+            model(torch.randint(1, 128, (2, 4), generator=torch.Generator().manual_seed(seed)))
+    learned = next(iter(runtime._bindings.values())).cost.pim
+    assert learned.seen[1]
+    assert learned.times_s(np.array([1]))[0] == pytest.approx(1.7 * base.times_s(np.array([1]))[0])
+    runtime.unwrap()
