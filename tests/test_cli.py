@@ -62,3 +62,35 @@ def test_demo_generates_identical_tokens(capsys):
     assert "greedy tokens identical to the unwrapped model: True" in out
     report = json.loads(out[out.index("{"):])
     assert report["tokens_identical"] and sum(layer["pim_tokens"] for layer in report["layers"]) > 0
+
+
+def test_pim_time_json(capsys):
+    assert main(["pim-time", "--system", "b200-hbm3e-pim", "--d-in", "2048", "--d-out", "1536", "--tokens", "2",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == "bank-level" and out["pim_ns"] > 0 and out["hbm_read_ns"] > 0
+    assert sum(out["breakdown_ns"].values()) == pytest.approx(out["pim_ns"])
+    assert main(["pim-time", "--system", "b200-hbm3e-pim", "--stacks", "4", "--d-in", "2048", "--d-out", "1536",
+                 "--tokens", "2", "--json"]) == 0
+    fewer = json.loads(capsys.readouterr().out)
+    assert fewer["pim_ns"] > out["pim_ns"] and fewer["hbm_read_ns"] > out["hbm_read_ns"]
+    assert main(["pim-time", "--system", "h100-logic-pim", "--d-in", "64", "--d-out", "64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "roofline"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--d-in", "0", "--d-out", "8"], "--d-in must be a positive integer, got 0"),
+    (["--d-in", "8", "--d-out", "-3"], "--d-out must be a positive integer, got -3"),
+    (["--d-in", "8", "--d-out", "8", "--tokens", "0"], "--tokens must be a positive integer, got 0"),
+    (["--d-in", "8", "--d-out", "8", "--stacks", "9"], "--stacks must be in [1, 8] for b200-hbm3e-pim, got 9"),
+])
+def test_pim_time_bad_arguments(capsys, argv, message):
+    assert main(["pim-time", "--system", "b200-hbm3e-pim", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_pim_time_unknown_system(capsys):
+    assert main(["pim-time", "--system", "hbm9", "--d-in", "8", "--d-out", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "--system: unknown system preset 'hbm9'" in err and err.count("\n") == 1
