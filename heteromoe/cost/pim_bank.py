@@ -12,8 +12,10 @@ command sequence and one channel's timeline is the GEMV's). Each token is a seri
    unit consumes `column_bytes` per column command, tCCD_L apart, from each of its `banks_per_pim_unit`
    banks; precharge after at least tRAS, tRP; a bank's activations at least tRC apart. An explicit
    `internal_bw_multiplier` caps the streaming rate (power cap); a PIM FLOP/s figure caps compute;
-4. read the results back: tCL, then one column read per `column_bytes`, tCCD_S apart;
-5. leave PIM mode (`mode_switch_cycles`).
+4. write the partial results from the units' registers into the banks: one all-bank column write per
+   `column_bytes` of a unit's outputs, tCCD_L apart, then tWR;
+5. read the results back: tCL, then one column read per `column_bytes`, tCCD_S apart;
+6. leave PIM mode (`mode_switch_cycles`).
 Refresh: every tREFI the stack is busy for tRFC. The command-level path inserts the stall at the first
 command boundary past each tREFI; the closed form scales by tREFI / (tREFI - tRFC), the expectation over
 refresh phases. Logic-PIM (compute on the logic die) is not bank-level: see `cost.pim.PimRooflineV1`.
@@ -87,19 +89,22 @@ class BankPimTiming:
         return step
 
     def _shape(self, d_in, d_out, bytes_w, bytes_a, channels):
-        """Per channel: column writes of the input, column commands per unit, column reads of the output."""
+        """Per channel: column writes of the input, column commands per unit, all-bank writes of the units'
+        partial results, column reads of the output."""
         cb = self.pim.column_bytes
         in_cols = np.ceil(d_in * bytes_a / cb)
         unit_cols = np.ceil(np.ceil(d_in * d_out * bytes_w / channels) / self.units / cb)
-        out_cols = np.ceil(np.ceil(d_out / channels) * bytes_a / cb)
-        return in_cols, unit_cols, out_cols
+        out_rows = np.ceil(d_out / channels)  # outputs of one channel
+        partial_cols = np.ceil(np.ceil(out_rows / self.units) * bytes_a / cb)
+        out_cols = np.ceil(out_rows * bytes_a / cb)
+        return in_cols, unit_cols, partial_cols, out_cols
 
     # -- closed form ---------------------------------------------------------------------------------
     def gemv(self, d_in, d_out, tokens=1, bytes_w: float = 2.0, bytes_a: float = 2.0, share=1.0) -> GemvTiming:
         """Closed-form timing; `tokens` and `share` (fraction of the channels used) may be arrays."""
         t = self.t
         channels = self.channels * np.asarray(share, dtype=np.float64)
-        in_cols, unit_cols, out_cols = self._shape(d_in, d_out, bytes_w, bytes_a, channels)
+        in_cols, unit_cols, partial_cols, out_cols = self._shape(d_in, d_out, bytes_w, bytes_a, channels)
         full, last = np.divmod(unit_cols, self.cols_per_step)
         stream = full * self._row_step(self.cols_per_step) + np.where(last > 0, self._row_step(last), 0.0)
         if self.flops_per_cycle is not None:
@@ -107,7 +112,7 @@ class BankPimTiming:
         n = np.asarray(tokens, dtype=np.float64)
         mode = n * 2 * self.pim.mode_switch_cycles * self.tck_s
         inp = n * (in_cols * t.t_ccd_s_cycles + t.t_wr_cycles) * self.tck_s
-        out = n * (t.t_cl_cycles + out_cols * t.t_ccd_s_cycles) * self.tck_s
+        out = n * (partial_cols * t.t_ccd_l_cycles + t.t_wr_cycles + t.t_cl_cycles + out_cols * t.t_ccd_s_cycles) * self.tck_s
         stream_s = n * stream * self.tck_s
         busy = mode + inp + out + stream_s
         return GemvTiming(mode_s=mode, input_s=inp, stream_s=stream_s, output_s=out,
@@ -125,7 +130,8 @@ class BankPimTiming:
         `refresh_phase_ns` is when, within a tREFI period, the first refresh falls after the start.
         """
         t, tck_ns = self.t, self.t.tck_ns
-        in_cols, unit_cols, out_cols = (int(v) for v in self._shape(d_in, d_out, bytes_w, bytes_a, self.channels))
+        in_cols, unit_cols, partial_cols, out_cols = (int(v) for v in self._shape(d_in, d_out, bytes_w, bytes_a,
+                                                                                   self.channels))
         refi, rfc = t.t_refi_ns / tck_ns, t.t_rfc_ns / tck_ns
         next_ref = (refresh_phase_ns % t.t_refi_ns) / tck_ns if refresh_phase_ns else refi
         log: list = []
@@ -182,6 +188,9 @@ class BankPimTiming:
                 advance("stream", end - start)
                 remaining -= cols
             boundary()
+            for c in range(partial_cols):
+                emit("WR_PARTIAL", now + c * t.t_ccd_l_cycles)
+            advance("output", partial_cols * t.t_ccd_l_cycles + t.t_wr_cycles)
             emit("RD_OUTPUT", now + t.t_cl_cycles)
             advance("output", t.t_cl_cycles + out_cols * t.t_ccd_s_cycles)
             emit("PIM_EXIT", now)

@@ -33,7 +33,8 @@ def test_command_walk_obeys_the_timings():
     result = t.gemv_commands(2048, 1536, 1, trace=True)
     names = [c for c, _ in result.commands]
     assert names[0] == "PIM_ENTER" and names[-1] == "PIM_EXIT"
-    assert names.index("WR_INPUT") < names.index("ACT_ALLBANK") < names.index("MAC") < names.index("RD_OUTPUT")
+    assert (names.index("WR_INPUT") < names.index("ACT_ALLBANK") < names.index("MAC") < names.index("WR_PARTIAL")
+            < names.index("RD_OUTPUT"))
     acts = [at for c, at in result.commands if c == "ACT_ALLBANK"]
     assert np.diff(acts[:6]).tolist() == [tm.t_faw_cycles] * 5  # 24 banks: six groups of four, a tFAW apart
     macs = [at for c, at in result.commands if c == "MAC"]
