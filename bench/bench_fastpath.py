@@ -7,7 +7,6 @@ decode tokens. Goal (issue 4): a whole `Policy.plan()` call (counts in, validate
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import heteromoe

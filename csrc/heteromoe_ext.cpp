@@ -95,6 +95,13 @@ static LayerCosts make_costs(const carray<i64>& counts, const carray<i64>& home,
 
 using PlanResult = std::tuple<carray<i64>, carray<double>, carray<double>>;
 
+// T_PIM of GPU g with all of order[lo, hi) on PIM: its fixed PIM work plus every expert's PIM time.
+static double all_on_pim(const LayerCosts& c, const std::vector<i64>& order, i64 lo, i64 hi, i64 g) {
+  double pim = c.pfix[g];
+  for (i64 i = lo; i < hi; ++i) pim += c.pim[c.counts[order[i]]];
+  return pim;
+}
+
 // Per-GPU T_GPU and T_PIM of a split, summed in expert-id order (as numpy's bincount does, so the
 // numbers equal CostModel.times bit for bit).
 static PlanResult evaluate(const LayerCosts& c, carray<i64> gpu_tokens) {
@@ -132,8 +139,7 @@ static PlanResult sieve_plan(carray<i64> counts, carray<i64> home, i64 num_gpus,
   i64* out = gpu_tokens.mutable_data();
   std::fill(out, out + c.E, 0);
   for (i64 g = 0; g < c.G; ++g) {
-    double pim = c.pfix[g];
-    for (i64 i = seg[g]; i < seg[g + 1]; ++i) pim += c.pim[c.counts[order[i]]];
+    double pim = all_on_pim(c, order, seg[g], seg[g + 1], g);
     double best = std::max(std::max(c.comm[g], c.gfix[g]), pim);
     double read = 0.0, flop = 0.0;
     for (i64 i = seg[g]; i < seg[g + 1]; ++i) {
@@ -166,8 +172,7 @@ static PlanResult heteromoe_plan(carray<i64> counts, carray<i64> home, i64 num_g
   for (i64 g = 0; g < c.G; ++g) {
     const i64 lo = seg[g], hi = seg[g + 1];
     const double cm = c.comm[g], gf = c.gfix[g];
-    double pim = c.pfix[g];
-    for (i64 i = lo; i < hi; ++i) pim += c.pim[c.counts[order[i]]];
+    double pim = all_on_pim(c, order, lo, hi, g);
     // 1. best prefix m (experts order[lo, lo+m) on the GPU)
     double best = std::max(std::max(cm, gf), pim);
     i64 best_m = 0;

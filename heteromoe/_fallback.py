@@ -75,13 +75,19 @@ def _evaluate(counts, home, num_gpus, read_s, flop, pim_tab, gfix, launch_s, pfi
     return out, t_gpu, t_pim
 
 
+def _all_on_pim(counts, order, lo, hi, pim_tab, pfix_g):
+    """T_PIM of a GPU with all of order[lo:hi] on PIM."""
+    pim = pfix_g
+    for i in range(lo, hi):
+        pim += pim_tab[counts[order[i]]]
+    return pim
+
+
 def _sieve_plan(counts, home, num_gpus, read_s, flop, pim_tab, comm, gfix, launch_s, pfix):
     order, seg = _sorted_by_gpu(counts, home, num_gpus)
     out = np.zeros(counts.shape[0], dtype=np.int64)
     for g in range(num_gpus):
-        pim = pfix[g]
-        for i in range(seg[g], seg[g + 1]):
-            pim += pim_tab[counts[order[i]]]
+        pim = _all_on_pim(counts, order, seg[g], seg[g + 1], pim_tab, pfix[g])
         best = max(max(comm[g], gfix[g]), pim)
         read = 0.0
         fl = 0.0
@@ -110,9 +116,7 @@ def _heteromoe_plan(counts, home, num_gpus, read_s, flop, pim_tab, comm, gfix, l
         hi = seg[g + 1]
         cm = comm[g]
         gf = gfix[g]
-        pim = pfix[g]
-        for i in range(lo, hi):
-            pim += pim_tab[counts[order[i]]]
+        pim = _all_on_pim(counts, order, lo, hi, pim_tab, pfix[g])
         # 1. best prefix
         best = max(max(cm, gf), pim)
         best_m = 0
@@ -276,8 +280,9 @@ def _build_numba() -> _Impl:
     import numba
 
     jit = numba.njit(cache=True)
-    # the planners call _sorted_by_gpu and _evaluate: compile them against the jitted versions
-    sieve_globals = dict(_sieve_plan.__globals__, _sorted_by_gpu=jit(_sorted_by_gpu), _evaluate=jit(_evaluate))
+    # the planners call _sorted_by_gpu, _all_on_pim and _evaluate: compile them against the jitted versions
+    sieve_globals = dict(_sieve_plan.__globals__, _sorted_by_gpu=jit(_sorted_by_gpu), _evaluate=jit(_evaluate),
+                         _all_on_pim=jit(_all_on_pim))
     import types
 
     def rebind(fn):

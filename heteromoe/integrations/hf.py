@@ -12,7 +12,6 @@ import itertools
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from heteromoe.cost.ema import EmaPimCost

@@ -105,7 +105,6 @@ class TimedPimBackend(Backend):
 def test_runtime_feeds_reported_pim_times_to_the_learned_table():
     from heteromoe.cost import default_pim_cost
 
-    model = tiny_model("qwen3_moe")
     spec = heteromoe.models.get("qwen3-30b-a3b")
     system = heteromoe.systems.get("b200-hbm3e-pim")
     model = tiny_model("qwen3_moe", num_experts=128, top_k=8)

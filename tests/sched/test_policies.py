@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import heteromoe
 from heteromoe.cost import CostModel
-from heteromoe.sched import Plan, PlanError, get_policy
+from heteromoe.sched import Plan, PlanError
 from heteromoe.sched.placement import contiguous_placement
 from heteromoe.spec import GpuSpec, LinkSpec, MoEModelSpec, PimSpec, SystemSpec
 
