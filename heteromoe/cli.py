@@ -4,6 +4,7 @@
     heteromoe presets             list system and model presets
     heteromoe schedule ...        plan one layer from token counts (JSON out)
     heteromoe pim-time ...        emulated time of one GEMV on PIM, and of the same GEMV read by the GPU
+    heteromoe simulate ...        decode steps on N GPUs: step time, throughput, interactivity, Pareto, plots
     heteromoe demo                wrap a tiny random Qwen3-MoE model, generate, print the GPU/PIM split
 """
 from __future__ import annotations
@@ -131,6 +132,64 @@ def _cmd_pim_time(args) -> int:
     return 0
 
 
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ArgumentError(f"{name} must be a comma-separated list of integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ArgumentError(f"{name} must list positive integers, got {text!r}")
+    return values
+
+
+def _cmd_simulate(args) -> int:
+    from tqdm import tqdm
+
+    from heteromoe.sched.factory import POLICIES
+    from heteromoe.sim import StepSimulator, pareto_frontier, sweep
+    from heteromoe.sim.workload import workload_for
+    from heteromoe.spec import models
+
+    batches = _int_list(args.batch, "--batch")
+    policies = [p for p in args.policies.split(",") if p]
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        raise ArgumentError(f"--policies: unknown {unknown}; known: {', '.join(sorted(POLICIES))}")
+    if args.context < 0:
+        raise ArgumentError(f"--context must be >= 0, got {args.context}")
+    bar = tqdm(total=len(policies) * len(batches), desc="simulate", unit="run", disable=args.quiet)
+    records = sweep(args.model, args.system, args.gpus, policies, batches, context=args.context, steps=args.steps,
+                    trace=args.trace, seed=args.seed, progress=lambda policy, batch: bar.update(1))
+    bar.close()
+    header = f"{'policy':<10} {'batch':>5} {'step ms':>9} {'tok/s/GPU':>11} {'tok/s/user':>11}"
+    print(header)
+    for r in records:
+        print(f"{r['policy']:<10} {r['batch']:>5} {r['step_time_s'] * 1e3:>9.3f} {r['throughput_per_gpu']:>11.1f} "
+              f"{r['interactivity']:>11.1f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"command": "heteromoe " + " ".join(sys.argv[1:]), "records": records,
+                       "pareto": {p: [r["batch"] for r in pts] for p, pts in pareto_frontier(records).items()}},
+                      fh, indent=1)
+    if args.plot:
+        from heteromoe.sim.plots import plot_gantt, plot_load_histogram, plot_pareto
+
+        spec = models.get(args.model)
+        title = f"{spec.name} on {args.gpus}x {args.system}, context {args.context}"
+        plot_pareto(records, args.plot, title)
+        stem = args.plot[:-4] if args.plot.endswith(".png") else args.plot
+        batch = max(batches)
+        step = workload_for(spec, args.trace, args.seed).steps(batch, 1)[0]
+        result = StepSimulator(spec, args.system, args.gpus, policies[-1], args.context).run(step)
+        layer = spec.num_layers - 1
+        plot_gantt(result.timeline, layer, f"{stem}-gantt.png",
+                   f"{policies[-1]}: layer {layer} at batch {batch} ({title})")
+        plot_load_histogram(result.loads[-1], f"{stem}-loads.png",
+                            f"expert loads, last MoE layer, batch {batch}: "
+                            f"{int((result.loads[-1] == 1).sum())} experts with one token")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from heteromoe.demo import run_demo
 
@@ -172,6 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_pim_time)
+
+    p = sub.add_parser("simulate", help="simulate decode steps: step time, throughput/GPU, interactivity")
+    p.add_argument("--model", required=True)
+    p.add_argument("--system", required=True)
+    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--policies", default="gpu-only,no-exp,all-exp,duplex,pimoe,sieve,heteromoe")
+    p.add_argument("--batch", default="1,4,16,64,256")
+    p.add_argument("--trace", default=None, help="replay a recorded trace instead of the synthetic generator")
+    p.add_argument("--context", type=int, default=2048, help="KV-cache tokens per request")
+    p.add_argument("--steps", type=int, default=3, help="decode steps averaged per point")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the records here")
+    p.add_argument("--plot", default=None, help="write the Pareto plot here (and -gantt.png, -loads.png beside it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("demo", help="wrap a tiny random Qwen3-MoE model, generate, print the GPU/PIM split")
     p.add_argument("--system", default="h100-hbm3-pim")

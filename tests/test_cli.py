@@ -94,3 +94,34 @@ def test_pim_time_unknown_system(capsys):
     assert main(["pim-time", "--system", "hbm9", "--d-in", "8", "--d-out", "8"]) == 2
     err = capsys.readouterr().err
     assert "--system: unknown system preset 'hbm9'" in err and err.count("\n") == 1
+
+
+def test_simulate_writes_json_and_plots(tmp_path, capsys):
+    out, plot = tmp_path / "sim.json", tmp_path / "sim.png"
+    assert main(["simulate", "--model", "qwen3-30b-a3b", "--system", "b200-hbm3e-pim", "--gpus", "2",
+                 "--policies", "all-exp,sieve", "--batch", "1,16", "--steps", "1", "--quiet",
+                 "--json", str(out), "--plot", str(plot)]) == 0
+    data = json.loads(out.read_text())
+    assert {(r["policy"], r["batch"]) for r in data["records"]} == {("all-exp", 1), ("all-exp", 16), ("sieve", 1),
+                                                                   ("sieve", 16)}
+    for r in data["records"]:
+        assert {"policy", "batch", "step_time_s", "throughput_per_gpu", "interactivity"} <= set(r)
+    for path in (plot, tmp_path / "sim-gantt.png", tmp_path / "sim-loads.png"):
+        assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
+    assert "sieve" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--policies", "sieve,magic"], "--policies: unknown ['magic']"),
+    (["--batch", "1,x"], "--batch must be a comma-separated list of integers"),
+    (["--batch", "0"], "--batch must list positive integers"),
+    (["--model", "nope"], "unknown model preset 'nope'"),
+])
+def test_simulate_bad_arguments(capsys, argv, message):
+    base = {"--model": "qwen3-30b-a3b", "--system": "b200-hbm3e-pim", "--batch": "1", "--policies": "sieve"}
+    for i in range(0, len(argv), 2):
+        base[argv[i]] = argv[i + 1]
+    args = ["simulate", "--quiet"] + [x for kv in base.items() for x in kv]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

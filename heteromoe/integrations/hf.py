@@ -12,6 +12,7 @@ import itertools
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from heteromoe.cost.ema import EmaPimCost
@@ -133,6 +134,10 @@ class HeteroMoERuntime:
         self._impl_name = impl_name
         self._previous_impl = previous_impl
         self._active = True
+        self._layer_index = {key: i for i, key in enumerate(bindings)}
+        self._trace: list[tuple[int, np.ndarray]] = []  # (layer index, top_k_index [T, k]) per call
+        self._trace_pairs = 0
+        self.trace_limit_pairs = 4_000_000
 
     @property
     def layers(self) -> list[ExpertLayer]:
@@ -146,6 +151,10 @@ class HeteroMoERuntime:
                                f"({type(module).__name__}) it did not wrap")
         shape = hidden_states.shape
         hidden = hidden_states.reshape(-1, shape[-1])
+        if self._trace_pairs < self.trace_limit_pairs:  # capture for save_trace()
+            ids = top_k_index.detach().reshape(hidden.shape[0], -1).to("cpu").numpy().astype(np.int64)
+            self._trace.append((self._layer_index[id(module)], ids))
+            self._trace_pairs += ids.size
         out = self.executor.run(binding.layer, binding.cost, binding.placement, hidden,
                                 top_k_index.reshape(hidden.shape[0], -1), top_k_weights.reshape(hidden.shape[0], -1))
         return out.reshape(shape)
@@ -162,6 +171,31 @@ class HeteroMoERuntime:
                          "fallback": self.executor.fallback_backend.name},
             "layers": layers,
         }
+
+    def save_trace(self, path) -> int:
+        """Write the routing seen so far (every MoE layer's top_k_index, per call) as a trace file.
+
+        The format is the JSON-lines schema of the shared vLLM route logs (a meta line, then one "route"
+        line per token and layer), so `heteromoe.routing.load_trace` and `heteromoe simulate --trace` read
+        it. At most `trace_limit_pairs` routed pairs are captured. Returns the number of route lines.
+        """
+        import json
+
+        layers = [b.layer for b in self._bindings.values()]
+        meta = {"type": "meta", "source": "heteromoe", "model_id": type(self.model).__name__,
+                "num_experts": layers[0].num_experts, "top_k": int(self._trace[0][1].shape[1]) if self._trace else 0,
+                "layers_logged": list(range(len(layers))), "layer_names": [layer.name for layer in layers]}
+        lines = 0
+        with open(path, "w") as fh:
+            fh.write(json.dumps(meta) + "\n")
+            counters = [0] * len(layers)
+            for layer, ids in self._trace:
+                for row in ids.tolist():
+                    fh.write(json.dumps({"type": "route", "layer": layer, "token_idx": counters[layer],
+                                         "topk_ids": row}) + "\n")
+                    counters[layer] += 1
+                    lines += 1
+        return lines
 
     def reset_report(self) -> None:
         self.executor.stats.clear()

@@ -77,13 +77,22 @@ def load_jsonl(path, max_repeats: int = 16) -> RoutingTrace:
             if record.get("type") == "meta":
                 meta = record
             elif record.get("type") == "route":
-                rows.append((int(record.get("layer", 0)), tuple(record["topk_ids"]),
-                             tuple(round(w, 6) for w in record.get("topk_weights", ()))))
-    repeats = Counter(rows)
-    real = [r for r in rows if repeats[r] <= max_repeats]
+                try:
+                    rows.append((int(record.get("layer", 0)), tuple(int(i) for i in record["topk_ids"]),
+                                 tuple(round(w, 6) for w in record.get("topk_weights", ()))))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ValueError(f"trace {path}: line {number} is not a valid route record ({exc!r})") from None
+    if meta.get("source") == "heteromoe":  # our own capture (runtime.save_trace): no warm-up rows to drop
+        real = rows
+    else:
+        repeats = Counter(rows)
+        real = [r for r in rows if repeats[r] <= max_repeats]
     if not real:
         raise ValueError(f"trace {path}: no routing rows left after dropping warm-up repeats")
     layers = sorted({r[0] for r in real})
+    widths = {len(r[1]) for r in real}
+    if len(widths) != 1:
+        raise ValueError(f"trace {path}: route rows have different top-k widths {sorted(widths)}")
     per_layer = [np.array([r[1] for r in real if r[0] == layer], dtype=np.int64) for layer in layers]
     tokens = min(len(a) for a in per_layer)
     ids = np.stack([a[:tokens] for a in per_layer])

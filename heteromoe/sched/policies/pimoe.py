@@ -22,30 +22,31 @@ class PimoePolicy(Policy):
     def _place(self, ctx: PlacementContext) -> np.ndarray:
         counts, cost = ctx.slot_counts, ctx.cost
         group, share, _ = channel_groups(ctx.slot_gpu, ctx.num_gpus, cost.channels_per_gpu)
-        pim_time = cost.pim.times_s(counts, share)  # [E] each expert's time in its own channel group
+        pim_time = cost.pim.times_s(counts, share)  # [P] each expert's time in its own channel group
         flop_tab, _ = cost.tables(int(counts.max()) if counts.size else 0)
         gpu_tokens = np.zeros_like(counts)
+        read_s, launch_s = cost.gpu.read_s_per_expert, cost.gpu.launch_s
         for g in range(ctx.num_gpus):
             mine = np.flatnonzero((ctx.slot_gpu == g) & (counts > 0))
             if mine.size == 0:
                 continue
-            groups = np.unique(group[mine])
-            # per group: its experts, hottest first (ties by lower id), and its current PIM time
-            queues = {int(q): list(mine[group[mine] == q][np.lexsort((mine[group[mine] == q],
-                                                                      -counts[mine[group[mine] == q]]))])
-                      for q in groups}
-            load = {int(q): float(pim_time[queues[int(q)]].sum()) for q in groups}
-            read = flop = 0.0
-            t_gpu = 0.0
+            groups, gid = np.unique(group[mine], return_inverse=True)
+            # each group's experts, hottest first (ties: lower id): one flat queue sorted by (group, -count, id)
+            queue = mine[np.lexsort((mine, -counts[mine], gid))]
+            q_gid = np.searchsorted(groups, group[queue])
+            head = np.searchsorted(q_gid, np.arange(groups.size))  # next expert of each group
+            end = np.append(head[1:], queue.size)
+            load = np.bincount(gid, weights=pim_time[mine], minlength=groups.size)
+            read = flop = t_gpu = 0.0
             while True:
-                busiest = max(load, key=lambda q: (load[q], -q))
-                t_pim = load[busiest]
-                if not queues[busiest] or t_gpu > t_pim:
+                busiest = int(np.argmax(load))  # ties: the lower group
+                if head[busiest] == end[busiest] or t_gpu > load[busiest]:
                     break
-                e = queues[busiest].pop(0)
-                load[busiest] -= float(pim_time[e])
+                e = queue[head[busiest]]
+                head[busiest] += 1
+                load[busiest] -= pim_time[e]
                 gpu_tokens[e] = counts[e]
-                read += cost.gpu.read_s_per_expert
+                read += read_s
                 flop += float(flop_tab[counts[e]])
-                t_gpu = max(read, flop) + cost.gpu.launch_s
+                t_gpu = max(read, flop) + launch_s
         return gpu_tokens
