@@ -77,7 +77,7 @@ def main(argv=None) -> int:
                 p: max_throughput_at(records, p, 50.0) for p in sorted({r["policy"] for r in records})},
         }
         stem = out / f"paper-{model}-x{gpus}"
-        stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        Path(f"{stem}.json").write_text(json.dumps(result, indent=1))
         title = f"{model} on {gpus}x {args.system}, context {args.context}"
         plot_pareto(records, f"{stem}.png", title)
         step = SyntheticWorkload(spec).steps(256, 1)[0]
