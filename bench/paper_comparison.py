@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args(argv)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     summary = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
                "machine": platform.platform(), "system": args.system, "context": args.context, "setups": []}
     for model, gpus in SETUPS:

@@ -85,7 +85,7 @@ def place_replicas(expected_load: np.ndarray, home_gpu: np.ndarray, num_gpus: in
     model.minimize(span * (len(r) + 1) + sum(r.values()))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit_s
-    solver.parameters.num_workers = 2
+    solver.parameters.num_workers = 1  # deterministic: the same loads give the same replicas on every run
     status = solver.solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         logger.warning("replica placement: CP-SAT returned %s; keeping no replicas", solver.status_name(status))
