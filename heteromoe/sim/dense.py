@@ -16,7 +16,7 @@ import numpy as np
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
 
-__all__ = ["DenseWork", "dense_work", "local_requests"]
+__all__ = ["DenseWork", "dense_work", "local_requests", "context_per_gpu"]
 
 
 def local_requests(batch: int, gpus: int) -> np.ndarray:
@@ -43,9 +43,23 @@ def _gpu_time(system: SystemSpec, weight_bytes: float, flops: np.ndarray) -> np.
     return np.where(flops > 0, np.maximum(read, flops / (gpu.eta_fl * gpu.peak_flops_per_s)), 0.0)
 
 
-def dense_work(model: MoEModelSpec, system: SystemSpec, gpus: int, batch: int, context: int,
+def context_per_gpu(context, batch: int, gpus: int) -> np.ndarray:
+    """[G] KV-cache tokens each GPU holds: `context` is one length for every request, or [batch] lengths
+    (requests assigned to GPUs in contiguous blocks, as `local_requests` counts them)."""
+    ctx = np.asarray(context, dtype=np.float64)
+    if ctx.ndim == 0:
+        return local_requests(batch, gpus) * float(ctx)
+    if ctx.shape != (batch,) or (ctx < 0).any():
+        raise ValueError(f"context must be one length or {batch} non-negative lengths (one per request), "
+                         f"got shape {ctx.shape}")
+    ends = np.cumsum(local_requests(batch, gpus))
+    return np.add.reduceat(np.append(ctx, 0.0), np.concatenate([[0], ends[:-1]]))[:gpus] * (local_requests(batch, gpus) > 0)
+
+
+def dense_work(model: MoEModelSpec, system: SystemSpec, gpus: int, batch: int, context,
                full_attention: bool) -> DenseWork:
-    """Non-expert work of one layer for `batch` decode tokens with `context` tokens of KV each."""
+    """Non-expert work of one layer for `batch` decode tokens; `context` is the KV length of every request,
+    or [batch] lengths, one per request."""
     d, bw, ba = model.hidden_size, model.bytes_per_weight, model.bytes_per_activation
     hd = model.head_dim or 128
     q_width = (model.num_attention_heads or max(d // hd, 1)) * hd
@@ -53,7 +67,7 @@ def dense_work(model: MoEModelSpec, system: SystemSpec, gpus: int, batch: int, c
     tokens = local_requests(batch, gpus).astype(np.float64)  # one new token per request
     qkv_params = d * (q_width + 2 * kv_width)
     out_params = q_width * d + d * model.num_experts  # O projection + router
-    kv = tokens * context * 2 * kv_width * ba if full_attention else np.zeros(gpus)
+    kv = context_per_gpu(context, batch, gpus) * 2 * kv_width * ba if full_attention else np.zeros(gpus)
     gpu = system.require_gpu()
     shared_params = 3 * d * model.moe_intermediate_size * model.num_shared_experts
     return DenseWork(

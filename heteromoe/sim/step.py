@@ -56,7 +56,7 @@ class StepSimulator:
         model, system: presets (names, TOML paths or specs).
         gpus: GPUs in expert parallelism (attention data-parallel).
         policy: a policy name or Policy.
-        context: KV-cache tokens per request (the same for every request).
+        context: KV-cache tokens per request: one length for all, or [batch] lengths (one per request).
         placement: expert placement (default: contiguous blocks); a Placement may carry replicas.
         record: keep the timeline and plans (the sweeps turn it off for speed).
     """
@@ -67,7 +67,7 @@ class StepSimulator:
         self.system: SystemSpec = systems.get(system)
         self.system.require_gpu()
         self.system.check_gpus(gpus)
-        if context < 0:
+        if np.any(np.asarray(context) < 0):
             raise ValueError(f"context must be >= 0 tokens, got {context}")
         self.gpus = gpus
         self.policy = get_policy(policy)
@@ -84,14 +84,14 @@ class StepSimulator:
         return (layer + 1) % interval == 0
 
     def _work(self, batch: int, full: bool):
-        key = (batch, full)
+        key = (batch, full) if np.ndim(self.context) == 0 else (batch, full, id(self.context))
         if key not in self._dense:
             self._dense[key] = dense_work(self.model, self.system, self.gpus, batch, self.context, full)
         return self._dense[key]
 
     def _decision_cost(self, batch: int, full: bool) -> CostModel:
         """The cost model of the expert window the policy plans: the shared experts share the SMs in it."""
-        key = (batch, full)
+        key = (batch, full) if np.ndim(self.context) == 0 else (batch, full, id(self.context))
         if key not in self._decision_costs:
             work = self._work(batch, full)
             self._decision_costs[key] = CostModel(self.system, self.model, pim_model=self.expert_cost.pim,

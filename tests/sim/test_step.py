@@ -124,3 +124,19 @@ def test_qwen35_on_eight_gpus_simulates():
     result = StepSimulator(spec, "b200-hbm3e-pim", 8, "sieve").run(steps)
     assert len(result.plans) == 60 and result.step_time_s > 0
     assert {s.gpu for s in result.timeline.spans} == set(range(8))
+
+
+def test_per_request_context_lengths():
+    from heteromoe.sim.dense import context_per_gpu
+
+    assert context_per_gpu(100, 5, 2).tolist() == [300, 200]
+    assert context_per_gpu([10, 20, 30, 40, 50], 5, 2).tolist() == [60, 90]
+    with pytest.raises(ValueError, match="5 non-negative lengths"):
+        context_per_gpu([1, 2], 5, 2)
+    r = routing(4)
+    same = StepSimulator(SMALL, "b200-hbm3e-pim", 2, "sieve", context=1000, record=False).run(r).step_time_s
+    mixed = StepSimulator(SMALL, "b200-hbm3e-pim", 2, "sieve", context=np.array([1000, 1000, 1000, 1000]),
+                          record=False).run(r).step_time_s
+    longer = StepSimulator(SMALL, "b200-hbm3e-pim", 2, "sieve", context=np.array([1000, 1000, 1000, 9000]),
+                           record=False).run(r).step_time_s
+    assert mixed == pytest.approx(same) and longer > same
