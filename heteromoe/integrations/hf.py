@@ -164,6 +164,7 @@ class HeteroMoERuntime:
         layers = [self.executor.stats[b.layer.name].to_dict() if b.layer.name in self.executor.stats
                   else {"name": b.layer.name, "calls": 0} for b in self._bindings.values()]
         return {
+            "rank": getattr(self.executor, "rank", 0),
             "system": self.system.name,
             "policy": self.executor.policy.name,
             "num_gpus": self.executor.num_gpus,
@@ -214,7 +215,7 @@ class HeteroMoERuntime:
 
 def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
          model_spec: "str | MoEModelSpec | None" = None, gpus: int = 1, placement=None,
-         replicas_per_gpu: int = 0, replan_every: int = 64, learn_pim_costs: bool = False,
+         replicas_per_gpu: int = 0, replan_every: int = 64, learn_pim_costs: bool = False, process_group=None,
          gpu_backend: "str | Backend | None" = None, pim_backend: "str | Backend | None" = None,
          fallback_backend: "str | Backend" = "torch") -> HeteroMoERuntime:
     """Wrap a transformers MoE model so every experts call runs loads -> plan -> backends.
@@ -229,6 +230,9 @@ def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
         replicas_per_gpu: extra expert slots per GPU for replicas of hot experts, chosen per layer by the
             slow loop (`sched.replicas.ReplicaPlanner`) every `replan_every` calls from moving-average
             loads; the `heteromoe` policy routes tokens to them.
+        process_group: run expert-parallel across this torch.distributed group (NCCL or gloo; use
+            `torch.distributed.group.WORLD` for all ranks): each rank runs its own share of the batch and
+            the experts the placement gives it; `gpus` defaults to the group's size.
         learn_pim_costs: keep, per layer, Sieve's EMA table of PIM times by token count (`cost.ema`),
             fed by what the PIM backend reports (`Backend.reported_times_s`); the policy plans with it.
         gpu_backend / pim_backend: backend names; default: DEFAULT_PRIORITY of `heteromoe.device`.
@@ -240,6 +244,15 @@ def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
         raise UnsupportedModelError(f"cannot wrap {type(model).__name__}: not a transformers PreTrainedModel with "
                                     "set_experts_implementation (transformers >= 5.17 is required)")
     layers = find_expert_layers(model)
+    if process_group is not None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            raise RuntimeError("process_group= needs torch.distributed initialised (dist.init_process_group)")
+        world = dist.get_world_size(process_group)
+        if gpus not in (1, world):
+            raise ValueError(f"gpus={gpus} but process_group has {world} ranks; leave gpus out")
+        gpus = world
     system_spec = systems.get(system)
     system_spec.require_gpu()
     system_spec.check_gpus(gpus)
@@ -252,13 +265,19 @@ def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
         pim_cost = EmaPimCost(default_pim_cost(system_spec, spec)) if learn_pim_costs else None
         bindings[id(layer.module)] = _LayerBinding(layer, CostModel(system_spec, spec, pim_model=pim_cost), slots)
 
-    executor = MoEExecutor(
+    executor_kw = dict(
         policy=get_policy(policy),
         gpu_backend=_resolve_backend(gpu_backend, "gpu", layers),
         pim_backend=_resolve_backend(pim_backend, "pim", layers),
         fallback_backend=_resolve_backend(fallback_backend, "gpu", layers),
         num_gpus=gpus,
     )
+    if process_group is not None:
+        from heteromoe.runtime.distributed import ExpertParallelExecutor
+
+        executor = ExpertParallelExecutor(**executor_kw, group=process_group)
+    else:
+        executor = MoEExecutor(**executor_kw)
     from transformers.integrations.moe import ExpertsInterface
 
     impl_name = f"heteromoe_{next(_ids)}"

@@ -10,9 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from ortools.sat.python import cp_model
 
-__all__ = ["TIME_UNIT_S", "GpuModel", "build_model", "solve", "SolveResult"]
+__all__ = ["TIME_UNIT_S", "GpuModel", "build_model", "solve", "SolveResult", "cp_model_module"]
+
+
+def cp_model_module():
+    """OR-Tools' CP-SAT module, imported on first use (only `exact` and replica placement need it)."""
+    try:
+        from ortools.sat.python import cp_model
+    except ImportError as exc:
+        raise ImportError(f"the exact solver and replica placement need OR-Tools ({exc}); remedy: pip install ortools") from None
+    return cp_model
 
 #: One integer time unit of the CP-SAT model: 0.1 ns (1 ms = 10^7 units).
 TIME_UNIT_S = 1e-10
@@ -26,10 +34,10 @@ def _units(seconds) -> np.ndarray:
 class GpuModel:
     """A built CP-SAT model of one GPU and the variables to read back."""
 
-    model: cp_model.CpModel
+    model: object  # cp_model.CpModel
     experts: np.ndarray  # [A] expert ids of this GPU with tokens
     gpu_tokens: list  # [A] IntVar: tokens of each expert on the GPU
-    objective: cp_model.IntVar
+    objective: object  # cp_model.IntVar
 
 
 @dataclass
@@ -57,6 +65,7 @@ def build_model(counts: np.ndarray, experts: np.ndarray, read_s: float, flop_tab
         allow_split: let one expert's tokens run partly on GPU, partly on PIM.
         hint: [A] GPU tokens of a known plan (the fast path's), given to the solver as a hint.
     """
+    cp_model = cp_model_module()
     model = cp_model.CpModel()
     n = counts[experts]
     flop_u, pim_u = _units(flop_tab), _units(pim_tab)
@@ -103,6 +112,7 @@ def build_model(counts: np.ndarray, experts: np.ndarray, read_s: float, flop_tab
 
 def solve(gpu_model: GpuModel, time_limit_s: float = 1.0, num_workers: int = 2) -> SolveResult:
     """Solve with a time limit; report status, objective and proven bound (seconds)."""
+    cp_model = cp_model_module()
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = float(time_limit_s)
     solver.parameters.num_workers = int(num_workers)

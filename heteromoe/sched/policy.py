@@ -145,6 +145,8 @@ class Policy(ABC):
     summary: str = ""
     attention_on_pim: bool = True
     pim_layout: str = "tp"
+    #: the same inputs always give the same plan (ranks of a process group each plan for themselves)
+    deterministic: bool = True
 
     def context(self, counts: np.ndarray, placement: Placement, cost: CostModel,
                 origin: np.ndarray | None = None) -> PlacementContext:

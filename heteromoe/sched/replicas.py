@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from heteromoe import _ext
 from heteromoe.sched.placement import Placement
@@ -62,6 +61,9 @@ def place_replicas(expected_load: np.ndarray, home_gpu: np.ndarray, num_gpus: in
     w = np.rint(expected_load * scale).astype(np.int64)
     fixed = np.bincount(home_gpu, weights=np.where(np.isin(np.arange(E), hot), 0, w), minlength=num_gpus)
 
+    from heteromoe.sched.exact import cp_model_module
+
+    cp_model = cp_model_module()
     model = cp_model.CpModel()
     # r[e, g] = 1 if expert e gets a replica on GPU g (never its home)
     r = {(int(e), g): model.new_bool_var(f"r{e}_{g}") for e in hot for g in range(num_gpus) if g != home_gpu[e]}

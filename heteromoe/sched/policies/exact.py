@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 class ExactPolicy(Policy):
     name = "exact"
     summary = "optimum of max(T_comm, T_GPU, T_PIM) per GPU by OR-Tools CP-SAT (token splits allowed)"
+    deterministic = False  # a time-limited, multi-threaded search
 
     def __init__(self, time_limit_s: float = 2.0, allow_split: bool = True, num_workers: int = 2) -> None:
         if time_limit_s <= 0:

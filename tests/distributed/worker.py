@@ -1,0 +1,52 @@
+"""Worker processes for the expert-parallel tests (spawned by torch.multiprocessing)."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+import heteromoe
+from heteromoe.device import Backend, registry
+from tests.helpers import tiny_model
+
+
+class BrokenOnSecondCall(Backend):
+    """A PIM backend that dies mid-batch on its second call."""
+
+    name = "broken-pim"
+    kind = "pim"
+
+    def __init__(self):
+        self.calls = 0
+
+    def run_experts(self, layer, hidden, top_k_weights, work):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("PIM stack 2 stopped answering")
+        return registry.get("pim-emulator").run_experts(layer, hidden, top_k_weights, work)
+
+
+def prompts(batch: int, length: int = 5) -> torch.Tensor:
+    return torch.randint(1, 128, (batch, length), generator=torch.Generator().manual_seed(1))
+
+
+def run_rank(rank: int, world: int, init_file: str, out_dir: str, family: str, policy: str, broken_rank: int,
+             new_tokens: int, replicas: int) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = tiny_model(family, num_experts=8)
+        ids = prompts(2 * world).chunk(world)[rank]  # this rank's share of the batch (data parallel)
+        kw = {"pim_backend": BrokenOnSecondCall()} if rank == broken_rank else {}
+        runtime = heteromoe.wrap(model, policy=policy, process_group=dist.group.WORLD, replicas_per_gpu=replicas,
+                                 replan_every=3, **kw)
+        with torch.no_grad():
+            logits = model(ids).logits
+            tokens = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                    pad_token_id=0)
+        torch.save({"logits": logits, "tokens": tokens, "report": runtime.report()},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+        runtime.unwrap()
+    finally:
+        dist.destroy_process_group()
