@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from heteromoe.device import Backend
-from heteromoe.runtime.layer import ExpertLayer, expert_forward
+from heteromoe.runtime.layer import ExpertLayer
 from heteromoe.runtime.work import WorkSlice
+from heteromoe_backends.torch_backend import TorchBackend
 
 
 def probe() -> str | None:
@@ -19,11 +19,15 @@ def probe() -> str | None:
     return "heteromoe_backends.pim_emulator.PimEmulatorBackend"
 
 
-class PimEmulatorBackend(Backend):
+class PimEmulatorBackend(TorchBackend):
+    """Exact outputs computed like the `torch` backend (PIM's serialized GEMVs are, numerically, the rows of
+    one matmul); the time it reports is the PIM cost model's."""
+
     name = "pim-emulator"
     kind = "pim"
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls = 0
         self.pairs = 0
 
@@ -31,5 +35,4 @@ class PimEmulatorBackend(Backend):
                     work: WorkSlice) -> torch.Tensor:
         self.calls += 1
         self.pairs += work.num_pairs
-        # PIM runs serialized GEMVs, one token at a time: numerically the rows of one matmul.
-        return self._run_per_expert(layer, hidden, top_k_weights, work, lambda e, x: expert_forward(layer, e, x))
+        return super().run_experts(layer, hidden, top_k_weights, work)

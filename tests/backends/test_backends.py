@@ -94,3 +94,23 @@ def test_pim_emulator_estimates_from_cost_model():
     tokens[:4] = [1, 1, 2, 3]
     assert registry.get("pim-emulator").estimate_time(cost, tokens) == pytest.approx(cost.pim.times_s(tokens).sum())
     assert registry.get("torch").estimate_time(cost, tokens) == pytest.approx(cost.gpu.time_s(tokens))
+
+
+def test_torch_backend_uses_grouped_gemm_and_falls_back(monkeypatch):
+    from heteromoe_backends.torch_backend import TorchBackend
+
+    module = experts_module("qwen3_moe", num_experts=8)
+    hidden = torch.randn(11, 32, generator=torch.Generator().manual_seed(3))
+    idx, w = routing(11, 8, 2, seed=3)
+    ref = reference(module, hidden, idx, w)
+    grouped = TorchBackend()
+    torch.testing.assert_close(run_all_pairs(grouped, module, hidden, idx, w), ref, rtol=1e-5, atol=1e-5)
+    assert not grouped._grouped_failed  # the grouped path ran
+
+    def no_kernel(*args, **kwargs):
+        raise RuntimeError("grouped_mm: no kernel for this dtype")
+
+    monkeypatch.setattr(torch.nn.functional, "grouped_mm", no_kernel)
+    looped = TorchBackend()
+    torch.testing.assert_close(run_all_pairs(looped, module, hidden, idx, w), ref, rtol=1e-5, atol=1e-5)
+    assert looped._grouped_failed  # fell back to one matmul per expert, same numbers
