@@ -127,17 +127,32 @@ static PlanResult evaluate(const LayerCosts& c, carray<i64> gpu_tokens) {
   return {gpu_tokens, t_gpu, t_pim};
 }
 
+// What both planners start from: the checked costs, each GPU's experts in Sieve's order, and zeroed output.
+struct PlanSetup {
+  LayerCosts c;
+  std::vector<i64> order, seg;
+  carray<i64> gpu_tokens;
+};
+
+static PlanSetup prepare(const carray<i64>& counts, const carray<i64>& home, i64 num_gpus, double read_s,
+                         const carray<double>& flop_tab, const carray<double>& pim_tab, const carray<double>& comm,
+                         const carray<double>& gfix, double launch_s, const carray<double>& pfix) {
+  PlanSetup s{make_costs(counts, home, num_gpus, read_s, flop_tab, pim_tab, comm, gfix, launch_s, pfix), {}, {},
+              carray<i64>(counts.size())};
+  sorted_by_gpu(s.c, s.order, s.seg);
+  std::fill(s.gpu_tokens.mutable_data(), s.gpu_tokens.mutable_data() + s.c.E, 0);
+  return s;
+}
+
 // Sieve: all start on PIM; the hottest remaining expert moves to the GPU while
 // max(T_comm, T_GPU, T_PIM) strictly falls. Returns gpu_tokens [E], T_GPU [G], T_PIM [G].
 static PlanResult sieve_plan(carray<i64> counts, carray<i64> home, i64 num_gpus, double read_s, carray<double> flop_tab,
                               carray<double> pim_tab, carray<double> comm, carray<double> gfix, double launch_s,
                               carray<double> pfix) {
-  const LayerCosts c = make_costs(counts, home, num_gpus, read_s, flop_tab, pim_tab, comm, gfix, launch_s, pfix);
-  std::vector<i64> order, seg;
-  sorted_by_gpu(c, order, seg);
-  carray<i64> gpu_tokens(c.E);
-  i64* out = gpu_tokens.mutable_data();
-  std::fill(out, out + c.E, 0);
+  PlanSetup s = prepare(counts, home, num_gpus, read_s, flop_tab, pim_tab, comm, gfix, launch_s, pfix);
+  const LayerCosts& c = s.c;
+  const std::vector<i64>&order = s.order, &seg = s.seg;
+  i64* out = s.gpu_tokens.mutable_data();
   for (i64 g = 0; g < c.G; ++g) {
     double pim = all_on_pim(c, order, seg[g], seg[g + 1], g);
     double best = std::max(std::max(c.comm[g], c.gfix[g]), pim);
@@ -155,7 +170,7 @@ static PlanResult sieve_plan(carray<i64> counts, carray<i64> home, i64 num_gpus,
       out[e] = n;
     }
   }
-  return evaluate(c, gpu_tokens);
+  return evaluate(c, s.gpu_tokens);
 }
 
 // heteromoe: among all prefixes of Sieve's order (not only up to the first non-improving move), take
@@ -163,12 +178,10 @@ static PlanResult sieve_plan(carray<i64> counts, carray<i64> home, i64 num_gpus,
 static PlanResult heteromoe_plan(carray<i64> counts, carray<i64> home, i64 num_gpus, double read_s,
                                   carray<double> flop_tab, carray<double> pim_tab, carray<double> comm,
                                   carray<double> gfix, double launch_s, carray<double> pfix) {
-  const LayerCosts c = make_costs(counts, home, num_gpus, read_s, flop_tab, pim_tab, comm, gfix, launch_s, pfix);
-  std::vector<i64> order, seg;
-  sorted_by_gpu(c, order, seg);
-  carray<i64> gpu_tokens(c.E);
-  i64* out = gpu_tokens.mutable_data();
-  std::fill(out, out + c.E, 0);
+  PlanSetup s = prepare(counts, home, num_gpus, read_s, flop_tab, pim_tab, comm, gfix, launch_s, pfix);
+  const LayerCosts& c = s.c;
+  const std::vector<i64>&order = s.order, &seg = s.seg;
+  i64* out = s.gpu_tokens.mutable_data();
   for (i64 g = 0; g < c.G; ++g) {
     const i64 lo = seg[g], hi = seg[g + 1];
     const double cm = c.comm[g], gf = c.gfix[g];
@@ -222,7 +235,7 @@ static PlanResult heteromoe_plan(carray<i64> counts, carray<i64> home, i64 num_g
     }
     if (split_e >= 0) out[split_e] = split_g;
   }
-  return evaluate(c, gpu_tokens);
+  return evaluate(c, s.gpu_tokens);
 }
 
 // Replica routing: each replicated expert's tokens go, whole, to the slot (home first, then replicas in

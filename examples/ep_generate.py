@@ -89,7 +89,7 @@ def measure(args, device, dtype, rank, world) -> dict:
             out = model(ids, use_cache=True)
             cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
             times = []
-            for step in range(args.steps + 2):  # two warm-up steps
+            for _ in range(args.steps + 2):  # two warm-up steps
                 torch.cuda.synchronize() if device.type == "cuda" else None
                 dist.barrier()
                 t0 = time.perf_counter()

@@ -62,3 +62,23 @@ def experts_module(family: str, num_experts: int = 8, seed: int = 0, dtype=torch
     """The experts module of a tiny model of `family` (a standalone module with random weights)."""
     model = tiny_model(family, seed=seed, dtype=dtype, num_experts=num_experts)
     return next(m for _, m in model.named_modules() if hasattr(m, "has_gate") and hasattr(m, "down_proj"))
+
+
+def failing_pim_backend(message: str, fail_on_call: int = 2):
+    """A PIM backend with exact outputs that raises `message` on its `fail_on_call`-th call (mid-batch)."""
+    from heteromoe.device import Backend, registry
+
+    class FailsMidBatch(Backend):
+        name = "fails-mid-batch"
+        kind = "pim"
+
+        def __init__(self):
+            self.calls = 0
+
+        def run_experts(self, layer, hidden, top_k_weights, work):
+            self.calls += 1
+            if self.calls == fail_on_call:
+                raise RuntimeError(message)
+            return registry.get("pim-emulator").run_experts(layer, hidden, top_k_weights, work)
+
+    return FailsMidBatch()

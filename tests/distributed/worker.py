@@ -7,24 +7,7 @@ import torch
 import torch.distributed as dist
 
 import heteromoe
-from heteromoe.device import Backend, registry
-from tests.helpers import tiny_model
-
-
-class BrokenOnSecondCall(Backend):
-    """A PIM backend that dies mid-batch on its second call."""
-
-    name = "broken-pim"
-    kind = "pim"
-
-    def __init__(self):
-        self.calls = 0
-
-    def run_experts(self, layer, hidden, top_k_weights, work):
-        self.calls += 1
-        if self.calls == 2:
-            raise RuntimeError("PIM stack 2 stopped answering")
-        return registry.get("pim-emulator").run_experts(layer, hidden, top_k_weights, work)
+from tests.helpers import failing_pim_backend, tiny_model
 
 
 def prompts(batch: int, length: int = 5) -> torch.Tensor:
@@ -38,7 +21,7 @@ def run_rank(rank: int, world: int, init_file: str, out_dir: str, family: str, p
         torch.manual_seed(0)
         model = tiny_model(family, num_experts=8)
         ids = prompts(2 * world).chunk(world)[rank]  # this rank's share of the batch (data parallel)
-        kw = {"pim_backend": BrokenOnSecondCall()} if rank == broken_rank else {}
+        kw = {"pim_backend": failing_pim_backend("PIM stack 2 stopped answering")} if rank == broken_rank else {}
         runtime = heteromoe.wrap(model, policy=policy, process_group=dist.group.WORLD, replicas_per_gpu=replicas,
                                  replan_every=3, **kw)
         with torch.no_grad():

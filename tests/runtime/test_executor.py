@@ -12,7 +12,7 @@ from heteromoe.device import Backend, registry
 from heteromoe.routing import loads_from_topk
 from heteromoe.runtime.executor import split_work
 from heteromoe.sched import Plan, PlanError
-from tests.helpers import tiny_model
+from tests.helpers import failing_pim_backend, tiny_model
 
 
 def test_split_work_covers_every_pair_once():
@@ -33,28 +33,12 @@ def test_split_work_rejects_a_plan_that_loses_pairs():
         split_work(loads, Plan("t", np.zeros(2, np.int64), np.array([1, 0]), np.array([0, 0]), z, z, z))
 
 
-class FlakyBackend(Backend):
-    """Fails on its second call: a backend that dies mid-batch."""
-
-    name = "flaky"
-    kind = "pim"
-
-    def __init__(self):
-        self.calls = 0
-
-    def run_experts(self, layer, hidden, top_k_weights, work):
-        self.calls += 1
-        if self.calls == 2:
-            raise RuntimeError("PIM channel 3 timed out")
-        return registry.get("pim-emulator").run_experts(layer, hidden, top_k_weights, work)
-
-
 def test_backend_failure_falls_back_and_loses_no_token(caplog):
     model = tiny_model("mixtral")
     x = torch.randint(1, 128, (3, 6))
     with torch.no_grad():
         ref = model(x).logits
-        flaky = FlakyBackend()
+        flaky = failing_pim_backend("PIM channel 3 timed out")
         runtime = heteromoe.wrap(model, policy="all-exp", pim_backend=flaky)
         with caplog.at_level(logging.WARNING, logger="heteromoe.runtime.executor"):
             out = model(x).logits

@@ -110,7 +110,7 @@ def test_sweep_records_and_pareto():
         assert r["throughput_per_gpu"] == pytest.approx(r["batch"] / r["step_time_s"] / 2)
         assert r["interactivity"] == pytest.approx(1 / r["step_time_s"])
     frontier = pareto_frontier(records)
-    for policy, points in frontier.items():
+    for points in frontier.values():
         thr = [p["throughput_per_gpu"] for p in points]
         inter = [p["interactivity"] for p in points]
         assert thr == sorted(thr) and inter == sorted(inter, reverse=True)  # non-dominated
