@@ -69,6 +69,7 @@ class CostModel:
         self.channels_per_gpu = system.pim.stacks_per_gpu * system.pim.pseudo_channels_per_stack
         self._tables: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
         self._tables_version = None
+        self._fixed_arrays: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
 
     def tables(self, max_count: int) -> tuple[np.ndarray, np.ndarray]:
         """(flop_tab, pim_tab): GPU compute and PIM seconds of one expert for n = 0..max_count tokens.
@@ -82,6 +83,18 @@ class CostModel:
             n = np.arange(size)
             self._tables = (self.gpu.flop_s(n), np.asarray(self.pim.times_s(n), dtype=np.float64))
         return self._tables
+
+    def fixed_arrays(self, num_gpus: int, attention_on_pim: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """`fixed_s` as [G] arrays (cached and read-only: the planners take them on every layer call)."""
+        key = (num_gpus, attention_on_pim)
+        cached = self._fixed_arrays.get(key)
+        if cached is None:
+            gpu_fixed, pim_fixed = self.fixed_s(attention_on_pim)
+            cached = (np.full(num_gpus, gpu_fixed), np.full(num_gpus, pim_fixed))
+            for arr in cached:
+                arr.setflags(write=False)
+            self._fixed_arrays[key] = cached
+        return cached
 
     def fixed_s(self, attention_on_pim: bool = True) -> tuple[float, float]:
         """(GPU, PIM) seconds of work besides the experts, per GPU, with decode attention placed as asked."""

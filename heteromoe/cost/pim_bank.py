@@ -246,6 +246,7 @@ class BankPimCost:
         self.timing = BankPimTiming(pim)
         self.model = model
         self._per_token: dict[float, float] = {}
+        self._per_token_all_channels = self.per_token_s(1.0)
 
     def per_token_s(self, share: float = 1.0) -> float:
         if share not in self._per_token:
@@ -257,6 +258,8 @@ class BankPimCost:
 
     def times_s(self, tokens: np.ndarray, share=1.0) -> np.ndarray:
         n = np.asarray(tokens, dtype=np.float64)
+        if isinstance(share, float) and share == 1.0:  # Sieve's layout: the per-layer hot path
+            return n * self._per_token_all_channels
         if np.ndim(share) == 0:
             return n * self.per_token_s(float(share))
         share = np.asarray(share, dtype=np.float64)

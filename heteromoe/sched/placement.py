@@ -66,6 +66,7 @@ class Placement:
         object.__setattr__(self, "phys2log", p2l.astype(np.int64))
         object.__setattr__(self, "slot_gpu", gpu.astype(np.int64))
         object.__setattr__(self, "_num_experts", num_experts)  # asked on every layer call: computed once
+        object.__setattr__(self, "_has_replicas", p2l.shape[0] > num_experts)
 
     @classmethod
     def from_homes(cls, expert_gpu, num_gpus: int) -> "Placement":
@@ -87,7 +88,7 @@ class Placement:
 
     @property
     def has_replicas(self) -> bool:
-        return self.num_slots > self.num_experts
+        return self._has_replicas
 
     def home_counts(self, counts: np.ndarray) -> np.ndarray:
         """[P] slot loads with every token on its expert's home slot (replicas idle)."""

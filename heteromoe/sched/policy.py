@@ -150,12 +150,12 @@ class Policy(ABC):
 
     def context(self, counts: np.ndarray, placement: Placement, cost: CostModel,
                 origin: np.ndarray | None = None) -> PlacementContext:
-        gpu_fixed, pim_fixed = cost.fixed_s(self.attention_on_pim)
         G = placement.num_gpus
+        gpu_fixed, pim_fixed = cost.fixed_arrays(G, self.attention_on_pim)
         slot_counts = placement.home_counts(counts)
         comm = cost.comm_s(slot_counts, placement.slot_gpu, G, slot_origin(origin, placement, counts, slot_counts))
         return PlacementContext(counts=counts, placement=placement, slot_counts=slot_counts, cost=cost, comm_s=comm,
-                                gpu_fixed_s=np.full(G, gpu_fixed), pim_fixed_s=np.full(G, pim_fixed), origin=origin)
+                                gpu_fixed_s=gpu_fixed, pim_fixed_s=pim_fixed, origin=origin)
 
     def plan(self, counts: np.ndarray, placement, num_gpus: int, cost: CostModel,
              origin: np.ndarray | None = None) -> Plan:
