@@ -77,6 +77,10 @@ class TorchBackend(Backend):
 
     def _run_grouped(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_weights: torch.Tensor,
                      work: WorkSlice) -> torch.Tensor:
+        out_dtype = torch.promote_types(hidden.dtype, top_k_weights.dtype)
+        if work.experts_ascending:  # the usual case: rows already grouped as grouped_mm wants, no permutation
+            y = grouped_experts(layer, hidden[work.token_index(hidden.device)], work.experts, work.tokens_per_expert)
+            return (y * work.pair_weights(top_k_weights)[:, None]).to(out_dtype)
         sizes = work.tokens_per_expert
         row_expert = np.repeat(work.experts, sizes)
         perm = np.argsort(row_expert, kind="stable")  # ascending experts (a slice may list replicas twice)
@@ -85,7 +89,6 @@ class TorchBackend(Backend):
         tokens = work.token_index(hidden.device)[perm_t]
         weights = work.pair_weights(top_k_weights)[perm_t]
         y = grouped_experts(layer, hidden[tokens], experts, per)  # (P, d) in sorted order
-        out_dtype = torch.promote_types(hidden.dtype, top_k_weights.dtype)
         out = torch.empty(work.num_pairs, hidden.shape[-1], dtype=out_dtype, device=hidden.device)
         out[perm_t] = (y * weights[:, None]).to(out_dtype)
         return out

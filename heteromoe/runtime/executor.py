@@ -116,7 +116,7 @@ class MoEExecutor:
             if work.is_empty():
                 continue
             out, ran_on = self._run_with_fallback(backend, layer, hidden, top_k_weights, work, stats)
-            pairs_out[torch.from_numpy(work.pair_index).to(hidden.device)] = out.to(out_dtype)
+            pairs_out[work.pair_index_on(hidden.device)] = out.to(out_dtype)
             if backend is self.pim_backend and ran_on is backend and hasattr(cost.pim, "observe"):
                 measured = backend.reported_times_s(work)
                 if measured is not None:  # Sieve's learned table: what the PIM really took

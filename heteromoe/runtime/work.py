@@ -1,7 +1,7 @@
 """WorkSlice: the part of one layer call a backend must run (one side of the plan)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,6 +24,19 @@ class WorkSlice:
     offsets: np.ndarray
     pair_index: np.ndarray
     top_k: int
+    _on_device: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def pair_index_on(self, device: torch.device) -> torch.Tensor:
+        """[P] pair indices on `device`, copied once per slice and device (backends and the combine share it)."""
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = torch.from_numpy(self.pair_index).to(device, non_blocking=True)
+        return self._on_device[key]
+
+    @property
+    def experts_ascending(self) -> bool:
+        """Each expert once, in ascending order: the rows are already grouped as grouped_mm wants them."""
+        return bool(np.all(np.diff(self.experts) > 0))
 
     @property
     def num_pairs(self) -> int:
@@ -39,12 +52,11 @@ class WorkSlice:
 
     def token_index(self, device: torch.device) -> torch.Tensor:
         """[P] token ids of the pairs, on `device`."""
-        return torch.from_numpy(self.pair_index // self.top_k).to(device)
+        return self.pair_index_on(device) // self.top_k
 
     def pair_weights(self, top_k_weights: torch.Tensor) -> torch.Tensor:
         """[P] routing weight of each pair."""
-        idx = torch.from_numpy(self.pair_index).to(top_k_weights.device)
-        return top_k_weights.reshape(-1)[idx]
+        return top_k_weights.reshape(-1)[self.pair_index_on(top_k_weights.device)]
 
     @classmethod
     def empty(cls, top_k: int) -> "WorkSlice":
