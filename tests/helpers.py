@@ -64,6 +64,19 @@ def experts_module(family: str, num_experts: int = 8, seed: int = 0, dtype=torch
     return next(m for _, m in model.named_modules() if hasattr(m, "has_gate") and hasattr(m, "down_proj"))
 
 
+def assert_wrapped_bf16_close(model, ids, policy: str = "sieve") -> None:
+    """Wrapped vs unwrapped logits of a bf16 model: with 8 bits of mantissa, grouped GEMMs over subsets of
+    the rows round differently from the unwrapped model's kernel, so compare at a bf16 tolerance."""
+    import heteromoe
+
+    with torch.no_grad():
+        ref = model(ids).logits.float()
+        runtime = heteromoe.wrap(model, policy=policy)
+        out = model(ids).logits.float()
+    runtime.unwrap()
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+
+
 def failing_pim_backend(message: str, fail_on_call: int = 2):
     """A PIM backend with exact outputs that raises `message` on its `fail_on_call`-th call (mid-batch)."""
     from heteromoe.device import Backend, registry

@@ -40,7 +40,6 @@ class PimRooflineV1:
         self.command_s = pim.command_overhead_s
         self.read_s_per_sweep = model.expert_weight_bytes / pim.internal_bw_bytes_per_s
         self.flop_s_per_token = model.expert_flops_per_token / pim.flops_per_s
-        self.gemv_s_per_token = max(self.read_s_per_sweep, self.flop_s_per_token) + self.command_s
 
     def _time(self, read_s, flop_s, tokens, share=1.0):
         n = np.asarray(tokens, dtype=np.float64)

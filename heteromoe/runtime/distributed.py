@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from heteromoe.cost.model import CostModel
 from heteromoe.routing.loads import loads_from_topk
-from heteromoe.runtime.executor import MoEExecutor
+from heteromoe.runtime.executor import MoEExecutor, check_inputs
 from heteromoe.runtime.layer import ExpertLayer
 from heteromoe.runtime.report import LayerStats
 from heteromoe.runtime.work import WorkSlice
@@ -126,8 +126,7 @@ class ExpertParallelExecutor(MoEExecutor):
     # -- one layer call ------------------------------------------------------------------------------
     def run(self, layer: ExpertLayer, cost: CostModel, placement, hidden: torch.Tensor, top_k_index: torch.Tensor,
             top_k_weights: torch.Tensor) -> torch.Tensor:
-        if hidden.dim() != 2 or hidden.shape[-1] != layer.hidden_size:
-            raise ValueError(f"layer {layer.name}: hidden states must be [tokens, {layer.hidden_size}], got {tuple(hidden.shape)}")
+        check_inputs(layer, hidden, top_k_index, top_k_weights)
         num_tokens, top_k = top_k_index.shape
         device = self._device(hidden)
         local = loads_from_topk(top_k_index, layer.num_experts, where=layer.name)

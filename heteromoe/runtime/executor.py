@@ -26,7 +26,17 @@ from heteromoe.sched.policy import Policy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MoEExecutor", "split_work", "token_origins"]
+__all__ = ["MoEExecutor", "split_work", "token_origins", "check_inputs"]
+
+
+def check_inputs(layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                 top_k_weights: torch.Tensor) -> None:
+    """ValueError naming the layer unless hidden is [T, d] and top_k_index / top_k_weights are both [T, k]."""
+    if hidden.dim() != 2 or hidden.shape[-1] != layer.hidden_size:
+        raise ValueError(f"layer {layer.name}: hidden states must be [tokens, {layer.hidden_size}], got {tuple(hidden.shape)}")
+    if top_k_index.shape != top_k_weights.shape or top_k_index.shape[0] != hidden.shape[0]:
+        raise ValueError(f"layer {layer.name}: top_k_index {tuple(top_k_index.shape)} and top_k_weights "
+                         f"{tuple(top_k_weights.shape)} must both be [{hidden.shape[0]}, k]")
 
 
 def token_origins(loads: RoutingLoads, num_gpus: int) -> np.ndarray | None:
@@ -97,11 +107,7 @@ class MoEExecutor:
         Returns:
             [T, d] combined expert output in `hidden.dtype`.
         """
-        if hidden.dim() != 2 or hidden.shape[-1] != layer.hidden_size:
-            raise ValueError(f"layer {layer.name}: hidden states must be [tokens, {layer.hidden_size}], got {tuple(hidden.shape)}")
-        if top_k_index.shape != top_k_weights.shape or top_k_index.shape[0] != hidden.shape[0]:
-            raise ValueError(f"layer {layer.name}: top_k_index {tuple(top_k_index.shape)} and top_k_weights "
-                             f"{tuple(top_k_weights.shape)} must both be [{hidden.shape[0]}, k]")
+        check_inputs(layer, hidden, top_k_index, top_k_weights)
         num_tokens, top_k = top_k_index.shape
         loads = loads_from_topk(top_k_index, layer.num_experts, where=layer.name)
         if hasattr(placement, "observe"):

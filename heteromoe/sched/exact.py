@@ -37,7 +37,6 @@ class GpuModel:
     model: object  # cp_model.CpModel
     experts: np.ndarray  # [A] expert ids of this GPU with tokens
     gpu_tokens: list  # [A] IntVar: tokens of each expert on the GPU
-    objective: object  # cp_model.IntVar
 
 
 @dataclass
@@ -107,7 +106,7 @@ def build_model(counts: np.ndarray, experts: np.ndarray, read_s: float, flop_tab
     if hint is not None:
         for var, value in zip(g, hint):
             model.add_hint(var, int(value))
-    return GpuModel(model=model, experts=experts, gpu_tokens=g, objective=t)
+    return GpuModel(model=model, experts=experts, gpu_tokens=g)
 
 
 def solve(gpu_model: GpuModel, time_limit_s: float = 1.0, num_workers: int = 2) -> SolveResult:

@@ -141,7 +141,7 @@ class Policy(ABC):
     """
 
     name: str = ""
-    #: One line for `heteromoe policies` and error messages.
+    #: One line describing the rule.
     summary: str = ""
     attention_on_pim: bool = True
     pim_layout: str = "tp"

@@ -42,8 +42,7 @@ __all__ = ["StepSimulator", "StepResult"]
 class StepResult:
     """One simulated decode step."""
 
-    step_time_s: float
-    per_gpu_end_s: np.ndarray
+    step_time_s: float  # every GPU ends then: each layer closes with a collective combine
     timeline: Timeline
     plans: list[Plan] = field(default_factory=list)
     loads: list[np.ndarray] = field(default_factory=list)  # [E] tokens per expert, per MoE layer
@@ -156,5 +155,5 @@ class StepSimulator:
                 plans.append(plan)
                 loads_seen.append(loads.counts)
             now = float(combine_end)
-        return StepResult(step_time_s=now, per_gpu_end_s=np.full(G, now), timeline=timeline or Timeline(),
+        return StepResult(step_time_s=now, timeline=timeline or Timeline(),
                           plans=plans, loads=loads_seen)
