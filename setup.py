@@ -2,17 +2,21 @@
 
 The extension is a speed-up, never a requirement: when no compiler is available, or the build fails,
 setup runs again without it (MarkupSafe's pattern) and `heteromoe` uses its numba / numpy fallbacks,
-which give identical results. CUDA sources (`csrc/*.cu`) are compiled only when nvcc is found, or
-`HETEROMOE_FORCE_CUDA=1` is set; this release ships none yet (see the GPU-execution issue).
+which give identical results. CUDA sources (`csrc/cuda/*.cu`) become a second, independent extension `heteromoe._cuda`, compiled by
+nvcc when it is found (`HETEROMOE_NO_CUDA=1` skips it; `HETEROMOE_CUDA_ARCHS="80;90"` picks the targets). It
+takes raw device pointers and a stream, so it needs no torch at build time; a failed CUDA build only drops
+`_cuda` (the runtime then uses torch ops on the GPU), never the C++ extension.
 """
 from __future__ import annotations
 
 import glob
 import os
 import shutil
+import subprocess
 import sys
+import sysconfig
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 try:
@@ -35,23 +39,59 @@ class OptionalBuildExt(build_ext):
             raise BuildFailed(str(exc)) from exc
 
     def build_extension(self, ext) -> None:
+        if isinstance(ext, NvccExtension):
+            try:
+                self._build_cuda(ext)
+            except Exception as exc:  # noqa: BLE001 - CUDA is optional on its own
+                print(f"heteromoe: building the CUDA extension failed ({exc}); continuing without heteromoe._cuda",
+                      file=sys.stderr)
+            return
         try:
             super().build_extension(ext)
         except Exception as exc:  # noqa: BLE001
             raise BuildFailed(str(exc)) from exc
 
+    def _build_cuda(self, ext: "NvccExtension") -> None:
+        """One nvcc call: sources -> the extension's shared object (static cudart, pybind11 headers)."""
+        import pybind11
 
-def cuda_available() -> bool:
-    return bool(shutil.which("nvcc") or os.environ.get("CUDA_HOME")) or os.environ.get("HETEROMOE_FORCE_CUDA") == "1"
+        target = self.get_ext_fullpath(ext.name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        archs = os.environ.get("HETEROMOE_CUDA_ARCHS", "80;90").split(";")
+        gencode = []
+        for arch in archs:
+            gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+        gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]  # PTX for newer GPUs
+        cmd = [ext.nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
+               *gencode, f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}",
+               *ext.sources, "-o", target]
+        print("heteromoe: " + " ".join(cmd), file=sys.stderr)
+        subprocess.run(cmd, check=True)
+
+
+class NvccExtension(Extension):
+    """A pybind11 module compiled and linked by nvcc alone (see OptionalBuildExt._build_cuda)."""
+
+    def __init__(self, name: str, sources: list[str], nvcc: str) -> None:
+        super().__init__(name, sources)
+        self.nvcc = nvcc
+
+
+def find_nvcc() -> str | None:
+    if os.environ.get("HETEROMOE_NO_CUDA") == "1":
+        return None
+    found = shutil.which("nvcc")
+    if found is None and os.environ.get("CUDA_HOME"):
+        candidate = os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
+        found = candidate if os.path.exists(candidate) else None
+    return found
 
 
 def extensions() -> list:
     if Pybind11Extension is None or os.environ.get("HETEROMOE_NO_EXT") == "1":
         return []
     sources = sorted(glob.glob("csrc/*.cpp"))
-    if cuda_available() and sorted(glob.glob("csrc/*.cu")):
-        print("heteromoe: nvcc found; CUDA sources are built by the GPU-execution issue's build step", file=sys.stderr)
-    return [
+    exts = [
         Pybind11Extension(
             "heteromoe._C",
             sources,
@@ -59,6 +99,13 @@ def extensions() -> list:
             extra_compile_args=["-O3"],
         )
     ]
+    nvcc = find_nvcc()
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    if nvcc and cuda_sources:
+        exts.append(NvccExtension("heteromoe._cuda", cuda_sources, nvcc))
+    else:
+        print("heteromoe: no nvcc found; heteromoe._cuda is not built", file=sys.stderr)
+    return exts
 
 
 PACKAGES = find_packages(include=["heteromoe", "heteromoe.*"]) + ["heteromoe_backends"]

@@ -275,6 +275,8 @@ static carray<i64> route_to_replicas(carray<i64> counts, carray<i64> phys2log, c
   return slot_counts;
 }
 
+void register_moe_kernels(py::module_& m);  // csrc/moe_kernels_cpu.cpp
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "heteromoe C++ fast path: counting sort of routing pairs, Sieve's greedy and heteromoe's split";
   m.def("counting_sort", &counting_sort, py::arg("expert_ids"), py::arg("num_experts"));
@@ -286,4 +288,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("route_to_replicas", &route_to_replicas, py::arg("counts"), py::arg("phys2log"), py::arg("slot_gpu"),
         py::arg("num_gpus"));
 #undef PLAN_ARGS
+  register_moe_kernels(m);
 }

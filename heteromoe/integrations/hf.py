@@ -217,7 +217,8 @@ def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
          model_spec: "str | MoEModelSpec | None" = None, gpus: int = 1, placement=None,
          replicas_per_gpu: int = 0, replan_every: int = 64, learn_pim_costs: bool = False, process_group=None,
          gpu_backend: "str | Backend | None" = None, pim_backend: "str | Backend | None" = None,
-         fallback_backend: "str | Backend" = "torch") -> HeteroMoERuntime:
+         fallback_backend: "str | Backend" = "torch", fused: bool | None = None,
+         gemv_max_tokens: int = 8) -> HeteroMoERuntime:
     """Wrap a transformers MoE model so every experts call runs loads -> plan -> backends.
 
     Args:
@@ -237,6 +238,11 @@ def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
             fed by what the PIM backend reports (`Backend.reported_times_s`); the policy plans with it.
         gpu_backend / pim_backend: backend names; default: DEFAULT_PRIORITY of `heteromoe.device`.
         fallback_backend: runs a slice whose backend failed mid-batch.
+        fused: the fused kernel path (`runtime.fused`: route_prep, grouped GEMM for hot experts, GEMV for
+            cold ones on a second stream, unpermute) for the built-in backends on one process. None (default):
+            on for CUDA calls; True: also on CPU (float32, C++/numba kernels); False: off.
+        gemv_max_tokens: with policy `gpu-only` on the fused path, experts with at most this many tokens
+            take the GEMV kernel and the rest the grouped GEMM.
     Returns:
         HeteroMoERuntime (`.model`, `.report()`, `.unwrap()`).
     """
@@ -272,6 +278,10 @@ def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
         fallback_backend=_resolve_backend(fallback_backend, "gpu", layers),
         num_gpus=gpus,
     )
+    if fused is not False and process_group is None:
+        from heteromoe.runtime.fused import FusedLayerPath
+
+        executor_kw.update(fused=FusedLayerPath(gemv_max_tokens=gemv_max_tokens), fused_on_cpu=bool(fused))
     if process_group is not None:
         from heteromoe.runtime.distributed import ExpertParallelExecutor
 

@@ -18,6 +18,7 @@ import torch
 from heteromoe.cost.model import CostModel
 from heteromoe.device import Backend
 from heteromoe.routing.loads import RoutingLoads, loads_from_topk
+from heteromoe.runtime.fused import FusedLayerPath, unsupported_reason
 from heteromoe.runtime.layer import ExpertLayer
 from heteromoe.runtime.report import LayerStats
 from heteromoe.runtime.work import WorkSlice
@@ -94,6 +95,31 @@ class MoEExecutor:
     num_gpus: int = 1
     stats: dict[str, LayerStats] = field(default_factory=dict)
     last_plans: dict[str, Plan] = field(default_factory=dict)
+    fused: FusedLayerPath | None = None
+    fused_on_cpu: bool = False
+    _fused_off: dict[str, str] = field(default_factory=dict)
+
+    def fused_reason(self, layer: ExpertLayer, hidden: torch.Tensor, placement) -> str | None:
+        """Why this call cannot take the fused path (None: it can). Cached per layer once it says no."""
+        if self.fused is None:
+            return "the fused path is off"
+        if layer.name in self._fused_off:
+            return self._fused_off[layer.name]
+        reason = None
+        if hidden.device.type == "cpu" and not self.fused_on_cpu:
+            reason = "CPU calls take the fused path only when asked (wrap(..., fused=True))"
+        elif type(self.gpu_backend).__name__ != "TorchBackend" or type(self.pim_backend).__name__ not in (
+                "PimEmulatorBackend", "TorchBackend"):
+            reason = (f"backends {self.gpu_backend.name!r}/{self.pim_backend.name!r}: the fused kernels stand in only "
+                      "for the built-in torch and pim-emulator backends")
+        elif self.num_gpus != 1 or hasattr(placement, "observe") or getattr(placement, "num_slots", layer.num_experts) != layer.num_experts:
+            reason = "multi-GPU plans and replicas use the generic path"
+        else:
+            reason = unsupported_reason(layer, hidden)
+        if reason is not None:
+            self._fused_off[layer.name] = reason
+            logger.info("layer %s: generic path (%s)", layer.name, reason)
+        return reason
 
     def run(self, layer: ExpertLayer, cost: CostModel, placement, hidden: torch.Tensor,
             top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
@@ -108,6 +134,16 @@ class MoEExecutor:
             [T, d] combined expert output in `hidden.dtype`.
         """
         check_inputs(layer, hidden, top_k_index, top_k_weights)
+        if self.fused_reason(layer, hidden, placement) is None:
+            try:
+                return self._run_fused(layer, cost, placement, hidden, top_k_index, top_k_weights)
+            except (ValueError, PlanError):
+                raise  # bad input: the caller's error, not the path's
+            except Exception as exc:  # noqa: BLE001 - a failing kernel path: generic path, no token lost
+                self._fused_off[layer.name] = f"fused path failed: {type(exc).__name__}: {exc}"
+                self.stats.setdefault(layer.name, LayerStats(layer.name)).fallbacks += 1
+                logger.warning("layer %s: fused path failed (%s: %s); re-running the call on the generic path",
+                               layer.name, type(exc).__name__, exc)
         num_tokens, top_k = top_k_index.shape
         loads = loads_from_topk(top_k_index, layer.num_experts, where=layer.name)
         if hasattr(placement, "observe"):
@@ -130,6 +166,31 @@ class MoEExecutor:
         stats.add(plan, num_tokens)
         self.last_plans[layer.name] = plan
         return pairs_out.view(num_tokens, top_k, hidden.shape[-1]).sum(dim=1).to(hidden.dtype)
+
+    def _run_fused(self, layer: ExpertLayer, cost: CostModel, placement, hidden: torch.Tensor,
+                   top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        """The layer call on the fused kernels. `gpu-only` needs no plan on the host, so nothing waits for
+        the device; other policies copy the counts to the host (the one sync), plan, and hand the plan's
+        GPU share per expert to the kernels, whose cold side is then the PIM set."""
+        num_tokens = int(top_k_index.shape[0])
+        stats = self.stats.setdefault(layer.name, LayerStats(layer.name))
+        if self.policy.name == "gpu-only":
+            out = self.fused.run(layer, hidden, top_k_index, top_k_weights)
+            stats.add_unplanned(num_tokens, int(top_k_index.numel()))
+            return out
+        loads = loads_from_topk(top_k_index, layer.num_experts, where=layer.name)
+        plan = self.policy.plan(loads.counts, placement, self.num_gpus, cost, origin=None)
+        gpu_tokens = np.asarray(plan.gpu_tokens, dtype=np.int64)
+        if gpu_tokens.shape[0] != layer.num_experts or not np.array_equal(gpu_tokens + plan.pim_tokens, loads.counts):
+            raise PlanError(f"plan of policy {plan.policy!r} does not run every routed pair of {layer.name} exactly once")
+        out = self.fused.run(layer, hidden, top_k_index, top_k_weights, take_hot=gpu_tokens,
+                             max_cold_tokens=int(plan.pim_tokens.max(initial=0)))
+        if plan.pim_tokens.any() and hasattr(self.pim_backend, "calls"):
+            self.pim_backend.calls += 1
+            self.pim_backend.pairs += int(plan.pim_tokens.sum())
+        stats.add(plan, num_tokens)
+        self.last_plans[layer.name] = plan
+        return out
 
     def _run_with_fallback(self, backend: Backend, layer: ExpertLayer, hidden: torch.Tensor,
                            top_k_weights: torch.Tensor, work: WorkSlice, stats: LayerStats) -> tuple[torch.Tensor, Backend]:

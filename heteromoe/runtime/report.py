@@ -39,5 +39,12 @@ class LayerStats:
         self.t_pim_s += plan.t_pim_s
         self.predicted_time_s += plan.predicted_time_s
 
+    def add_unplanned(self, num_tokens: int, num_pairs: int) -> None:
+        """A `gpu-only` call on the fused path: no plan was made on the host (nothing to predict)."""
+        self.calls += 1
+        self.tokens += num_tokens
+        self.pairs += num_pairs
+        self.gpu_tokens += num_pairs
+
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,464 @@
+// heteromoe._cuda: the MoE layer's device kernels (pybind11; torch-free: tensors arrive as raw pointers
+// plus the CUDA stream to launch on, so the build needs only nvcc and the CUDA runtime).
+//
+//   expert_histogram  routing -> tokens per expert
+//   route_prep        routing -> per-expert counts, the hot/cold split of every expert's pairs (stable:
+//                     pairs keep ascending flat order inside an expert), the rows each side computes and
+//                     where every pair's output will lie; one block, one launch, no host round trip
+//   gather_rows       token permute: hidden rows into expert-contiguous order (the grouped GEMM's input)
+//   expert_gemv       W_e x for each cold expert's few tokens, read once per weight element; optionally
+//                     fused with the SiLU gate of a [gate; up] projection (the PIM set's stand-in, and
+//                     the GPU's kernel for experts with few tokens)
+//   unpermute         weighted sum of every token's k expert outputs back into token order
+//
+// Numerics follow the CPU twins (heteromoe/kernels/_cpu.py, csrc/heteromoe_ext.cpp): products and sums
+// use __fmul_rn / __fadd_rn (no contraction) where the twins must agree bit for bit (unpermute); the
+// GEMV accumulates in fp32 in its own order (agreement within fp32 rounding is what is tested).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <pybind11/pybind11.h>
+
+#include <cub/block/block_scan.cuh>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace py = pybind11;
+using i64 = std::int64_t;
+
+enum DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
+
+template <typename T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+
+static void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+static cudaStream_t as_stream(std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+template <typename P> static P* ptr(std::uintptr_t p) { return reinterpret_cast<P*>(p); }
+
+// ---------------------------------------------------------------------------------------------------------
+// histogram
+__global__ void histogram_kernel(const i64* ids, int n, int num_experts, int* counts) {
+  extern __shared__ int s_hist[];
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) s_hist[e] = 0;
+  __syncthreads();
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    const i64 e = ids[i];
+    if (e >= 0 && e < num_experts) atomicAdd(&s_hist[e], 1);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x)
+    if (s_hist[e]) atomicAdd(&counts[e], s_hist[e]);
+}
+
+static void expert_histogram(std::uintptr_t ids, int n, int num_experts, std::uintptr_t counts, std::uintptr_t stream) {
+  check(cudaMemsetAsync(ptr<int>(counts), 0, sizeof(int) * num_experts, as_stream(stream)), "histogram memset");
+  if (n == 0) return;
+  const int threads = 256;
+  const int blocks = std::min((n + threads - 1) / threads, 132);
+  histogram_kernel<<<blocks, threads, sizeof(int) * num_experts, as_stream(stream)>>>(ptr<const i64>(ids), n, num_experts,
+                                                                                      ptr<int>(counts));
+  check(cudaGetLastError(), "histogram launch");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// route_prep: one block of kPrepThreads threads.
+//
+// Inputs: ids [P] (flat top_k_index), take_hot [E] (pairs of each expert for the hot side; nullptr: the
+// experts with more than `threshold` pairs are hot, whole). Outputs (int32):
+//   counts [E]; hot_offs [E] inclusive ends of each expert's hot rows (grouped_mm's offs);
+//   hot_pairs [P] flat pair of each hot row (-1 beyond the hot rows); cold_pairs [P] likewise;
+//   cold_expert / cold_begin / cold_count [max_cold] the cold experts, compacted (count 0 beyond);
+//   pair_row [P] where each pair's output lies: a hot row r, or P + a cold row;
+//   meta [4] = hot rows, cold rows, cold experts, 1 + the first bad pair (0: none);
+//   err_out [2] (int64, optional, host-mapped): [1 + first bad pair, its id], written only when there is one.
+constexpr int kPrepThreads = 1024;
+
+__global__ void __launch_bounds__(kPrepThreads)
+route_prep_kernel(const i64* ids, int n, int num_experts, const int* take_hot, int threshold, int max_cold,
+                  int* counts, int* hot_offs, int* hot_pairs, int* cold_pairs, int* cold_expert, int* cold_begin,
+                  int* cold_count, int* pair_row, int* meta, long long* err_out) {
+  using Scan = cub::BlockScan<int, kPrepThreads>;
+  __shared__ typename Scan::TempStorage scan_tmp;
+  __shared__ int s_bad;
+  __shared__ int s_carry[3];
+  extern __shared__ int smem[];
+  int* s_count = smem;                    // [E]
+  int* s_hot = s_count + num_experts;     // [E] hot pairs of each expert
+  int* s_hot_off = s_hot + num_experts;   // [E] exclusive
+  int* s_cold_off = s_hot_off + num_experts;  // [E] exclusive
+  int* s_cursor = s_cold_off + num_experts;   // [E] pairs of each expert ranked so far
+  const int tid = threadIdx.x;
+  for (int e = tid; e < num_experts; e += blockDim.x) { s_count[e] = 0; s_cursor[e] = 0; }
+  if (tid == 0) { s_bad = 0; s_carry[0] = s_carry[1] = s_carry[2] = 0; }
+  __syncthreads();
+  for (int i = tid; i < n; i += blockDim.x) {
+    const i64 e = ids[i];
+    if (e >= 0 && e < num_experts) atomicAdd(&s_count[e], 1);
+    else atomicCAS(&s_bad, 0, i + 1);  // some bad pair; the exact first one is found below
+  }
+  __syncthreads();
+  // scans over experts, in chunks of the block size
+  for (int base = 0; base < num_experts; base += blockDim.x) {
+    const int e = base + tid;
+    int c = 0, h = 0, has_cold = 0;
+    if (e < num_experts) {
+      c = s_count[e];
+      h = take_hot ? min(max(take_hot[e], 0), c) : (c > threshold ? c : 0);
+      has_cold = c > h;
+      s_hot[e] = h;
+    }
+    int h_ex, c_ex, k_ex, h_all, c_all, k_all;
+    Scan(scan_tmp).ExclusiveSum(h, h_ex, h_all);
+    __syncthreads();
+    Scan(scan_tmp).ExclusiveSum(c - h, c_ex, c_all);
+    __syncthreads();
+    Scan(scan_tmp).ExclusiveSum(has_cold, k_ex, k_all);
+    if (e < num_experts) {
+      s_hot_off[e] = s_carry[0] + h_ex;
+      s_cold_off[e] = s_carry[1] + c_ex;
+      counts[e] = c;
+      hot_offs[e] = s_carry[0] + h_ex + h;
+      if (has_cold) {
+        const int slot = s_carry[2] + k_ex;
+        cold_expert[slot] = e;
+        cold_begin[slot] = s_carry[1] + c_ex;
+        cold_count[slot] = c - h;
+      }
+    }
+    __syncthreads();
+    if (tid == 0) { s_carry[0] += h_all; s_carry[1] += c_all; s_carry[2] += k_all; }
+    __syncthreads();
+  }
+  const int n_hot = s_carry[0], n_cold = s_carry[1], k_cold = s_carry[2];
+  for (int s = k_cold + tid; s < max_cold; s += blockDim.x) { cold_count[s] = 0; cold_expert[s] = 0; cold_begin[s] = 0; }
+  for (int r = n_hot + tid; r < n; r += blockDim.x) hot_pairs[r] = -1;
+  for (int r = n_cold + tid; r < n; r += blockDim.x) cold_pairs[r] = -1;
+  // stable ranks: chunks of the block in pair order, its warps one after another
+  const int lane = tid & 31, warp = tid >> 5;
+  const unsigned lanes_below = (1u << lane) - 1u;
+  for (int base = 0; base < n; base += blockDim.x) {
+    const int i = base + tid;
+    const i64 raw = i < n ? ids[i] : -1;
+    const bool valid = raw >= 0 && raw < num_experts;
+    const int e = valid ? static_cast<int>(raw) : -1;
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    const int rank_in_warp = __popc(peers & lanes_below);
+    const int warps_here = min(static_cast<int>(blockDim.x) >> 5, (n - base + 31) >> 5);
+    for (int w = 0; w < warps_here; ++w) {
+      if (warp == w && valid) {
+        const int r = s_cursor[e] + rank_in_warp;
+        int row;
+        if (r < s_hot[e]) {
+          row = s_hot_off[e] + r;
+          hot_pairs[row] = i;
+        } else {
+          const int cr = s_cold_off[e] + (r - s_hot[e]);
+          cold_pairs[cr] = i;
+          row = n + cr;
+        }
+        pair_row[i] = row;
+      } else if (warp == w && i < n) {
+        pair_row[i] = -1;
+      }
+      __syncwarp();
+      if (warp == w && valid && rank_in_warp == 0) s_cursor[e] += __popc(peers);
+      __syncthreads();
+    }
+  }
+  if (s_bad) {  // find the first bad pair (rare path)
+    if (tid == 0) {
+      int first = 0;
+      for (int i = 0; i < n; ++i) {
+        const i64 e = ids[i];
+        if (e < 0 || e >= num_experts) { first = i + 1; break; }
+      }
+      s_bad = first;
+    }
+    __syncthreads();
+  }
+  if (tid == 0) {
+    meta[0] = n_hot; meta[1] = n_cold; meta[2] = k_cold; meta[3] = s_bad;
+    if (s_bad && err_out) {  // pinned host memory (mapped under UVA): the host sees it without a copy or a sync
+      err_out[1] = static_cast<long long>(ids[s_bad - 1]);
+      err_out[0] = s_bad;
+      __threadfence_system();
+    }
+  }
+}
+
+static void route_prep(std::uintptr_t ids, int n, int num_experts, std::uintptr_t take_hot, int threshold, int max_cold,
+                       std::uintptr_t counts, std::uintptr_t hot_offs, std::uintptr_t hot_pairs, std::uintptr_t cold_pairs,
+                       std::uintptr_t cold_expert, std::uintptr_t cold_begin, std::uintptr_t cold_count,
+                       std::uintptr_t pair_row, std::uintptr_t meta, std::uintptr_t err_out, std::uintptr_t stream) {
+  if (num_experts <= 0) throw std::invalid_argument("num_experts must be positive, got " + std::to_string(num_experts));
+  const size_t shared = sizeof(int) * 5 * static_cast<size_t>(num_experts);
+  if (shared > 200 * 1024) throw std::invalid_argument("route_prep: too many experts " + std::to_string(num_experts));
+  if (shared > 48 * 1024)
+    check(cudaFuncSetAttribute(route_prep_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
+          "route_prep smem");
+  route_prep_kernel<<<1, kPrepThreads, shared, as_stream(stream)>>>(
+      ptr<const i64>(ids), n, num_experts, ptr<const int>(take_hot), threshold, max_cold, ptr<int>(counts),
+      ptr<int>(hot_offs), ptr<int>(hot_pairs), ptr<int>(cold_pairs), ptr<int>(cold_expert), ptr<int>(cold_begin),
+      ptr<int>(cold_count), ptr<int>(pair_row), ptr<int>(meta), ptr<long long>(err_out));
+  check(cudaGetLastError(), "route_prep launch");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// gather_rows: out[r] = x[pairs[r] / k] for the rows whose pair is >= 0 (16-byte copies when aligned).
+template <typename V>
+__global__ void gather_rows_kernel(const V* x, const int* pairs, int top_k, int row_vecs, V* out) {
+  const int r = blockIdx.x;
+  const int pair = pairs[r];
+  if (pair < 0) return;
+  const V* src = x + static_cast<i64>(pair / top_k) * row_vecs;
+  V* dst = out + static_cast<i64>(r) * row_vecs;
+  for (int j = threadIdx.x; j < row_vecs; j += blockDim.x) dst[j] = src[j];
+}
+
+static void gather_rows(std::uintptr_t x, std::uintptr_t pairs, int top_k, int rows, int row_bytes, std::uintptr_t out,
+                        std::uintptr_t stream) {
+  if (rows == 0) return;
+  const int threads = 128;
+  if (row_bytes % 16 == 0 && x % 16 == 0 && out % 16 == 0)
+    gather_rows_kernel<uint4><<<rows, threads, 0, as_stream(stream)>>>(ptr<const uint4>(x), ptr<const int>(pairs), top_k,
+                                                                      row_bytes / 16, ptr<uint4>(out));
+  else
+    gather_rows_kernel<unsigned char><<<rows, threads, 0, as_stream(stream)>>>(
+        ptr<const unsigned char>(x), ptr<const int>(pairs), top_k, row_bytes, ptr<unsigned char>(out));
+  check(cudaGetLastError(), "gather_rows launch");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// expert_gemv: for each cold expert c (blockIdx.y) with n_c rows, out[begin_c + t] = W_e x_t for its rows.
+// Each warp owns kRows output rows; lanes stream 16-byte vectors of the weights (read once, no L1
+// allocation) and dot them with the tokens' vectors (kMaxT tokens per pass; more tokens loop).
+// silu_chunk: W is [gate; up] ([2f, K]); the warp computes gate row j and up row f + j and writes
+// silu(gate) * up with the same roundings as the unfused ops (each linear's output, the SiLU, the product).
+constexpr int kGemvWarps = 8;
+constexpr int kRows = 4;
+
+template <typename T, int kMaxT, bool kSiluChunk>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* cold_expert,
+                   const int* cold_begin, const int* cold_count, int out_rows, int k_dim, T* out) {
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kW = kSiluChunk ? 2 * kRows : kRows;
+  const int c = blockIdx.y;
+  const int count = cold_count[c];
+  if (count == 0) return;
+  const int expert = cold_expert[c], begin = cold_begin[c];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row0 = (blockIdx.x * kGemvWarps + warp) * kRows;
+  if (row0 >= out_rows) return;
+  const i64 w_rows = kSiluChunk ? 2 * static_cast<i64>(out_rows) : out_rows;
+  const T* w_e = weight + static_cast<i64>(expert) * w_rows * k_dim;
+  const T* w_row[kW];
+#pragma unroll
+  for (int r = 0; r < kW; ++r) {
+    int row = row0 + (r % kRows);
+    if (row >= out_rows) row = out_rows - 1;  // duplicate work, never written
+    const i64 wr = (kSiluChunk && r >= kRows) ? row + out_rows : row;
+    w_row[r] = w_e + wr * k_dim;
+  }
+  for (int t0 = 0; t0 < count; t0 += kMaxT) {
+    const int nt = min(kMaxT, count - t0);
+    const T* x_row[kMaxT];
+#pragma unroll
+    for (int t = 0; t < kMaxT; ++t) {
+      const int pos = begin + t0 + min(t, nt - 1);
+      const int src = in_pairs ? in_pairs[pos] / top_k : pos;
+      x_row[t] = x + static_cast<i64>(src) * k_dim;
+    }
+    float acc[kW][kMaxT];
+#pragma unroll
+    for (int r = 0; r < kW; ++r)
+#pragma unroll
+      for (int t = 0; t < kMaxT; ++t) acc[r][t] = 0.f;
+    for (int k = lane * kVec; k < k_dim; k += 32 * kVec) {
+      uint4 wv[kW];
+#pragma unroll
+      for (int r = 0; r < kW; ++r) wv[r] = __ldcs(reinterpret_cast<const uint4*>(w_row[r] + k));
+#pragma unroll
+      for (int t = 0; t < kMaxT; ++t) {
+        if (t < nt) {
+          const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x_row[t] + k));
+          const T* xs = reinterpret_cast<const T*>(&xv);
+          float xf[kVec];
+#pragma unroll
+          for (int j = 0; j < kVec; ++j) xf[j] = to_f<T>(xs[j]);
+#pragma unroll
+          for (int r = 0; r < kW; ++r) {
+            const T* ws = reinterpret_cast<const T*>(&wv[r]);
+#pragma unroll
+            for (int j = 0; j < kVec; ++j) acc[r][t] = fmaf(to_f<T>(ws[j]), xf[j], acc[r][t]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kMaxT; ++t) {
+      if (t < nt) {
+#pragma unroll
+        for (int r = 0; r < kW; ++r) {
+          float v = acc[r][t];
+#pragma unroll
+          for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+          acc[r][t] = v;
+        }
+        if (lane < kRows) {  // lane r writes row row0 + r (compile-time index via the unrolled select)
+          float g = 0.f, u = 0.f;
+#pragma unroll
+          for (int r = 0; r < kRows; ++r)
+            if (lane == r) { g = acc[r][t]; if (kSiluChunk) u = acc[r + (kSiluChunk ? kRows : 0)][t]; }
+          const int row = row0 + lane;
+          if (row < out_rows) {
+            float v;
+            if (kSiluChunk) {
+              const float gb = to_f<T>(from_f<T>(g));
+              const float ub = to_f<T>(from_f<T>(u));
+              const float s = to_f<T>(from_f<T>(gb / (1.0f + expf(-gb))));
+              v = s * ub;
+            } else {
+              v = g;
+            }
+            out[static_cast<i64>(begin + t0 + t) * out_rows + row] = from_f<T>(v);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T, int kMaxT>
+static void launch_gemv_t(bool silu, dim3 grid, cudaStream_t stream, std::uintptr_t x, std::uintptr_t in_pairs, int top_k,
+                          std::uintptr_t weight, std::uintptr_t cold_expert, std::uintptr_t cold_begin,
+                          std::uintptr_t cold_count, int out_rows, int k_dim, std::uintptr_t out) {
+  auto args = [&](auto kernel) {
+    kernel<<<grid, kGemvWarps * 32, 0, stream>>>(ptr<const T>(x), ptr<const int>(in_pairs), top_k, ptr<const T>(weight),
+                                                 ptr<const int>(cold_expert), ptr<const int>(cold_begin),
+                                                 ptr<const int>(cold_count), out_rows, k_dim, ptr<T>(out));
+  };
+  if (silu) args(expert_gemv_kernel<T, kMaxT, true>);
+  else args(expert_gemv_kernel<T, kMaxT, false>);
+}
+
+template <typename T>
+static void launch_gemv_dtype(int max_tokens, bool silu, dim3 grid, cudaStream_t stream, std::uintptr_t x,
+                              std::uintptr_t in_pairs, int top_k, std::uintptr_t weight, std::uintptr_t cold_expert,
+                              std::uintptr_t cold_begin, std::uintptr_t cold_count, int out_rows, int k_dim,
+                              std::uintptr_t out) {
+  if (max_tokens <= 1) launch_gemv_t<T, 1>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, out);
+  else if (max_tokens <= 2) launch_gemv_t<T, 2>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, out);
+  else if (max_tokens <= 4) launch_gemv_t<T, 4>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, out);
+  else launch_gemv_t<T, 8>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, out);
+}
+
+// x: [*, K] input rows (row in_pairs[pos] / top_k, or pos when in_pairs is 0); weight: [E, out_rows (x2 if
+// silu_chunk), K]; out: [*, out_rows]; grid.y = max_cold (the cold lists' length); max_tokens: the most
+// tokens an expert can have here (picks the per-pass token tile; more tokens loop).
+static void expert_gemv(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int top_k, std::uintptr_t weight,
+                        std::uintptr_t cold_expert, std::uintptr_t cold_begin, std::uintptr_t cold_count, int max_cold,
+                        int out_rows, int k_dim, bool silu_chunk, int max_tokens, std::uintptr_t out, std::uintptr_t stream) {
+  if (max_cold == 0) return;
+  const int vec = dtype == kF32 ? 4 : 8;
+  if (k_dim % vec != 0 || x % 16 || weight % 16)
+    throw std::invalid_argument("expert_gemv: K = " + std::to_string(k_dim) + " must be a multiple of " +
+                                std::to_string(vec) + " and x, weight 16-byte aligned");
+  const int rows_per_block = kGemvWarps * kRows;
+  dim3 grid((out_rows + rows_per_block - 1) / rows_per_block, max_cold);
+  cudaStream_t s = as_stream(stream);
+  switch (dtype) {
+    case kF32: launch_gemv_dtype<float>(max_tokens, silu_chunk, grid, s, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, out); break;
+    case kBF16: launch_gemv_dtype<__nv_bfloat16>(max_tokens, silu_chunk, grid, s, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, out); break;
+    case kF16: launch_gemv_dtype<__half>(max_tokens, silu_chunk, grid, s, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, out); break;
+    default: throw std::invalid_argument("expert_gemv: unknown dtype code " + std::to_string(dtype));
+  }
+  check(cudaGetLastError(), "expert_gemv launch");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// unpermute: out[t] = sum over slots s of w[t, s] * y[pair_row[t k + s]] in slot order, fp32, each product
+// rounded to the output dtype first when round_products (what torch does for bf16 y * bf16 w).
+template <typename T, typename W>
+__global__ void unpermute_kernel(const T* y_hot, const T* y_cold, const int* pair_row, const W* weights, int n_pairs,
+                                 int top_k, int d, bool round_products, T* out) {
+  const int t = blockIdx.x;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    float acc = 0.f;
+    for (int s = 0; s < top_k; ++s) {
+      const int p = t * top_k + s;
+      const int row = pair_row[p];
+      if (row < 0) continue;
+      const T* src = row < n_pairs ? y_hot + static_cast<i64>(row) * d : y_cold + static_cast<i64>(row - n_pairs) * d;
+      float prod = __fmul_rn(to_f<T>(src[j]), to_f<W>(weights[p]));
+      if (round_products) prod = to_f<T>(from_f<T>(prod));
+      acc = __fadd_rn(acc, prod);
+    }
+    out[static_cast<i64>(t) * d + j] = from_f<T>(acc);
+  }
+}
+
+template <typename T>
+static void launch_unpermute_t(int w_dtype, int tokens, cudaStream_t s, std::uintptr_t y_hot, std::uintptr_t y_cold,
+                               std::uintptr_t pair_row, std::uintptr_t weights, int n_pairs, int top_k, int d,
+                               bool round_products, std::uintptr_t out) {
+  const int threads = d >= 1024 ? 256 : 128;
+  if (w_dtype == kF32)
+    unpermute_kernel<T, float><<<tokens, threads, 0, s>>>(ptr<const T>(y_hot), ptr<const T>(y_cold), ptr<const int>(pair_row),
+                                                          ptr<const float>(weights), n_pairs, top_k, d, round_products, ptr<T>(out));
+  else if (w_dtype == kBF16)
+    unpermute_kernel<T, __nv_bfloat16><<<tokens, threads, 0, s>>>(ptr<const T>(y_hot), ptr<const T>(y_cold), ptr<const int>(pair_row),
+                                                                  ptr<const __nv_bfloat16>(weights), n_pairs, top_k, d, round_products, ptr<T>(out));
+  else if (w_dtype == kF16)
+    unpermute_kernel<T, __half><<<tokens, threads, 0, s>>>(ptr<const T>(y_hot), ptr<const T>(y_cold), ptr<const int>(pair_row),
+                                                           ptr<const __half>(weights), n_pairs, top_k, d, round_products, ptr<T>(out));
+  else
+    throw std::invalid_argument("unpermute: unknown weight dtype code " + std::to_string(w_dtype));
+}
+
+static void unpermute(int dtype, int w_dtype, std::uintptr_t y_hot, std::uintptr_t y_cold, std::uintptr_t pair_row,
+                      std::uintptr_t weights, int tokens, int top_k, int d, bool round_products, std::uintptr_t out,
+                      std::uintptr_t stream) {
+  if (tokens == 0) return;
+  const int n_pairs = tokens * top_k;
+  cudaStream_t s = as_stream(stream);
+  switch (dtype) {
+    case kF32: launch_unpermute_t<float>(w_dtype, tokens, s, y_hot, y_cold, pair_row, weights, n_pairs, top_k, d, round_products, out); break;
+    case kBF16: launch_unpermute_t<__nv_bfloat16>(w_dtype, tokens, s, y_hot, y_cold, pair_row, weights, n_pairs, top_k, d, round_products, out); break;
+    case kF16: launch_unpermute_t<__half>(w_dtype, tokens, s, y_hot, y_cold, pair_row, weights, n_pairs, top_k, d, round_products, out); break;
+    default: throw std::invalid_argument("unpermute: unknown dtype code " + std::to_string(dtype));
+  }
+  check(cudaGetLastError(), "unpermute launch");
+}
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "heteromoe CUDA kernels: routing histogram/permute/unpermute and the cold-expert GEMV (raw pointers)";
+  m.attr("F32") = static_cast<int>(kF32);
+  m.attr("BF16") = static_cast<int>(kBF16);
+  m.attr("F16") = static_cast<int>(kF16);
+  m.attr("ROUTE_PREP_THREADS") = kPrepThreads;
+  m.def("expert_histogram", &expert_histogram, py::arg("ids"), py::arg("n"), py::arg("num_experts"), py::arg("counts"),
+        py::arg("stream"));
+  m.def("route_prep", &route_prep, py::arg("ids"), py::arg("n"), py::arg("num_experts"), py::arg("take_hot"),
+        py::arg("threshold"), py::arg("max_cold"), py::arg("counts"), py::arg("hot_offs"), py::arg("hot_pairs"),
+        py::arg("cold_pairs"), py::arg("cold_expert"), py::arg("cold_begin"), py::arg("cold_count"), py::arg("pair_row"),
+        py::arg("meta"), py::arg("err_out"), py::arg("stream"));
+  m.def("gather_rows", &gather_rows, py::arg("x"), py::arg("pairs"), py::arg("top_k"), py::arg("rows"), py::arg("row_bytes"),
+        py::arg("out"), py::arg("stream"));
+  m.def("expert_gemv", &expert_gemv, py::arg("dtype"), py::arg("x"), py::arg("in_pairs"), py::arg("top_k"),
+        py::arg("weight"), py::arg("cold_expert"), py::arg("cold_begin"), py::arg("cold_count"), py::arg("max_cold"),
+        py::arg("out_rows"), py::arg("k_dim"), py::arg("silu_chunk"), py::arg("max_tokens"), py::arg("out"),
+        py::arg("stream"));
+  m.def("unpermute", &unpermute, py::arg("dtype"), py::arg("w_dtype"), py::arg("y_hot"), py::arg("y_cold"),
+        py::arg("pair_row"), py::arg("weights"), py::arg("tokens"), py::arg("top_k"), py::arg("d"),
+        py::arg("round_products"), py::arg("out"), py::arg("stream"));
+}

@@ -1,0 +1,210 @@
+"""The MoE layer's kernels on tensors: routing prep (histogram, hot/cold split, permutation), token permute,
+cold-expert GEMV, weighted unpermute.
+
+One call signature, several implementations, picked by the tensors' device:
+  CUDA tensors -> `heteromoe._cuda` (csrc/cuda/heteromoe_cuda.cu; launched on the current stream, no host sync);
+  CPU float32  -> `heteromoe._C` (csrc/moe_kernels_cpu.cpp), else the numba / python twins (kernels/_cpu.py),
+                  following `HETEROMOE_FASTPATH` like the planners;
+  anything else -> `reference`, plain torch ops (also what every implementation is tested against).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from heteromoe import _ext
+from heteromoe.kernels import reference
+from heteromoe.kernels._cpu import numba_kernels, python_kernels
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RoutePrep", "HAS_CUDA_KERNELS", "cuda_load_error", "cpu_kernels", "route_prep", "expert_histogram",
+           "gather_rows", "expert_gemv", "unpermute", "CPU_IMPLEMENTATIONS"]
+
+try:
+    from heteromoe import _cuda  # type: ignore[attr-defined]
+
+    HAS_CUDA_KERNELS = True
+    cuda_load_error: str | None = None
+except ImportError as exc:
+    _cuda = None
+    HAS_CUDA_KERNELS = False
+    cuda_load_error = repr(exc)
+    if os.environ.get("HETEROMOE_DEBUG_EXT") == "1":
+        logger.warning("heteromoe._cuda failed to import: %s", cuda_load_error)
+
+#: CPU implementations by name, in priority order.
+CPU_IMPLEMENTATIONS = {name: impl for name, impl in (("c", _ext._C if _ext.HAS_EXT else None), ("numba", numba_kernels),
+                                                    ("python", python_kernels)) if impl is not None}
+
+
+def cpu_kernels(name: str | None = None):
+    """The CPU implementation `name`, or the one `HETEROMOE_FASTPATH` / priority picks."""
+    name = name or os.environ.get("HETEROMOE_FASTPATH")
+    if name:
+        if name not in CPU_IMPLEMENTATIONS:
+            raise ValueError(f"CPU kernels {name!r} are not available here; available: {sorted(CPU_IMPLEMENTATIONS)}")
+        return CPU_IMPLEMENTATIONS[name]
+    return next(iter(CPU_IMPLEMENTATIONS.values()))
+
+
+_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's numpy view (no copy)."""
+    return t.detach().numpy()
+
+
+def _stream() -> int:
+    return torch.cuda.current_stream().cuda_stream
+
+
+def _on_cuda_kernels(t: torch.Tensor) -> bool:
+    return t.is_cuda and HAS_CUDA_KERNELS
+
+
+def _on_cpu_kernels(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+@dataclass(frozen=True)
+class RoutePrep:
+    """Where every routed pair of one layer call goes (int32 tensors on the routing's device).
+
+    counts [E]; hot_offs [E] inclusive ends of each expert's hot rows (grouped_mm's offs);
+    hot_pairs / cold_pairs [P] the flat pair of each hot / cold row (-1 past the used rows);
+    cold_expert / cold_begin / cold_count [max_cold] the cold experts, compacted (count 0 past them);
+    pair_row [P] each pair's output row: hot row r, or P + cold row; meta [4] = hot rows, cold rows,
+    cold experts, 1 + the first pair with an expert id outside [0, E) (0: none).
+    """
+
+    counts: torch.Tensor
+    hot_offs: torch.Tensor
+    hot_pairs: torch.Tensor
+    cold_pairs: torch.Tensor
+    cold_expert: torch.Tensor
+    cold_begin: torch.Tensor
+    cold_count: torch.Tensor
+    pair_row: torch.Tensor
+    meta: torch.Tensor
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.pair_row.shape[0])
+
+    @property
+    def max_cold(self) -> int:
+        return int(self.cold_count.shape[0])
+
+
+def route_prep(top_k_index: torch.Tensor, num_experts: int, *, take_hot: torch.Tensor | np.ndarray | None = None,
+               threshold: int = 0, max_cold: int | None = None, err_out: torch.Tensor | None = None) -> RoutePrep:
+    """Split every expert's pairs into hot (grouped GEMM) and cold (GEMV) rows, stable in pair order.
+
+    Args:
+        top_k_index: [T, k] expert ids.
+        num_experts: E.
+        take_hot: [E] pairs of each expert to put on the hot side (its first ones); None: every expert
+            with more than `threshold` pairs is hot, whole.
+        max_cold: length of the cold lists (default min(E, P): enough for any routing).
+        err_out: CUDA only: a pinned int64 [2] host tensor the kernel fills with [1 + first bad pair, its id]
+            when an id is outside [0, E) (read it without synchronizing; it stays untouched otherwise).
+    """
+    ids = top_k_index.reshape(-1)
+    n = int(ids.shape[0])
+    max_cold = min(num_experts, n) if max_cold is None else int(max_cold)
+    if _on_cuda_kernels(ids):
+        dev = ids.device
+        ids = ids.to(torch.int64).contiguous()
+        take = None if take_hot is None else torch.as_tensor(take_hot, dtype=torch.int32).to(dev, non_blocking=True)
+        i32 = lambda size: torch.empty(size, dtype=torch.int32, device=dev)  # noqa: E731
+        prep = RoutePrep(i32(num_experts), i32(num_experts), i32(n), i32(n), i32(max_cold), i32(max_cold),
+                         i32(max_cold), i32(n), i32(4))
+        _cuda.route_prep(ids.data_ptr(), n, num_experts, 0 if take is None else take.data_ptr(), int(threshold),
+                         max_cold, prep.counts.data_ptr(), prep.hot_offs.data_ptr(), prep.hot_pairs.data_ptr(),
+                         prep.cold_pairs.data_ptr(), prep.cold_expert.data_ptr(), prep.cold_begin.data_ptr(),
+                         prep.cold_count.data_ptr(), prep.pair_row.data_ptr(), prep.meta.data_ptr(),
+                         0 if err_out is None else err_out.data_ptr(), _stream())
+        return prep
+    if ids.device.type == "cpu":
+        take = None if take_hot is None else np.asarray(take_hot, dtype=np.int32)
+        out = cpu_kernels().route_prep(_np(ids).astype(np.int64, copy=False), num_experts, take, int(threshold), max_cold)
+        return RoutePrep(**{k: torch.from_numpy(np.asarray(v)) for k, v in out.items()})
+    return reference.route_prep(ids, num_experts, take_hot=take_hot, threshold=threshold, max_cold=max_cold)
+
+
+def expert_histogram(top_k_index: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """[E] int32 pairs per expert (ids outside [0, E) are not counted)."""
+    ids = top_k_index.reshape(-1).to(torch.int64).contiguous()
+    if _on_cuda_kernels(ids):
+        counts = torch.empty(num_experts, dtype=torch.int32, device=ids.device)
+        _cuda.expert_histogram(ids.data_ptr(), int(ids.shape[0]), num_experts, counts.data_ptr(), _stream())
+        return counts
+    if ids.device.type == "cpu":
+        return torch.from_numpy(np.asarray(cpu_kernels().expert_histogram(_np(ids), num_experts)))
+    return reference.expert_histogram(ids, num_experts)
+
+
+def gather_rows(x: torch.Tensor, pairs: torch.Tensor, top_k: int) -> torch.Tensor:
+    """[R, d] token permute: row r is x[pairs[r] // top_k] (rows whose pair is -1 are left unset/zero)."""
+    x = x.contiguous()
+    if _on_cuda_kernels(x):
+        out = torch.empty(pairs.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
+        _cuda.gather_rows(x.data_ptr(), pairs.data_ptr(), int(top_k), int(pairs.shape[0]), x.shape[1] * x.element_size(),
+                          out.data_ptr(), _stream())
+        return out
+    if _on_cpu_kernels(x):
+        return torch.from_numpy(np.asarray(cpu_kernels().gather_rows(_np(x), _np(pairs), top_k)))
+    return reference.gather_rows(x, pairs, top_k)
+
+
+def expert_gemv(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pairs: torch.Tensor | None, top_k: int,
+                out_rows: int, silu_chunk: bool, max_tokens: int) -> torch.Tensor:
+    """[P, out_rows] cold rows: row begin_c + t = W_e x_t for each cold expert c (rows of other positions unset).
+
+    Args:
+        x: input rows; cold position `pos` reads row `in_pairs[pos] // top_k` (or row `pos` if in_pairs is None).
+        weight: [E, out_rows, K], or [E, 2 out_rows, K] = [gate; up] with silu_chunk (writes silu(gate) * up).
+        max_tokens: the most tokens any cold expert can have (picks the kernel's token tile).
+    """
+    rows = prep.num_pairs
+    if _on_cuda_kernels(x) and x.dtype in _DTYPE_CODE and weight.dtype == x.dtype:
+        x, weight = x.contiguous(), weight.contiguous()
+        out = torch.empty(rows, out_rows, dtype=x.dtype, device=x.device)
+        _cuda.expert_gemv(_DTYPE_CODE[x.dtype], x.data_ptr(), 0 if in_pairs is None else in_pairs.data_ptr(), int(top_k),
+                          weight.data_ptr(), prep.cold_expert.data_ptr(), prep.cold_begin.data_ptr(),
+                          prep.cold_count.data_ptr(), prep.max_cold, int(out_rows), int(weight.shape[2]),
+                          bool(silu_chunk), int(max_tokens), out.data_ptr(), _stream())
+        return out
+    if _on_cpu_kernels(x, weight):
+        out = cpu_kernels().expert_gemv(_np(x.contiguous()), None if in_pairs is None else _np(in_pairs), top_k,
+                                        _np(weight.contiguous()), _np(prep.cold_expert),
+                                        _np(prep.cold_begin), _np(prep.cold_count), out_rows, silu_chunk, rows)
+        return torch.from_numpy(np.asarray(out))
+    return reference.expert_gemv(x, weight, prep, in_pairs=in_pairs, top_k=top_k, out_rows=out_rows, silu_chunk=silu_chunk)
+
+
+def unpermute(y_hot: torch.Tensor, y_cold: torch.Tensor, pair_row: torch.Tensor, weights: torch.Tensor, *,
+              round_products: bool) -> torch.Tensor:
+    """[T, d] out[t] = sum over slots s, in order, of weights[t, s] * (row pair_row[t k + s] of [y_hot; y_cold]).
+
+    Accumulates in fp32; with round_products each product is first rounded to y's dtype (torch's bf16 * bf16).
+    """
+    tokens, top_k = weights.shape
+    if _on_cuda_kernels(y_hot) and y_hot.dtype in _DTYPE_CODE and weights.dtype in _DTYPE_CODE:
+        y_hot, y_cold, weights = y_hot.contiguous(), y_cold.contiguous(), weights.contiguous()
+        out = torch.empty(tokens, y_hot.shape[1], dtype=y_hot.dtype, device=y_hot.device)
+        _cuda.unpermute(_DTYPE_CODE[y_hot.dtype], _DTYPE_CODE[weights.dtype], y_hot.data_ptr(), y_cold.data_ptr(),
+                        pair_row.data_ptr(), weights.data_ptr(), tokens, top_k, y_hot.shape[1], bool(round_products),
+                        out.data_ptr(), _stream())
+        return out
+    if _on_cpu_kernels(y_hot, y_cold, weights):
+        out = cpu_kernels().unpermute(_np(y_hot), _np(y_cold), _np(pair_row), _np(weights.reshape(-1)),
+                                      tokens, top_k)
+        return torch.from_numpy(np.asarray(out))
+    return reference.unpermute(y_hot, y_cold, pair_row, weights, round_products=round_products)

@@ -1,0 +1,223 @@
+"""The fused layer path: one MoE layer call as a few device kernels, without a host round trip.
+
+    route_prep (1 block: counts, hot/cold split, stable permutation)
+      hot  side (main stream):   gather_rows -> grouped_mm(gate_up) -> gate -> grouped_mm(down)
+      cold side (second stream): expert_gemv(gate_up, SiLU gate fused) -> expert_gemv(down)
+    unpermute (weighted sum over each token's k slots; waits on both sides)
+
+Which experts are cold is either a kernel choice made on the device (policy `gpu-only`: experts with at
+most `gemv_max_tokens` tokens take the GEMV, whose weights are read once whatever the token count, the rest
+the grouped GEMM), or the plan's PIM set (`take_hot`: the GPU's share of each expert; the cold rows are
+the PIM backend's, whose functional stand-in is the same GEMV kernel). Nothing waits on the host: the
+path can be captured in a CUDA graph. On CPU (float32) the same path runs the C++ / numba twins.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from heteromoe import kernels
+from heteromoe.runtime.layer import ExpertLayer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FusedLayerPath", "unsupported_reason"]
+
+_CUDA_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _gate_is_silu_chunk(layer: ExpertLayer) -> bool:
+    """True where the module gates as transformers' default: silu(gate) * up over [gate; up] halves."""
+    from transformers.integrations import moe as hf_moe
+
+    module = layer.module
+    default_gate = getattr(hf_moe, "_default_apply_gate", None)
+    gate_fn = getattr(type(module), "_apply_gate", None)
+    act = getattr(module, "act_fn", None)
+    silu = isinstance(act, torch.nn.SiLU) or type(act).__name__ in ("SiLUActivation", "SiLU")
+    return layer.has_gate and gate_fn is not None and gate_fn is default_gate and silu
+
+
+def unsupported_reason(layer: ExpertLayer, hidden: torch.Tensor) -> str | None:
+    """Why the fused path cannot run this layer call (None: it can)."""
+    if layer.is_transposed or layer.has_bias or layer.has_post_expert_norm:
+        return "transposed weights, biases or a post-expert norm (GPT-OSS-style layers) use the generic path"
+    if hidden.device != layer.device:
+        return f"hidden states on {hidden.device}, weights on {layer.device}"
+    if hidden.is_cuda:
+        if not kernels.HAS_CUDA_KERNELS:
+            return f"heteromoe._cuda is not built ({kernels.cuda_load_error})"
+        if layer.dtype not in _CUDA_DTYPES:
+            return f"dtype {layer.dtype} has no CUDA kernel"
+        if layer.hidden_size % 8 or layer.intermediate_size % 8:
+            return "hidden and intermediate sizes must be multiples of 8"
+        return None
+    if hidden.device.type == "cpu":
+        return None if layer.dtype == torch.float32 else f"CPU kernels are float32, the layer is {layer.dtype}"
+    return f"no kernels for device {hidden.device}"
+
+
+class FusedLayerPath:
+    """Runs layer calls through `heteromoe.kernels` (one instance per wrapped model).
+
+    Args:
+        gemv_max_tokens: in kernel-choice mode, experts with at most this many tokens take the GEMV kernel.
+        streams: run the cold side on a second CUDA stream when both sides have work.
+    """
+
+    def __init__(self, gemv_max_tokens: int = 8, streams: bool = True) -> None:
+        if gemv_max_tokens < 1:
+            raise ValueError(f"gemv_max_tokens must be >= 1, got {gemv_max_tokens}")
+        self.gemv_max_tokens = int(gemv_max_tokens)
+        self.streams = streams
+        self._side: dict[torch.device, torch.cuda.Stream] = {}
+        self._gate_fused: dict[int, bool] = {}
+        self._grouped_ok: dict[tuple, bool] = {}
+        self._err_host: dict[str, torch.Tensor] = {}
+
+    # -- public ------------------------------------------------------------------------------------
+    def run(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
+            take_hot: np.ndarray | None = None, max_cold_tokens: int | None = None) -> torch.Tensor:
+        """[T, d] the layer's combined expert output in hidden's dtype.
+
+        Args:
+            take_hot: [E] the plan's GPU tokens per expert (None: kernel choice by token count).
+            max_cold_tokens: the most tokens any cold expert has, when the caller knows it (picks the GEMV tile).
+        """
+        num_tokens, top_k = top_k_index.shape
+        num_pairs = num_tokens * top_k
+        self._raise_deferred_error(layer)
+        if take_hot is None:
+            threshold = self.gemv_max_tokens
+            may_have_hot = num_tokens > threshold  # an expert has at most T tokens (top-k ids are distinct)
+            may_have_cold = True
+            max_tokens = min(num_tokens, threshold)
+        else:
+            take_hot = np.asarray(take_hot, dtype=np.int32)
+            threshold = 0
+            may_have_hot = bool(take_hot.any())
+            may_have_cold = max_cold_tokens is None or max_cold_tokens > 0
+            max_tokens = num_tokens if max_cold_tokens is None else max(int(max_cold_tokens), 1)
+        prep = kernels.route_prep(top_k_index, layer.num_experts, take_hot=take_hot, threshold=threshold,
+                                  err_out=self._err_word(layer, top_k_index.device))
+        self._check_ids(layer, prep, top_k_index)
+
+        hidden = hidden.contiguous()
+        use_side = hidden.is_cuda and self.streams and may_have_hot and may_have_cold
+        y_cold = None
+        if may_have_cold:
+            if use_side:
+                main = torch.cuda.current_stream(hidden.device)
+                side = self._side_stream(hidden.device)
+                side.wait_stream(main)
+                with torch.cuda.stream(side):
+                    y_cold = self._cold(layer, hidden, prep, top_k, max_tokens)
+            else:
+                y_cold = self._cold(layer, hidden, prep, top_k, max_tokens)
+        y_hot = self._hot(layer, hidden, prep, top_k) if may_have_hot else None
+        if use_side:
+            torch.cuda.current_stream(hidden.device).wait_stream(self._side_stream(hidden.device))
+        y_hot = y_hot if y_hot is not None else y_cold
+        y_cold = y_cold if y_cold is not None else y_hot
+        out_dtype = torch.promote_types(hidden.dtype, top_k_weights.dtype)
+        round_products = out_dtype != torch.float32
+        assert y_hot.shape[0] == num_pairs
+        return kernels.unpermute(y_hot, y_cold, prep.pair_row, top_k_weights.to(out_dtype) if out_dtype != top_k_weights.dtype
+                                 else top_k_weights, round_products=round_products).to(hidden.dtype)
+
+    # -- the two sides ---------------------------------------------------------------------------------
+    def _cold(self, layer: ExpertLayer, hidden: torch.Tensor, prep: kernels.RoutePrep, top_k: int,
+              max_tokens: int) -> torch.Tensor:
+        f = layer.intermediate_size
+        up, down = layer.up_weight, layer.down_weight
+        x = hidden.to(layer.dtype)
+        if self._silu_fused(layer):
+            h = kernels.expert_gemv(x, up, prep, in_pairs=prep.cold_pairs, top_k=top_k, out_rows=f, silu_chunk=True,
+                                    max_tokens=max_tokens)
+        else:
+            h = kernels.expert_gemv(x, up, prep, in_pairs=prep.cold_pairs, top_k=top_k, out_rows=up.shape[1],
+                                    silu_chunk=False, max_tokens=max_tokens)
+            h = layer.activate(h)
+        return kernels.expert_gemv(h.contiguous(), down, prep, in_pairs=None, top_k=top_k, out_rows=layer.hidden_size,
+                                   silu_chunk=False, max_tokens=max_tokens)
+
+    def _hot(self, layer: ExpertLayer, hidden: torch.Tensor, prep: kernels.RoutePrep, top_k: int) -> torch.Tensor:
+        x = kernels.gather_rows(hidden.to(layer.dtype), prep.hot_pairs, top_k)
+        key = (layer.dtype, hidden.device.type)
+        if self._grouped_ok.get(key, True):
+            try:
+                return self._hot_grouped(layer, x, prep)
+            except RuntimeError as exc:  # no grouped_mm kernel for this dtype/device: per-expert GEMMs
+                self._grouped_ok[key] = False
+                logger.info("fused path: grouped_mm unavailable for %s on %s (%s); one matmul per expert",
+                            layer.dtype, hidden.device.type, exc)
+        return self._hot_per_expert(layer, x, prep)
+
+    @staticmethod
+    def _hot_grouped(layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep) -> torch.Tensor:
+        offs = prep.hot_offs
+        h = torch.nn.functional.grouped_mm(x, layer.up_weight.transpose(-2, -1), offs=offs)
+        h = layer.activate(h)
+        return torch.nn.functional.grouped_mm(h, layer.down_weight.transpose(-2, -1), offs=offs)
+
+    @staticmethod
+    def _hot_per_expert(layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep) -> torch.Tensor:
+        from heteromoe.runtime.layer import expert_forward
+
+        y = torch.zeros_like(x)
+        ends = prep.hot_offs.tolist()
+        begin = 0
+        for e, end in enumerate(ends):
+            if end > begin:
+                y[begin:end] = expert_forward(layer, e, x[begin:end])
+            begin = end
+        return y
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _silu_fused(self, layer: ExpertLayer) -> bool:
+        key = id(layer.module)
+        if key not in self._gate_fused:
+            self._gate_fused[key] = _gate_is_silu_chunk(layer)
+        return self._gate_fused[key]
+
+    def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
+        if device not in self._side:
+            self._side[device] = torch.cuda.Stream(device=device)
+        return self._side[device]
+
+    def _err_word(self, layer: ExpertLayer, device: torch.device) -> torch.Tensor | None:
+        """Pinned [2] int64 the CUDA route_prep fills on a bad expert id (None on CPU, where it raises at once)."""
+        if device.type != "cuda":
+            return None
+        host = self._err_host.get(layer.name)
+        if host is None:
+            host = self._err_host[layer.name] = torch.zeros(2, dtype=torch.int64, pin_memory=True)
+        return host
+
+    def _check_ids(self, layer: ExpertLayer, prep: kernels.RoutePrep, top_k_index: torch.Tensor) -> None:
+        """Bad expert ids: raised at once on CPU; on CUDA the kernel writes them to pinned host memory and
+        the layer's next call raises (checking now would stall the stream)."""
+        if not prep.meta.is_cuda:
+            bad = int(prep.meta[3])
+            if bad:
+                self._raise_bad(layer, top_k_index, bad - 1)
+
+    def check_errors(self, layer: ExpertLayer) -> None:
+        """Raise now if a finished CUDA call of `layer` saw a bad expert id (synchronizes the device)."""
+        if layer.name in self._err_host:
+            torch.cuda.synchronize()
+        self._raise_deferred_error(layer)
+
+    def _raise_deferred_error(self, layer: ExpertLayer) -> None:
+        host = self._err_host.get(layer.name)
+        if host is not None and int(host[0]):
+            bad, value = int(host[0]) - 1, int(host[1])
+            host.zero_()
+            raise ValueError(f"layer {layer.name}: expert id {value} at pair {bad} is outside [0, {layer.num_experts})")
+
+    @staticmethod
+    def _raise_bad(layer: ExpertLayer, top_k_index: torch.Tensor, pair: int) -> None:
+        value = int(top_k_index.reshape(-1)[pair])
+        raise ValueError(f"layer {layer.name}: expert id {value} at pair {pair} is outside [0, {layer.num_experts})")
