@@ -1,13 +1,22 @@
-"""One MoE layer on a GPU: heteromoe's runtime against transformers' grouped_mm (pytest-benchmark).
+"""One MoE layer on a GPU: heteromoe's fused path against transformers' grouped_mm (pytest-benchmark).
 
 Run on a GPU machine:
     python -m pytest bench/bench_gpu_layer.py --benchmark-json bench/results/gpu-layer-<gpu>.json
-Qwen3-30B-A3B-shaped layer (128 experts, d 2048, f 768, bf16) and Mixtral-8x7B-shaped (8 experts, d 4096,
-f 14336), bimodal routing (`routing.synth`), batch 1-256. Each benchmark records in extra_info the bytes of
-the weights its routing touches and the achievable read bandwidth measured in the same run (a large
-reduction over HBM), so the JSON gives the share of bandwidth reached. Skipped without a CUDA GPU.
+Qwen3-30B-A3B-shaped layer (128 experts, top-8, d 2048, f 768, bf16) and Mixtral-8x7B-shaped (8 experts,
+top-2, d 4096, f 14336), bimodal routing (`routing.synth`), batch 1, 2, 4, 16, 64, 256.
+
+Two clocks, both recorded:
+  graph: device time of one layer call, the call captured in a CUDA graph and replayed 50 times between
+         events (what a serving engine that graphs its decode step pays; no launch or Python cost);
+  eager: wall time of one call from Python, synchronized (launches and host work included).
+extra_info holds the bytes of the weights the routing touches, the read bandwidth measured in the same
+run (summing a 4 GiB tensor), and the share of it each path reaches. `heteromoe` (the policy with a
+GPU/PIM plan) needs the counts on the host, so it has only the eager clock; its host time is recorded.
+Skipped without a CUDA GPU.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -17,56 +26,88 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 SHAPES = {"qwen3-30b-a3b": (128, 8, 2048, 768), "mixtral-8x7b": (8, 2, 4096, 14336)}
 BATCHES = [1, 2, 4, 16, 64, 256]
-
-
-def read_bandwidth() -> float:
-    """Achievable HBM read bandwidth: bytes of a 4 GiB bf16 tensor over the time of summing it."""
-    x = torch.ones(2 * 1024**3, dtype=torch.bfloat16, device="cuda")
-    for _ in range(3):
-        x.sum()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        x.sum()
-    end.record()
-    torch.cuda.synchronize()
-    return 10 * x.numel() * 2 / (start.elapsed_time(end) / 1e3)
+REPLAYS = 50
 
 
 @pytest.fixture(scope="module")
 def bandwidth():
+    from heteromoe.calibrate import read_bandwidth
+
     return read_bandwidth()
 
 
-def layer(model: str):
-    from transformers import Qwen3MoeConfig
-    from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeExperts
+_LAYERS: dict = {}
 
-    E, k, d, f = SHAPES[model]
-    config = Qwen3MoeConfig(hidden_size=d, moe_intermediate_size=f, num_experts=E, num_experts_per_tok=k)
-    config._experts_implementation = "grouped_mm"
-    torch.manual_seed(0)
-    experts = Qwen3MoeExperts(config).to(device="cuda", dtype=torch.bfloat16)
-    with torch.no_grad():
-        for p in experts.parameters():
-            p.normal_(0.0, 0.02)
-    return experts, config
+
+def layer(model: str):
+    from heteromoe.calibrate import expert_layer
+
+    if model not in _LAYERS:
+        _LAYERS.clear()
+        torch.cuda.empty_cache()
+        E, k, d, f = SHAPES[model]
+        _LAYERS[model] = expert_layer(E, k, d, f)
+    return _LAYERS[model]
 
 
 def routing(model: str, batch: int):
     from heteromoe.routing import BimodalRouting
 
-    E, k, d, _ = SHAPES[model]
+    E, k, d, f = SHAPES[model]
     gen = BimodalRouting(num_experts=E, top_k=k, hot_share=0.5, ratio=14.0, seed=batch)
     ids = torch.from_numpy(gen.decode(batch, 1, 1)[0, 0]).cuda()
-    weights = torch.softmax(torch.randn(batch, k, device="cuda"), dim=-1)
-    hidden = torch.randn(batch, d, device="cuda", dtype=torch.bfloat16)
-    touched = len(np.unique(ids.cpu().numpy())) * 3 * d * SHAPES[model][3] * 2
+    g = torch.Generator(device="cuda").manual_seed(batch)
+    weights = torch.softmax(torch.randn(batch, k, device="cuda", generator=g), dim=-1).to(torch.bfloat16)
+    hidden = torch.randn(batch, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    touched = len(np.unique(ids.cpu().numpy())) * 3 * d * f * 2
     return hidden, ids, weights, touched
 
 
-def timed(benchmark, fn, touched, bandwidth):
+def executor_for(model: str, policy: str):
+    import heteromoe
+    from heteromoe.cost.model import CostModel
+    from heteromoe.device import registry
+    from heteromoe.runtime.executor import MoEExecutor
+    from heteromoe.runtime.fused import FusedLayerPath
+    from heteromoe.runtime.layer import ExpertLayer
+    from heteromoe.sched import get_policy
+    from heteromoe.sched.placement import Placement
+
+    E = SHAPES[model][0]
+    cost = CostModel(heteromoe.systems.get("h100-hbm3-pim"), heteromoe.models.get(model))
+    torch_backend = registry.get("torch")
+    executor = MoEExecutor(get_policy(policy), torch_backend, registry.get("pim-emulator"), torch_backend,
+                           fused=FusedLayerPath())
+    view = ExpertLayer.from_module("layer", layer(model))
+    placement = Placement.from_homes(np.zeros(E, dtype=np.int64), 1)
+    return lambda h, i, w: executor.run(view, cost, placement, h, i, w), executor
+
+
+def record(benchmark, seconds_per_call: float, touched: int, bandwidth: float, clock: str, **extra) -> None:
+    benchmark.extra_info.update(gpu=torch.cuda.get_device_name(), clock=clock, seconds_per_call=seconds_per_call,
+                                touched_weight_bytes=touched, read_bandwidth_bytes_per_s=bandwidth,
+                                share_of_read_bandwidth=touched / seconds_per_call / bandwidth, **extra)
+
+
+def bench_graph(benchmark, fn, touched, bandwidth, **extra):
+    from heteromoe.calibrate import graph_time_s
+
+    per_call = graph_time_s(fn, replays=REPLAYS)  # captured, warmed, timed with events
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+
+    def replay():
+        for _ in range(REPLAYS):
+            graph.replay()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(replay, rounds=10, iterations=1, warmup_rounds=1)
+    record(benchmark, per_call, touched, bandwidth, "graph", wall_s_per_replay=benchmark.stats.stats.median / REPLAYS,
+           **extra)
+
+
+def bench_eager(benchmark, fn, touched, bandwidth, **extra):
     def run():
         out = fn()
         torch.cuda.synchronize()
@@ -74,43 +115,60 @@ def timed(benchmark, fn, touched, bandwidth):
 
     for _ in range(3):
         run()
+    # host time of a call: what the CPU spends before the GPU work is queued (no sync inside the timing)
+    host = []
+    for _ in range(20):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        host.append(time.perf_counter() - t0)
+    torch.cuda.synchronize()
     benchmark.pedantic(run, rounds=30, iterations=1)
-    benchmark.extra_info.update(gpu=torch.cuda.get_device_name(), touched_weight_bytes=touched,
-                                read_bandwidth_bytes_per_s=bandwidth,
-                                share_of_read_bandwidth=touched / benchmark.stats.stats.median / bandwidth)
+    record(benchmark, benchmark.stats.stats.median, touched, bandwidth, "eager", host_s_per_call=float(np.median(host)),
+           **extra)
+
+
+def check(out, ref):
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("clock", ["graph", "eager"])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("model", list(SHAPES))
+def test_transformers_grouped_mm(benchmark, bandwidth, model, batch, clock):
+    experts = layer(model)
+    hidden, ids, weights, touched = routing(model, batch)
+    with torch.no_grad():
+        (bench_graph if clock == "graph" else bench_eager)(benchmark, lambda: experts(hidden, ids, weights), touched,
+                                                           bandwidth, model=model, batch=batch, path="grouped_mm")
+
+
+@pytest.mark.parametrize("clock", ["graph", "eager"])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("model", list(SHAPES))
+def test_heteromoe_gpu_only(benchmark, bandwidth, model, batch, clock):
+    experts = layer(model)
+    hidden, ids, weights, touched = routing(model, batch)
+    run, executor = executor_for(model, "gpu-only")
+    with torch.no_grad():
+        check(run(hidden, ids, weights), experts(hidden, ids, weights))
+        (bench_graph if clock == "graph" else bench_eager)(benchmark, lambda: run(hidden, ids, weights), touched,
+                                                           bandwidth, model=model, batch=batch, path="heteromoe gpu-only")
+    assert executor._fused_off == {}, executor._fused_off
 
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("model", list(SHAPES))
-def test_transformers_grouped_mm(benchmark, bandwidth, model, batch):
-    experts, _ = layer(model)
+def test_heteromoe_policy_with_pim_split(benchmark, bandwidth, model, batch):
+    """The `heteromoe` policy: counts to the host, plan, GPU share on the grouped GEMM, the PIM set on the
+    GEMV kernel on a second stream (GPU-emulated PIM: the time is this GPU's, not HBM-PIM's)."""
+    experts = layer(model)
     hidden, ids, weights, touched = routing(model, batch)
+    run, executor = executor_for(model, "heteromoe")
     with torch.no_grad():
-        timed(benchmark, lambda: experts(hidden, ids, weights), touched, bandwidth)
-
-
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("model", list(SHAPES))
-def test_heteromoe_gpu_only(benchmark, bandwidth, model, batch):
-    import heteromoe
-    from heteromoe.cost.model import CostModel
-    from heteromoe.device import registry
-    from heteromoe.runtime.executor import MoEExecutor
-    from heteromoe.runtime.layer import ExpertLayer
-    from heteromoe.sched import get_policy
-    from heteromoe.sched.placement import Placement
-
-    experts, _ = layer(model)
-    hidden, ids, weights, touched = routing(model, batch)
-    E = SHAPES[model][0]
-    spec = heteromoe.models.get(model)
-    cost = CostModel(heteromoe.systems.get("h100-hbm3-pim"), spec)
-    torch_backend = registry.get("torch")
-    executor = MoEExecutor(get_policy("gpu-only"), torch_backend, registry.get("pim-emulator"), torch_backend)
-    view = ExpertLayer.from_module("layer", experts)
-    placement = Placement.from_homes(np.zeros(E, dtype=np.int64), 1)
-    with torch.no_grad():
-        ref = experts(hidden, ids, weights)
-        out = executor.run(view, cost, placement, hidden, ids, weights)
-        torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item())
-        timed(benchmark, lambda: executor.run(view, cost, placement, hidden, ids, weights), touched, bandwidth)
+        check(run(hidden, ids, weights), experts(hidden, ids, weights))
+        plan = executor.last_plans["layer"]
+        bench_eager(benchmark, lambda: run(hidden, ids, weights), touched, bandwidth, model=model, batch=batch,
+                    path="heteromoe policy", pim_experts=int(plan.pim_experts.size),
+                    gpu_experts=int(plan.gpu_experts.size))
+    assert executor._fused_off == {}, executor._fused_off

@@ -6,6 +6,7 @@
     heteromoe pim-time ...        emulated time of one GEMV on PIM, and of the same GEMV read by the GPU
     heteromoe simulate ...        decode steps on N GPUs: step time, throughput, interactivity, Pareto, plots
     heteromoe demo                wrap a tiny random Qwen3-MoE model, generate, print the GPU/PIM split
+    heteromoe calibrate ...       (on a GPU) measure the runtime's expert times, write a GPU cost table
 """
 from __future__ import annotations
 
@@ -200,6 +201,27 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_calibrate(args) -> int:
+    from pathlib import Path
+
+    from heteromoe.calibrate import TOKEN_COUNTS, calibrate
+
+    counts = TOKEN_COUNTS if args.tokens is None else tuple(int(n) for n in args.tokens.split(","))
+    if min(counts) < 1:
+        raise ValueError(f"--tokens must be positive counts, got {args.tokens!r}")
+    try:
+        result = calibrate(args.models.split(","), args.gpu, Path(args.out), counts)
+    except RuntimeError as exc:
+        print(f"heteromoe calibrate: error: {exc}", file=sys.stderr)
+        return 2
+    for name, table in result["tables"].items():
+        per = table["per_expert_s"]
+        print(f"{name}: fixed {table['fixed_s'] * 1e6:.1f} us, per expert "
+              + ", ".join(f"{n} tok {s * 1e6:.1f} us" for n, s in list(per.items())[:: max(1, len(per) // 6)]))
+    print(f"wrote {args.out} ({result['device']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heteromoe", description="MoE inference across GPU and HBM-PIM")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -255,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="also print the full report as JSON")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("calibrate", help="(GPU) measure the runtime's expert times; write a GPU cost table (JSON)")
+    p.add_argument("--models", default="qwen3-30b-a3b,mixtral-8x7b", help="model presets whose expert shapes to measure")
+    p.add_argument("--gpu", default=None, help="name the table's GPU (the key cost models look it up by), e.g. h100")
+    p.add_argument("--tokens", default=None, help="token counts to measure (default 1..256)")
+    p.add_argument("--out", required=True, help="write the table here (JSON)")
+    p.set_defaults(func=_cmd_calibrate)
     return parser
 
 

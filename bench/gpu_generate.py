@@ -1,0 +1,79 @@
+"""A 4-layer model of real Qwen3-30B-A3B dimensions (random weights, bf16, on the GPU): greedy generate()
+unwrapped (transformers' default experts implementation) and wrapped (fused path; gpu-only and heteromoe
+policies); are the tokens identical, and what is the decode time per token?
+
+    python bench/gpu_generate.py --json bench/results/generate-4layer-<gpu>.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def build(num_layers: int):
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    config = Qwen3MoeConfig(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_experts=128,
+                            num_experts_per_tok=8, num_hidden_layers=num_layers, num_attention_heads=32,
+                            num_key_value_heads=4, head_dim=128, vocab_size=151936, max_position_embeddings=4096,
+                            norm_topk_prob=True)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen3MoeForCausalLM(config).to(torch.bfloat16).eval()
+    return model
+
+
+def decode_time(model, ids, new_tokens: int) -> tuple[torch.Tensor, float]:
+    """Tokens of a greedy generate and the seconds per decoded token ((t(N) - t(1)) / (N - 1))."""
+    gen = dict(do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=4, min_new_tokens=4, **gen)  # warm-up
+        times = {}
+        for n in (1, new_tokens):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, **gen)
+            torch.cuda.synchronize()
+            times[n] = time.perf_counter() - t0
+    return out, (times[new_tokens] - times[1]) / (new_tokens - 1)
+
+
+def main() -> None:
+    import heteromoe
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--batch", default="1,16")
+    parser.add_argument("--prompt", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    model = build(args.layers)
+    default_impl = model.config._experts_implementation
+    records = []
+    for batch in (int(b) for b in args.batch.split(",")):
+        ids = torch.randint(1, 151936, (batch, args.prompt), device="cuda", generator=torch.Generator("cuda").manual_seed(batch))
+        ref, ref_s = decode_time(model, ids, args.new_tokens)
+        rec = {"batch": batch, "default_impl": default_impl, "default_s_per_token": ref_s}
+        for policy in ("gpu-only", "heteromoe"):
+            runtime = heteromoe.wrap(model, policy=policy)
+            out, s = decode_time(model, ids, args.new_tokens)
+            runtime.unwrap()
+            same = bool(torch.equal(out, ref))
+            first_diff = None if same else int((out != ref).any(0).nonzero()[0, 0]) - args.prompt
+            rec[policy] = {"s_per_token": s, "tokens_identical": same, "first_differing_new_token": first_diff,
+                           "fused_off": dict(runtime.executor._fused_off)}
+        records.append(rec)
+        print(json.dumps(rec))
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "layers": args.layers,
+              "prompt": args.prompt, "new_tokens": args.new_tokens, "records": records}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The fused layer path (runtime.fused) end to end: a wrapped model on CPU (float32, C++/numba kernels) and,
+on a GPU, bf16 with the CUDA kernels, a second stream and CUDA-graph capture."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import heteromoe
+from heteromoe import kernels
+from heteromoe.runtime.fused import FusedLayerPath
+from heteromoe.runtime.layer import ExpertLayer
+from tests.helpers import tiny_model
+
+GEN = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+
+
+@pytest.mark.parametrize("policy", ["gpu-only", "sieve", "heteromoe"])
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "deepseek_v3"])
+def test_fused_cpu_matches_unwrapped(family, policy):
+    model = tiny_model(family)
+    ids = torch.randint(1, 128, (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref_logits, ref_tokens = model(ids).logits, model.generate(ids, **GEN)
+        runtime = heteromoe.wrap(model, policy=policy, fused=True, gemv_max_tokens=3)
+        logits, tokens = model(ids).logits, model.generate(ids, **GEN)
+    runtime.unwrap()
+    assert runtime.executor._fused_off == {}, runtime.executor._fused_off
+    torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)
+    assert torch.equal(tokens, ref_tokens)
+    report = runtime.report()["layers"]
+    assert sum(layer["calls"] for layer in report) > 0
+    if policy != "gpu-only":
+        assert sum(layer["pim_tokens"] for layer in report) > 0  # the plan's PIM set ran on the cold side
+
+
+def test_fused_is_off_on_cpu_unless_asked():
+    model = tiny_model("qwen3_moe")
+    runtime = heteromoe.wrap(model, policy="gpu-only")
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]))
+    assert all("only when asked" in why for why in runtime.executor._fused_off.values())
+    runtime.unwrap()
+
+
+def test_layers_the_kernels_do_not_cover_take_the_generic_path():
+    model = tiny_model("gpt_oss")  # transposed weights with biases
+    ids = torch.randint(1, 128, (2, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(ids).logits
+        runtime = heteromoe.wrap(model, policy="sieve", fused=True)
+        out = model(ids).logits
+    runtime.unwrap()
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    assert all("transposed" in why for why in runtime.executor._fused_off.values())
+
+
+def test_bad_expert_id_names_it():
+    model = tiny_model("qwen3_moe")
+    layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
+    path = FusedLayerPath()
+    hidden = torch.randn(2, layer.hidden_size)
+    with pytest.raises(ValueError, match=r"expert id 99 at pair 2"):
+        path.run(layer, hidden, torch.tensor([[0, 1], [99, 2]]), torch.ones(2, 2))
+
+
+def test_failing_kernel_falls_back_without_losing_a_token(monkeypatch, caplog):
+    model = tiny_model("qwen3_moe")
+    ids = torch.randint(1, 128, (2, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = model(ids).logits
+        runtime = heteromoe.wrap(model, policy="heteromoe", fused=True)
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("GEMV kernel lost the device")
+
+        monkeypatch.setattr(kernels, "expert_gemv", broken)
+        out = model(ids).logits
+    runtime.unwrap()
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    assert "fused path failed" in caplog.text
+    assert sum(layer["fallbacks"] for layer in runtime.report()["layers"]) > 0
+
+
+def test_gemv_threshold_must_be_positive():
+    with pytest.raises(ValueError, match="gemv_max_tokens must be >= 1, got 0"):
+        FusedLayerPath(gemv_max_tokens=0)
+
+
+# -- GPU -------------------------------------------------------------------------------------------------
+needs_cuda_kernels = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.HAS_CUDA_KERNELS),
+                                        reason="needs a CUDA GPU and heteromoe._cuda (run `pytest -m gpu` on one)")
+
+
+@pytest.mark.gpu
+@needs_cuda_kernels
+@pytest.mark.parametrize("policy", ["gpu-only", "heteromoe"])
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
+def test_fused_cuda_bf16_matches_unwrapped(family, policy):
+    model = tiny_model(family, dtype=torch.bfloat16).to("cuda")
+    ids = torch.randint(1, 128, (4, 12), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    with torch.no_grad():
+        ref = model(ids).logits.float()
+        ref_tokens = model.generate(ids, **GEN)
+        runtime = heteromoe.wrap(model, policy=policy, gemv_max_tokens=4)
+        out = model(ids).logits.float()
+        tokens = model.generate(ids, **GEN)
+    runtime.unwrap()
+    assert runtime.executor._fused_off == {}, runtime.executor._fused_off
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+    assert (tokens == ref_tokens).float().mean() > 0.9  # bf16: an early near-tie may flip a token
+
+
+@pytest.mark.gpu
+@needs_cuda_kernels
+@pytest.mark.parametrize("batch", [1, 5, 40])
+def test_fused_layer_captures_in_a_cuda_graph(batch):
+    model = tiny_model("qwen3_moe", dtype=torch.bfloat16).to("cuda")
+    layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
+    path = FusedLayerPath(gemv_max_tokens=4)
+    gen = torch.Generator("cuda").manual_seed(batch)
+    hidden = torch.randn(batch, layer.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k = model.config.num_experts_per_tok
+    ids = torch.stack([torch.randperm(layer.num_experts, device="cuda", generator=gen)[:k] for _ in range(batch)])
+    weights = torch.rand(batch, k, device="cuda", generator=gen).to(torch.bfloat16)
+    with torch.no_grad():
+        eager = path.run(layer, hidden, ids, weights)
+        ref = layer.module(hidden, ids, weights)  # the module's own (eager) experts
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            path.run(layer, hidden, ids, weights)  # warm-up outside capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = path.run(layer, hidden, ids, weights)
+        graph.replay()
+        torch.cuda.synchronize()
+    assert torch.equal(captured, eager)
+    torch.testing.assert_close(eager.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+    assert np.isfinite(eager.float().cpu().numpy()).all()
