@@ -287,6 +287,13 @@ expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, 
       uint4 wv[kW];
 #pragma unroll
       for (int r = 0; r < kW; ++r) wv[r] = __ldcs(reinterpret_cast<const uint4*>(w_row[r] + k));
+      float wf[kW][kVec];  // each weight converted once, whatever the token count
+#pragma unroll
+      for (int r = 0; r < kW; ++r) {
+        const T* ws = reinterpret_cast<const T*>(&wv[r]);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) wf[r][j] = to_f<T>(ws[j]);
+      }
 #pragma unroll
       for (int t = 0; t < kMaxT; ++t) {
         if (t < nt) {
@@ -296,11 +303,9 @@ expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, 
 #pragma unroll
           for (int j = 0; j < kVec; ++j) xf[j] = to_f<T>(xs[j]);
 #pragma unroll
-          for (int r = 0; r < kW; ++r) {
-            const T* ws = reinterpret_cast<const T*>(&wv[r]);
+          for (int r = 0; r < kW; ++r)
 #pragma unroll
-            for (int j = 0; j < kVec; ++j) acc[r][t] = fmaf(to_f<T>(ws[j]), xf[j], acc[r][t]);
-          }
+            for (int j = 0; j < kVec; ++j) acc[r][t] = fmaf(wf[r][j], xf[j], acc[r][t]);
         }
       }
     }

@@ -122,9 +122,9 @@ def route_prep(top_k_index: torch.Tensor, num_experts: int, *, take_hot: torch.T
         dev = ids.device
         ids = ids.to(torch.int64).contiguous()
         take = None if take_hot is None else torch.as_tensor(take_hot, dtype=torch.int32).to(dev, non_blocking=True)
-        i32 = lambda size: torch.empty(size, dtype=torch.int32, device=dev)  # noqa: E731
-        prep = RoutePrep(i32(num_experts), i32(num_experts), i32(n), i32(n), i32(max_cold), i32(max_cold),
-                         i32(max_cold), i32(n), i32(4))
+        sizes = (num_experts, num_experts, n, n, max_cold, max_cold, max_cold, n, 4)
+        buf = torch.empty(sum(sizes), dtype=torch.int32, device=dev)  # one allocation, nine views
+        prep = RoutePrep(*torch.split(buf, sizes))
         _cuda.route_prep(ids.data_ptr(), n, num_experts, 0 if take is None else take.data_ptr(), int(threshold),
                          max_cold, prep.counts.data_ptr(), prep.hot_offs.data_ptr(), prep.hot_pairs.data_ptr(),
                          prep.cold_pairs.data_ptr(), prep.cold_expert.data_ptr(), prep.cold_begin.data_ptr(),
