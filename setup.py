@@ -33,6 +33,18 @@ class OptionalBuildExt(build_ext):
     """build_ext that turns any compiler error into BuildFailed, so setup can retry without it."""
 
     def run(self) -> None:
+        # CUDA first and on its own: a failed nvcc build drops only `_cuda` (removed from the list, so the
+        # copy into the source tree of an editable install does not look for it)
+        for ext in [e for e in self.extensions if isinstance(e, NvccExtension)]:
+            inplace, self.inplace = self.inplace, 0  # into build_lib, as setuptools' run() builds the others
+            try:
+                self._build_cuda(ext)
+            except Exception as exc:  # noqa: BLE001 - CUDA is optional on its own
+                print(f"heteromoe: building the CUDA extension failed ({exc}); continuing without heteromoe._cuda",
+                      file=sys.stderr)
+                self.extensions.remove(ext)
+            finally:
+                self.inplace = inplace
         try:
             super().run()
         except Exception as exc:  # noqa: BLE001 - any failure means: no extension
@@ -40,12 +52,7 @@ class OptionalBuildExt(build_ext):
 
     def build_extension(self, ext) -> None:
         if isinstance(ext, NvccExtension):
-            try:
-                self._build_cuda(ext)
-            except Exception as exc:  # noqa: BLE001 - CUDA is optional on its own
-                print(f"heteromoe: building the CUDA extension failed ({exc}); continuing without heteromoe._cuda",
-                      file=sys.stderr)
-            return
+            return  # built by run()
         try:
             super().build_extension(ext)
         except Exception as exc:  # noqa: BLE001

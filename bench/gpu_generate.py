@@ -13,7 +13,7 @@ import time
 import torch
 
 
-def build(num_layers: int):
+def build(num_layers: int, dtype=torch.bfloat16):
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     config = Qwen3MoeConfig(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_experts=128,
@@ -22,7 +22,7 @@ def build(num_layers: int):
                             norm_topk_prob=True)
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = Qwen3MoeForCausalLM(config).to(torch.bfloat16).eval()
+        model = Qwen3MoeForCausalLM(config).to(dtype).eval()
     return model
 
 
@@ -49,15 +49,22 @@ def main() -> None:
     parser.add_argument("--batch", default="1,16")
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    model = build(args.layers)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    model = build(args.layers, dtype)
     default_impl = model.config._experts_implementation
     records = []
     for batch in (int(b) for b in args.batch.split(",")):
         ids = torch.randint(1, 151936, (batch, args.prompt), device="cuda", generator=torch.Generator("cuda").manual_seed(batch))
         ref, ref_s = decode_time(model, ids, args.new_tokens)
         rec = {"batch": batch, "default_impl": default_impl, "default_s_per_token": ref_s}
+        # how stable are greedy tokens to a different (exact in math, not in rounding) experts kernel?
+        model.set_experts_implementation("eager")
+        eager, eager_s = decode_time(model, ids, args.new_tokens)
+        model.set_experts_implementation(default_impl)
+        rec["transformers_eager"] = {"s_per_token": eager_s, "tokens_identical": bool(torch.equal(eager, ref))}
         for policy in ("gpu-only", "heteromoe"):
             runtime = heteromoe.wrap(model, policy=policy)
             out, s = decode_time(model, ids, args.new_tokens)
@@ -68,7 +75,7 @@ def main() -> None:
                            "fused_off": dict(runtime.executor._fused_off)}
         records.append(rec)
         print(json.dumps(rec))
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "layers": args.layers,
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": args.dtype, "layers": args.layers,
               "prompt": args.prompt, "new_tokens": args.new_tokens, "records": records}
     if args.json:
         with open(args.json, "w") as f:

@@ -94,7 +94,7 @@ def exact_routing(num_experts_used: int, tokens_each: int, top_k: int, d: int, d
 
 
 def measure_table(name: str, num_experts: int, top_k: int, d: int, f: int, counts=TOKEN_COUNTS,
-                  dtype=torch.bfloat16, gemv_max_tokens: int = 8) -> dict:
+                  dtype=torch.bfloat16, gemv_max_tokens: int = 2) -> dict:
     """One shape's table: {"per_expert_s": {n: s}, "fixed_s": s, ...} from the fused path (policy gpu-only)."""
     from heteromoe.runtime.fused import FusedLayerPath
     from heteromoe.runtime.layer import ExpertLayer

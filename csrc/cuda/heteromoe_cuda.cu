@@ -243,14 +243,19 @@ static void gather_rows(std::uintptr_t x, std::uintptr_t pairs, int top_k, int r
 // allocation) and dot them with the tokens' vectors (kMaxT tokens per pass; more tokens loop).
 // silu_chunk: W is [gate; up] ([2f, K]); the warp computes gate row j and up row f + j and writes
 // silu(gate) * up with the same roundings as the unfused ops (each linear's output, the SiLU, the product).
-constexpr int kGemvWarps = 8;
-constexpr int kRows = 4;
+// Small blocks (2 warps): a decode batch touches few experts, and many small blocks spread over the SMs
+// evenly (8 experts x 24 row blocks of 8 warps left some SMs with twice the work of others).
+constexpr int kGemvWarps = 2;
+// Rows per warp: 4 for one or two tokens per pass; 2 above, so the accumulators (rows x tokens) stay in
+// registers with enough warps resident to keep the loads in flight.
+__host__ __device__ constexpr int rows_per_warp(int max_t) { return max_t >= 4 ? 2 : 4; }
 
 template <typename T, int kMaxT, bool kSiluChunk>
 __global__ void __launch_bounds__(kGemvWarps * 32)
 expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* cold_expert,
                    const int* cold_begin, const int* cold_count, int out_rows, int k_dim, T* out) {
   constexpr int kVec = 16 / sizeof(T);
+  constexpr int kRows = rows_per_warp(kMaxT);
   constexpr int kW = kSiluChunk ? 2 * kRows : kRows;
   const int c = blockIdx.y;
   const int count = cold_count[c];
@@ -378,7 +383,8 @@ static void expert_gemv(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, in
   if (k_dim % vec != 0 || x % 16 || weight % 16)
     throw std::invalid_argument("expert_gemv: K = " + std::to_string(k_dim) + " must be a multiple of " +
                                 std::to_string(vec) + " and x, weight 16-byte aligned");
-  const int rows_per_block = kGemvWarps * kRows;
+  const int tile = max_tokens <= 1 ? 1 : max_tokens <= 2 ? 2 : max_tokens <= 4 ? 4 : 8;
+  const int rows_per_block = kGemvWarps * rows_per_warp(tile);
   dim3 grid((out_rows + rows_per_block - 1) / rows_per_block, max_cold);
   cudaStream_t s = as_stream(stream);
   switch (dtype) {

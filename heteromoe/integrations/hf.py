@@ -218,7 +218,7 @@ def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
          replicas_per_gpu: int = 0, replan_every: int = 64, learn_pim_costs: bool = False, process_group=None,
          gpu_backend: "str | Backend | None" = None, pim_backend: "str | Backend | None" = None,
          fallback_backend: "str | Backend" = "torch", fused: bool | None = None,
-         gemv_max_tokens: int = 8) -> HeteroMoERuntime:
+         gemv_max_tokens: int = 2) -> HeteroMoERuntime:
     """Wrap a transformers MoE model so every experts call runs loads -> plan -> backends.
 
     Args:

@@ -67,7 +67,7 @@ class FusedLayerPath:
         streams: run the cold side on a second CUDA stream when both sides have work.
     """
 
-    def __init__(self, gemv_max_tokens: int = 8, streams: bool = True) -> None:
+    def __init__(self, gemv_max_tokens: int = 2, streams: bool = True) -> None:
         if gemv_max_tokens < 1:
             raise ValueError(f"gemv_max_tokens must be >= 1, got {gemv_max_tokens}")
         self.gemv_max_tokens = int(gemv_max_tokens)
