@@ -21,8 +21,10 @@
 
 #include <cub/block/block_scan.cuh>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace py = pybind11;
 using i64 = std::int64_t;
@@ -42,6 +44,55 @@ static void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 static cudaStream_t as_stream(std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+// Programmatic dependent launch (Hopper): a kernel of the chain route_prep -> GEMV up -> GEMV down ->
+// unpermute may start while its predecessor finishes; it does what does not depend on the predecessor
+// (reading the routing lists written two kernels back, prefetching its weights into L2), then waits.
+// Off with HETEROMOE_PDL=0; a launch the driver refuses falls back to a plain launch.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+static bool pdl_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("HETEROMOE_PDL");
+    if (v && std::string(v) == "0") return false;
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return major >= 9;
+  }();
+  return enabled;
+}
+
+template <typename... KArgs, typename... Args>
+static void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
+  if (pdl_enabled()) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    if (cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...) == cudaSuccess) return;
+    cudaGetLastError();  // refused: clear and launch plainly
+  }
+  kernel<<<grid, block, smem, stream>>>(static_cast<KArgs>(args)...);
+}
 template <typename P> static P* ptr(std::uintptr_t p) { return reinterpret_cast<P*>(p); }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -97,6 +148,8 @@ route_prep_kernel(const i64* ids, int n, int num_experts, const int* take_hot, i
   int* s_cold_off = s_hot_off + num_experts;  // [E] exclusive
   int* s_cursor = s_cold_off + num_experts;   // [E] pairs of each expert ranked so far
   const int tid = threadIdx.x;
+  pdl_wait();     // the routing comes from the kernel before
+  pdl_trigger();  // the GEMV may launch now; it waits for this grid before reading its lists
   for (int e = tid; e < num_experts; e += blockDim.x) { s_count[e] = 0; s_cursor[e] = 0; }
   if (tid == 0) { s_bad = 0; s_carry[0] = s_carry[1] = s_carry[2] = 0; }
   __syncthreads();
@@ -205,10 +258,10 @@ static void route_prep(std::uintptr_t ids, int n, int num_experts, std::uintptr_
   if (shared > 48 * 1024)
     check(cudaFuncSetAttribute(route_prep_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
           "route_prep smem");
-  route_prep_kernel<<<1, kPrepThreads, shared, as_stream(stream)>>>(
-      ptr<const i64>(ids), n, num_experts, ptr<const int>(take_hot), threshold, max_cold, ptr<int>(counts),
-      ptr<int>(hot_offs), ptr<int>(hot_pairs), ptr<int>(cold_pairs), ptr<int>(cold_expert), ptr<int>(cold_begin),
-      ptr<int>(cold_count), ptr<int>(pair_row), ptr<int>(meta), ptr<long long>(err_out));
+  launch(route_prep_kernel, dim3(1), dim3(kPrepThreads), shared, as_stream(stream),
+         ptr<const i64>(ids), n, num_experts, ptr<const int>(take_hot), threshold, max_cold, ptr<int>(counts),
+         ptr<int>(hot_offs), ptr<int>(hot_pairs), ptr<int>(cold_pairs), ptr<int>(cold_expert), ptr<int>(cold_begin),
+         ptr<int>(cold_count), ptr<int>(pair_row), ptr<int>(meta), ptr<long long>(err_out));
   check(cudaGetLastError(), "route_prep launch");
 }
 
@@ -253,11 +306,12 @@ __host__ __device__ constexpr int rows_per_warp(int max_t) { return max_t >= 4 ?
 template <typename T, int kMaxT, bool kSiluChunk>
 __global__ void __launch_bounds__(kGemvWarps * 32)
 expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* cold_expert,
-                   const int* cold_begin, const int* cold_count, int out_rows, int k_dim, T* out) {
+                   const int* cold_begin, const int* cold_count, int out_rows, int k_dim, bool lists_ready, T* out) {
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kRows = rows_per_warp(kMaxT);
   constexpr int kW = kSiluChunk ? 2 * kRows : kRows;
   const int c = blockIdx.y;
+  if (!lists_ready) pdl_wait();  // the lists come from the kernel just before
   const int count = cold_count[c];
   if (count == 0) return;
   const int expert = cold_expert[c], begin = cold_begin[c];
@@ -274,6 +328,14 @@ expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, 
     const i64 wr = (kSiluChunk && r >= kRows) ? row + out_rows : row;
     w_row[r] = w_e + wr * k_dim;
   }
+  if (lists_ready) {  // the lists are older than the kernel before: fetch the weights while it finishes
+    constexpr int kLine = 128 / sizeof(T);
+#pragma unroll
+    for (int r = 0; r < kW; ++r)
+      for (int k = lane * kLine; k < k_dim; k += 32 * kLine) prefetch_l2(w_row[r] + k);
+    pdl_wait();
+  }
+  pdl_trigger();
   for (int t0 = 0; t0 < count; t0 += kMaxT) {
     const int nt = min(kMaxT, count - t0);
     const T* x_row[kMaxT];
@@ -351,11 +413,11 @@ expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, 
 template <typename T, int kMaxT>
 static void launch_gemv_t(bool silu, dim3 grid, cudaStream_t stream, std::uintptr_t x, std::uintptr_t in_pairs, int top_k,
                           std::uintptr_t weight, std::uintptr_t cold_expert, std::uintptr_t cold_begin,
-                          std::uintptr_t cold_count, int out_rows, int k_dim, std::uintptr_t out) {
+                          std::uintptr_t cold_count, int out_rows, int k_dim, bool lists_ready, std::uintptr_t out) {
   auto args = [&](auto kernel) {
-    kernel<<<grid, kGemvWarps * 32, 0, stream>>>(ptr<const T>(x), ptr<const int>(in_pairs), top_k, ptr<const T>(weight),
-                                                 ptr<const int>(cold_expert), ptr<const int>(cold_begin),
-                                                 ptr<const int>(cold_count), out_rows, k_dim, ptr<T>(out));
+    launch(kernel, grid, dim3(kGemvWarps * 32), 0, stream, ptr<const T>(x), ptr<const int>(in_pairs), top_k,
+           ptr<const T>(weight), ptr<const int>(cold_expert), ptr<const int>(cold_begin), ptr<const int>(cold_count),
+           out_rows, k_dim, lists_ready, ptr<T>(out));
   };
   if (silu) args(expert_gemv_kernel<T, kMaxT, true>);
   else args(expert_gemv_kernel<T, kMaxT, false>);
@@ -365,11 +427,11 @@ template <typename T>
 static void launch_gemv_dtype(int max_tokens, bool silu, dim3 grid, cudaStream_t stream, std::uintptr_t x,
                               std::uintptr_t in_pairs, int top_k, std::uintptr_t weight, std::uintptr_t cold_expert,
                               std::uintptr_t cold_begin, std::uintptr_t cold_count, int out_rows, int k_dim,
-                              std::uintptr_t out) {
-  if (max_tokens <= 1) launch_gemv_t<T, 1>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, out);
-  else if (max_tokens <= 2) launch_gemv_t<T, 2>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, out);
-  else if (max_tokens <= 4) launch_gemv_t<T, 4>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, out);
-  else launch_gemv_t<T, 8>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, out);
+                              bool lists_ready, std::uintptr_t out) {
+  if (max_tokens <= 1) launch_gemv_t<T, 1>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, lists_ready, out);
+  else if (max_tokens <= 2) launch_gemv_t<T, 2>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, lists_ready, out);
+  else if (max_tokens <= 4) launch_gemv_t<T, 4>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, lists_ready, out);
+  else launch_gemv_t<T, 8>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, lists_ready, out);
 }
 
 // x: [*, K] input rows (row in_pairs[pos] / top_k, or pos when in_pairs is 0); weight: [E, out_rows (x2 if
@@ -377,7 +439,8 @@ static void launch_gemv_dtype(int max_tokens, bool silu, dim3 grid, cudaStream_t
 // tokens an expert can have here (picks the per-pass token tile; more tokens loop).
 static void expert_gemv(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int top_k, std::uintptr_t weight,
                         std::uintptr_t cold_expert, std::uintptr_t cold_begin, std::uintptr_t cold_count, int max_cold,
-                        int out_rows, int k_dim, bool silu_chunk, int max_tokens, std::uintptr_t out, std::uintptr_t stream) {
+                        int out_rows, int k_dim, bool silu_chunk, int max_tokens, bool lists_ready, std::uintptr_t out,
+                        std::uintptr_t stream) {
   if (max_cold == 0) return;
   const int vec = dtype == kF32 ? 4 : 8;
   if (k_dim % vec != 0 || x % 16 || weight % 16)
@@ -388,9 +451,9 @@ static void expert_gemv(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, in
   dim3 grid((out_rows + rows_per_block - 1) / rows_per_block, max_cold);
   cudaStream_t s = as_stream(stream);
   switch (dtype) {
-    case kF32: launch_gemv_dtype<float>(max_tokens, silu_chunk, grid, s, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, out); break;
-    case kBF16: launch_gemv_dtype<__nv_bfloat16>(max_tokens, silu_chunk, grid, s, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, out); break;
-    case kF16: launch_gemv_dtype<__half>(max_tokens, silu_chunk, grid, s, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, out); break;
+    case kF32: launch_gemv_dtype<float>(max_tokens, silu_chunk, grid, s, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, lists_ready, out); break;
+    case kBF16: launch_gemv_dtype<__nv_bfloat16>(max_tokens, silu_chunk, grid, s, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, lists_ready, out); break;
+    case kF16: launch_gemv_dtype<__half>(max_tokens, silu_chunk, grid, s, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, lists_ready, out); break;
     default: throw std::invalid_argument("expert_gemv: unknown dtype code " + std::to_string(dtype));
   }
   check(cudaGetLastError(), "expert_gemv launch");
@@ -418,10 +481,72 @@ __global__ void unpermute_kernel(const T* y_hot, const T* y_cold, const int* pai
   }
 }
 
+// The same sums, one 16-byte vector of the row per thread, every slot's load in flight at once.
+constexpr int kMaxSlots = 16;
+template <typename T, typename W>
+__global__ void unpermute_vec_kernel(const T* y_hot, const T* y_cold, const int* pair_row, const W* weights, int n_pairs,
+                                     int top_k, int d, bool round_products, T* out) {
+  constexpr int kVec = 16 / sizeof(T);
+  const int t = blockIdx.x;
+  const int j0 = (blockIdx.y * blockDim.x + threadIdx.x) * kVec;
+  int rows[kMaxSlots];
+  float ws[kMaxSlots];
+#pragma unroll
+  for (int s = 0; s < kMaxSlots; ++s) {  // written before the kernel just before this one (see pdl_wait)
+    rows[s] = s < top_k ? pair_row[t * top_k + s] : -1;
+    ws[s] = s < top_k ? to_f<W>(weights[t * top_k + s]) : 0.f;
+  }
+  pdl_wait();
+  pdl_trigger();
+  if (j0 >= d) return;
+  uint4 v[kMaxSlots];
+#pragma unroll
+  for (int s = 0; s < kMaxSlots; ++s) {
+    if (rows[s] >= 0) {
+      const T* src = rows[s] < n_pairs ? y_hot + static_cast<i64>(rows[s]) * d : y_cold + static_cast<i64>(rows[s] - n_pairs) * d;
+      v[s] = *reinterpret_cast<const uint4*>(src + j0);
+    }
+  }
+  float acc[kVec];
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) acc[j] = 0.f;
+#pragma unroll
+  for (int s = 0; s < kMaxSlots; ++s) {
+    if (rows[s] >= 0) {
+      const T* vs = reinterpret_cast<const T*>(&v[s]);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        float prod = __fmul_rn(to_f<T>(vs[j]), ws[s]);
+        if (round_products) prod = to_f<T>(from_f<T>(prod));
+        acc[j] = __fadd_rn(acc[j], prod);
+      }
+    }
+  }
+  uint4 o;
+  T* os = reinterpret_cast<T*>(&o);
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) os[j] = from_f<T>(acc[j]);
+  *reinterpret_cast<uint4*>(out + static_cast<i64>(t) * d + j0) = o;
+}
+
 template <typename T>
 static void launch_unpermute_t(int w_dtype, int tokens, cudaStream_t s, std::uintptr_t y_hot, std::uintptr_t y_cold,
                                std::uintptr_t pair_row, std::uintptr_t weights, int n_pairs, int top_k, int d,
                                bool round_products, std::uintptr_t out) {
+  constexpr int kVec = 16 / sizeof(T);
+  if (top_k <= kMaxSlots && d % kVec == 0 && (y_hot | y_cold | out) % 16 == 0) {
+    const int threads = 64;
+    const dim3 grid(tokens, (d / kVec + threads - 1) / threads);
+    auto go = [&](auto w) {
+      using Wt = std::remove_const_t<std::remove_pointer_t<decltype(w)>>;
+      launch(unpermute_vec_kernel<T, Wt>, grid, dim3(threads), 0, s, ptr<const T>(y_hot), ptr<const T>(y_cold),
+             ptr<const int>(pair_row), ptr<const Wt>(weights), n_pairs, top_k, d, round_products, ptr<T>(out));
+    };
+    if (w_dtype == kF32) return go(static_cast<const float*>(nullptr));
+    if (w_dtype == kBF16) return go(static_cast<const __nv_bfloat16*>(nullptr));
+    if (w_dtype == kF16) return go(static_cast<const __half*>(nullptr));
+    throw std::invalid_argument("unpermute: unknown weight dtype code " + std::to_string(w_dtype));
+  }
   const int threads = d >= 1024 ? 256 : 128;
   if (w_dtype == kF32)
     unpermute_kernel<T, float><<<tokens, threads, 0, s>>>(ptr<const T>(y_hot), ptr<const T>(y_cold), ptr<const int>(pair_row),
@@ -467,8 +592,8 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("out"), py::arg("stream"));
   m.def("expert_gemv", &expert_gemv, py::arg("dtype"), py::arg("x"), py::arg("in_pairs"), py::arg("top_k"),
         py::arg("weight"), py::arg("cold_expert"), py::arg("cold_begin"), py::arg("cold_count"), py::arg("max_cold"),
-        py::arg("out_rows"), py::arg("k_dim"), py::arg("silu_chunk"), py::arg("max_tokens"), py::arg("out"),
-        py::arg("stream"));
+        py::arg("out_rows"), py::arg("k_dim"), py::arg("silu_chunk"), py::arg("max_tokens"), py::arg("lists_ready"),
+        py::arg("out"), py::arg("stream"));
   m.def("unpermute", &unpermute, py::arg("dtype"), py::arg("w_dtype"), py::arg("y_hot"), py::arg("y_cold"),
         py::arg("pair_row"), py::arg("weights"), py::arg("tokens"), py::arg("top_k"), py::arg("d"),
         py::arg("round_products"), py::arg("out"), py::arg("stream"));

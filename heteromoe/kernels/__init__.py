@@ -164,13 +164,16 @@ def gather_rows(x: torch.Tensor, pairs: torch.Tensor, top_k: int) -> torch.Tenso
 
 
 def expert_gemv(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pairs: torch.Tensor | None, top_k: int,
-                out_rows: int, silu_chunk: bool, max_tokens: int) -> torch.Tensor:
+                out_rows: int, silu_chunk: bool, max_tokens: int, lists_ready: bool = False) -> torch.Tensor:
     """[P, out_rows] cold rows: row begin_c + t = W_e x_t for each cold expert c (rows of other positions unset).
 
     Args:
         x: input rows; cold position `pos` reads row `in_pairs[pos] // top_k` (or row `pos` if in_pairs is None).
         weight: [E, out_rows, K], or [E, 2 out_rows, K] = [gate; up] with silu_chunk (writes silu(gate) * up).
         max_tokens: the most tokens any cold expert can have (picks the kernel's token tile).
+        lists_ready: CUDA: the prep's lists were written before the kernel just before this one on the stream
+            (true for the down projection after the up one), so the kernel may read them and prefetch its
+            weights while that kernel finishes (programmatic dependent launch).
     """
     rows = prep.num_pairs
     if _on_cuda_kernels(x) and x.dtype in _DTYPE_CODE and weight.dtype == x.dtype:
@@ -179,7 +182,7 @@ def expert_gemv(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pa
         _cuda.expert_gemv(_DTYPE_CODE[x.dtype], x.data_ptr(), 0 if in_pairs is None else in_pairs.data_ptr(), int(top_k),
                           weight.data_ptr(), prep.cold_expert.data_ptr(), prep.cold_begin.data_ptr(),
                           prep.cold_count.data_ptr(), prep.max_cold, int(out_rows), int(weight.shape[2]),
-                          bool(silu_chunk), int(max_tokens), out.data_ptr(), _stream())
+                          bool(silu_chunk), int(max_tokens), bool(lists_ready), out.data_ptr(), _stream())
         return out
     if _on_cpu_kernels(x, weight):
         out = cpu_kernels().expert_gemv(_np(x.contiguous()), None if in_pairs is None else _np(in_pairs), top_k,

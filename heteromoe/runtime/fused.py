@@ -140,8 +140,9 @@ class FusedLayerPath:
             h = kernels.expert_gemv(x, up, prep, in_pairs=prep.cold_pairs, top_k=top_k, out_rows=up.shape[1],
                                     silu_chunk=False, max_tokens=max_tokens)
             h = layer.activate(h)
+        fused_gate = self._silu_fused(layer)  # then the up GEMV is the kernel just before, on this stream
         return kernels.expert_gemv(h.contiguous(), down, prep, in_pairs=None, top_k=top_k, out_rows=layer.hidden_size,
-                                   silu_chunk=False, max_tokens=max_tokens)
+                                   silu_chunk=False, max_tokens=max_tokens, lists_ready=fused_gate)
 
     def _hot(self, layer: ExpertLayer, hidden: torch.Tensor, prep: kernels.RoutePrep, top_k: int) -> torch.Tensor:
         x = kernels.gather_rows(hidden.to(layer.dtype), prep.hot_pairs, top_k)
