@@ -119,7 +119,7 @@ PACKAGES = find_packages(include=["heteromoe", "heteromoe.*"]) + ["heteromoe_bac
 SETUP_KW = dict(
     packages=PACKAGES,
     package_dir={"heteromoe_backends": "backends"},
-    package_data={"heteromoe": ["spec/presets/*/*.toml"]},
+    package_data={"heteromoe": ["spec/presets/*/*.toml", "spec/presets/*/*.json"]},
     include_package_data=True,
 )
 

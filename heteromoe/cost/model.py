@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from heteromoe.cost.gpu import GpuRoofline
+from heteromoe.cost.gpu_table import GpuCostTable, find_table
 from heteromoe.cost.layout import PIM_LAYOUTS, channel_groups
 from heteromoe.cost.link import all_to_all_s
 from heteromoe.cost.pim import PimCostModel, PimRooflineV1
@@ -13,7 +14,14 @@ from heteromoe.cost.pim_bank import BankPimCost
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
 
-__all__ = ["CostModel", "StepTimes", "default_pim_cost"]
+__all__ = ["CostModel", "StepTimes", "default_pim_cost", "default_gpu_cost"]
+
+
+def default_gpu_cost(system: SystemSpec, model: MoEModelSpec) -> GpuRoofline | GpuCostTable:
+    """A shipped table measured by `heteromoe calibrate` on this system's GPU for this expert shape, if
+    there is one (what the runtime's kernels really take); the roofline otherwise."""
+    table = find_table(system, model)
+    return table if table is not None else GpuRoofline(system.require_gpu(), model)
 
 
 def default_pim_cost(system: SystemSpec, model: MoEModelSpec) -> PimCostModel:
@@ -45,6 +53,8 @@ class CostModel:
         system: the hardware (must have a GPU).
         model: the expert shapes.
         pim_model: a PIM cost model; default `default_pim_cost` (bank-level model where timings exist).
+        gpu_model: the GPU cost model; default `default_gpu_cost` (a shipped measured table for this GPU and
+            expert shape, else the roofline); "roofline" forces the roofline.
         gpu_other_s: other GPU work overlapping the experts in the step (per GPU), default 0.
         pim_fixed_s: other fixed PIM work in the step (per GPU), default 0.
         attn_kv_bytes: KV-cache bytes decode attention reads per GPU in this layer (0: no attention
@@ -53,11 +63,18 @@ class CostModel:
     """
 
     def __init__(self, system: SystemSpec, model: MoEModelSpec, pim_model: PimCostModel | None = None,
-                 gpu_other_s: float = 0.0, pim_fixed_s: float = 0.0, attn_kv_bytes: float = 0.0) -> None:
+                 gpu_other_s: float = 0.0, pim_fixed_s: float = 0.0, attn_kv_bytes: float = 0.0,
+                 gpu_model: "GpuRoofline | GpuCostTable | str | None" = None) -> None:
         self.system = system
         self.model = model
         gpu = system.require_gpu()
-        self.gpu = GpuRoofline(gpu, model)
+        if gpu_model is None:
+            gpu_model = default_gpu_cost(system, model)
+        elif gpu_model == "roofline":
+            gpu_model = GpuRoofline(gpu, model)
+        elif isinstance(gpu_model, str):
+            raise ValueError(f"gpu_model must be 'roofline', a GpuRoofline or a GpuCostTable, got {gpu_model!r}")
+        self.gpu = gpu_model
         self.pim = pim_model if pim_model is not None else default_pim_cost(system, model)
         for name, value in (("gpu_other_s", gpu_other_s), ("pim_fixed_s", pim_fixed_s), ("attn_kv_bytes", attn_kv_bytes)):
             if not value >= 0:

@@ -218,7 +218,7 @@ def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
          replicas_per_gpu: int = 0, replan_every: int = 64, learn_pim_costs: bool = False, process_group=None,
          gpu_backend: "str | Backend | None" = None, pim_backend: "str | Backend | None" = None,
          fallback_backend: "str | Backend" = "torch", fused: bool | None = None,
-         gemv_max_tokens: int = 2) -> HeteroMoERuntime:
+         gemv_max_tokens: int = 2, plan_ahead: bool = False) -> HeteroMoERuntime:
     """Wrap a transformers MoE model so every experts call runs loads -> plan -> backends.
 
     Args:
@@ -243,6 +243,9 @@ def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
             on for CUDA calls; True: also on CPU (float32, C++/numba kernels); False: off.
         gemv_max_tokens: with policy `gpu-only` on the fused path, experts with at most this many tokens
             take the GEMV kernel and the rest the grouped GEMM.
+        plan_ahead: on CUDA, plan each layer call from the layer's previous call's counts (copied to the host
+            without waiting), so the host never stalls the device (see MoEExecutor._run_fused_ahead); off:
+            every call's plan is made from its own counts, after one device-to-host copy.
     Returns:
         HeteroMoERuntime (`.model`, `.report()`, `.unwrap()`).
     """
@@ -281,7 +284,8 @@ def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
     if fused is not False and process_group is None:
         from heteromoe.runtime.fused import FusedLayerPath
 
-        executor_kw.update(fused=FusedLayerPath(gemv_max_tokens=gemv_max_tokens), fused_on_cpu=bool(fused))
+        executor_kw.update(fused=FusedLayerPath(gemv_max_tokens=gemv_max_tokens), fused_on_cpu=bool(fused),
+                           plan_ahead=plan_ahead)
     if process_group is not None:
         from heteromoe.runtime.distributed import ExpertParallelExecutor
 

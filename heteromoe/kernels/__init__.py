@@ -121,7 +121,12 @@ def route_prep(top_k_index: torch.Tensor, num_experts: int, *, take_hot: torch.T
     if _on_cuda_kernels(ids):
         dev = ids.device
         ids = ids.to(torch.int64).contiguous()
-        take = None if take_hot is None else torch.as_tensor(take_hot, dtype=torch.int32).to(dev, non_blocking=True)
+        if take_hot is None or (isinstance(take_hot, torch.Tensor) and take_hot.device == dev):
+            take = take_hot
+        else:
+            take = torch.as_tensor(take_hot, dtype=torch.int32).to(dev, non_blocking=True)
+        if take is not None and (take.dtype != torch.int32 or take.shape[0] != num_experts):
+            raise ValueError(f"take_hot must be [{num_experts}] int32, got {tuple(take.shape)} {take.dtype}")
         sizes = (num_experts, num_experts, n, n, max_cold, max_cold, max_cold, n, 4)
         buf = torch.empty(sum(sizes), dtype=torch.int32, device=dev)  # one allocation, nine views
         prep = RoutePrep(*torch.split(buf, sizes))

@@ -85,6 +85,15 @@ def split_work(loads: RoutingLoads, plan: Plan) -> tuple[WorkSlice, WorkSlice]:
 
 
 @dataclass
+class _AheadState:
+    """A layer's last counts on their way to the host (plan-ahead mode)."""
+
+    counts: torch.Tensor  # [E] int32, pinned
+    ready: "torch.cuda.Event"
+    num_tokens: int
+
+
+@dataclass
 class MoEExecutor:
     """Runs layer calls: loads -> plan -> backends -> combine, and keeps per-layer statistics."""
 
@@ -97,7 +106,9 @@ class MoEExecutor:
     last_plans: dict[str, Plan] = field(default_factory=dict)
     fused: FusedLayerPath | None = None
     fused_on_cpu: bool = False
+    plan_ahead: bool = False
     _fused_off: dict[str, str] = field(default_factory=dict)
+    _ahead: dict[str, "_AheadState"] = field(default_factory=dict)
 
     def fused_reason(self, layer: ExpertLayer, hidden: torch.Tensor, placement) -> str | None:
         """Why this call cannot take the fused path (None: it can). Cached per layer once it says no."""
@@ -178,6 +189,8 @@ class MoEExecutor:
             out = self.fused.run(layer, hidden, top_k_index, top_k_weights)
             stats.add_unplanned(num_tokens, int(top_k_index.numel()))
             return out
+        if self.plan_ahead and hidden.is_cuda:
+            return self._run_fused_ahead(layer, cost, placement, hidden, top_k_index, top_k_weights, stats)
         loads = loads_from_topk(top_k_index, layer.num_experts, where=layer.name)
         plan = self.policy.plan(loads.counts, placement, self.num_gpus, cost, origin=None)
         gpu_tokens = np.asarray(plan.gpu_tokens, dtype=np.int64)
@@ -190,6 +203,45 @@ class MoEExecutor:
             self.pim_backend.pairs += int(plan.pim_tokens.sum())
         stats.add(plan, num_tokens)
         self.last_plans[layer.name] = plan
+        return out
+
+    def _run_fused_ahead(self, layer: ExpertLayer, cost: CostModel, placement, hidden: torch.Tensor,
+                         top_k_index: torch.Tensor, top_k_weights: torch.Tensor, stats: LayerStats) -> torch.Tensor:
+        """Plan ahead: this call runs the plan made from the layer's previous call's counts, and copies its
+        own counts to the host without waiting; the next call plans from them. So the host never waits
+        for the device, and the planning runs while the device works through the layers queued before.
+
+        The plan is per expert: the GPU takes all tokens of its experts (and the planned share of a split
+        expert), the PIM set the rest, experts not routed last time go to the PIM side; whatever the
+        routing, the kernels run every pair exactly once. Stats record each plan against the counts it
+        was made from. The first call of a layer plans synchronously.
+        """
+        state = self._ahead.get(layer.name)
+        if state is None:
+            loads = loads_from_topk(top_k_index, layer.num_experts, where=layer.name)
+            counts = loads.counts
+        else:
+            state.ready.synchronize()  # recorded one call ago: normally long done
+            counts = state.counts.numpy().astype(np.int64)
+        plan = self.policy.plan(counts, placement, self.num_gpus, cost, origin=None)
+        stats.add(plan, int(top_k_index.shape[0]) if state is None else state.num_tokens)
+        self.last_plans[layer.name] = plan
+        gpu = np.asarray(plan.gpu_tokens, dtype=np.int64)
+        # all of a GPU expert's tokens, the planned share of a split one, none of a PIM (or unseen) one
+        take = np.where((gpu == counts) & (counts > 0), np.iinfo(np.int32).max, gpu).astype(np.int32)
+        take_host = torch.from_numpy(take).pin_memory()
+        take_dev = take_host.to(hidden.device, non_blocking=True)
+        max_cold = int(top_k_index.shape[0])  # a PIM expert can have every token of the batch this time
+        out = self.fused.run(layer, hidden, top_k_index, top_k_weights, take_hot=take_dev, max_cold_tokens=max_cold)
+        prep_counts = self.fused.last_counts
+        host = torch.empty(layer.num_experts, dtype=torch.int32, pin_memory=True)
+        host.copy_(prep_counts, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        self._ahead[layer.name] = _AheadState(counts=host, ready=ready, num_tokens=int(top_k_index.shape[0]))
+        if plan.pim_tokens.any() and hasattr(self.pim_backend, "calls"):
+            self.pim_backend.calls += 1
+            self.pim_backend.pairs += int(plan.pim_tokens.sum())
         return out
 
     def _run_with_fallback(self, backend: Backend, layer: ExpertLayer, hidden: torch.Tensor,

@@ -76,6 +76,7 @@ class FusedLayerPath:
         self._gate_fused: dict[int, bool] = {}
         self._grouped_ok: dict[tuple, bool] = {}
         self._err_host: dict[str, torch.Tensor] = {}
+        self.last_counts: torch.Tensor | None = None
 
     # -- public ------------------------------------------------------------------------------------
     def run(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
@@ -83,7 +84,8 @@ class FusedLayerPath:
         """[T, d] the layer's combined expert output in hidden's dtype.
 
         Args:
-            take_hot: [E] the plan's GPU tokens per expert (None: kernel choice by token count).
+            take_hot: [E] the plan's GPU tokens per expert, host array or int32 device tensor (None: kernel
+                choice by token count).
             max_cold_tokens: the most tokens any cold expert has, when the caller knows it (picks the GEMV tile).
         """
         num_tokens, top_k = top_k_index.shape
@@ -95,14 +97,16 @@ class FusedLayerPath:
             may_have_cold = True
             max_tokens = min(num_tokens, threshold)
         else:
-            take_hot = np.asarray(take_hot, dtype=np.int32)
+            if not isinstance(take_hot, torch.Tensor):
+                take_hot = np.asarray(take_hot, dtype=np.int32)
             threshold = 0
-            may_have_hot = bool(take_hot.any())
+            may_have_hot = bool(take_hot.any()) if not isinstance(take_hot, torch.Tensor) else True
             may_have_cold = max_cold_tokens is None or max_cold_tokens > 0
             max_tokens = num_tokens if max_cold_tokens is None else max(int(max_cold_tokens), 1)
         prep = kernels.route_prep(top_k_index, layer.num_experts, take_hot=take_hot, threshold=threshold,
                                   err_out=self._err_word(layer, top_k_index.device))
         self._check_ids(layer, prep, top_k_index)
+        self.last_counts = prep.counts  # [E] on the device: plan-ahead copies them to the host
 
         hidden = hidden.contiguous()
         use_side = hidden.is_cuda and self.streams and may_have_hot and may_have_cold

@@ -94,7 +94,7 @@ needs_cuda_kernels = pytest.mark.skipif(not (torch.cuda.is_available() and kerne
 
 @pytest.mark.gpu
 @needs_cuda_kernels
-@pytest.mark.parametrize("policy", ["gpu-only", "heteromoe"])
+@pytest.mark.parametrize("policy", ["gpu-only", "heteromoe", "heteromoe-ahead"])
 @pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
 def test_fused_cuda_bf16_matches_unwrapped(family, policy):
     model = tiny_model(family, dtype=torch.bfloat16).to("cuda")
@@ -102,13 +102,33 @@ def test_fused_cuda_bf16_matches_unwrapped(family, policy):
     with torch.no_grad():
         ref = model(ids).logits.float()
         ref_tokens = model.generate(ids, **GEN)
-        runtime = heteromoe.wrap(model, policy=policy, gemv_max_tokens=4)
+        runtime = heteromoe.wrap(model, policy=policy.replace("-ahead", ""), gemv_max_tokens=4,
+                                 plan_ahead=policy.endswith("-ahead"))
         out = model(ids).logits.float()
         tokens = model.generate(ids, **GEN)
     runtime.unwrap()
     assert runtime.executor._fused_off == {}, runtime.executor._fused_off
     torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
     assert (tokens == ref_tokens).float().mean() > 0.9  # bf16: an early near-tie may flip a token
+    if policy != "gpu-only":
+        assert sum(layer["pim_tokens"] for layer in runtime.report()["layers"]) > 0
+
+
+@pytest.mark.gpu
+@needs_cuda_kernels
+def test_fused_fp32_cuda_tokens_identical():
+    """In fp32 the kernels' different summation orders stay far below the logit gaps: same greedy tokens."""
+    model = tiny_model("qwen3_moe").to("cuda")
+    ids = torch.randint(1, 128, (3, 10), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    with torch.no_grad():
+        ref_logits, ref_tokens = model(ids).logits, model.generate(ids, **GEN)
+        for policy, ahead in (("gpu-only", False), ("heteromoe", False), ("heteromoe", True)):
+            runtime = heteromoe.wrap(model, policy=policy, plan_ahead=ahead)
+            logits, tokens = model(ids).logits, model.generate(ids, **GEN)
+            runtime.unwrap()
+            assert runtime.executor._fused_off == {}, runtime.executor._fused_off
+            torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-4)
+            assert torch.equal(tokens, ref_tokens), (policy, ahead)
 
 
 @pytest.mark.gpu
