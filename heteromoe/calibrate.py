@@ -2,7 +2,8 @@
 
 For each expert shape (a model preset's d, f) and token count n, the fused layer path runs m experts with
 exactly n tokens each, captured in a CUDA graph and replayed (device time, no launch cost), for two values
-of m; the slope is one expert's time at n tokens, the intercept the layer's fixed cost. The table
+of m (top_k up to 64 experts); the least-squares slope is one expert's time at n tokens, the intercept
+the layer's fixed cost (median over n). The table
 (`cost.gpu_table.GpuCostTable`) then replaces the roofline in `CostModel` for that GPU and shape.
 """
 from __future__ import annotations
@@ -102,19 +103,19 @@ def measure_table(name: str, num_experts: int, top_k: int, d: int, f: int, count
     experts = expert_layer(num_experts, top_k, d, f, dtype)
     layer = ExpertLayer.from_module(name, experts)
     path = FusedLayerPath(gemv_max_tokens=gemv_max_tokens)
-    m_hi = min(num_experts, 32)
-    m_lo = max(top_k, m_hi // 4)
+    # experts per call: top_k, then doublings up to 64 (or E): a least-squares line through them
+    used = sorted({min(num_experts, m) for m in (top_k, 2 * top_k, 16, 32, 64) if m >= top_k})
     per_expert, fixed, raw = {}, [], []
     for n in counts:
-        times = {}
-        for m in (m_lo, m_hi):
+        times = []
+        for m in used:
             hidden, ids, weights = exact_routing(m, n, top_k, d, dtype)
             with torch.no_grad():
-                times[m] = graph_time_s(lambda: path.run(layer, hidden, ids, weights))
-        slope = (times[m_hi] - times[m_lo]) / (m_hi - m_lo)
-        per_expert[n] = slope
-        fixed.append(times[m_hi] - m_hi * slope)
-        raw.append({"tokens": n, "experts": [m_lo, m_hi], "layer_s": [times[m_lo], times[m_hi]]})
+                times.append(graph_time_s(lambda: path.run(layer, hidden, ids, weights)))
+        slope, intercept = np.polyfit(np.asarray(used, dtype=np.float64), np.asarray(times), 1)
+        per_expert[n] = float(max(slope, 1e-9))
+        fixed.append(float(intercept))
+        raw.append({"tokens": n, "experts": used, "layer_s": times})
     return {"shape": {"num_experts": num_experts, "top_k": top_k, "hidden_size": d, "intermediate_size": f,
                       "dtype": str(dtype).replace("torch.", "")},
             "per_expert_s": {str(n): s for n, s in per_expert.items()},
