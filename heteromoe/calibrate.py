@@ -1,7 +1,7 @@
 """`heteromoe calibrate`: measure the runtime's own GPU expert times and write a GPU cost table.
 
 For each expert shape (a model preset's d, f) and token count n, the fused layer path runs m experts with
-exactly n tokens each, captured in a CUDA graph and replayed (device time, no launch cost), for two values
+exactly n tokens each, captured in a CUDA graph and replayed (device time, no launch cost), for several values
 of m (top_k up to 64 experts); the least-squares slope is one expert's time at n tokens, the intercept
 the layer's fixed cost (median over n). The table
 (`cost.gpu_table.GpuCostTable`) then replaces the roofline in `CostModel` for that GPU and shape.
