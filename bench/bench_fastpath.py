@@ -12,8 +12,8 @@ import pytest
 import heteromoe
 from heteromoe import _ext
 from heteromoe.cost import CostModel
-from heteromoe.sched import get_policy
 from heteromoe.routing import BimodalRouting
+from heteromoe.sched import get_policy
 from heteromoe.sched.placement import Placement, contiguous_placement
 from heteromoe.sched.replicas import place_replicas
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.bench_gpu_layer import SHAPES, layer, routing  # noqa: E402
-from heteromoe import kernels  # noqa: E402
-from heteromoe.calibrate import graph_time_s  # noqa: E402
+from bench.bench_gpu_layer import SHAPES, layer, routing
+from heteromoe import kernels
+from heteromoe.calibrate import graph_time_s
 
 
 def main() -> None:

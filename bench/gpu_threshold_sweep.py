@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.bench_gpu_layer import BATCHES, SHAPES, layer, routing  # noqa: E402
-from heteromoe.calibrate import graph_time_s, read_bandwidth  # noqa: E402
+from bench.bench_gpu_layer import BATCHES, SHAPES, layer, routing
+from heteromoe.calibrate import graph_time_s, read_bandwidth
 
 
 def main() -> None:

@@ -12,7 +12,12 @@ import sys
 
 import numpy as np
 
-from heteromoe.routing.synth import PRESET_SKEW, PUBLISHED_ONE_TOKEN_SHARE, BimodalRouting, one_token_share
+from heteromoe.routing.synth import (
+    PRESET_SKEW,
+    PUBLISHED_ONE_TOKEN_SHARE,
+    BimodalRouting,
+    one_token_share,
+)
 
 
 def main(argv=None) -> int:

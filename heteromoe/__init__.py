@@ -24,5 +24,14 @@ def wrap(model, **kwargs):
     return _wrap(model, **kwargs)
 
 
-__all__ = ["schedule", "wrap", "Plan", "PlanError", "systems", "models", "SystemSpec", "MoEModelSpec",
-           "__version__"]
+__all__ = [
+    "MoEModelSpec",
+    "Plan",
+    "PlanError",
+    "SystemSpec",
+    "__version__",
+    "models",
+    "schedule",
+    "systems",
+    "wrap",
+]

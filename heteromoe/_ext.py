@@ -14,8 +14,16 @@ from heteromoe import _fallback
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HAS_EXT", "ext_load_error", "IMPLEMENTATIONS", "impl", "counting_sort", "sieve_plan", "heteromoe_plan",
-           "route_to_replicas"]
+__all__ = [
+    "HAS_EXT",
+    "IMPLEMENTATIONS",
+    "counting_sort",
+    "ext_load_error",
+    "heteromoe_plan",
+    "impl",
+    "route_to_replicas",
+    "sieve_plan",
+]
 
 try:
     from heteromoe import _C  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["python_impl", "numba_impl", "numba_load_error"]
+__all__ = ["numba_impl", "numba_load_error", "python_impl"]
 
 
 # -- the algorithms (plain python over numpy arrays; numba compiles the same source) -------------------
@@ -216,8 +216,8 @@ def _check_ids(expert_ids: np.ndarray, num_experts: int) -> None:
 
 
 def _plan_args(counts, home, num_gpus, read_s, flop_tab, pim_tab, comm, gfix, launch_s, pfix):
-    i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
-    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+    i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)
+    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)
     counts, home = i64(counts), i64(home)
     comm, gfix, pfix, flop_tab, pim_tab = f64(comm), f64(gfix), f64(pfix), f64(flop_tab), f64(pim_tab)
     num_gpus = int(num_gpus)
@@ -261,7 +261,7 @@ class _Impl:
 
     def route_to_replicas(self, counts, phys2log, slot_gpu, num_gpus):
         """See csrc/heteromoe_ext.cpp `route_to_replicas`. Returns slot_counts [P] int64."""
-        i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
+        i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)
         counts, phys2log, slot_gpu = i64(counts), i64(phys2log), i64(slot_gpu)
         E, P = counts.shape[0], phys2log.shape[0]
         if slot_gpu.shape[0] != P or P < E:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["read_bandwidth", "graph_time_s", "expert_layer", "exact_routing", "measure_table", "TOKEN_COUNTS"]
+__all__ = ["TOKEN_COUNTS", "exact_routing", "expert_layer", "graph_time_s", "measure_table", "read_bandwidth"]
 
 TOKEN_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
@@ -105,21 +105,35 @@ def measure_table(name: str, num_experts: int, top_k: int, d: int, f: int, count
     path = FusedLayerPath(gemv_max_tokens=gemv_max_tokens)
     # experts per call: top_k, then doublings up to 64 (or E): a least-squares line through them
     used = sorted({min(num_experts, m) for m in (top_k, 2 * top_k, 16, 32, 64) if m >= top_k})
-    per_expert, fixed, raw = {}, [], []
+    raw = []
     for n in counts:
         times = []
         for m in used:
             hidden, ids, weights = exact_routing(m, n, top_k, d, dtype)
             with torch.no_grad():
                 times.append(graph_time_s(lambda: path.run(layer, hidden, ids, weights)))
-        slope, intercept = np.polyfit(np.asarray(used, dtype=np.float64), np.asarray(times), 1)
-        per_expert[n] = float(max(slope, 1e-9))
-        fixed.append(float(intercept))
         raw.append({"tokens": n, "experts": used, "layer_s": times})
+    return table_from_measurements(num_experts, top_k, d, f, str(dtype).replace("torch.", ""), raw, gemv_max_tokens)
+
+
+def table_from_measurements(num_experts: int, top_k: int, d: int, f: int, dtype: str, raw: list[dict],
+                            gemv_max_tokens: int) -> dict:
+    """Fit the table: per token count n, a least-squares line through (experts, layer seconds); its slope is
+    one expert's time at n tokens. The intercepts give the fixed costs of the two regimes: `fixed_s` (median
+    over n <= gemv_max_tokens: route_prep, unpermute, launches) and `grouped_fixed_s`, what a call adds once
+    some expert has more tokens and the grouped-GEMM side runs (gather, two grouped GEMMs, the gate, the
+    second stream)."""
+    per_expert, small, large = {}, [], []
+    for m in raw:
+        slope, intercept = np.polyfit(np.asarray(m["experts"], dtype=np.float64), np.asarray(m["layer_s"]), 1)
+        per_expert[int(m["tokens"])] = float(max(slope, 1e-9))
+        (small if m["tokens"] <= gemv_max_tokens else large).append(float(intercept))
+    fixed = max(float(np.median(small)), 0.0) if small else 0.0
+    grouped = max(float(np.median(large)) - fixed, 0.0) if large else 0.0
     return {"shape": {"num_experts": num_experts, "top_k": top_k, "hidden_size": d, "intermediate_size": f,
-                      "dtype": str(dtype).replace("torch.", "")},
-            "per_expert_s": {str(n): s for n, s in per_expert.items()},
-            "fixed_s": float(np.median(fixed)), "measurements": raw}
+                      "dtype": dtype},
+            "gemv_max_tokens": gemv_max_tokens, "per_expert_s": {str(n): s for n, s in sorted(per_expert.items())},
+            "fixed_s": fixed, "grouped_fixed_s": grouped, "measurements": raw}
 
 
 def calibrate(model_names: list[str], gpu_name: str | None, out: Path, counts=TOKEN_COUNTS) -> dict:

@@ -178,7 +178,7 @@ def _cmd_simulate(args) -> int:
         spec = models.get(args.model)
         title = f"{spec.name} on {args.gpus}x {args.system}, context {args.context}"
         plot_pareto(records, args.plot, title)
-        stem = args.plot[:-4] if args.plot.endswith(".png") else args.plot
+        stem = args.plot.removesuffix(".png")
         batch = max(batches)
         step = workload_for(spec, args.trace, args.seed).steps(batch, 1)[0]
         result = StepSimulator(spec, args.system, args.gpus, policies[-1], args.context).run(step)

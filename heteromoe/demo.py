@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["tiny_qwen3_moe", "run_demo"]
+__all__ = ["run_demo", "tiny_qwen3_moe"]
 
 
 def tiny_qwen3_moe(seed: int = 0, num_experts: int = 32, top_k: int = 4, layers: int = 2):

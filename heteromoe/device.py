@@ -30,8 +30,16 @@ from heteromoe.runtime.work import WorkSlice
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Backend", "BackendEntry", "BackendRegistry", "BackendUnavailable", "registry", "get_backend",
-           "DEFAULT_PRIORITY", "ENTRY_POINT_GROUP"]
+__all__ = [
+    "DEFAULT_PRIORITY",
+    "ENTRY_POINT_GROUP",
+    "Backend",
+    "BackendEntry",
+    "BackendRegistry",
+    "BackendUnavailable",
+    "get_backend",
+    "registry",
+]
 
 ENTRY_POINT_GROUP = "heteromoe.backends"
 #: Default backend per side of the plan, in priority order.
@@ -176,7 +184,7 @@ class BackendRegistry:
             plugin_logger.addHandler(collector)
             try:
                 target = ep.load()()
-            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+            except Exception as exc:
                 logger.exception("backend plugin %s (%s) failed to load", ep.name, ep.value)
                 self._entries[ep.name] = BackendEntry(ep.name, origin, None, reason=f"probe failed: {exc!r}")
                 continue

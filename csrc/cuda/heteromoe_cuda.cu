@@ -576,6 +576,52 @@ static void unpermute(int dtype, int w_dtype, std::uintptr_t y_hot, std::uintptr
   check(cudaGetLastError(), "unpermute launch");
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// gemv_layer: a whole layer call on the GEMV path in one host call (the decode case: every expert cold):
+// route_prep -> GEMV [gate; up] with the SiLU gate -> GEMV down -> unpermute. One workspace holds the
+// routing lists (int32), then h [P, f] and y [P, d] (16-byte aligned). Cuts the host's work per layer to
+// one call; the Python path does the same in four.
+static size_t align16(size_t n) { return (n + 15) / 16 * 16; }
+
+static size_t gemv_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes) {
+  const int max_cold = std::min(num_experts, n_pairs);
+  const size_t ints = 2 * static_cast<size_t>(num_experts) + 3 * static_cast<size_t>(n_pairs) + 3 * max_cold + 4;
+  return align16(ints * sizeof(int)) + align16(static_cast<size_t>(n_pairs) * f * elem_bytes) +
+         align16(static_cast<size_t>(n_pairs) * d * elem_bytes);
+}
+
+static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintptr_t ids, int tokens, int top_k,
+                       int num_experts, std::uintptr_t up_weight, std::uintptr_t down_weight, int d, int f,
+                       std::uintptr_t weights, bool round_products, std::uintptr_t workspace, std::uintptr_t out,
+                       std::uintptr_t err_out, std::uintptr_t stream) {
+  const int n = tokens * top_k;
+  if (n == 0) return;
+  const int elem = dtype == kF32 ? 4 : 2;
+  const int max_cold = std::min(num_experts, n);
+  int* base = ptr<int>(workspace);
+  int* counts = base;
+  int* hot_offs = counts + num_experts;
+  int* hot_pairs = hot_offs + num_experts;
+  int* cold_pairs = hot_pairs + n;
+  int* cold_expert = cold_pairs + n;
+  int* cold_begin = cold_expert + max_cold;
+  int* cold_count = cold_begin + max_cold;
+  int* pair_row = cold_count + max_cold;
+  int* meta = pair_row + n;
+  const size_t ints = 2 * static_cast<size_t>(num_experts) + 3 * static_cast<size_t>(n) + 3 * max_cold + 4;
+  const std::uintptr_t h = workspace + align16(ints * sizeof(int));
+  const std::uintptr_t y = h + align16(static_cast<size_t>(n) * f * elem);
+  auto u = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
+  route_prep(ids, n, num_experts, 0, n /* nothing is hot */, max_cold, u(counts), u(hot_offs), u(hot_pairs),
+             u(cold_pairs), u(cold_expert), u(cold_begin), u(cold_count), u(pair_row), u(meta), err_out, stream);
+  const int max_tokens = std::min(tokens, 8);
+  expert_gemv(dtype, hidden, u(cold_pairs), top_k, up_weight, u(cold_expert), u(cold_begin), u(cold_count), max_cold,
+              f, d, true, max_tokens, false, h, stream);
+  expert_gemv(dtype, h, 0, top_k, down_weight, u(cold_expert), u(cold_begin), u(cold_count), max_cold, d, f, false,
+              max_tokens, true, y, stream);
+  unpermute(dtype, w_dtype, y, y, u(pair_row), weights, tokens, top_k, d, round_products, out, stream);
+}
+
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "heteromoe CUDA kernels: routing histogram/permute/unpermute and the cold-expert GEMV (raw pointers)";
   m.attr("F32") = static_cast<int>(kF32);
@@ -594,6 +640,12 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("weight"), py::arg("cold_expert"), py::arg("cold_begin"), py::arg("cold_count"), py::arg("max_cold"),
         py::arg("out_rows"), py::arg("k_dim"), py::arg("silu_chunk"), py::arg("max_tokens"), py::arg("lists_ready"),
         py::arg("out"), py::arg("stream"));
+  m.def("gemv_layer_workspace", &gemv_layer_workspace, py::arg("n_pairs"), py::arg("num_experts"), py::arg("d"),
+        py::arg("f"), py::arg("elem_bytes"));
+  m.def("gemv_layer", &gemv_layer, py::arg("dtype"), py::arg("w_dtype"), py::arg("hidden"), py::arg("ids"),
+        py::arg("tokens"), py::arg("top_k"), py::arg("num_experts"), py::arg("up_weight"), py::arg("down_weight"),
+        py::arg("d"), py::arg("f"), py::arg("weights"), py::arg("round_products"), py::arg("workspace"), py::arg("out"),
+        py::arg("err_out"), py::arg("stream"));
   m.def("unpermute", &unpermute, py::arg("dtype"), py::arg("w_dtype"), py::arg("y_hot"), py::arg("y_cold"),
         py::arg("pair_row"), py::arg("weights"), py::arg("tokens"), py::arg("top_k"), py::arg("d"),
         py::arg("round_products"), py::arg("out"), py::arg("stream"));

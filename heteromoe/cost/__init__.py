@@ -5,5 +5,14 @@ from heteromoe.cost.model import CostModel, StepTimes, default_pim_cost
 from heteromoe.cost.pim import PimCostModel, PimRooflineV1
 from heteromoe.cost.pim_bank import BankPimCost, BankPimTiming
 
-__all__ = ["CostModel", "StepTimes", "GpuRoofline", "PimCostModel", "PimRooflineV1", "BankPimCost", "BankPimTiming",
-           "EmaPimCost", "default_pim_cost"]
+__all__ = [
+           "BankPimCost",
+           "BankPimTiming",
+           "CostModel",
+           "EmaPimCost",
+           "GpuRoofline",
+           "PimCostModel",
+           "PimRooflineV1",
+           "StepTimes",
+           "default_pim_cost",
+]

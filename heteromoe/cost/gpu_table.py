@@ -4,8 +4,9 @@ The roofline (cost.gpu) prices an expert at max(weight read, tensor-core FLOPs) 
 runtime really runs a GEMV kernel for few tokens and a grouped GEMM for many, with fixed costs per layer
 (launches, routing prep, unpermute). A table measured on the GPU replaces both guesses with what the
 kernels take: per-expert seconds t(n) for n tokens (interpolated between measured counts, extended past
-the last with the last slope) and the layer's fixed seconds. Same interface as `GpuRoofline`, so every
-policy and the simulator use it unchanged: T_GPU = sum_e t(n_e) + fixed.
+the last with the last slope) and the layer's fixed seconds, plus those of the grouped side when some
+expert has more tokens than the GEMV takes. Same interface as `GpuRoofline` (CostModel adds the regime
+term), so every policy and the simulator use it: T_GPU = sum_e t(n_e) + fixed [+ grouped_fixed].
 
 Shipped tables live in spec/presets/gpu_tables/<gpu>.json (the calibrate command's output); `CostModel`
 picks the one whose GPU key occurs in the system's GPU name and whose shape matches the model's experts.
@@ -21,7 +22,7 @@ import numpy as np
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
 
-__all__ = ["GpuCostTable", "shipped_tables", "find_table", "load_tables"]
+__all__ = ["GpuCostTable", "find_table", "load_tables", "shipped_tables"]
 
 
 class GpuCostTable:
@@ -31,9 +32,12 @@ class GpuCostTable:
         per_expert_s: {tokens: seconds of one expert with that many tokens}, tokens >= 1.
         fixed_s: seconds per layer call besides the experts (launches, routing prep, combine).
         source: where the numbers come from (file, GPU), for reports.
+        grouped_fixed_s: seconds a layer call adds on a GPU where some expert has more than
+            `gemv_max_tokens` tokens (the grouped-GEMM side: gather, two grouped GEMMs, the gate, a stream).
     """
 
-    def __init__(self, per_expert_s: dict[int, float], fixed_s: float, source: str = "") -> None:
+    def __init__(self, per_expert_s: dict[int, float], fixed_s: float, source: str = "",
+                 grouped_fixed_s: float = 0.0, gemv_max_tokens: int | None = None) -> None:
         if not per_expert_s:
             raise ValueError("a GPU cost table needs at least one measured token count")
         n = np.array(sorted(int(k) for k in per_expert_s), dtype=np.float64)
@@ -49,6 +53,10 @@ class GpuCostTable:
         self.slope_s = max(self.slope_s, 0.0)
         self.read_s_per_expert = float(self.time_at(np.array([1]))[0])
         self.launch_s = float(fixed_s)
+        if not grouped_fixed_s >= 0:
+            raise ValueError(f"grouped_fixed_s must be >= 0, got {grouped_fixed_s}")
+        self.grouped_fixed_s = float(grouped_fixed_s)
+        self.gemv_max_tokens = gemv_max_tokens
         self.source = source
 
     def time_at(self, tokens) -> np.ndarray:
@@ -66,11 +74,17 @@ class GpuCostTable:
         """[E] each expert's measured time (>= read_s, so max(sum read, sum flop) is the sum of the table)."""
         return self.time_at(tokens)
 
+    def regime_fixed_s(self, tokens: np.ndarray) -> float:
+        """The grouped side's fixed seconds if any expert of `tokens` (one GPU's) has more than the GEMV takes."""
+        if self.gemv_max_tokens is None or not self.grouped_fixed_s:
+            return 0.0
+        return self.grouped_fixed_s if (np.asarray(tokens) > self.gemv_max_tokens).any() else 0.0
+
     def time_s(self, tokens: np.ndarray) -> float:
         tokens = np.asarray(tokens)
         if not tokens.any():
             return 0.0
-        return float(self.time_at(tokens).sum()) + self.launch_s
+        return float(self.time_at(tokens).sum()) + self.launch_s + self.regime_fixed_s(tokens)
 
 
 def load_tables(path: str | Path) -> dict:
@@ -102,5 +116,7 @@ def find_table(system: SystemSpec, model: MoEModelSpec, files: list[dict] | None
             if (shape["hidden_size"], shape["intermediate_size"]) == (model.hidden_size, model.moe_intermediate_size) \
                     and model.bytes_per_weight == 2.0:
                 per = {int(k): float(v) for k, v in table["per_expert_s"].items()}
-                return GpuCostTable(per, table["fixed_s"], source=f"{data.get('_path', '')} ({data.get('device', key)})")
+                return GpuCostTable(per, table["fixed_s"], source=f"{data.get('_path', '')} ({data.get('device', key)})",
+                                    grouped_fixed_s=table.get("grouped_fixed_s", 0.0),
+                                    gemv_max_tokens=table.get("gemv_max_tokens"))
     return None

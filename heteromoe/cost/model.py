@@ -14,7 +14,7 @@ from heteromoe.cost.pim_bank import BankPimCost
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
 
-__all__ = ["CostModel", "StepTimes", "default_pim_cost", "default_gpu_cost"]
+__all__ = ["CostModel", "StepTimes", "default_gpu_cost", "default_pim_cost"]
 
 
 def default_gpu_cost(system: SystemSpec, model: MoEModelSpec) -> GpuRoofline | GpuCostTable:
@@ -64,7 +64,7 @@ class CostModel:
 
     def __init__(self, system: SystemSpec, model: MoEModelSpec, pim_model: PimCostModel | None = None,
                  gpu_other_s: float = 0.0, pim_fixed_s: float = 0.0, attn_kv_bytes: float = 0.0,
-                 gpu_model: "GpuRoofline | GpuCostTable | str | None" = None) -> None:
+                 gpu_model: GpuRoofline | GpuCostTable | str | None = None) -> None:
         self.system = system
         self.model = model
         gpu = system.require_gpu()
@@ -148,6 +148,7 @@ class CostModel:
         flop_g = np.bincount(expert_gpu, weights=flop, minlength=num_gpus)
         busy_g = np.bincount(expert_gpu, weights=(np.asarray(gpu_tokens) > 0).astype(np.float64), minlength=num_gpus)
         t_gpu = np.maximum(read_g, flop_g) + np.where(busy_g > 0, self.gpu.launch_s, 0.0) + gpu_fixed
+
         t_pim = self.pim_s_per_gpu(pim_tokens, expert_gpu, num_gpus, pim_layout) + pim_fixed
         if comm_s is None:
             comm_s = self.comm_s(counts, expert_gpu, num_gpus)

@@ -30,7 +30,7 @@ import numpy as np
 from heteromoe.spec.hardware import PimSpec
 from heteromoe.spec.model import MoEModelSpec
 
-__all__ = ["BankPimTiming", "GemvTiming", "BankPimCost", "hbm_read_s"]
+__all__ = ["BankPimCost", "BankPimTiming", "GemvTiming", "hbm_read_s"]
 
 
 @dataclass

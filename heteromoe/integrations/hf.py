@@ -29,7 +29,7 @@ from heteromoe.spec.presets import models, systems
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["wrap", "HeteroMoERuntime", "find_expert_layers", "UnsupportedModelError"]
+__all__ = ["HeteroMoERuntime", "UnsupportedModelError", "find_expert_layers", "wrap"]
 
 _ids = itertools.count()
 _EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
@@ -86,7 +86,7 @@ def _config_value(module: torch.nn.Module, keys) -> int | None:
     return None
 
 
-def _model_spec_for(layer: ExpertLayer, given: "str | MoEModelSpec | None") -> MoEModelSpec:
+def _model_spec_for(layer: ExpertLayer, given: str | MoEModelSpec | None) -> MoEModelSpec:
     """The spec used for timing: the user's preset (checked against the module) or one read off the module."""
     top_k = _config_value(layer.module, _TOP_K_KEYS) or 1
     if given is not None:
@@ -119,7 +119,7 @@ def _resolve_backend(name: str | Backend | None, side: str, layers: list[ExpertL
 class _LayerBinding:
     layer: ExpertLayer
     cost: CostModel
-    placement: "Placement | ReplicaPlanner"
+    placement: Placement | ReplicaPlanner
 
 
 class HeteroMoERuntime:
@@ -213,11 +213,11 @@ class HeteroMoERuntime:
         return self.model
 
 
-def wrap(model, *, system: "str | SystemSpec" = "h100-hbm3-pim", policy="sieve",
-         model_spec: "str | MoEModelSpec | None" = None, gpus: int = 1, placement=None,
+def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
+         model_spec: str | MoEModelSpec | None = None, gpus: int = 1, placement=None,
          replicas_per_gpu: int = 0, replan_every: int = 64, learn_pim_costs: bool = False, process_group=None,
-         gpu_backend: "str | Backend | None" = None, pim_backend: "str | Backend | None" = None,
-         fallback_backend: "str | Backend" = "torch", fused: bool | None = None,
+         gpu_backend: str | Backend | None = None, pim_backend: str | Backend | None = None,
+         fallback_backend: str | Backend = "torch", fused: bool | None = None,
          gemv_max_tokens: int = 2, plan_ahead: bool = False) -> HeteroMoERuntime:
     """Wrap a transformers MoE model so every experts call runs loads -> plan -> backends.
 

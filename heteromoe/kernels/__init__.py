@@ -22,8 +22,18 @@ from heteromoe.kernels._cpu import numba_kernels, python_kernels
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RoutePrep", "HAS_CUDA_KERNELS", "cuda_load_error", "cpu_kernels", "route_prep", "expert_histogram",
-           "gather_rows", "expert_gemv", "unpermute", "CPU_IMPLEMENTATIONS"]
+__all__ = [
+    "CPU_IMPLEMENTATIONS",
+    "HAS_CUDA_KERNELS",
+    "RoutePrep",
+    "cpu_kernels",
+    "cuda_load_error",
+    "expert_gemv",
+    "expert_histogram",
+    "gather_rows",
+    "route_prep",
+    "unpermute",
+]
 
 try:
     from heteromoe import _cuda  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-__all__ = ["python_kernels", "numba_kernels", "numba_load_error"]
+__all__ = ["numba_kernels", "numba_load_error", "python_kernels"]
 
 
 def _expert_histogram(ids, num_experts):
@@ -160,7 +160,7 @@ class _Kernels:
                                      int(top_k))
 
     def expert_gemv(self, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, silu_chunk, rows):
-        i32 = lambda a: np.ascontiguousarray(a, dtype=np.int32)  # noqa: E731
+        i32 = lambda a: np.ascontiguousarray(a, dtype=np.int32)
         has_pairs = in_pairs is not None
         pairs = i32(in_pairs if has_pairs else np.zeros(1))
         return self._fns.expert_gemv(np.ascontiguousarray(x, dtype=np.float32), pairs, has_pairs, int(top_k),
@@ -168,7 +168,7 @@ class _Kernels:
                                      i32(cold_count), int(out_rows), bool(silu_chunk), int(rows))
 
     def unpermute(self, y_hot, y_cold, pair_row, weights, tokens, top_k):
-        f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+        f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
         return self._fns.unpermute(f32(y_hot), f32(y_cold), np.ascontiguousarray(pair_row, dtype=np.int32),
                                    f32(weights), int(tokens), int(top_k))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["route_prep", "expert_histogram", "gather_rows", "expert_gemv", "unpermute"]
+__all__ = ["expert_gemv", "expert_histogram", "gather_rows", "route_prep", "unpermute"]
 
 
 def expert_histogram(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -53,7 +53,7 @@ def route_prep(ids: torch.Tensor, num_experts: int, *, take_hot=None, threshold:
     pair_row[order[is_cold]] = (cold_row + n).to(i32)
     cold_experts = torch.nonzero(cold > 0).reshape(-1)
     k_cold = int(cold_experts.shape[0])
-    pad = lambda t: torch.cat([t.to(i32), torch.zeros(max_cold - k_cold, dtype=i32, device=dev)])  # noqa: E731
+    pad = lambda t: torch.cat([t.to(i32), torch.zeros(max_cold - k_cold, dtype=i32, device=dev)])
     meta = torch.tensor([int(hot.sum()), int(cold.sum()), k_cold, bad], dtype=i32, device=dev)
     return RoutePrep(counts=counts.to(i32), hot_offs=torch.cumsum(hot, 0).to(i32), hot_pairs=hot_pairs,
                      cold_pairs=cold_pairs, cold_expert=pad(cold_experts), cold_begin=pad(cold_off[cold_experts]),

@@ -3,4 +3,4 @@ from heteromoe.routing.loads import RoutingLoads, loads_from_topk
 from heteromoe.routing.synth import BimodalRouting
 from heteromoe.routing.traces import RoutingTrace, load_trace
 
-__all__ = ["RoutingLoads", "loads_from_topk", "BimodalRouting", "RoutingTrace", "load_trace"]
+__all__ = ["BimodalRouting", "RoutingLoads", "RoutingTrace", "load_trace", "loads_from_topk"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BimodalRouting", "PRESET_SKEW", "PUBLISHED_ONE_TOKEN_SHARE", "one_token_share"]
+__all__ = ["PRESET_SKEW", "PUBLISHED_ONE_TOKEN_SHARE", "BimodalRouting", "one_token_share"]
 
 #: (hot_share, ratio) per model preset: fitted to PUBLISHED_ONE_TOKEN_SHARE where one is published
 #: (Qwen3.5 takes Qwen3-Next's, as DESIGN.md section 6 groups them; the others DESIGN's rough figures).
@@ -67,7 +67,7 @@ class BimodalRouting:
         self.rng = np.random.default_rng(self.seed)
 
     @classmethod
-    def for_model(cls, model, seed: int = 0, **overrides) -> "BimodalRouting":
+    def for_model(cls, model, seed: int = 0, **overrides) -> BimodalRouting:
         """The generator for a model preset (name or MoEModelSpec)."""
         from heteromoe.spec.presets import models
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RoutingTrace", "load_trace", "load_dynande", "load_jsonl", "load_exflow"]
+__all__ = ["RoutingTrace", "load_dynande", "load_exflow", "load_jsonl", "load_trace"]
 
 
 @dataclass(frozen=True, eq=False)

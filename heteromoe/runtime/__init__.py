@@ -3,4 +3,4 @@ from heteromoe.runtime.layer import ExpertLayer, expert_forward
 from heteromoe.runtime.report import LayerStats
 from heteromoe.runtime.work import WorkSlice
 
-__all__ = ["ExpertLayer", "expert_forward", "LayerStats", "WorkSlice"]
+__all__ = ["ExpertLayer", "LayerStats", "WorkSlice", "expert_forward"]

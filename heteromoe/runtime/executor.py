@@ -27,7 +27,7 @@ from heteromoe.sched.policy import Policy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MoEExecutor", "split_work", "token_origins", "check_inputs"]
+__all__ = ["MoEExecutor", "check_inputs", "split_work", "token_origins"]
 
 
 def check_inputs(layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
@@ -89,8 +89,38 @@ class _AheadState:
     """A layer's last counts on their way to the host (plan-ahead mode)."""
 
     counts: torch.Tensor  # [E] int32, pinned
-    ready: "torch.cuda.Event"
+    ready: torch.cuda.Event
     num_tokens: int
+
+
+@dataclass
+class _AheadSlot:
+    take_host: torch.Tensor  # [E] int32 pinned
+    take_dev: torch.Tensor  # [E] int32 on the device
+    counts_host: torch.Tensor  # [E] int32 pinned
+    ready: torch.cuda.Event
+
+
+@dataclass
+class _AheadBuffers:
+    """Two slots of pinned/device buffers per layer, used in turn: a slot is rewritten only after the event
+    recorded behind its copies has been waited on (the next call of the layer waits on it first)."""
+
+    slots: list
+    turn: int = 0
+
+    @classmethod
+    def allocate(cls, num_experts: int, device: torch.device) -> _AheadBuffers:
+        def slot():
+            return _AheadSlot(torch.zeros(num_experts, dtype=torch.int32, pin_memory=True),
+                              torch.zeros(num_experts, dtype=torch.int32, device=device),
+                              torch.zeros(num_experts, dtype=torch.int32, pin_memory=True), torch.cuda.Event())
+        return cls([slot(), slot()])
+
+    def flip(self) -> _AheadSlot:
+        self.turn ^= 1
+        self.slots[self.turn].ready.synchronize()  # its last copies (two calls ago) are done
+        return self.slots[self.turn]
 
 
 @dataclass
@@ -108,7 +138,8 @@ class MoEExecutor:
     fused_on_cpu: bool = False
     plan_ahead: bool = False
     _fused_off: dict[str, str] = field(default_factory=dict)
-    _ahead: dict[str, "_AheadState"] = field(default_factory=dict)
+    _ahead: dict[str, _AheadState] = field(default_factory=dict)
+    _ahead_bufs: dict[str, _AheadBuffers] = field(default_factory=dict)
 
     def fused_reason(self, layer: ExpertLayer, hidden: torch.Tensor, placement) -> str | None:
         """Why this call cannot take the fused path (None: it can). Cached per layer once it says no."""
@@ -229,20 +260,27 @@ class MoEExecutor:
         gpu = np.asarray(plan.gpu_tokens, dtype=np.int64)
         # all of a GPU expert's tokens, the planned share of a split one, none of a PIM (or unseen) one
         take = np.where((gpu == counts) & (counts > 0), np.iinfo(np.int32).max, gpu).astype(np.int32)
-        take_host = torch.from_numpy(take).pin_memory()
-        take_dev = take_host.to(hidden.device, non_blocking=True)
+        buffers = self._ahead_buffers(layer, hidden.device)
+        slot = buffers.flip()
+        slot.take_host.numpy()[:] = take  # this slot's last copy finished: its event was waited on above
+        slot.take_dev.copy_(slot.take_host, non_blocking=True)
         max_cold = int(top_k_index.shape[0])  # a PIM expert can have every token of the batch this time
-        out = self.fused.run(layer, hidden, top_k_index, top_k_weights, take_hot=take_dev, max_cold_tokens=max_cold)
-        prep_counts = self.fused.last_counts
-        host = torch.empty(layer.num_experts, dtype=torch.int32, pin_memory=True)
-        host.copy_(prep_counts, non_blocking=True)
-        ready = torch.cuda.Event()
-        ready.record()
-        self._ahead[layer.name] = _AheadState(counts=host, ready=ready, num_tokens=int(top_k_index.shape[0]))
+        out = self.fused.run(layer, hidden, top_k_index, top_k_weights, take_hot=slot.take_dev,
+                             max_cold_tokens=max_cold, hot_possible=bool(take.any()))
+        slot.counts_host.copy_(self.fused.last_counts, non_blocking=True)
+        slot.ready.record()
+        self._ahead[layer.name] = _AheadState(counts=slot.counts_host, ready=slot.ready,
+                                              num_tokens=int(top_k_index.shape[0]))
         if plan.pim_tokens.any() and hasattr(self.pim_backend, "calls"):
             self.pim_backend.calls += 1
             self.pim_backend.pairs += int(plan.pim_tokens.sum())
         return out
+
+    def _ahead_buffers(self, layer: ExpertLayer, device: torch.device) -> _AheadBuffers:
+        buffers = self._ahead_bufs.get(layer.name)
+        if buffers is None:
+            buffers = self._ahead_bufs[layer.name] = _AheadBuffers.allocate(layer.num_experts, device)
+        return buffers
 
     def _run_with_fallback(self, backend: Backend, layer: ExpertLayer, hidden: torch.Tensor,
                            top_k_weights: torch.Tensor, work: WorkSlice, stats: LayerStats) -> tuple[torch.Tensor, Backend]:
@@ -253,7 +291,7 @@ class MoEExecutor:
             if tuple(out.shape) != expected:
                 raise RuntimeError(f"returned shape {tuple(out.shape)}, expected {expected}")
             return out, backend
-        except Exception as exc:  # noqa: BLE001 - any backend failure: fall back, lose no token
+        except Exception as exc:
             if backend is self.fallback_backend:
                 raise
             stats.fallbacks += 1

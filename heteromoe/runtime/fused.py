@@ -80,13 +80,15 @@ class FusedLayerPath:
 
     # -- public ------------------------------------------------------------------------------------
     def run(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
-            take_hot: np.ndarray | None = None, max_cold_tokens: int | None = None) -> torch.Tensor:
+            take_hot: np.ndarray | torch.Tensor | None = None, max_cold_tokens: int | None = None,
+            hot_possible: bool = True) -> torch.Tensor:
         """[T, d] the layer's combined expert output in hidden's dtype.
 
         Args:
             take_hot: [E] the plan's GPU tokens per expert, host array or int32 device tensor (None: kernel
                 choice by token count).
             max_cold_tokens: the most tokens any cold expert has, when the caller knows it (picks the GEMV tile).
+            hot_possible: with a device `take_hot`, False says it is all zeros (the host knows; skips the hot side).
         """
         num_tokens, top_k = top_k_index.shape
         num_pairs = num_tokens * top_k
@@ -100,9 +102,11 @@ class FusedLayerPath:
             if not isinstance(take_hot, torch.Tensor):
                 take_hot = np.asarray(take_hot, dtype=np.int32)
             threshold = 0
-            may_have_hot = bool(take_hot.any()) if not isinstance(take_hot, torch.Tensor) else True
+            may_have_hot = bool(take_hot.any()) if not isinstance(take_hot, torch.Tensor) else hot_possible
             may_have_cold = max_cold_tokens is None or max_cold_tokens > 0
             max_tokens = num_tokens if max_cold_tokens is None else max(int(max_cold_tokens), 1)
+        if not may_have_hot and take_hot is None and self._one_call_ok(layer, hidden, top_k_weights):
+            return self._gemv_layer(layer, hidden, top_k_index, top_k_weights)
         prep = kernels.route_prep(top_k_index, layer.num_experts, take_hot=take_hot, threshold=threshold,
                                   err_out=self._err_word(layer, top_k_index.device))
         self._check_ids(layer, prep, top_k_index)
@@ -130,6 +134,33 @@ class FusedLayerPath:
         assert y_hot.shape[0] == num_pairs
         return kernels.unpermute(y_hot, y_cold, prep.pair_row, top_k_weights.to(out_dtype) if out_dtype != top_k_weights.dtype
                                  else top_k_weights, round_products=round_products).to(hidden.dtype)
+
+    # -- the decode case in one host call ----------------------------------------------------------------
+    def _one_call_ok(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_weights: torch.Tensor) -> bool:
+        return (hidden.is_cuda and kernels.HAS_CUDA_KERNELS and self._silu_fused(layer) and hidden.dtype == layer.dtype
+                and hidden.dtype in kernels._DTYPE_CODE and top_k_weights.dtype in kernels._DTYPE_CODE)
+
+    def _gemv_layer(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                    top_k_weights: torch.Tensor) -> torch.Tensor:
+        """Every expert on the GEMV kernel: route_prep, GEMV up (+ SiLU gate), GEMV down, unpermute, launched
+        by one C++ call (`_cuda.gemv_layer`) so the host's share of a decode layer is one call."""
+        cuda = kernels._cuda
+        tokens, top_k = top_k_index.shape
+        d, f, dev = layer.hidden_size, layer.intermediate_size, hidden.device
+        ids = top_k_index if top_k_index.dtype == torch.int64 and top_k_index.is_contiguous() else \
+            top_k_index.to(torch.int64).contiguous()
+        weights = top_k_weights.contiguous()
+        out_dtype = torch.promote_types(hidden.dtype, top_k_weights.dtype)
+        ws = torch.empty(cuda.gemv_layer_workspace(tokens * top_k, layer.num_experts, d, f, hidden.element_size()),
+                         dtype=torch.uint8, device=dev)
+        out = torch.empty(tokens, d, dtype=hidden.dtype, device=dev)
+        err = self._err_word(layer, dev)
+        cuda.gemv_layer(kernels._DTYPE_CODE[hidden.dtype], kernels._DTYPE_CODE[weights.dtype], hidden.data_ptr(),
+                        ids.data_ptr(), tokens, top_k, layer.num_experts, layer.up_weight.data_ptr(),
+                        layer.down_weight.data_ptr(), d, f, weights.data_ptr(), out_dtype != torch.float32, ws.data_ptr(),
+                        out.data_ptr(), 0 if err is None else err.data_ptr(), torch.cuda.current_stream(dev).cuda_stream)
+        self.last_counts = None
+        return out
 
     # -- the two sides ---------------------------------------------------------------------------------
     def _cold(self, layer: ExpertLayer, hidden: torch.Tensor, prep: kernels.RoutePrep, top_k: int,
@@ -217,9 +248,9 @@ class FusedLayerPath:
 
     def _raise_deferred_error(self, layer: ExpertLayer) -> None:
         host = self._err_host.get(layer.name)
-        if host is not None and int(host[0]):
-            bad, value = int(host[0]) - 1, int(host[1])
-            host.zero_()
+        if host is not None and host.numpy()[0]:
+            bad, value = int(host.numpy()[0]) - 1, int(host.numpy()[1])
+            host.numpy()[:] = 0
             raise ValueError(f"layer {layer.name}: expert id {value} at pair {bad} is outside [0, {layer.num_experts})")
 
     @staticmethod

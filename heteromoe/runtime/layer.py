@@ -39,7 +39,7 @@ class ExpertLayer:
     has_post_expert_norm: bool = False
 
     @classmethod
-    def from_module(cls, name: str, module: torch.nn.Module) -> "ExpertLayer":
+    def from_module(cls, name: str, module: torch.nn.Module) -> ExpertLayer:
         has_gate = bool(getattr(module, "has_gate", True))
         up = module.gate_up_proj if has_gate else module.up_proj
         down = module.down_proj

@@ -59,5 +59,5 @@ class WorkSlice:
         return top_k_weights.reshape(-1)[self.pair_index_on(top_k_weights.device)]
 
     @classmethod
-    def empty(cls, top_k: int) -> "WorkSlice":
+    def empty(cls, top_k: int) -> WorkSlice:
         return cls(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64), top_k)

@@ -5,4 +5,4 @@ from heteromoe.sched.placement import Placement
 from heteromoe.sched.plan import Plan, PlanError
 from heteromoe.sched.policy import Policy
 
-__all__ = ["schedule", "Placement", "Plan", "PlanError", "Policy", "POLICIES", "get_policy", "register_policy"]
+__all__ = ["POLICIES", "Placement", "Plan", "PlanError", "Policy", "get_policy", "register_policy", "schedule"]

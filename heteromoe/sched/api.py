@@ -15,8 +15,8 @@ from heteromoe.spec.presets import models, systems
 __all__ = ["schedule"]
 
 
-def schedule(counts, *, model: "str | MoEModelSpec", system: "str | SystemSpec", gpus: int = 1,
-             policy: "str | Policy" = "sieve", placement=None, gpu_other_s: float = 0.0,
+def schedule(counts, *, model: str | MoEModelSpec, system: str | SystemSpec, gpus: int = 1,
+             policy: str | Policy = "sieve", placement=None, gpu_other_s: float = 0.0,
              pim_fixed_s: float = 0.0, attn_kv_bytes: float = 0.0, token_origin=None) -> Plan:
     """Plan one MoE layer call.
 

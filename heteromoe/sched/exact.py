@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TIME_UNIT_S", "GpuModel", "build_model", "solve", "SolveResult", "cp_model_module"]
+__all__ = ["TIME_UNIT_S", "GpuModel", "SolveResult", "build_model", "cp_model_module", "solve"]
 
 
 def cp_model_module():

@@ -17,7 +17,7 @@ from heteromoe.sched.policies.pimoe import PimoePolicy
 from heteromoe.sched.policies.sieve import SievePolicy
 from heteromoe.sched.policy import Policy
 
-__all__ = ["POLICIES", "BASELINES", "get_policy", "register_policy"]
+__all__ = ["BASELINES", "POLICIES", "get_policy", "register_policy"]
 
 BASELINES = ("gpu-only", "no-exp", "all-exp", "duplex", "pimoe", "sieve")
 POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (
@@ -32,7 +32,7 @@ def register_policy(cls: type[Policy]) -> type[Policy]:
     return cls
 
 
-def get_policy(policy: "str | Policy") -> Policy:
+def get_policy(policy: str | Policy) -> Policy:
     if isinstance(policy, Policy):
         return policy
     try:

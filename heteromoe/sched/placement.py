@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Placement", "contiguous_placement", "check_placement", "as_placement"]
+__all__ = ["Placement", "as_placement", "check_placement", "contiguous_placement"]
 
 
 def contiguous_placement(num_experts: int, num_gpus: int) -> np.ndarray:
@@ -69,7 +69,7 @@ class Placement:
         object.__setattr__(self, "_has_replicas", p2l.shape[0] > num_experts)
 
     @classmethod
-    def from_homes(cls, expert_gpu, num_gpus: int) -> "Placement":
+    def from_homes(cls, expert_gpu, num_gpus: int) -> Placement:
         homes = np.asarray(expert_gpu, dtype=np.int64)
         return cls(np.arange(homes.size, dtype=np.int64), homes, num_gpus)
 

@@ -16,7 +16,7 @@ from heteromoe.cost.model import CostModel
 from heteromoe.sched.placement import Placement
 from heteromoe.sched.plan import Plan
 
-__all__ = ["Policy", "PlacementContext", "Split", "check_counts", "check_origin", "slot_origin"]
+__all__ = ["PlacementContext", "Policy", "Split", "check_counts", "check_origin", "slot_origin"]
 
 
 def slot_origin(origin: np.ndarray | None, placement: Placement, counts: np.ndarray,
@@ -198,5 +198,5 @@ class Policy(ABC):
         return plan
 
     @abstractmethod
-    def _place(self, ctx: PlacementContext) -> "Split | np.ndarray":
+    def _place(self, ctx: PlacementContext) -> Split | np.ndarray:
         """Return a Split, or just [P] tokens of each slot to run on its GPU's SMs (the rest run on PIM)."""

@@ -19,7 +19,7 @@ from heteromoe.sched.placement import Placement
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["route_to_replicas", "place_replicas", "ReplicaPlanner"]
+__all__ = ["ReplicaPlanner", "place_replicas", "route_to_replicas"]
 
 
 def route_to_replicas(counts: np.ndarray, placement: Placement) -> np.ndarray:

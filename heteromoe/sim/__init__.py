@@ -4,5 +4,12 @@ from heteromoe.sim.sweep import pareto_frontier, sweep
 from heteromoe.sim.timeline import Timeline
 from heteromoe.sim.workload import SyntheticWorkload, TraceWorkload
 
-__all__ = ["StepSimulator", "StepResult", "Timeline", "sweep", "pareto_frontier", "SyntheticWorkload",
-           "TraceWorkload"]
+__all__ = [
+           "StepResult",
+           "StepSimulator",
+           "SyntheticWorkload",
+           "Timeline",
+           "TraceWorkload",
+           "pareto_frontier",
+           "sweep",
+]

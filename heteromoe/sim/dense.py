@@ -16,7 +16,7 @@ import numpy as np
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
 
-__all__ = ["DenseWork", "dense_work", "local_requests", "context_per_gpu"]
+__all__ = ["DenseWork", "context_per_gpu", "dense_work", "local_requests"]
 
 
 def local_requests(batch: int, gpus: int) -> np.ndarray:

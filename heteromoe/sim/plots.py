@@ -6,7 +6,7 @@ import numpy as np
 from heteromoe.sim.sweep import pareto_frontier
 from heteromoe.sim.timeline import LANES, Timeline
 
-__all__ = ["plot_pareto", "plot_gantt", "plot_load_histogram"]
+__all__ = ["plot_gantt", "plot_load_histogram", "plot_pareto"]
 
 LANE_COLORS = {"qkv": "#4c72b0", "attention": "#8172b2", "o_proj+router": "#64b5cd", "allgather_counts": "#999999",
                "dispatch+combine": "#dd8452", "shared_experts": "#937860", "experts_gpu": "#55a868", "experts_pim": "#c44e52"}

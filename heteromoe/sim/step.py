@@ -35,7 +35,7 @@ from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
 from heteromoe.spec.presets import models, systems
 
-__all__ = ["StepSimulator", "StepResult"]
+__all__ = ["StepResult", "StepSimulator"]
 
 
 @dataclass
@@ -60,7 +60,7 @@ class StepSimulator:
         record: keep the timeline and plans (the sweeps turn it off for speed).
     """
 
-    def __init__(self, model, system, gpus: int = 1, policy: "str | Policy" = "sieve", context: int = 2048,
+    def __init__(self, model, system, gpus: int = 1, policy: str | Policy = "sieve", context: int = 2048,
                  placement=None, record: bool = True) -> None:
         self.model: MoEModelSpec = models.get(model)
         self.system: SystemSpec = systems.get(system)

@@ -9,7 +9,7 @@ from heteromoe.sim.step import StepSimulator
 from heteromoe.sim.workload import workload_for
 from heteromoe.spec.presets import models
 
-__all__ = ["sweep", "pareto_frontier"]
+__all__ = ["pareto_frontier", "sweep"]
 
 
 def sweep(model, system, gpus: int, policies: Iterable[str], batches: Iterable[int], *, context: int = 2048,

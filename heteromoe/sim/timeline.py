@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-__all__ = ["Span", "Timeline", "LANES"]
+__all__ = ["LANES", "Span", "Timeline"]
 
 LANES = ("gpu", "pim", "link")
 

@@ -30,7 +30,7 @@ class TraceWorkload:
     have exactly the model's MoE layers. Its expert count and top-k must be the model's.
     """
 
-    def __init__(self, trace: "RoutingTrace | str", model: MoEModelSpec) -> None:
+    def __init__(self, trace: RoutingTrace | str, model: MoEModelSpec) -> None:
         self.trace = load_trace(trace) if not isinstance(trace, RoutingTrace) else trace
         t = self.trace
         if t.num_experts != model.num_experts:

@@ -3,5 +3,14 @@ from heteromoe.spec.hardware import DramTimings, GpuSpec, LinkSpec, PimSpec, Sys
 from heteromoe.spec.model import MoEModelSpec
 from heteromoe.spec.presets import PresetRegistry, models, systems
 
-__all__ = ["DramTimings", "GpuSpec", "LinkSpec", "PimSpec", "SystemSpec", "MoEModelSpec", "PresetRegistry",
-           "models", "systems"]
+__all__ = [
+           "DramTimings",
+           "GpuSpec",
+           "LinkSpec",
+           "MoEModelSpec",
+           "PimSpec",
+           "PresetRegistry",
+           "SystemSpec",
+           "models",
+           "systems",
+]

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from heteromoe.spec._build import build_dataclass, require_positive, require_in
+from heteromoe.spec._build import build_dataclass, require_in, require_positive
 
-__all__ = ["DramTimings", "GpuSpec", "PimSpec", "LinkSpec", "SystemSpec"]
+__all__ = ["DramTimings", "GpuSpec", "LinkSpec", "PimSpec", "SystemSpec"]
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ class SystemSpec:
             raise ValueError(f"gpus={gpus} exceeds system {self.name!r}'s max_gpus={self.max_gpus}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SystemSpec":
+    def from_dict(cls, data: dict) -> SystemSpec:
         data = dict(data)
         pim = dict(data.pop("pim"))
         if "timing" in pim:
@@ -220,7 +220,7 @@ class SystemSpec:
         return build_dataclass(cls, {**data, **built}, "system")
 
     @classmethod
-    def from_toml(cls, path) -> "SystemSpec":
+    def from_toml(cls, path) -> SystemSpec:
         from heteromoe.spec._build import load_toml
 
         return cls.from_dict(load_toml(path))

@@ -55,9 +55,9 @@ class MoEModelSpec:
         return 6.0 * self.hidden_size * self.moe_intermediate_size
 
     @classmethod
-    def from_dict(cls, data: dict) -> "MoEModelSpec":
+    def from_dict(cls, data: dict) -> MoEModelSpec:
         return build_dataclass(cls, dict(data), "model")
 
     @classmethod
-    def from_toml(cls, path) -> "MoEModelSpec":
+    def from_toml(cls, path) -> MoEModelSpec:
         return cls.from_dict(load_toml(path))

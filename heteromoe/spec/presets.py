@@ -21,7 +21,7 @@ class UnknownPresetError(KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 
-__all__ = ["UnknownPresetError", "PresetRegistry", "systems", "models"]
+__all__ = ["PresetRegistry", "UnknownPresetError", "models", "systems"]
 
 
 class PresetRegistry(Generic[T]):
@@ -38,7 +38,7 @@ class PresetRegistry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(p.name[:-5] for p in self._dir().iterdir() if p.name.endswith(".toml"))
 
-    def get(self, name_or_path: "str | Path | T") -> T:
+    def get(self, name_or_path: str | Path | T) -> T:
         """A preset by name, a spec from a TOML path, or the spec itself."""
         if isinstance(name_or_path, self.spec_cls):
             return name_or_path

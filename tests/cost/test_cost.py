@@ -12,7 +12,7 @@ MODEL = heteromoe.models.get("qwen3-30b-a3b")
 
 
 def test_gpu_roofline_by_hand():
-    cost = CostModel(SYSTEM, MODEL)
+    cost = CostModel(SYSTEM, MODEL, gpu_model="roofline")
     w = 3 * 2048 * 768 * 2  # bytes of one bf16 expert
     read = w / (0.85 * 3.35e12)
     flop = 6 * 2048 * 768 / (0.8 * 989e12)
@@ -51,7 +51,7 @@ def test_comm_zero_on_one_gpu_and_positive_on_four():
 
 
 def test_pim_beats_gpu_for_one_token_and_loses_for_many():
-    cost = CostModel(SYSTEM, MODEL)
+    cost = CostModel(SYSTEM, MODEL, gpu_model="roofline")
     one = np.zeros(128, dtype=np.int64)
     one[0] = 1
     assert cost.pim.times_s(one).sum() < cost.gpu.time_s(one)

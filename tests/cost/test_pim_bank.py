@@ -126,7 +126,7 @@ def test_ema_table_converges_to_the_true_times():
     base = BankPimCost(heteromoe.systems.get("b200-hbm3e-pim").pim, spec)
     ema = EmaPimCost(base, alpha=0.3)
     rng = np.random.default_rng(0)
-    true = lambda n: 1.7 * base.times_s(n) + 2e-7  # noqa: E731 - hardware slower than the model, non-linear
+    true = lambda n: 1.7 * base.times_s(n) + 2e-7
     for _ in range(40):
         n = rng.integers(1, 9, size=16)
         ema.observe(n, true(n) * rng.normal(1.0, 0.02, size=n.size))

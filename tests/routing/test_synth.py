@@ -4,7 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from heteromoe.routing.synth import PUBLISHED_ONE_TOKEN_SHARE, BimodalRouting, one_token_share
+from heteromoe.routing.synth import (
+    PUBLISHED_ONE_TOKEN_SHARE,
+    BimodalRouting,
+    one_token_share,
+)
 
 
 @pytest.mark.parametrize("model", sorted(PUBLISHED_ONE_TOKEN_SHARE))
@@ -26,7 +30,7 @@ def test_temporal_correlation_and_layer_variation():
     gen = BimodalRouting.for_model("qwen3-30b-a3b", seed=0)
     ids = gen.decode(64, steps=20, layers=2)
     counts = np.stack([[np.bincount(ids[s, layer].reshape(-1), minlength=128) for layer in range(2)] for s in range(20)])
-    corr = lambda a, b: float(np.corrcoef(a, b)[0, 1])  # noqa: E731
+    corr = lambda a, b: float(np.corrcoef(a, b)[0, 1])
     next_step = np.mean([corr(counts[s, 0], counts[s + 1, 0]) for s in range(19)])
     other_layer = np.mean([corr(counts[s, 0], counts[s, 1]) for s in range(20)])
     # consecutive steps of one layer share their hot experts; two layers have different hot sets

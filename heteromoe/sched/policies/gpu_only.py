@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from heteromoe.sched.policy import PlacementContext, Policy
+from heteromoe.sched.policy import PlacementContext, Policy, Split
 
 
 class GpuOnlyPolicy(Policy):
@@ -11,5 +11,15 @@ class GpuOnlyPolicy(Policy):
     summary = "everything on GPU, no PIM"
     attention_on_pim = False
 
-    def _place(self, ctx: PlacementContext) -> np.ndarray:
-        return ctx.slot_counts.copy()
+    def _place(self, ctx: PlacementContext) -> Split:
+        gpu_tokens = ctx.slot_counts.copy()
+        regime = getattr(ctx.cost.gpu, "regime_fixed_s", None)
+        if regime is None:
+            return Split(gpu_tokens=gpu_tokens)
+        # a measured GPU table: the runtime's gpu-only path picks GEMV or grouped GEMM per expert by its tokens,
+        # and pays the grouped side's fixed cost on a GPU where some expert has more than the GEMV takes
+        slot_gpu = ctx.placement.slot_gpu
+        times = ctx.cost.times(gpu_tokens, gpu_tokens, np.zeros_like(gpu_tokens), slot_gpu, ctx.num_gpus,
+                               attention_on_pim=self.attention_on_pim, pim_layout=self.pim_layout, comm_s=ctx.comm_s)
+        extra = np.array([regime(gpu_tokens[slot_gpu == g]) for g in range(ctx.num_gpus)])
+        return Split(gpu_tokens=gpu_tokens, t_comm_s=times.t_comm_s, t_gpu_s=times.t_gpu_s + extra, t_pim_s=times.t_pim_s)

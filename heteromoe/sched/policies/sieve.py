@@ -8,7 +8,6 @@ The decision runs in the C++ fast path (`heteromoe._C.sieve_plan`) or its numba 
 """
 from __future__ import annotations
 
-
 from heteromoe import _ext
 from heteromoe.sched.policy import PlacementContext, Policy, Split
 
