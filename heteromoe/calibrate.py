@@ -102,7 +102,7 @@ def measure_table(name: str, num_experts: int, top_k: int, d: int, f: int, count
 
     experts = expert_layer(num_experts, top_k, d, f, dtype)
     layer = ExpertLayer.from_module(name, experts)
-    path = FusedLayerPath(gemv_max_tokens=gemv_max_tokens)
+    path = FusedLayerPath(gemv_max_tokens=gemv_max_tokens, gemv_batch_tokens=0)  # each regime as the table models it
     # experts per call: top_k, then doublings up to 64 (or E): a least-squares line through them
     used = sorted({min(num_experts, m) for m in (top_k, 2 * top_k, 16, 32, 64) if m >= top_k})
     raw = []
@@ -113,11 +113,12 @@ def measure_table(name: str, num_experts: int, top_k: int, d: int, f: int, count
             with torch.no_grad():
                 times.append(graph_time_s(lambda: path.run(layer, hidden, ids, weights)))
         raw.append({"tokens": n, "experts": used, "layer_s": times})
-    return table_from_measurements(num_experts, top_k, d, f, str(dtype).replace("torch.", ""), raw, gemv_max_tokens)
+    return table_from_measurements(num_experts, top_k, d, f, str(dtype).replace("torch.", ""), raw, gemv_max_tokens,
+                                   FusedLayerPath().gemv_batch_tokens)
 
 
 def table_from_measurements(num_experts: int, top_k: int, d: int, f: int, dtype: str, raw: list[dict],
-                            gemv_max_tokens: int) -> dict:
+                            gemv_max_tokens: int, gemv_batch_tokens: int = 4) -> dict:
     """Fit the table: per token count n, a least-squares line through (experts, layer seconds); its slope is
     one expert's time at n tokens. The intercepts give the fixed costs of the two regimes: `fixed_s` (median
     over n <= gemv_max_tokens: route_prep, unpermute, launches) and `grouped_fixed_s`, what a call adds once
@@ -132,7 +133,7 @@ def table_from_measurements(num_experts: int, top_k: int, d: int, f: int, dtype:
     grouped = max(float(np.median(large)) - fixed, 0.0) if large else 0.0
     return {"shape": {"num_experts": num_experts, "top_k": top_k, "hidden_size": d, "intermediate_size": f,
                       "dtype": dtype},
-            "gemv_max_tokens": gemv_max_tokens, "per_expert_s": {str(n): s for n, s in sorted(per_expert.items())},
+            "gemv_max_tokens": gemv_max_tokens, "gemv_batch_tokens": gemv_batch_tokens, "per_expert_s": {str(n): s for n, s in sorted(per_expert.items())},
             "fixed_s": fixed, "grouped_fixed_s": grouped, "measurements": raw}
 
 

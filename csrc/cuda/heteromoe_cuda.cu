@@ -75,6 +75,14 @@ static bool pdl_enabled() {
   return enabled;
 }
 
+static bool gemv_prefetch() {  // HETEROMOE_GEMV_PREFETCH=0 turns the GEMV's L2 prefetch off (to measure it)
+  static const bool on = [] {
+    const char* v = std::getenv("HETEROMOE_GEMV_PREFETCH");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
 template <typename... KArgs, typename... Args>
 static void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
   if (pdl_enabled()) {
@@ -306,7 +314,8 @@ __host__ __device__ constexpr int rows_per_warp(int max_t) { return max_t >= 4 ?
 template <typename T, int kMaxT, bool kSiluChunk>
 __global__ void __launch_bounds__(kGemvWarps * 32)
 expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* cold_expert,
-                   const int* cold_begin, const int* cold_count, int out_rows, int k_dim, bool lists_ready, T* out) {
+                   const int* cold_begin, const int* cold_count, int out_rows, int k_dim, bool lists_ready,
+                   bool prefetch, T* out) {
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kRows = rows_per_warp(kMaxT);
   constexpr int kW = kSiluChunk ? 2 * kRows : kRows;
@@ -328,13 +337,16 @@ expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, 
     const i64 wr = (kSiluChunk && r >= kRows) ? row + out_rows : row;
     w_row[r] = w_e + wr * k_dim;
   }
-  if (lists_ready) {  // the lists are older than the kernel before: fetch the weights while it finishes
+  // Ask for the warp's whole weight slice at once (fire-and-forget L2 prefetches): the loads below then
+  // find it in L2 or on its way, instead of one 16-byte vector per row in flight per lane. When the lists
+  // are older than the kernel before (the down projection), this happens while that kernel finishes.
+  if (prefetch) {
     constexpr int kLine = 128 / sizeof(T);
 #pragma unroll
     for (int r = 0; r < kW; ++r)
       for (int k = lane * kLine; k < k_dim; k += 32 * kLine) prefetch_l2(w_row[r] + k);
-    pdl_wait();
   }
+  if (lists_ready) pdl_wait();
   pdl_trigger();
   for (int t0 = 0; t0 < count; t0 += kMaxT) {
     const int nt = min(kMaxT, count - t0);
@@ -417,7 +429,7 @@ static void launch_gemv_t(bool silu, dim3 grid, cudaStream_t stream, std::uintpt
   auto args = [&](auto kernel) {
     launch(kernel, grid, dim3(kGemvWarps * 32), 0, stream, ptr<const T>(x), ptr<const int>(in_pairs), top_k,
            ptr<const T>(weight), ptr<const int>(cold_expert), ptr<const int>(cold_begin), ptr<const int>(cold_count),
-           out_rows, k_dim, lists_ready, ptr<T>(out));
+           out_rows, k_dim, lists_ready, gemv_prefetch(), ptr<T>(out));
   };
   if (silu) args(expert_gemv_kernel<T, kMaxT, true>);
   else args(expert_gemv_kernel<T, kMaxT, false>);

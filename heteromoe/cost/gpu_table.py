@@ -33,11 +33,12 @@ class GpuCostTable:
         fixed_s: seconds per layer call besides the experts (launches, routing prep, combine).
         source: where the numbers come from (file, GPU), for reports.
         grouped_fixed_s: seconds a layer call adds on a GPU where some expert has more than
-            `gemv_max_tokens` tokens (the grouped-GEMM side: gather, two grouped GEMMs, the gate, a stream).
+            `gemv_max_tokens` tokens (the grouped-GEMM side: gather, two grouped GEMMs, the gate, a stream),
+            unless the batch has at most `gemv_batch_tokens` tokens (then every expert takes the GEMV).
     """
 
     def __init__(self, per_expert_s: dict[int, float], fixed_s: float, source: str = "",
-                 grouped_fixed_s: float = 0.0, gemv_max_tokens: int | None = None) -> None:
+                 grouped_fixed_s: float = 0.0, gemv_max_tokens: int | None = None, gemv_batch_tokens: int = 0) -> None:
         if not per_expert_s:
             raise ValueError("a GPU cost table needs at least one measured token count")
         n = np.array(sorted(int(k) for k in per_expert_s), dtype=np.float64)
@@ -57,6 +58,7 @@ class GpuCostTable:
             raise ValueError(f"grouped_fixed_s must be >= 0, got {grouped_fixed_s}")
         self.grouped_fixed_s = float(grouped_fixed_s)
         self.gemv_max_tokens = gemv_max_tokens
+        self.gemv_batch_tokens = int(gemv_batch_tokens)
         self.source = source
 
     def time_at(self, tokens) -> np.ndarray:
@@ -74,9 +76,12 @@ class GpuCostTable:
         """[E] each expert's measured time (>= read_s, so max(sum read, sum flop) is the sum of the table)."""
         return self.time_at(tokens)
 
-    def regime_fixed_s(self, tokens: np.ndarray) -> float:
-        """The grouped side's fixed seconds if any expert of `tokens` (one GPU's) has more than the GEMV takes."""
+    def regime_fixed_s(self, tokens: np.ndarray, batch_tokens: int | None = None) -> float:
+        """The grouped side's fixed seconds if any expert of `tokens` (one GPU's) has more than the GEMV takes
+        (and the batch, of `batch_tokens` tokens, is not one the runtime runs on the GEMV alone)."""
         if self.gemv_max_tokens is None or not self.grouped_fixed_s:
+            return 0.0
+        if batch_tokens is not None and batch_tokens <= self.gemv_batch_tokens:
             return 0.0
         return self.grouped_fixed_s if (np.asarray(tokens) > self.gemv_max_tokens).any() else 0.0
 
@@ -118,5 +123,6 @@ def find_table(system: SystemSpec, model: MoEModelSpec, files: list[dict] | None
                 per = {int(k): float(v) for k, v in table["per_expert_s"].items()}
                 return GpuCostTable(per, table["fixed_s"], source=f"{data.get('_path', '')} ({data.get('device', key)})",
                                     grouped_fixed_s=table.get("grouped_fixed_s", 0.0),
-                                    gemv_max_tokens=table.get("gemv_max_tokens"))
+                                    gemv_max_tokens=table.get("gemv_max_tokens"),
+                                    gemv_batch_tokens=table.get("gemv_batch_tokens", 0))
     return None

@@ -64,13 +64,18 @@ class FusedLayerPath:
 
     Args:
         gemv_max_tokens: in kernel-choice mode, experts with at most this many tokens take the GEMV kernel.
+        gemv_batch_tokens: batches of at most this many tokens run every expert on the GEMV kernel (H100
+            sweep, bench/results/gpu-threshold-sweep-h100.json: faster than mixing up to 4 tokens).
         streams: run the cold side on a second CUDA stream when both sides have work.
     """
 
-    def __init__(self, gemv_max_tokens: int = 2, streams: bool = True) -> None:
+    def __init__(self, gemv_max_tokens: int = 2, streams: bool = True, gemv_batch_tokens: int = 4) -> None:
         if gemv_max_tokens < 1:
             raise ValueError(f"gemv_max_tokens must be >= 1, got {gemv_max_tokens}")
+        if gemv_batch_tokens < 0:
+            raise ValueError(f"gemv_batch_tokens must be >= 0, got {gemv_batch_tokens}")
         self.gemv_max_tokens = int(gemv_max_tokens)
+        self.gemv_batch_tokens = int(gemv_batch_tokens)
         self.streams = streams
         self._side: dict[torch.device, torch.cuda.Stream] = {}
         self._gate_fused: dict[int, bool] = {}
@@ -94,7 +99,9 @@ class FusedLayerPath:
         num_pairs = num_tokens * top_k
         self._raise_deferred_error(layer)
         if take_hot is None:
-            threshold = self.gemv_max_tokens
+            # small batches: every expert on the GEMV (it reads each weight once for up to gemv_batch_tokens
+            # tokens); larger ones: the experts above gemv_max_tokens on the grouped GEMM
+            threshold = self.gemv_batch_tokens if num_tokens <= self.gemv_batch_tokens else self.gemv_max_tokens
             may_have_hot = num_tokens > threshold  # an expert has at most T tokens (top-k ids are distinct)
             may_have_cold = True
             max_tokens = min(num_tokens, threshold)
@@ -105,7 +112,7 @@ class FusedLayerPath:
             may_have_hot = bool(take_hot.any()) if not isinstance(take_hot, torch.Tensor) else hot_possible
             may_have_cold = max_cold_tokens is None or max_cold_tokens > 0
             max_tokens = num_tokens if max_cold_tokens is None else max(int(max_cold_tokens), 1)
-        if not may_have_hot and take_hot is None and self._one_call_ok(layer, hidden, top_k_weights):
+        if not may_have_hot and self._one_call_ok(layer, hidden, top_k_weights):  # decode: all experts cold
             return self._gemv_layer(layer, hidden, top_k_index, top_k_weights)
         prep = kernels.route_prep(top_k_index, layer.num_experts, take_hot=take_hot, threshold=threshold,
                                   err_out=self._err_word(layer, top_k_index.device))
@@ -159,7 +166,7 @@ class FusedLayerPath:
                         ids.data_ptr(), tokens, top_k, layer.num_experts, layer.up_weight.data_ptr(),
                         layer.down_weight.data_ptr(), d, f, weights.data_ptr(), out_dtype != torch.float32, ws.data_ptr(),
                         out.data_ptr(), 0 if err is None else err.data_ptr(), torch.cuda.current_stream(dev).cuda_stream)
-        self.last_counts = None
+        self.last_counts = ws[: 4 * layer.num_experts].view(torch.int32)  # the workspace opens with the counts
         return out
 
     # -- the two sides ---------------------------------------------------------------------------------

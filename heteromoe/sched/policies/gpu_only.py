@@ -21,5 +21,6 @@ class GpuOnlyPolicy(Policy):
         slot_gpu = ctx.placement.slot_gpu
         times = ctx.cost.times(gpu_tokens, gpu_tokens, np.zeros_like(gpu_tokens), slot_gpu, ctx.num_gpus,
                                attention_on_pim=self.attention_on_pim, pim_layout=self.pim_layout, comm_s=ctx.comm_s)
-        extra = np.array([regime(gpu_tokens[slot_gpu == g]) for g in range(ctx.num_gpus)])
+        batch_tokens = int(ctx.counts.sum()) // ctx.cost.model.top_k
+        extra = np.array([regime(gpu_tokens[slot_gpu == g], batch_tokens) for g in range(ctx.num_gpus)])
         return Split(gpu_tokens=gpu_tokens, t_comm_s=times.t_comm_s, t_gpu_s=times.t_gpu_s + extra, t_pim_s=times.t_pim_s)
