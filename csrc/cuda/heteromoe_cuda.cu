@@ -75,10 +75,10 @@ static bool pdl_enabled() {
   return enabled;
 }
 
-static bool gemv_prefetch() {  // HETEROMOE_GEMV_PREFETCH=0 turns the GEMV's L2 prefetch off (to measure it)
+static bool gemv_prefetch() {  // HETEROMOE_GEMV_PREFETCH=all: every GEMV call prefetches its slice (to measure it)
   static const bool on = [] {
     const char* v = std::getenv("HETEROMOE_GEMV_PREFETCH");
-    return !(v && std::string(v) == "0");
+    return v && std::string(v) == "all";
   }();
   return on;
 }
@@ -337,10 +337,11 @@ expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, 
     const i64 wr = (kSiluChunk && r >= kRows) ? row + out_rows : row;
     w_row[r] = w_e + wr * k_dim;
   }
-  // Ask for the warp's whole weight slice at once (fire-and-forget L2 prefetches): the loads below then
-  // find it in L2 or on its way, instead of one 16-byte vector per row in flight per lane. When the lists
-  // are older than the kernel before (the down projection), this happens while that kernel finishes.
-  if (prefetch) {
+  // When the lists are older than the kernel before (the down projection), ask for the warp's whole weight
+  // slice (fire-and-forget L2 prefetches) while that kernel finishes. Prefetching in every GEMV call
+  // (HETEROMOE_GEMV_PREFETCH=all) measured slower on H100 for large experts (Mixtral: 309 vs 246 us at batch
+  // 1; the slices overflow L2), so by default only the down projection does it.
+  if (prefetch || lists_ready) {
     constexpr int kLine = 128 / sizeof(T);
 #pragma unroll
     for (int r = 0; r < kW; ++r)
