@@ -129,7 +129,8 @@ static void expert_histogram(std::uintptr_t ids, int n, int num_experts, std::ui
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// route_prep: one block of kPrepThreads threads.
+// route_prep: one block of kThreads threads (128 for decode-sized calls: a smaller block's scans and
+// barriers are cheaper, and this kernel is on the critical path; 1024 for large batches).
 //
 // Inputs: ids [P] (flat top_k_index), take_hot [E] (pairs of each expert for the hot side; nullptr: the
 // experts with more than `threshold` pairs are hot, whole). Outputs (int32):
@@ -141,11 +142,12 @@ static void expert_histogram(std::uintptr_t ids, int n, int num_experts, std::ui
 //   err_out [2] (int64, optional, host-mapped): [1 + first bad pair, its id], written only when there is one.
 constexpr int kPrepThreads = 1024;
 
-__global__ void __launch_bounds__(kPrepThreads)
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads)
 route_prep_kernel(const i64* ids, int n, int num_experts, const int* take_hot, int threshold, int max_cold,
                   int* counts, int* hot_offs, int* hot_pairs, int* cold_pairs, int* cold_expert, int* cold_begin,
                   int* cold_count, int* pair_row, int* meta, long long* err_out) {
-  using Scan = cub::BlockScan<int, kPrepThreads>;
+  using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ int s_bad;
   __shared__ int s_carry[3];
@@ -263,10 +265,12 @@ static void route_prep(std::uintptr_t ids, int n, int num_experts, std::uintptr_
   if (num_experts <= 0) throw std::invalid_argument("num_experts must be positive, got " + std::to_string(num_experts));
   const size_t shared = sizeof(int) * 5 * static_cast<size_t>(num_experts);
   if (shared > 200 * 1024) throw std::invalid_argument("route_prep: too many experts " + std::to_string(num_experts));
+  const bool small = num_experts <= 256 && n <= 256;
+  auto kernel = small ? route_prep_kernel<128> : route_prep_kernel<kPrepThreads>;
   if (shared > 48 * 1024)
-    check(cudaFuncSetAttribute(route_prep_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
           "route_prep smem");
-  launch(route_prep_kernel, dim3(1), dim3(kPrepThreads), shared, as_stream(stream),
+  launch(kernel, dim3(1), dim3(small ? 128 : kPrepThreads), shared, as_stream(stream),
          ptr<const i64>(ids), n, num_experts, ptr<const int>(take_hot), threshold, max_cold, ptr<int>(counts),
          ptr<int>(hot_offs), ptr<int>(hot_pairs), ptr<int>(cold_pairs), ptr<int>(cold_expert), ptr<int>(cold_begin),
          ptr<int>(cold_count), ptr<int>(pair_row), ptr<int>(meta), ptr<long long>(err_out));
