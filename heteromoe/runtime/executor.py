@@ -138,6 +138,7 @@ class MoEExecutor:
     fused_on_cpu: bool = False
     plan_ahead: bool = False
     _fused_off: dict[str, str] = field(default_factory=dict)
+    _fused_ok: set = field(default_factory=set)
     _ahead: dict[str, _AheadState] = field(default_factory=dict)
     _ahead_bufs: dict[str, _AheadBuffers] = field(default_factory=dict)
 
@@ -147,6 +148,9 @@ class MoEExecutor:
             return "the fused path is off"
         if layer.name in self._fused_off:
             return self._fused_off[layer.name]
+        key = (layer.name, hidden.device, hidden.dtype)
+        if key in self._fused_ok:  # checked once per layer, device and dtype: this runs on every call
+            return None
         reason = None
         if hidden.device.type == "cpu" and not self.fused_on_cpu:
             reason = "CPU calls take the fused path only when asked (wrap(..., fused=True))"
@@ -161,6 +165,8 @@ class MoEExecutor:
         if reason is not None:
             self._fused_off[layer.name] = reason
             logger.info("layer %s: generic path (%s)", layer.name, reason)
+        else:
+            self._fused_ok.add(key)
         return reason
 
     def run(self, layer: ExpertLayer, cost: CostModel, placement, hidden: torch.Tensor,

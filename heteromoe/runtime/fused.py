@@ -81,7 +81,9 @@ class FusedLayerPath:
         self._gate_fused: dict[int, bool] = {}
         self._grouped_ok: dict[tuple, bool] = {}
         self._err_host: dict[str, torch.Tensor] = {}
-        self.last_counts: torch.Tensor | None = None
+        self._last_prep_counts: torch.Tensor | None = None
+        self._last_ws: tuple | None = None
+        self._ws: dict[tuple, torch.Tensor] = {}
 
     # -- public ------------------------------------------------------------------------------------
     def run(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
@@ -158,16 +160,40 @@ class FusedLayerPath:
             top_k_index.to(torch.int64).contiguous()
         weights = top_k_weights.contiguous()
         out_dtype = torch.promote_types(hidden.dtype, top_k_weights.dtype)
-        ws = torch.empty(cuda.gemv_layer_workspace(tokens * top_k, layer.num_experts, d, f, hidden.element_size()),
-                         dtype=torch.uint8, device=dev)
+        stream = torch.cuda.current_stream(dev).cuda_stream
+        ws = self._workspace(dev, stream, cuda.gemv_layer_workspace(tokens * top_k, layer.num_experts, d, f,
+                                                                    hidden.element_size()))
         out = torch.empty(tokens, d, dtype=hidden.dtype, device=dev)
         err = self._err_word(layer, dev)
         cuda.gemv_layer(kernels._DTYPE_CODE[hidden.dtype], kernels._DTYPE_CODE[weights.dtype], hidden.data_ptr(),
                         ids.data_ptr(), tokens, top_k, layer.num_experts, layer.up_weight.data_ptr(),
                         layer.down_weight.data_ptr(), d, f, weights.data_ptr(), out_dtype != torch.float32, ws.data_ptr(),
-                        out.data_ptr(), 0 if err is None else err.data_ptr(), torch.cuda.current_stream(dev).cuda_stream)
-        self.last_counts = ws[: 4 * layer.num_experts].view(torch.int32)  # the workspace opens with the counts
+                        out.data_ptr(), 0 if err is None else err.data_ptr(), stream)
+        self._last_ws = (ws, layer.num_experts)  # the workspace opens with the counts (see last_counts)
         return out
+
+    def _workspace(self, device: torch.device, stream: int, nbytes: int) -> torch.Tensor:
+        """A workspace reused by the calls on one stream (they are ordered on it), grown as needed; a fresh
+        one while a CUDA graph is being captured (the graph keeps its own)."""
+        if torch.cuda.is_current_stream_capturing():
+            return torch.empty(nbytes, dtype=torch.uint8, device=device)
+        ws = self._ws.get((device, stream))
+        if ws is None or ws.numel() < nbytes:
+            ws = self._ws[(device, stream)] = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8, device=device)
+        return ws
+
+    @property
+    def last_counts(self) -> torch.Tensor | None:
+        """[E] int32 on the device: the last call's tokens per expert (plan-ahead copies them to the host)."""
+        if self._last_ws is not None:
+            ws, experts = self._last_ws
+            return ws[: 4 * experts].view(torch.int32)
+        return self._last_prep_counts
+
+    @last_counts.setter
+    def last_counts(self, value: torch.Tensor | None) -> None:
+        self._last_prep_counts = value
+        self._last_ws = None
 
     # -- the two sides ---------------------------------------------------------------------------------
     def _cold(self, layer: ExpertLayer, hidden: torch.Tensor, prep: kernels.RoutePrep, top_k: int,
