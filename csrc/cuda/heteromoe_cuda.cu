@@ -142,11 +142,82 @@ static void expert_histogram(std::uintptr_t ids, int n, int num_experts, std::ui
 //   err_out [2] (int64, optional, host-mapped): [1 + first bad pair, its id], written only when there is one.
 constexpr int kPrepThreads = 1024;
 
+// The layer's costs for the on-device planner (one GPU): what `_C.sieve_plan` / `_C.heteromoe_plan` take.
+struct DevicePlan {
+  int rule;  // -1: no plan; 0: Sieve's greedy; 1: heteromoe's best prefix + one split expert
+  const double* flop;  // [table_len] GPU seconds of one expert with n tokens
+  const double* pim;   // [table_len] PIM seconds of one expert with n tokens
+  int table_len;
+  double read_s, launch_s, comm, gfix, pfix;
+};
+
+// One thread, statement by statement the C++ planners of csrc/heteromoe_ext.cpp for G = 1 (additions and
+// max only: no contraction, so the doubles are the host's bit for bit). order[0, m): active experts by count
+// descending, ties by lower id. Writes take[e] (GPU tokens of each expert).
+__device__ void plan_on_device(const DevicePlan& p, const int* count, const int* order, int m, int* take) {
+  double pim = p.pfix;
+  for (int i = 0; i < m; ++i) pim += p.pim[count[order[i]]];
+  const double cm = p.comm, gf = p.gfix;
+  double best = fmax(fmax(cm, gf), pim);
+  if (p.rule == 0) {
+    double read = 0.0, flop = 0.0;
+    for (int i = 0; i < m; ++i) {
+      const int e = order[i], n = count[e];
+      const double n_read = read + p.read_s, n_flop = flop + p.flop[n], n_pim = pim - p.pim[n];
+      const double t = fmax(fmax(cm, fmax(n_read, n_flop) + p.launch_s + gf), n_pim);
+      if (!(t < best)) break;
+      best = t;
+      read = n_read;
+      flop = n_flop;
+      pim = n_pim;
+      take[e] = n;
+    }
+    return;
+  }
+  int best_m = 0;
+  double read = 0.0, flop = 0.0, best_read = 0.0, best_flop = 0.0, best_pim = pim;
+  for (int i = 0; i < m; ++i) {
+    const int n = count[order[i]];
+    read = read + p.read_s;
+    flop = flop + p.flop[n];
+    pim = pim - p.pim[n];
+    const double t = fmax(fmax(cm, fmax(read, flop) + p.launch_s + gf), pim);
+    if (t < best) {
+      best = t;
+      best_m = i + 1;
+      best_read = read;
+      best_flop = flop;
+      best_pim = pim;
+    }
+  }
+  for (int i = 0; i < best_m; ++i) take[order[i]] = count[order[i]];
+  int split_e = -1, split_g = 0;
+  if (best_m < m) {
+    const int e = order[best_m], n = count[e];
+    for (int k = 1; k < n; ++k) {
+      const double t_gpu = fmax(best_read + p.read_s, best_flop + p.flop[k]) + p.launch_s + gf;
+      const double t_pim = best_pim - p.pim[n] + p.pim[n - k];
+      const double t = fmax(fmax(cm, t_gpu), t_pim);
+      if (t < best) { best = t; split_e = e; split_g = k; }
+    }
+  }
+  if (best_m > 0) {
+    const int e = order[best_m - 1], n = count[e];
+    for (int k = 1; k < n; ++k) {
+      const double t_gpu = fmax(best_read, best_flop - p.flop[n] + p.flop[k]) + p.launch_s + gf;
+      const double t_pim = best_pim + p.pim[n - k];
+      const double t = fmax(fmax(cm, t_gpu), t_pim);
+      if (t < best) { best = t; split_e = e; split_g = k; }
+    }
+  }
+  if (split_e >= 0) take[split_e] = split_g;
+}
+
 template <int kThreads>
 __global__ void __launch_bounds__(kThreads)
 route_prep_kernel(const i64* ids, int n, int num_experts, const int* take_hot, int threshold, int max_cold,
                   int* counts, int* hot_offs, int* hot_pairs, int* cold_pairs, int* cold_expert, int* cold_begin,
-                  int* cold_count, int* pair_row, int* meta, long long* err_out) {
+                  int* cold_count, int* pair_row, int* meta, long long* err_out, DevicePlan plan, int* plan_out) {
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ int s_bad;
@@ -157,6 +228,7 @@ route_prep_kernel(const i64* ids, int n, int num_experts, const int* take_hot, i
   int* s_hot_off = s_hot + num_experts;   // [E] exclusive
   int* s_cold_off = s_hot_off + num_experts;  // [E] exclusive
   int* s_cursor = s_cold_off + num_experts;   // [E] pairs of each expert ranked so far
+  int* s_take = s_cursor + num_experts;       // [E] the on-device plan's GPU tokens
   const int tid = threadIdx.x;
   pdl_wait();     // the routing comes from the kernel before
   pdl_trigger();  // the GEMV may launch now; it waits for this grid before reading its lists
@@ -169,13 +241,41 @@ route_prep_kernel(const i64* ids, int n, int num_experts, const int* take_hot, i
     else atomicCAS(&s_bad, 0, i + 1);  // some bad pair; the exact first one is found below
   }
   __syncthreads();
+  if (plan.rule >= 0) {  // plan here: Sieve's order by ranks (s_cold_off is scratch until the scans)
+    int* s_order = s_cold_off;
+    for (int e = tid; e < num_experts; e += blockDim.x) {
+      s_take[e] = 0;
+      const int c = s_count[e];
+      if (c > 0) {
+        int r = 0;
+        for (int o = 0; o < num_experts; ++o) {
+          const int co = s_count[o];
+          r += (co > c) || (co == c && o < e);
+        }
+        s_order[r] = e;
+      }
+    }
+    __syncthreads();
+    if (tid == 0) {
+      int m = 0, top = 0;
+      for (int e = 0; e < num_experts; ++e) {
+        m += s_count[e] > 0;
+        top = max(top, s_count[e]);
+      }
+      if (top < plan.table_len) plan_on_device(plan, s_count, s_order, m, s_take);
+      else for (int e = 0; e < num_experts; ++e) s_take[e] = s_count[e];  // tables too short: all on the GPU
+    }
+    __syncthreads();
+    if (plan_out)
+      for (int e = tid; e < num_experts; e += blockDim.x) plan_out[e] = s_take[e];
+  }
   // scans over experts, in chunks of the block size
   for (int base = 0; base < num_experts; base += blockDim.x) {
     const int e = base + tid;
     int c = 0, h = 0, has_cold = 0;
     if (e < num_experts) {
       c = s_count[e];
-      h = take_hot ? min(max(take_hot[e], 0), c) : (c > threshold ? c : 0);
+      h = plan.rule >= 0 ? s_take[e] : take_hot ? min(max(take_hot[e], 0), c) : (c > threshold ? c : 0);
       has_cold = c > h;
       s_hot[e] = h;
     }
@@ -258,13 +358,45 @@ route_prep_kernel(const i64* ids, int n, int num_experts, const int* take_hot, i
   }
 }
 
+static void route_prep_planned(std::uintptr_t ids, int n, int num_experts, std::uintptr_t take_hot, int threshold,
+                               int max_cold, std::uintptr_t counts, std::uintptr_t hot_offs, std::uintptr_t hot_pairs,
+                               std::uintptr_t cold_pairs, std::uintptr_t cold_expert, std::uintptr_t cold_begin,
+                               std::uintptr_t cold_count, std::uintptr_t pair_row, std::uintptr_t meta,
+                               std::uintptr_t err_out, DevicePlan plan, std::uintptr_t plan_out, std::uintptr_t stream);
+
 static void route_prep(std::uintptr_t ids, int n, int num_experts, std::uintptr_t take_hot, int threshold, int max_cold,
                        std::uintptr_t counts, std::uintptr_t hot_offs, std::uintptr_t hot_pairs, std::uintptr_t cold_pairs,
                        std::uintptr_t cold_expert, std::uintptr_t cold_begin, std::uintptr_t cold_count,
                        std::uintptr_t pair_row, std::uintptr_t meta, std::uintptr_t err_out, std::uintptr_t stream) {
+  DevicePlan none{};
+  none.rule = -1;
+  route_prep_planned(ids, n, num_experts, take_hot, threshold, max_cold, counts, hot_offs, hot_pairs, cold_pairs,
+                     cold_expert, cold_begin, cold_count, pair_row, meta, err_out, none, 0, stream);
+}
+
+// route_prep with the plan made on the device (rule 0 sieve, 1 heteromoe; flop/pim: device double tables).
+static void route_prep_plan(std::uintptr_t ids, int n, int num_experts, int max_cold, std::uintptr_t counts,
+                            std::uintptr_t hot_offs, std::uintptr_t hot_pairs, std::uintptr_t cold_pairs,
+                            std::uintptr_t cold_expert, std::uintptr_t cold_begin, std::uintptr_t cold_count,
+                            std::uintptr_t pair_row, std::uintptr_t meta, std::uintptr_t err_out, int rule,
+                            std::uintptr_t flop, std::uintptr_t pim, int table_len, double read_s, double launch_s,
+                            double comm, double gfix, double pfix, std::uintptr_t plan_out, std::uintptr_t stream) {
+  if (rule != 0 && rule != 1) throw std::invalid_argument("route_prep_plan: rule must be 0 (sieve) or 1 (heteromoe)");
+  DevicePlan plan{rule, ptr<const double>(flop), ptr<const double>(pim), table_len, read_s, launch_s, comm, gfix, pfix};
+  route_prep_planned(ids, n, num_experts, 0, 0, max_cold, counts, hot_offs, hot_pairs, cold_pairs, cold_expert,
+                     cold_begin, cold_count, pair_row, meta, err_out, plan, plan_out, stream);
+}
+
+static void route_prep_planned(std::uintptr_t ids, int n, int num_experts, std::uintptr_t take_hot, int threshold,
+                               int max_cold, std::uintptr_t counts, std::uintptr_t hot_offs, std::uintptr_t hot_pairs,
+                               std::uintptr_t cold_pairs, std::uintptr_t cold_expert, std::uintptr_t cold_begin,
+                               std::uintptr_t cold_count, std::uintptr_t pair_row, std::uintptr_t meta,
+                               std::uintptr_t err_out, DevicePlan plan, std::uintptr_t plan_out, std::uintptr_t stream) {
   if (num_experts <= 0) throw std::invalid_argument("num_experts must be positive, got " + std::to_string(num_experts));
-  const size_t shared = sizeof(int) * 5 * static_cast<size_t>(num_experts);
+  const size_t shared = sizeof(int) * 6 * static_cast<size_t>(num_experts);
   if (shared > 200 * 1024) throw std::invalid_argument("route_prep: too many experts " + std::to_string(num_experts));
+  if (plan.rule >= 0 && (!plan.flop || !plan.pim || plan.table_len <= 0))
+    throw std::invalid_argument("route_prep: a device plan needs its cost tables");
   const bool small = num_experts <= 256 && n <= 256;
   auto kernel = small ? route_prep_kernel<128> : route_prep_kernel<kPrepThreads>;
   if (shared > 48 * 1024)
@@ -273,7 +405,7 @@ static void route_prep(std::uintptr_t ids, int n, int num_experts, std::uintptr_
   launch(kernel, dim3(1), dim3(small ? 128 : kPrepThreads), shared, as_stream(stream),
          ptr<const i64>(ids), n, num_experts, ptr<const int>(take_hot), threshold, max_cold, ptr<int>(counts),
          ptr<int>(hot_offs), ptr<int>(hot_pairs), ptr<int>(cold_pairs), ptr<int>(cold_expert), ptr<int>(cold_begin),
-         ptr<int>(cold_count), ptr<int>(pair_row), ptr<int>(meta), ptr<long long>(err_out));
+         ptr<int>(cold_count), ptr<int>(pair_row), ptr<int>(meta), ptr<long long>(err_out), plan, ptr<int>(plan_out));
   check(cudaGetLastError(), "route_prep launch");
 }
 
@@ -651,6 +783,11 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("threshold"), py::arg("max_cold"), py::arg("counts"), py::arg("hot_offs"), py::arg("hot_pairs"),
         py::arg("cold_pairs"), py::arg("cold_expert"), py::arg("cold_begin"), py::arg("cold_count"), py::arg("pair_row"),
         py::arg("meta"), py::arg("err_out"), py::arg("stream"));
+  m.def("route_prep_plan", &route_prep_plan, py::arg("ids"), py::arg("n"), py::arg("num_experts"), py::arg("max_cold"),
+        py::arg("counts"), py::arg("hot_offs"), py::arg("hot_pairs"), py::arg("cold_pairs"), py::arg("cold_expert"),
+        py::arg("cold_begin"), py::arg("cold_count"), py::arg("pair_row"), py::arg("meta"), py::arg("err_out"),
+        py::arg("rule"), py::arg("flop"), py::arg("pim"), py::arg("table_len"), py::arg("read_s"), py::arg("launch_s"),
+        py::arg("comm"), py::arg("gfix"), py::arg("pfix"), py::arg("plan_out"), py::arg("stream"));
   m.def("gather_rows", &gather_rows, py::arg("x"), py::arg("pairs"), py::arg("top_k"), py::arg("rows"), py::arg("row_bytes"),
         py::arg("out"), py::arg("stream"));
   m.def("expert_gemv", &expert_gemv, py::arg("dtype"), py::arg("x"), py::arg("in_pairs"), py::arg("top_k"),

@@ -161,6 +161,8 @@ class HeteroMoERuntime:
 
     def report(self) -> dict:
         """JSON-serializable per-layer sums: GPU/PIM split and predicted times (see README)."""
+        if hasattr(self.executor, "flush"):
+            self.executor.flush()  # plans made on the device are settled lazily
         layers = [self.executor.stats[b.layer.name].to_dict() if b.layer.name in self.executor.stats
                   else {"name": b.layer.name, "calls": 0} for b in self._bindings.values()]
         return {
@@ -218,7 +220,7 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
          replicas_per_gpu: int = 0, replan_every: int = 64, learn_pim_costs: bool = False, process_group=None,
          gpu_backend: str | Backend | None = None, pim_backend: str | Backend | None = None,
          fallback_backend: str | Backend = "torch", fused: bool | None = None,
-         gemv_max_tokens: int = 2, plan_ahead: bool = False) -> HeteroMoERuntime:
+         gemv_max_tokens: int = 2, plan_ahead: bool = False, plan_on_device: bool = True) -> HeteroMoERuntime:
     """Wrap a transformers MoE model so every experts call runs loads -> plan -> backends.
 
     Args:
@@ -246,6 +248,9 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
         plan_ahead: on CUDA, plan each layer call from the layer's previous call's counts (copied to the host
             without waiting), so the host never stalls the device (see MoEExecutor._run_fused_ahead); off:
             every call's plan is made from its own counts, after one device-to-host copy.
+        plan_on_device: on CUDA with policy `sieve` or `heteromoe` on one GPU, plan inside the routing kernel
+            from the call's own counts (the same rule and doubles as the host planner): no host plan, no
+            wait, capturable in a CUDA graph; statistics are settled lazily. Takes precedence over plan_ahead.
     Returns:
         HeteroMoERuntime (`.model`, `.report()`, `.unwrap()`).
     """
@@ -285,7 +290,7 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
         from heteromoe.runtime.fused import FusedLayerPath
 
         executor_kw.update(fused=FusedLayerPath(gemv_max_tokens=gemv_max_tokens), fused_on_cpu=bool(fused),
-                           plan_ahead=plan_ahead)
+                           plan_ahead=plan_ahead, plan_on_device=plan_on_device)
     if process_group is not None:
         from heteromoe.runtime.distributed import ExpertParallelExecutor
 

@@ -153,6 +153,45 @@ def route_prep(top_k_index: torch.Tensor, num_experts: int, *, take_hot: torch.T
     return reference.route_prep(ids, num_experts, take_hot=take_hot, threshold=threshold, max_cold=max_cold)
 
 
+@dataclass(frozen=True)
+class DevicePlan:
+    """A layer's costs for planning on the device (one GPU): the arguments of `_C.sieve_plan` /
+    `_C.heteromoe_plan`, with the tables as float64 tensors on the GPU. rule: "sieve" or "heteromoe"."""
+
+    rule: str
+    flop: torch.Tensor
+    pim: torch.Tensor
+    read_s: float
+    launch_s: float
+    comm_s: float
+    gpu_fixed_s: float
+    pim_fixed_s: float
+
+
+def route_prep_plan(top_k_index: torch.Tensor, num_experts: int, plan: DevicePlan, *, plan_out: torch.Tensor,
+                    err_out: torch.Tensor | None = None) -> RoutePrep:
+    """route_prep whose hot/cold split is the policy's plan, made in the same kernel from the counts (CUDA
+    only; equal to the host planners bit for bit). `plan_out` ([E] int32) receives each expert's GPU tokens."""
+    if not _on_cuda_kernels(top_k_index):
+        raise ValueError("route_prep_plan runs on CUDA tensors with heteromoe._cuda built")
+    if plan.rule not in ("sieve", "heteromoe"):
+        raise ValueError(f"device plans exist for 'sieve' and 'heteromoe', not {plan.rule!r}")
+    ids = top_k_index.reshape(-1)
+    ids = ids if ids.dtype == torch.int64 and ids.is_contiguous() else ids.to(torch.int64).contiguous()
+    n, dev = int(ids.shape[0]), ids.device
+    max_cold = min(num_experts, n)
+    sizes = (num_experts, num_experts, n, n, max_cold, max_cold, max_cold, n, 4)
+    prep = RoutePrep(*torch.split(torch.empty(sum(sizes), dtype=torch.int32, device=dev), sizes))
+    _cuda.route_prep_plan(ids.data_ptr(), n, num_experts, max_cold, prep.counts.data_ptr(), prep.hot_offs.data_ptr(),
+                          prep.hot_pairs.data_ptr(), prep.cold_pairs.data_ptr(), prep.cold_expert.data_ptr(),
+                          prep.cold_begin.data_ptr(), prep.cold_count.data_ptr(), prep.pair_row.data_ptr(),
+                          prep.meta.data_ptr(), 0 if err_out is None else err_out.data_ptr(),
+                          0 if plan.rule == "sieve" else 1, plan.flop.data_ptr(), plan.pim.data_ptr(),
+                          int(min(plan.flop.shape[0], plan.pim.shape[0])), plan.read_s, plan.launch_s, plan.comm_s,
+                          plan.gpu_fixed_s, plan.pim_fixed_s, plan_out.data_ptr(), _stream())
+    return prep
+
+
 def expert_histogram(top_k_index: torch.Tensor, num_experts: int) -> torch.Tensor:
     """[E] int32 pairs per expert (ids outside [0, E) are not counted)."""
     ids = top_k_index.reshape(-1).to(torch.int64).contiguous()

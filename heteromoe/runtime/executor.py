@@ -137,6 +137,9 @@ class MoEExecutor:
     fused: FusedLayerPath | None = None
     fused_on_cpu: bool = False
     plan_ahead: bool = False
+    plan_on_device: bool = False
+    _pending: dict = field(default_factory=dict)
+    _device_tables: dict = field(default_factory=dict)
     _fused_off: dict[str, str] = field(default_factory=dict)
     _fused_ok: set = field(default_factory=set)
     _ahead: dict[str, _AheadState] = field(default_factory=dict)
@@ -226,6 +229,8 @@ class MoEExecutor:
             out = self.fused.run(layer, hidden, top_k_index, top_k_weights)
             stats.add_unplanned(num_tokens, int(top_k_index.numel()))
             return out
+        if self.plan_on_device and hidden.is_cuda and self.policy.name in ("sieve", "heteromoe"):
+            return self._run_fused_device_plan(layer, cost, placement, hidden, top_k_index, top_k_weights)
         if self.plan_ahead and hidden.is_cuda:
             return self._run_fused_ahead(layer, cost, placement, hidden, top_k_index, top_k_weights, stats)
         loads = loads_from_topk(top_k_index, layer.num_experts, where=layer.name)
@@ -281,6 +286,70 @@ class MoEExecutor:
             self.pim_backend.calls += 1
             self.pim_backend.pairs += int(plan.pim_tokens.sum())
         return out
+
+    def _run_fused_device_plan(self, layer: ExpertLayer, cost: CostModel, placement, hidden: torch.Tensor,
+                               top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        """Plan on the device: route_prep runs the policy's planner (the C++ fast path's rule, same doubles)
+        on this call's counts, in the same kernel; the host neither waits nor plans. The plan's GPU tokens
+        and the counts are copied to the host without waiting; the layer's next call (or `flush()`) turns
+        them into the plan and the statistics."""
+        num_tokens = int(top_k_index.shape[0])
+        plan = self._device_plan(layer, cost, num_tokens, hidden.device)
+        if torch.cuda.is_current_stream_capturing():  # in a CUDA graph: kernels only (replays keep no stats)
+            scratch = torch.empty(layer.num_experts, dtype=torch.int32, device=hidden.device)
+            return self.fused.run(layer, hidden, top_k_index, top_k_weights, device_plan=plan, plan_out=scratch)
+        self._settle(layer.name)
+        buffers = self._ahead_buffers(layer, hidden.device)
+        slot = buffers.flip()
+        out = self.fused.run(layer, hidden, top_k_index, top_k_weights, device_plan=plan, plan_out=slot.take_dev)
+        slot.take_host.copy_(slot.take_dev, non_blocking=True)
+        slot.counts_host.copy_(self.fused.last_counts, non_blocking=True)
+        slot.ready.record()
+        self._pending[layer.name] = (slot, num_tokens, cost, placement)
+        return out
+
+    def _device_plan(self, layer: ExpertLayer, cost: CostModel, num_tokens: int, device: torch.device):
+        """The layer's cost tables on the device (re-uploaded when the cost model's tables change)."""
+        from heteromoe.kernels import DevicePlan
+
+        flop_tab, pim_tab = cost.tables(num_tokens)
+        cached = self._device_tables.get(layer.name)
+        if cached is None or cached[0] is not flop_tab or cached[1] is not pim_tab:
+            gpu_fixed, pim_fixed = cost.fixed_arrays(1, self.policy.attention_on_pim)
+            plan = DevicePlan(rule=self.policy.name, flop=torch.from_numpy(flop_tab).to(device),
+                              pim=torch.from_numpy(np.ascontiguousarray(pim_tab, dtype=np.float64)).to(device),
+                              read_s=float(cost.gpu.read_s_per_expert), launch_s=float(cost.gpu.launch_s),
+                              comm_s=0.0, gpu_fixed_s=float(gpu_fixed[0]), pim_fixed_s=float(pim_fixed[0]))
+            cached = self._device_tables[layer.name] = (flop_tab, pim_tab, plan)
+        return cached[2]
+
+    def _settle(self, name: str) -> None:
+        """Turn a layer's pending device plan into its Plan and statistics (waits for that call's copies)."""
+        pending = self._pending.pop(name, None)
+        if pending is None:
+            return
+        slot, num_tokens, cost, placement = pending
+        slot.ready.synchronize()
+        counts = slot.counts_host.numpy().astype(np.int64)
+        gpu_tokens = slot.take_host.numpy().astype(np.int64)
+        pim_tokens = counts - gpu_tokens
+        slot_gpu = np.zeros(counts.shape[0], dtype=np.int64)
+        times = cost.times(counts, gpu_tokens, pim_tokens, slot_gpu, 1, attention_on_pim=self.policy.attention_on_pim,
+                           pim_layout=self.policy.pim_layout)
+        plan = Plan(policy=self.policy.name, slot_gpu=slot_gpu, gpu_tokens=gpu_tokens, pim_tokens=pim_tokens,
+                    per_gpu_t_comm_s=times.t_comm_s, per_gpu_t_gpu_s=times.t_gpu_s, per_gpu_t_pim_s=times.t_pim_s,
+                    info={"planned_on": "device"})
+        plan.validate(counts)
+        self.stats.setdefault(name, LayerStats(name)).add(plan, num_tokens)
+        self.last_plans[name] = plan
+        if plan.pim_tokens.any() and hasattr(self.pim_backend, "calls"):
+            self.pim_backend.calls += 1
+            self.pim_backend.pairs += int(plan.pim_tokens.sum())
+
+    def flush(self) -> None:
+        """Settle every pending device plan (statistics are then complete)."""
+        for name in list(self._pending):
+            self._settle(name)
 
     def _ahead_buffers(self, layer: ExpertLayer, device: torch.device) -> _AheadBuffers:
         buffers = self._ahead_bufs.get(layer.name)

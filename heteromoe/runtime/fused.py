@@ -88,7 +88,8 @@ class FusedLayerPath:
     # -- public ------------------------------------------------------------------------------------
     def run(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
             take_hot: np.ndarray | torch.Tensor | None = None, max_cold_tokens: int | None = None,
-            hot_possible: bool = True) -> torch.Tensor:
+            hot_possible: bool = True, device_plan: "kernels.DevicePlan | None" = None,
+            plan_out: torch.Tensor | None = None) -> torch.Tensor:
         """[T, d] the layer's combined expert output in hidden's dtype.
 
         Args:
@@ -96,11 +97,15 @@ class FusedLayerPath:
                 choice by token count).
             max_cold_tokens: the most tokens any cold expert has, when the caller knows it (picks the GEMV tile).
             hot_possible: with a device `take_hot`, False says it is all zeros (the host knows; skips the hot side).
+            device_plan: plan on the device from this call's counts (policy sieve/heteromoe, one GPU); the
+                plan's GPU tokens per expert land in `plan_out`.
         """
         num_tokens, top_k = top_k_index.shape
         num_pairs = num_tokens * top_k
         self._raise_deferred_error(layer)
-        if take_hot is None:
+        if device_plan is not None:
+            threshold, may_have_hot, may_have_cold, max_tokens = 0, True, True, num_tokens
+        elif take_hot is None:
             # small batches: every expert on the GEMV (it reads each weight once for up to gemv_batch_tokens
             # tokens); larger ones: the experts above gemv_max_tokens on the grouped GEMM
             threshold = self.gemv_batch_tokens if num_tokens <= self.gemv_batch_tokens else self.gemv_max_tokens
@@ -114,10 +119,14 @@ class FusedLayerPath:
             may_have_hot = bool(take_hot.any()) if not isinstance(take_hot, torch.Tensor) else hot_possible
             may_have_cold = max_cold_tokens is None or max_cold_tokens > 0
             max_tokens = num_tokens if max_cold_tokens is None else max(int(max_cold_tokens), 1)
-        if not may_have_hot and self._one_call_ok(layer, hidden, top_k_weights):  # decode: all experts cold
+        if not may_have_hot and device_plan is None and self._one_call_ok(layer, hidden, top_k_weights):  # all cold
             return self._gemv_layer(layer, hidden, top_k_index, top_k_weights)
-        prep = kernels.route_prep(top_k_index, layer.num_experts, take_hot=take_hot, threshold=threshold,
-                                  err_out=self._err_word(layer, top_k_index.device))
+        if device_plan is not None:
+            prep = kernels.route_prep_plan(top_k_index, layer.num_experts, device_plan, plan_out=plan_out,
+                                           err_out=self._err_word(layer, top_k_index.device))
+        else:
+            prep = kernels.route_prep(top_k_index, layer.num_experts, take_hot=take_hot, threshold=threshold,
+                                      err_out=self._err_word(layer, top_k_index.device))
         self._check_ids(layer, prep, top_k_index)
         self.last_counts = prep.counts  # [E] on the device: plan-ahead copies them to the host
 

@@ -224,3 +224,33 @@ def test_cuda_gemv_equals_cpu_twin_in_fp32():
                                silu_chunk=True, max_tokens=8)
     rows = int(prep.meta[1])
     torch.testing.assert_close(cuda[:rows].cpu(), cpu[:rows], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("rule", ["sieve", "heteromoe"])
+@pytest.mark.parametrize("batch", [1, 3, 16, 64, 256])
+def test_device_planner_equals_the_host_planner(rule, batch):
+    """route_prep_plan plans in the routing kernel with the C++ fast path's rule and doubles: same plan."""
+    import heteromoe
+    from heteromoe.cost.model import CostModel
+    from heteromoe.routing import BimodalRouting
+    from heteromoe.sched.placement import Placement
+    from heteromoe.sched import get_policy
+
+    spec = heteromoe.models.get("qwen3-30b-a3b")
+    for system, gpu_model in (("h100-hbm3-pim", None), ("h100-hbm3-pim", "roofline"), ("b200-hbm3e-pim", None)):
+        cost = CostModel(heteromoe.systems.get(system), spec, gpu_model=gpu_model)
+        ids = BimodalRouting(num_experts=128, top_k=8, hot_share=0.5, ratio=14.0, seed=batch).decode(batch, 1, 1)[0, 0]
+        counts = np.bincount(ids.reshape(-1), minlength=128)
+        placement = Placement.from_homes(np.zeros(128, dtype=np.int64), 1)
+        host = get_policy(rule).plan(counts, placement, 1, cost)
+        flop, pim = cost.tables(batch)
+        gfix, pfix = cost.fixed_arrays(1, True)
+        plan = kernels.DevicePlan(rule, torch.from_numpy(flop).cuda(), torch.from_numpy(np.asarray(pim, np.float64)).cuda(),
+                                  float(cost.gpu.read_s_per_expert), float(cost.gpu.launch_s), 0.0, float(gfix[0]),
+                                  float(pfix[0]))
+        out = torch.empty(128, dtype=torch.int32, device="cuda")
+        prep = kernels.route_prep_plan(torch.from_numpy(ids).cuda(), 128, plan, plan_out=out)
+        np.testing.assert_array_equal(out.cpu().numpy(), host.gpu_tokens, err_msg=f"{system} {gpu_model}")
+        assert int(prep.meta[0]) == int(host.gpu_tokens.sum()) and int(prep.meta[1]) == int(host.pim_tokens.sum())

@@ -94,7 +94,7 @@ needs_cuda_kernels = pytest.mark.skipif(not (torch.cuda.is_available() and kerne
 
 @pytest.mark.gpu
 @needs_cuda_kernels
-@pytest.mark.parametrize("policy", ["gpu-only", "heteromoe", "heteromoe-ahead"])
+@pytest.mark.parametrize("policy", ["gpu-only", "heteromoe", "heteromoe-host", "heteromoe-ahead", "sieve"])
 @pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
 def test_fused_cuda_bf16_matches_unwrapped(family, policy):
     model = tiny_model(family, dtype=torch.bfloat16).to("cuda")
@@ -102,8 +102,9 @@ def test_fused_cuda_bf16_matches_unwrapped(family, policy):
     with torch.no_grad():
         ref = model(ids).logits.float()
         ref_tokens = model.generate(ids, **GEN)
-        runtime = heteromoe.wrap(model, policy=policy.replace("-ahead", ""), gemv_max_tokens=4,
-                                 plan_ahead=policy.endswith("-ahead"))
+        runtime = heteromoe.wrap(model, policy=policy.split("-")[0] if policy != "gpu-only" else policy,
+                                 gemv_max_tokens=4, plan_ahead=policy.endswith("-ahead"),
+                                 plan_on_device=policy in ("heteromoe", "sieve"))
         out = model(ids).logits.float()
         tokens = model.generate(ids, **GEN)
     runtime.unwrap()
@@ -122,13 +123,14 @@ def test_fused_fp32_cuda_tokens_identical():
     ids = torch.randint(1, 128, (3, 10), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
     with torch.no_grad():
         ref_logits, ref_tokens = model(ids).logits, model.generate(ids, **GEN)
-        for policy, ahead in (("gpu-only", False), ("heteromoe", False), ("heteromoe", True)):
-            runtime = heteromoe.wrap(model, policy=policy, plan_ahead=ahead)
+        for policy, ahead, on_device in (("gpu-only", False, False), ("heteromoe", False, False),
+                                         ("heteromoe", True, False), ("heteromoe", False, True), ("sieve", False, True)):
+            runtime = heteromoe.wrap(model, policy=policy, plan_ahead=ahead, plan_on_device=on_device)
             logits, tokens = model(ids).logits, model.generate(ids, **GEN)
             runtime.unwrap()
             assert runtime.executor._fused_off == {}, runtime.executor._fused_off
             torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-4)
-            assert torch.equal(tokens, ref_tokens), (policy, ahead)
+            assert torch.equal(tokens, ref_tokens), (policy, ahead, on_device)
 
 
 @pytest.mark.gpu
@@ -159,3 +161,56 @@ def test_fused_layer_captures_in_a_cuda_graph(batch):
     assert torch.equal(captured, eager)
     torch.testing.assert_close(eager.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item())
     assert np.isfinite(eager.float().cpu().numpy()).all()
+
+
+@pytest.mark.gpu
+@needs_cuda_kernels
+@pytest.mark.parametrize("policy", ["heteromoe", "sieve"])
+def test_device_plan_captures_in_a_cuda_graph_and_settles_stats(policy):
+    """Planning in the routing kernel: nothing waits on the host, so the heteromoe-policy layer captures
+    in a CUDA graph; eager calls settle their plans lazily into the statistics."""
+    import dataclasses
+
+    import numpy as np
+
+    from heteromoe.cost.model import CostModel
+    from heteromoe.device import registry
+    from heteromoe.runtime.executor import MoEExecutor
+    from heteromoe.sched import get_policy
+    from heteromoe.sched.placement import Placement
+
+    model = tiny_model("qwen3_moe", dtype=torch.bfloat16).to("cuda")
+    layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
+    spec = dataclasses.replace(heteromoe.models.get("qwen3-30b-a3b"), num_experts=layer.num_experts,
+                               top_k=model.config.num_experts_per_tok)  # Qwen3-30B's expert shape, this model's count
+    cost = CostModel(heteromoe.systems.get("h100-hbm3-pim"), spec)
+    torch_backend = registry.get("torch")
+    executor = MoEExecutor(get_policy(policy), torch_backend, registry.get("pim-emulator"), torch_backend,
+                           fused=FusedLayerPath(), plan_on_device=True)
+    placement = Placement.from_homes(np.zeros(layer.num_experts, dtype=np.int64), 1)
+    gen = torch.Generator("cuda").manual_seed(7)
+    batch, k = 24, model.config.num_experts_per_tok
+    hidden = torch.randn(batch, layer.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen)
+    ids = torch.stack([torch.randperm(layer.num_experts, device="cuda", generator=gen)[:k] for _ in range(batch)])
+    weights = torch.rand(batch, k, device="cuda", generator=gen).to(torch.bfloat16)
+    with torch.no_grad():
+        eager = executor.run(layer, cost, placement, hidden, ids, weights)
+        executor.flush()
+        plan = executor.last_plans["layer0"]
+        host_plan = get_policy(policy).plan(np.bincount(ids.cpu().numpy().reshape(-1), minlength=layer.num_experts),
+                                           placement, 1, cost)
+        np.testing.assert_array_equal(plan.gpu_tokens, host_plan.gpu_tokens)  # the same plan, made on the device
+        assert executor.stats["layer0"].calls == 1
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            executor.run(layer, cost, placement, hidden, ids, weights)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = executor.run(layer, cost, placement, hidden, ids, weights)
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = layer.module(hidden, ids, weights)
+    assert torch.equal(captured, eager)
+    torch.testing.assert_close(eager.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item())
