@@ -63,7 +63,7 @@ def routing(model: str, batch: int):
     return hidden, ids, weights, touched
 
 
-def executor_for(model: str, policy: str, plan_ahead: bool = False):
+def executor_for(model: str, policy: str, plan_ahead: bool = False, plan_on_device: bool = False):
     import heteromoe
     from heteromoe.cost.model import CostModel
     from heteromoe.device import registry
@@ -77,7 +77,7 @@ def executor_for(model: str, policy: str, plan_ahead: bool = False):
     cost = CostModel(heteromoe.systems.get("h100-hbm3-pim"), heteromoe.models.get(model))
     torch_backend = registry.get("torch")
     executor = MoEExecutor(get_policy(policy), torch_backend, registry.get("pim-emulator"), torch_backend,
-                           fused=FusedLayerPath(), plan_ahead=plan_ahead)
+                           fused=FusedLayerPath(), plan_ahead=plan_ahead, plan_on_device=plan_on_device)
     view = ExpertLayer.from_module("layer", layer(model))
     placement = Placement.from_homes(np.zeros(E, dtype=np.int64), 1)
     return lambda h, i, w: executor.run(view, cost, placement, h, i, w), executor
@@ -157,21 +157,29 @@ def test_heteromoe_gpu_only(benchmark, bandwidth, model, batch, clock):
     assert executor._fused_off == {}, executor._fused_off
 
 
-@pytest.mark.parametrize("plan_ahead", [False, True])
+MODES = [("host", "eager"), ("plan-ahead", "eager"), ("device", "eager"), ("device", "graph")]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=[f"{m}-{c}" for m, c in MODES])
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("model", list(SHAPES))
-def test_heteromoe_policy_with_pim_split(benchmark, bandwidth, model, batch, plan_ahead):
-    """The `heteromoe` policy: plan (from this call's counts, after a device-to-host copy; or, plan-ahead,
-    from the previous call's, without waiting), GPU share on the grouped GEMM, the PIM set on the GEMV
-    kernel on a second stream (GPU-emulated PIM: the time is this GPU's, not HBM-PIM's)."""
+def test_heteromoe_policy_with_pim_split(benchmark, bandwidth, model, batch, mode):
+    """The `heteromoe` policy: GPU share on the grouped GEMM, the PIM set on the GEMV kernel on a second
+    stream (GPU-emulated PIM: the time is this GPU's, not HBM-PIM's). The plan is made on the host from this
+    call's counts after a device-to-host copy (host), from the previous call's counts without waiting
+    (plan-ahead), or inside the routing kernel (device; the only one a CUDA graph can capture)."""
+    planning, clock = mode
     experts = layer(model)
     hidden, ids, weights, touched = routing(model, batch)
-    run, executor = executor_for(model, "heteromoe", plan_ahead)
+    run, executor = executor_for(model, "heteromoe", plan_ahead=planning == "plan-ahead",
+                                 plan_on_device=planning == "device")
     with torch.no_grad():
         check(run(hidden, ids, weights), experts(hidden, ids, weights))
         check(run(hidden, ids, weights), experts(hidden, ids, weights))  # plan-ahead: now from the last counts
+        executor.flush()
         plan = executor.last_plans["layer"]
-        bench_eager(benchmark, lambda: run(hidden, ids, weights), touched, bandwidth, model=model, batch=batch,
-                    path="heteromoe policy" + (" plan-ahead" if plan_ahead else ""),
-                    pim_experts=int(plan.pim_experts.size), gpu_experts=int(plan.gpu_experts.size))
+        extra = dict(model=model, batch=batch, path=f"heteromoe policy {planning}",
+                     pim_experts=int(plan.pim_experts.size), gpu_experts=int(plan.gpu_experts.size))
+        (bench_graph if clock == "graph" else bench_eager)(benchmark, lambda: run(hidden, ids, weights), touched,
+                                                           bandwidth, **extra)
     assert executor._fused_off == {}, executor._fused_off
