@@ -220,7 +220,7 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
          replicas_per_gpu: int = 0, replan_every: int = 64, learn_pim_costs: bool = False, process_group=None,
          gpu_backend: str | Backend | None = None, pim_backend: str | Backend | None = None,
          fallback_backend: str | Backend = "torch", fused: bool | None = None,
-         gemv_max_tokens: int = 2, plan_ahead: bool = False, plan_on_device: bool = True) -> HeteroMoERuntime:
+         gemv_max_tokens: int = 2, plan_ahead: bool = False, plan_on_device: bool = False) -> HeteroMoERuntime:
     """Wrap a transformers MoE model so every experts call runs loads -> plan -> backends.
 
     Args:
@@ -250,7 +250,10 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
             every call's plan is made from its own counts, after one device-to-host copy.
         plan_on_device: on CUDA with policy `sieve` or `heteromoe` on one GPU, plan inside the routing kernel
             from the call's own counts (the same rule and doubles as the host planner): no host plan, no
-            wait, capturable in a CUDA graph; statistics are settled lazily. Takes precedence over plan_ahead.
+            wait, capturable in a CUDA graph (use it there); statistics are settled lazily. Off by default:
+            not knowing the plan, the host must launch the grouped side every call, which costs more in
+            eager mode than the host plan's copy when the plan puts every expert on PIM (small batches).
+            Takes precedence over plan_ahead.
     Returns:
         HeteroMoERuntime (`.model`, `.report()`, `.unwrap()`).
     """
