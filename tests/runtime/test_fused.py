@@ -214,3 +214,24 @@ def test_device_plan_captures_in_a_cuda_graph_and_settles_stats(policy):
         ref = layer.module(hidden, ids, weights)
     assert torch.equal(captured, eager)
     torch.testing.assert_close(eager.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+
+
+@pytest.mark.gpu
+@needs_cuda_kernels
+@pytest.mark.parametrize("batch", [2, 40])
+def test_bad_expert_id_on_cuda_is_reported_without_a_sync(batch):
+    """On CUDA the routing kernel writes a bad id to pinned host memory; check_errors (or the layer's next
+    call) raises naming it, while the call itself never waits for the device."""
+    model = tiny_model("qwen3_moe", dtype=torch.bfloat16).to("cuda")
+    layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
+    path = FusedLayerPath()
+    ids = torch.zeros(batch, 2, dtype=torch.long, device="cuda")
+    ids[:, 1] = 1
+    ids[1, 0] = 99
+    hidden = torch.randn(batch, layer.hidden_size, device="cuda", dtype=torch.bfloat16)
+    weights = torch.ones(batch, 2, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        path.run(layer, hidden, ids, weights)
+        with pytest.raises(ValueError, match=r"expert id 99 at pair 2 is outside \[0, 8\)"):
+            path.check_errors(layer)
+        path.check_errors(layer)  # reported once
