@@ -3,7 +3,9 @@
 The slice's pairs are sorted by expert and each projection runs as one grouped GEMM over all of them
 (`torch.nn.functional.grouped_mm`, what transformers' `grouped_mm` experts use), with the module's own gate
 in between; where grouped_mm cannot run (no kernel for the dtype/device, unaligned strides), one matmul pair
-per expert. The CUDA-kernel path (GEMV kernel, streams, graphs) belongs to the GPU-execution issue.
+per expert. On CUDA the executor usually bypasses this backend for the fused kernel path
+(`heteromoe.runtime.fused`: GEMV kernel, two streams, graph-capturable); this is the generic path it falls
+back to, and the one third-party PIM backends and expert-parallel runs use.
 """
 from __future__ import annotations
 

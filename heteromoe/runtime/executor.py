@@ -2,6 +2,11 @@
 
     routing (top_k_index) -> loads (counting sort) -> plan (policy) -> split pairs -> backends -> combine
 
+On CUDA (and on CPU when asked) calls of the built-in backends take the fused kernel path instead
+(`runtime.fused`: routing, plan split, GEMV / grouped GEMM and combine as a few device kernels), with the
+plan made on the host, ahead from the previous call, or on the device; this generic path remains for
+everything else and as the fallback when the fused path fails.
+
 The combine follows transformers' own implementations: each pair's weighted output is kept in the
 promoted dtype of hidden states and routing weights, then summed over the k slots of each token and
 cast back, so wrapped and unwrapped models agree to rounding. A backend that raises mid-batch is
