@@ -24,6 +24,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--thresholds", default="2,4,8,16")
+    parser.add_argument("--one-stream", action="store_true", help="also time both sides on one stream")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     bw = read_bandwidth()
@@ -39,6 +40,9 @@ def main() -> None:
                 for thr in (int(t) for t in args.thresholds.split(",")):
                     path = FusedLayerPath(gemv_max_tokens=thr)
                     rec[f"fused_t{thr}_s"] = graph_time_s(lambda: path.run(view, hidden, ids, weights))
+                    if args.one_stream:  # the same, both sides on one stream
+                        path = FusedLayerPath(gemv_max_tokens=thr, streams=False)
+                        rec[f"fused_t{thr}_one_stream_s"] = graph_time_s(lambda: path.run(view, hidden, ids, weights))
             records.append(rec)
             print(json.dumps({k: (round(v * 1e6, 1) if k.endswith("_s") else v) for k, v in rec.items()}), flush=True)
     if args.json:
