@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -111,6 +111,16 @@ class RoutePrep:
     def max_cold(self) -> int:
         return int(self.cold_count.shape[0])
 
+    @classmethod
+    def empty(cls, num_experts: int, num_pairs: int, max_cold: int, device: torch.device) -> RoutePrep:
+        """Uninitialized outputs for the CUDA kernels: one allocation, nine views."""
+        sizes = (num_experts, num_experts, num_pairs, num_pairs, max_cold, max_cold, max_cold, num_pairs, 4)
+        return cls(*torch.split(torch.empty(sum(sizes), dtype=torch.int32, device=device), sizes))
+
+    def pointers(self) -> tuple[int, ...]:
+        """The nine outputs' device addresses, in the order the CUDA route_prep entry points take them."""
+        return tuple(getattr(self, f.name).data_ptr() for f in fields(self))
+
 
 def route_prep(top_k_index: torch.Tensor, num_experts: int, *, take_hot: torch.Tensor | np.ndarray | None = None,
                threshold: int = 0, max_cold: int | None = None, err_out: torch.Tensor | None = None) -> RoutePrep:
@@ -130,21 +140,16 @@ def route_prep(top_k_index: torch.Tensor, num_experts: int, *, take_hot: torch.T
     max_cold = min(num_experts, n) if max_cold is None else int(max_cold)
     if _on_cuda_kernels(ids):
         dev = ids.device
-        ids = ids.to(torch.int64).contiguous()
+        ids = ids.to(torch.int64).contiguous()  # no copy when it already is
         if take_hot is None or (isinstance(take_hot, torch.Tensor) and take_hot.device == dev):
             take = take_hot
         else:
             take = torch.as_tensor(take_hot, dtype=torch.int32).to(dev, non_blocking=True)
         if take is not None and (take.dtype != torch.int32 or take.shape[0] != num_experts):
             raise ValueError(f"take_hot must be [{num_experts}] int32, got {tuple(take.shape)} {take.dtype}")
-        sizes = (num_experts, num_experts, n, n, max_cold, max_cold, max_cold, n, 4)
-        buf = torch.empty(sum(sizes), dtype=torch.int32, device=dev)  # one allocation, nine views
-        prep = RoutePrep(*torch.split(buf, sizes))
+        prep = RoutePrep.empty(num_experts, n, max_cold, dev)
         _cuda.route_prep(ids.data_ptr(), n, num_experts, 0 if take is None else take.data_ptr(), int(threshold),
-                         max_cold, prep.counts.data_ptr(), prep.hot_offs.data_ptr(), prep.hot_pairs.data_ptr(),
-                         prep.cold_pairs.data_ptr(), prep.cold_expert.data_ptr(), prep.cold_begin.data_ptr(),
-                         prep.cold_count.data_ptr(), prep.pair_row.data_ptr(), prep.meta.data_ptr(),
-                         0 if err_out is None else err_out.data_ptr(), _stream())
+                         max_cold, *prep.pointers(), 0 if err_out is None else err_out.data_ptr(), _stream())
         return prep
     if ids.device.type == "cpu":
         take = None if take_hot is None else np.asarray(take_hot, dtype=np.int32)
@@ -176,16 +181,12 @@ def route_prep_plan(top_k_index: torch.Tensor, num_experts: int, plan: DevicePla
         raise ValueError("route_prep_plan runs on CUDA tensors with heteromoe._cuda built")
     if plan.rule not in ("sieve", "heteromoe"):
         raise ValueError(f"device plans exist for 'sieve' and 'heteromoe', not {plan.rule!r}")
-    ids = top_k_index.reshape(-1)
-    ids = ids if ids.dtype == torch.int64 and ids.is_contiguous() else ids.to(torch.int64).contiguous()
-    n, dev = int(ids.shape[0]), ids.device
+    ids = top_k_index.reshape(-1).to(torch.int64).contiguous()
+    n = int(ids.shape[0])
     max_cold = min(num_experts, n)
-    sizes = (num_experts, num_experts, n, n, max_cold, max_cold, max_cold, n, 4)
-    prep = RoutePrep(*torch.split(torch.empty(sum(sizes), dtype=torch.int32, device=dev), sizes))
-    _cuda.route_prep_plan(ids.data_ptr(), n, num_experts, max_cold, prep.counts.data_ptr(), prep.hot_offs.data_ptr(),
-                          prep.hot_pairs.data_ptr(), prep.cold_pairs.data_ptr(), prep.cold_expert.data_ptr(),
-                          prep.cold_begin.data_ptr(), prep.cold_count.data_ptr(), prep.pair_row.data_ptr(),
-                          prep.meta.data_ptr(), 0 if err_out is None else err_out.data_ptr(),
+    prep = RoutePrep.empty(num_experts, n, max_cold, ids.device)
+    _cuda.route_prep_plan(ids.data_ptr(), n, num_experts, max_cold, *prep.pointers(),
+                          0 if err_out is None else err_out.data_ptr(),
                           0 if plan.rule == "sieve" else 1, plan.flop.data_ptr(), plan.pim.data_ptr(),
                           int(min(plan.flop.shape[0], plan.pim.shape[0])), plan.read_s, plan.launch_s, plan.comm_s,
                           plan.gpu_fixed_s, plan.pim_fixed_s, plan_out.data_ptr(), _stream())

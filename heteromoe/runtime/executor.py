@@ -90,15 +90,6 @@ def split_work(loads: RoutingLoads, plan: Plan) -> tuple[WorkSlice, WorkSlice]:
 
 
 @dataclass
-class _AheadState:
-    """A layer's last counts on their way to the host (plan-ahead mode)."""
-
-    counts: torch.Tensor  # [E] int32, pinned
-    ready: torch.cuda.Event
-    num_tokens: int
-
-
-@dataclass
 class _AheadSlot:
     take_host: torch.Tensor  # [E] int32 pinned
     take_dev: torch.Tensor  # [E] int32 on the device
@@ -147,7 +138,7 @@ class MoEExecutor:
     _device_tables: dict = field(default_factory=dict)
     _fused_off: dict[str, str] = field(default_factory=dict)
     _fused_ok: set = field(default_factory=set)
-    _ahead: dict[str, _AheadState] = field(default_factory=dict)
+    _ahead: dict[str, tuple[_AheadSlot, int]] = field(default_factory=dict)  # last slot, its tokens
     _ahead_bufs: dict[str, _AheadBuffers] = field(default_factory=dict)
 
     def fused_reason(self, layer: ExpertLayer, hidden: torch.Tensor, placement) -> str | None:
@@ -229,31 +220,24 @@ class MoEExecutor:
         the device; other policies copy the counts to the host (the one sync), plan, and hand the plan's
         GPU share per expert to the kernels, whose cold side is then the PIM set."""
         num_tokens = int(top_k_index.shape[0])
-        stats = self.stats.setdefault(layer.name, LayerStats(layer.name))
         if self.policy.name == "gpu-only":
             out = self.fused.run(layer, hidden, top_k_index, top_k_weights)
-            stats.add_unplanned(num_tokens, int(top_k_index.numel()))
+            self.stats.setdefault(layer.name, LayerStats(layer.name)).add_unplanned(num_tokens, int(top_k_index.numel()))
             return out
         if self.plan_on_device and hidden.is_cuda and self.policy.name in ("sieve", "heteromoe"):
             return self._run_fused_device_plan(layer, cost, placement, hidden, top_k_index, top_k_weights)
         if self.plan_ahead and hidden.is_cuda:
-            return self._run_fused_ahead(layer, cost, placement, hidden, top_k_index, top_k_weights, stats)
+            return self._run_fused_ahead(layer, cost, placement, hidden, top_k_index, top_k_weights)
         loads = loads_from_topk(top_k_index, layer.num_experts, where=layer.name)
+        # Policy.plan validated it: every pair once; without replicas (fused_reason) slot e is expert e
         plan = self.policy.plan(loads.counts, placement, self.num_gpus, cost, origin=None)
-        gpu_tokens = np.asarray(plan.gpu_tokens, dtype=np.int64)
-        if gpu_tokens.shape[0] != layer.num_experts or not np.array_equal(gpu_tokens + plan.pim_tokens, loads.counts):
-            raise PlanError(f"plan of policy {plan.policy!r} does not run every routed pair of {layer.name} exactly once")
-        out = self.fused.run(layer, hidden, top_k_index, top_k_weights, take_hot=gpu_tokens,
+        out = self.fused.run(layer, hidden, top_k_index, top_k_weights, take_hot=plan.gpu_tokens,
                              max_cold_tokens=int(plan.pim_tokens.max(initial=0)))
-        if plan.pim_tokens.any() and hasattr(self.pim_backend, "calls"):
-            self.pim_backend.calls += 1
-            self.pim_backend.pairs += int(plan.pim_tokens.sum())
-        stats.add(plan, num_tokens)
-        self.last_plans[layer.name] = plan
+        self._record(layer.name, plan, num_tokens)
         return out
 
     def _run_fused_ahead(self, layer: ExpertLayer, cost: CostModel, placement, hidden: torch.Tensor,
-                         top_k_index: torch.Tensor, top_k_weights: torch.Tensor, stats: LayerStats) -> torch.Tensor:
+                         top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
         """Plan ahead: this call runs the plan made from the layer's previous call's counts, and copies its
         own counts to the host without waiting; the next call plans from them. So the host never waits
         for the device, and the planning runs while the device works through the layers queued before.
@@ -263,16 +247,16 @@ class MoEExecutor:
         routing, the kernels run every pair exactly once. Stats record each plan against the counts it
         was made from. The first call of a layer plans synchronously.
         """
-        state = self._ahead.get(layer.name)
-        if state is None:
-            loads = loads_from_topk(top_k_index, layer.num_experts, where=layer.name)
-            counts = loads.counts
+        num_tokens = int(top_k_index.shape[0])
+        last = self._ahead.get(layer.name)
+        if last is None:
+            counts, planned_tokens = loads_from_topk(top_k_index, layer.num_experts, where=layer.name).counts, num_tokens
         else:
-            state.ready.synchronize()  # recorded one call ago: normally long done
-            counts = state.counts.numpy().astype(np.int64)
+            last_slot, planned_tokens = last
+            last_slot.ready.synchronize()  # recorded one call ago: normally long done
+            counts = last_slot.counts_host.numpy().astype(np.int64)
         plan = self.policy.plan(counts, placement, self.num_gpus, cost, origin=None)
-        stats.add(plan, int(top_k_index.shape[0]) if state is None else state.num_tokens)
-        self.last_plans[layer.name] = plan
+        self._record(layer.name, plan, planned_tokens)
         gpu = np.asarray(plan.gpu_tokens, dtype=np.int64)
         # all of a GPU expert's tokens, the planned share of a split one, none of a PIM (or unseen) one
         take = np.where((gpu == counts) & (counts > 0), np.iinfo(np.int32).max, gpu).astype(np.int32)
@@ -280,16 +264,12 @@ class MoEExecutor:
         slot = buffers.flip()
         slot.take_host.numpy()[:] = take  # this slot's last copy finished: its event was waited on above
         slot.take_dev.copy_(slot.take_host, non_blocking=True)
-        max_cold = int(top_k_index.shape[0])  # a PIM expert can have every token of the batch this time
+        # a PIM expert can have every token of the batch this time
         out = self.fused.run(layer, hidden, top_k_index, top_k_weights, take_hot=slot.take_dev,
-                             max_cold_tokens=max_cold, hot_possible=bool(take.any()))
+                             max_cold_tokens=num_tokens, hot_possible=bool(take.any()))
         slot.counts_host.copy_(self.fused.last_counts, non_blocking=True)
         slot.ready.record()
-        self._ahead[layer.name] = _AheadState(counts=slot.counts_host, ready=slot.ready,
-                                              num_tokens=int(top_k_index.shape[0]))
-        if plan.pim_tokens.any() and hasattr(self.pim_backend, "calls"):
-            self.pim_backend.calls += 1
-            self.pim_backend.pairs += int(plan.pim_tokens.sum())
+        self._ahead[layer.name] = (slot, num_tokens)
         return out
 
     def _run_fused_device_plan(self, layer: ExpertLayer, cost: CostModel, placement, hidden: torch.Tensor,
@@ -310,7 +290,7 @@ class MoEExecutor:
         slot.take_host.copy_(slot.take_dev, non_blocking=True)
         slot.counts_host.copy_(self.fused.last_counts, non_blocking=True)
         slot.ready.record()
-        self._pending[layer.name] = (slot, num_tokens, cost, placement)
+        self._pending[layer.name] = (slot, num_tokens, cost)
         return out
 
     def _device_plan(self, layer: ExpertLayer, cost: CostModel, num_tokens: int, device: torch.device):
@@ -333,7 +313,7 @@ class MoEExecutor:
         pending = self._pending.pop(name, None)
         if pending is None:
             return
-        slot, num_tokens, cost, placement = pending
+        slot, num_tokens, cost = pending
         slot.ready.synchronize()
         counts = slot.counts_host.numpy().astype(np.int64)
         gpu_tokens = slot.take_host.numpy().astype(np.int64)
@@ -345,6 +325,11 @@ class MoEExecutor:
                     per_gpu_t_comm_s=times.t_comm_s, per_gpu_t_gpu_s=times.t_gpu_s, per_gpu_t_pim_s=times.t_pim_s,
                     info={"planned_on": "device"})
         plan.validate(counts)
+        self._record(name, plan, num_tokens)
+
+    def _record(self, name: str, plan: Plan, num_tokens: int) -> None:
+        """A fused call's plan into the statistics, and into the PIM backend's counters (the fused kernels ran
+        its share in its place)."""
         self.stats.setdefault(name, LayerStats(name)).add(plan, num_tokens)
         self.last_plans[name] = plan
         if plan.pim_tokens.any() and hasattr(self.pim_backend, "calls"):

@@ -40,6 +40,12 @@ def _gate_is_silu_chunk(layer: ExpertLayer) -> bool:
     return layer.has_gate and gate_fn is not None and gate_fn is default_gate and silu
 
 
+def _rounds_products(hidden: torch.Tensor, top_k_weights: torch.Tensor) -> bool:
+    """Whether the combine rounds each weighted output to the promoted dtype before summing (what torch's
+    `y * w` does unless that dtype is float32)."""
+    return torch.promote_types(hidden.dtype, top_k_weights.dtype) != torch.float32
+
+
 def unsupported_reason(layer: ExpertLayer, hidden: torch.Tensor) -> str | None:
     """Why the fused path cannot run this layer call (None: it can)."""
     if layer.is_transposed or layer.has_bias or layer.has_post_expert_norm:
@@ -88,7 +94,7 @@ class FusedLayerPath:
     # -- public ------------------------------------------------------------------------------------
     def run(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
             take_hot: np.ndarray | torch.Tensor | None = None, max_cold_tokens: int | None = None,
-            hot_possible: bool = True, device_plan: "kernels.DevicePlan | None" = None,
+            hot_possible: bool = True, device_plan: kernels.DevicePlan | None = None,
             plan_out: torch.Tensor | None = None) -> torch.Tensor:
         """[T, d] the layer's combined expert output in hidden's dtype.
 
@@ -148,10 +154,9 @@ class FusedLayerPath:
         y_hot = y_hot if y_hot is not None else y_cold
         y_cold = y_cold if y_cold is not None else y_hot
         out_dtype = torch.promote_types(hidden.dtype, top_k_weights.dtype)
-        round_products = out_dtype != torch.float32
         assert y_hot.shape[0] == num_pairs
-        return kernels.unpermute(y_hot, y_cold, prep.pair_row, top_k_weights.to(out_dtype) if out_dtype != top_k_weights.dtype
-                                 else top_k_weights, round_products=round_products).to(hidden.dtype)
+        return kernels.unpermute(y_hot, y_cold, prep.pair_row, top_k_weights.to(out_dtype),
+                                 round_products=_rounds_products(hidden, top_k_weights)).to(hidden.dtype)
 
     # -- the decode case in one host call ----------------------------------------------------------------
     def _one_call_ok(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_weights: torch.Tensor) -> bool:
@@ -165,10 +170,8 @@ class FusedLayerPath:
         cuda = kernels._cuda
         tokens, top_k = top_k_index.shape
         d, f, dev = layer.hidden_size, layer.intermediate_size, hidden.device
-        ids = top_k_index if top_k_index.dtype == torch.int64 and top_k_index.is_contiguous() else \
-            top_k_index.to(torch.int64).contiguous()
+        ids = top_k_index.to(torch.int64).contiguous()  # no copy when it already is
         weights = top_k_weights.contiguous()
-        out_dtype = torch.promote_types(hidden.dtype, top_k_weights.dtype)
         stream = torch.cuda.current_stream(dev).cuda_stream
         ws = self._workspace(dev, stream, cuda.gemv_layer_workspace(tokens * top_k, layer.num_experts, d, f,
                                                                     hidden.element_size()))
@@ -176,7 +179,8 @@ class FusedLayerPath:
         err = self._err_word(layer, dev)
         cuda.gemv_layer(kernels._DTYPE_CODE[hidden.dtype], kernels._DTYPE_CODE[weights.dtype], hidden.data_ptr(),
                         ids.data_ptr(), tokens, top_k, layer.num_experts, layer.up_weight.data_ptr(),
-                        layer.down_weight.data_ptr(), d, f, weights.data_ptr(), out_dtype != torch.float32, ws.data_ptr(),
+                        layer.down_weight.data_ptr(), d, f, weights.data_ptr(), _rounds_products(hidden, weights),
+                        ws.data_ptr(),
                         out.data_ptr(), 0 if err is None else err.data_ptr(), stream)
         self._last_ws = (ws, layer.num_experts)  # the workspace opens with the counts (see last_counts)
         return out
@@ -210,14 +214,12 @@ class FusedLayerPath:
         f = layer.intermediate_size
         up, down = layer.up_weight, layer.down_weight
         x = hidden.to(layer.dtype)
-        if self._silu_fused(layer):
-            h = kernels.expert_gemv(x, up, prep, in_pairs=prep.cold_pairs, top_k=top_k, out_rows=f, silu_chunk=True,
-                                    max_tokens=max_tokens)
-        else:
-            h = kernels.expert_gemv(x, up, prep, in_pairs=prep.cold_pairs, top_k=top_k, out_rows=up.shape[1],
-                                    silu_chunk=False, max_tokens=max_tokens)
+        fused_gate = self._silu_fused(layer)
+        h = kernels.expert_gemv(x, up, prep, in_pairs=prep.cold_pairs, top_k=top_k,
+                                out_rows=f if fused_gate else up.shape[1], silu_chunk=fused_gate, max_tokens=max_tokens)
+        if not fused_gate:
             h = layer.activate(h)
-        fused_gate = self._silu_fused(layer)  # then the up GEMV is the kernel just before, on this stream
+        # with the gate fused, the up GEMV is the kernel just before the down one on this stream
         return kernels.expert_gemv(h.contiguous(), down, prep, in_pairs=None, top_k=top_k, out_rows=layer.hidden_size,
                                    silu_chunk=False, max_tokens=max_tokens, lists_ready=fused_gate)
 
@@ -280,7 +282,7 @@ class FusedLayerPath:
         if not prep.meta.is_cuda:
             bad = int(prep.meta[3])
             if bad:
-                self._raise_bad(layer, top_k_index, bad - 1)
+                self._raise_bad(layer, bad - 1, int(top_k_index.reshape(-1)[bad - 1]))
 
     def check_errors(self, layer: ExpertLayer) -> None:
         """Raise now if a finished CUDA call of `layer` saw a bad expert id (synchronizes the device)."""
@@ -290,12 +292,12 @@ class FusedLayerPath:
 
     def _raise_deferred_error(self, layer: ExpertLayer) -> None:
         host = self._err_host.get(layer.name)
-        if host is not None and host.numpy()[0]:
-            bad, value = int(host.numpy()[0]) - 1, int(host.numpy()[1])
-            host.numpy()[:] = 0
-            raise ValueError(f"layer {layer.name}: expert id {value} at pair {bad} is outside [0, {layer.num_experts})")
+        word = None if host is None else host.numpy()
+        if word is not None and word[0]:
+            bad, value = int(word[0]) - 1, int(word[1])
+            word[:] = 0
+            self._raise_bad(layer, bad, value)
 
     @staticmethod
-    def _raise_bad(layer: ExpertLayer, top_k_index: torch.Tensor, pair: int) -> None:
-        value = int(top_k_index.reshape(-1)[pair])
+    def _raise_bad(layer: ExpertLayer, pair: int, value: int) -> None:
         raise ValueError(f"layer {layer.name}: expert id {value} at pair {pair} is outside [0, {layer.num_experts})")
