@@ -475,8 +475,9 @@ expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, 
   }
   // When the lists are older than the kernel before (the down projection), ask for the warp's whole weight
   // slice (fire-and-forget L2 prefetches) while that kernel finishes. Prefetching in every GEMV call
-  // (HETEROMOE_GEMV_PREFETCH=all) measured slower on H100 for large experts (Mixtral: 309 vs 246 us at batch
-  // 1; the slices overflow L2), so by default only the down projection does it.
+  // (HETEROMOE_GEMV_PREFETCH=all) measured slower on H100 for large experts (Mixtral batch 1: 309 us,
+  // bench/results/gpu-kernel-times-h100-prefetch-all.json, vs 265 us by default, gpu-kernel-times-h100.json;
+  // the slices overflow L2), so by default only the down projection does it.
   if (prefetch || lists_ready) {
     constexpr int kLine = 128 / sizeof(T);
 #pragma unroll
