@@ -63,7 +63,8 @@ def routing(model: str, batch: int):
     return hidden, ids, weights, touched
 
 
-def executor_for(model: str, policy: str, plan_ahead: bool = False, plan_on_device: bool = False):
+def executor_for(model: str, policy: str, plan_ahead: bool = False, plan_on_device: bool = False,
+                 mma_max_tokens: int = 256):
     import heteromoe
     from heteromoe.cost.model import CostModel
     from heteromoe.device import registry
@@ -77,7 +78,7 @@ def executor_for(model: str, policy: str, plan_ahead: bool = False, plan_on_devi
     cost = CostModel(heteromoe.systems.get("h100-hbm3-pim"), heteromoe.models.get(model))
     torch_backend = registry.get("torch")
     executor = MoEExecutor(get_policy(policy), torch_backend, registry.get("pim-emulator"), torch_backend,
-                           fused=FusedLayerPath(), plan_ahead=plan_ahead, plan_on_device=plan_on_device)
+                           fused=FusedLayerPath(mma_max_tokens=mma_max_tokens), plan_ahead=plan_ahead, plan_on_device=plan_on_device)
     view = ExpertLayer.from_module("layer", layer(model))
     placement = Placement.from_homes(np.zeros(E, dtype=np.int64), 1)
     return lambda h, i, w: executor.run(view, cost, placement, h, i, w), executor
@@ -143,17 +144,23 @@ def test_transformers_grouped_mm(benchmark, bandwidth, model, batch, clock):
                                                            bandwidth, model=model, batch=batch, path="grouped_mm")
 
 
+@pytest.mark.parametrize("hot", ["mma", "grouped_mm"])
 @pytest.mark.parametrize("clock", ["graph", "eager"])
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("model", list(SHAPES))
-def test_heteromoe_gpu_only(benchmark, bandwidth, model, batch, clock):
+def test_heteromoe_gpu_only(benchmark, bandwidth, model, batch, clock, hot):
+    """gpu-only: batches up to 4 tokens all on the GEMV; above, every expert on the tensor-core kernel (mma,
+    the default) or, as before it, experts above 2 tokens on torch's grouped_mm and the rest on the GEMV."""
+    if hot == "grouped_mm" and batch <= 4:
+        pytest.skip("batches up to 4 tokens run all on the GEMV either way")
     experts = layer(model)
     hidden, ids, weights, touched = routing(model, batch)
-    run, executor = executor_for(model, "gpu-only")
+    run, executor = executor_for(model, "gpu-only", mma_max_tokens=256 if hot == "mma" else 0)
+    path = "heteromoe gpu-only" if hot == "mma" else "heteromoe gpu-only (grouped_mm hot side)"
     with torch.no_grad():
         check(run(hidden, ids, weights), experts(hidden, ids, weights))
         (bench_graph if clock == "graph" else bench_eager)(benchmark, lambda: run(hidden, ids, weights), touched,
-                                                           bandwidth, model=model, batch=batch, path="heteromoe gpu-only")
+                                                           bandwidth, model=model, batch=batch, path=path)
     assert executor._fused_off == {}, executor._fused_off
 
 

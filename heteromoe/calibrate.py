@@ -102,7 +102,14 @@ def measure_table(name: str, num_experts: int, top_k: int, d: int, f: int, count
 
     experts = expert_layer(num_experts, top_k, d, f, dtype)
     layer = ExpertLayer.from_module(name, experts)
-    path = FusedLayerPath(gemv_max_tokens=gemv_max_tokens, gemv_batch_tokens=0)  # each regime as the table models it
+    runtime = FusedLayerPath()
+    above = runtime.gemv_batch_tokens + 1  # the smallest batch past the all-GEMV regime
+    hot_kernel = "mma" if runtime._mma_ok(layer, above, above * top_k, layer.device) else "grouped_mm"
+    # each regime as the table models it: past the all-GEMV batches, every expert on the tensor-core kernel
+    # where the runtime runs it so, else the kernel choice by token count (GEMV / grouped GEMM)
+    path = (FusedLayerPath(gemv_max_tokens=gemv_max_tokens, gemv_batch_tokens=0, mma_min_warps_per_sm=0,
+                           mma_max_tokens=1 << 30) if hot_kernel == "mma" else
+            FusedLayerPath(gemv_max_tokens=gemv_max_tokens, gemv_batch_tokens=0, mma_max_tokens=0))
     # experts per call: top_k, then doublings up to 64 (or E): a least-squares line through them
     used = sorted({min(num_experts, m) for m in (top_k, 2 * top_k, 16, 32, 64) if m >= top_k})
     raw = []
@@ -113,8 +120,10 @@ def measure_table(name: str, num_experts: int, top_k: int, d: int, f: int, count
             with torch.no_grad():
                 times.append(graph_time_s(lambda: path.run(layer, hidden, ids, weights)))
         raw.append({"tokens": n, "experts": used, "layer_s": times})
-    return table_from_measurements(num_experts, top_k, d, f, str(dtype).replace("torch.", ""), raw, gemv_max_tokens,
-                                   FusedLayerPath().gemv_batch_tokens)
+    table = table_from_measurements(num_experts, top_k, d, f, str(dtype).replace("torch.", ""), raw, gemv_max_tokens,
+                                    runtime.gemv_batch_tokens)
+    table["hot_kernel"] = hot_kernel
+    return table
 
 
 def table_from_measurements(num_experts: int, top_k: int, d: int, f: int, dtype: str, raw: list[dict],

@@ -22,6 +22,8 @@
 #include <cub/block/block_scan.cuh>
 #include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -610,6 +612,300 @@ static void expert_gemv(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, in
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// expert_mma: expert_gemv's contract (the same lists, rows read through in_pairs, the SiLU gate of
+// [gate; up] with the same roundings) on the tensor cores, for experts with more than a few tokens.
+// One warp owns 32 output rows (16 with the gate, and their up rows): the weights are the A operand of
+// mma.m16n8k16 (streamed from HBM, no L1 allocation, the next K steps in flight while the MMAs of these
+// run), the tokens the B operand in tiles of 8 (read through L1: the block's warps
+// share them). A block runs one pass of up to kTiles x 8 tokens of one expert; an expert with more tokens
+// is several work items (grid.x), next to each other, so the repeated weight reads of a hot expert meet in
+// L2 rather than in HBM. grid.y: blocks of rows.
+// The K order of a fragment is permuted (thread q of a quad holds 8 contiguous elements, k 8q..8q+7, of
+// each row and each token, one 16-byte load each): the same permutation on both operands leaves every dot
+// product a sum over all of K, so only the fp32 summation order differs from the GEMV's.
+// bf16 and fp16 (fp32 stays on the GEMV: TF32 would change its numbers); K a multiple of 8; sm_80+.
+template <typename T> __device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                                                uint32_t a3, uint32_t b0, uint32_t b1);
+template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                                                     uint32_t a3, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+  __trap();
+#endif
+}
+template <> __device__ __forceinline__ void mma_16816<__half>(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                                              uint32_t a3, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+  __trap();
+#endif
+}
+
+// Work item w -> (list entry c, pass p): entries in order, each ceil(count / pass_tokens) items. Every warp
+// finds its own (no block barrier): 32 entries per round, a warp scan of their item counts.
+__device__ __forceinline__ bool mma_work_item(int w, int lists, int pass_tokens, const int* list_count, const int* offs,
+                                              int& c, int& p) {
+  const int lane = threadIdx.x & 31;
+  int done = 0;
+  for (int base = 0; base < lists; base += 32) {
+    const int i = base + lane;
+    int n = 0;
+    if (i < lists) n = offs ? offs[i] - (i ? offs[i - 1] : 0) : list_count[i];
+    const int items = (n + pass_tokens - 1) / pass_tokens;
+    int incl = items;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += v;
+    }
+    const unsigned past = __ballot_sync(0xffffffffu, done + incl > w);
+    if (past) {
+      const int first = __ffs(past) - 1;
+      const int before = __shfl_sync(0xffffffffu, incl - items, first);
+      c = base + first;
+      p = w - done - before;
+      return true;
+    }
+    done += __shfl_sync(0xffffffffu, incl, 31);
+  }
+  return false;
+}
+
+// Rows per warp: 16 with the gate (fragment 0: gate rows, 1: the matching up rows), else 32 (two 16-row
+// fragments): two A fragments either way, so every token vector loaded serves two MMAs per half step.
+__host__ __device__ constexpr int mma_warp_rows(bool silu_chunk) { return silu_chunk ? 16 : 32; }
+
+template <typename T, int kSteps>
+__device__ __forceinline__ void mma_load_a(uint4 (&a)[kSteps][2][2], const T* const (&wp)[2][2], int k, int k_dim, int q) {
+#pragma unroll
+  for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+    for (int fr = 0; fr < 2; ++fr)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        a[s][fr][h] = k + 32 * s + 8 * q < k_dim ? __ldcs(reinterpret_cast<const uint4*>(wp[fr][h] + k + 32 * s))
+                                                 : make_uint4(0, 0, 0, 0);  // K's tail: zeros on both sides
+}
+
+template <typename T, int kTiles, bool kSiluChunk, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32)
+expert_mma_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* list_expert,
+                  const int* list_begin, const int* list_count, const int* offs, int lists, bool passes,
+                  int out_rows, int k_dim, bool lists_ready, T* out) {
+  constexpr int kSteps = 2;  // 32-wide K steps per iteration; the next iteration's weights load during this one's MMAs
+  constexpr int kPass = kTiles * 8;
+  constexpr int kRows = mma_warp_rows(kSiluChunk);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row0 = (blockIdx.y * kWarps + warp) * kRows;
+  if (row0 >= out_rows) return;
+  if (!lists_ready) pdl_wait();  // the lists come from the kernel just before
+  int c = blockIdx.x, pass = 0;
+  if (passes && !mma_work_item(blockIdx.x, lists, kPass, list_count, offs, c, pass)) return;
+  int expert, begin, count;
+  if (offs) {  // the hot side's lists: every expert in order, inclusive ends
+    expert = c;
+    begin = c ? offs[c - 1] : 0;
+    count = offs[c] - begin;
+  } else {
+    expert = list_expert[c];
+    begin = list_begin[c];
+    count = list_count[c];
+  }
+  const int t0 = pass * kPass;
+  if (t0 >= count) return;
+  const int g = lane >> 2, q = lane & 3;
+  const i64 w_rows = kSiluChunk ? 2 * static_cast<i64>(out_rows) : out_rows;
+  const T* w_e = weight + static_cast<i64>(expert) * w_rows * k_dim;
+  const T* wp[2][2];
+#pragma unroll
+  for (int fr = 0; fr < 2; ++fr)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      // clamped rows are computed, never written
+      const int row = min(row0 + (kSiluChunk ? 0 : 16 * fr) + g + 8 * h, out_rows - 1);
+      wp[fr][h] = w_e + (kSiluChunk && fr ? row + static_cast<i64>(out_rows) : row) * k_dim + 8 * q;
+    }
+  uint4 a[kSteps][2][2];
+  mma_load_a<T, kSteps>(a, wp, 0, k_dim, q);  // weights do not depend on the kernel before
+  if (lists_ready) pdl_wait();
+  pdl_trigger();
+  const int nt = min(kPass, count - t0);
+  const int tiles = (nt + 7) >> 3;
+  const T* xp[kTiles];
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+    const int pos = begin + t0 + min(j * 8 + g, nt - 1);
+    const int src = in_pairs ? in_pairs[pos] / top_k : pos;
+    xp[j] = x + static_cast<i64>(src) * k_dim + 8 * q;
+  }
+  float acc[2][kTiles][4];
+#pragma unroll
+  for (int fr = 0; fr < 2; ++fr)
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[fr][j][i] = 0.f;
+  for (int k = 0; k < k_dim; k += 32 * kSteps) {
+    uint4 b[kSteps][kTiles];  // this iteration's token vectors (L1 / L2), all in flight at once
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+        b[s][j] = j < tiles && k + 32 * s + 8 * q < k_dim ? __ldg(reinterpret_cast<const uint4*>(xp[j] + k + 32 * s))
+                                                          : make_uint4(0, 0, 0, 0);
+    uint4 next[kSteps][2][2];  // the next iteration's weights (HBM), in flight during this one's MMAs
+    mma_load_a<T, kSteps>(next, wp, k + 32 * kSteps, k_dim, q);
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+        if (j < tiles) {
+#pragma unroll
+          for (int fr = 0; fr < 2; ++fr) {
+            const uint4& lo = a[s][fr][0];  // row g
+            const uint4& hi = a[s][fr][1];  // row g + 8
+            mma_16816<T>(acc[fr][j], lo.x, hi.x, lo.y, hi.y, b[s][j].x, b[s][j].y);
+            mma_16816<T>(acc[fr][j], lo.z, hi.z, lo.w, hi.w, b[s][j].z, b[s][j].w);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+      for (int fr = 0; fr < 2; ++fr)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) a[s][fr][h] = next[s][fr][h];
+  }
+  // accumulator i of fragment fr, tile j: row row0 (+ 16 fr without the gate) + g + 8 (i / 2), token
+  // j * 8 + 2 q + i % 2
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+    if (j < tiles) {
+#pragma unroll
+      for (int fr = 0; fr < (kSiluChunk ? 1 : 2); ++fr)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int tok = j * 8 + 2 * q + (i & 1);
+          const int row = row0 + 16 * fr + g + 8 * (i >> 1);
+          if (tok < nt && row < out_rows) {
+            float v = acc[fr][j][i];
+            if (kSiluChunk) {
+              const float gb = to_f<T>(from_f<T>(v));
+              const float ub = to_f<T>(from_f<T>(acc[1][j][i]));
+              const float sg = to_f<T>(from_f<T>(gb / (1.0f + expf(-gb))));
+              v = sg * ub;
+            }
+            out[static_cast<i64>(begin + t0 + tok) * out_rows + row] = from_f<T>(v);
+          }
+        }
+    }
+  }
+}
+
+// Tokens per pass: the batch's bound rounded up to a tile of 8, at most HETEROMOE_MMA_TILES tiles (1, 2, 4
+// or 8; default 4: an expert with more tokens takes more passes, whose weight reads meet in L2 only in
+// part). HETEROMOE_MMA_WARPS: warps per block, 2 or 4 (default). The defaults are the best of an H100
+// sweep (bench/results/gpu-mma-sweep-h100.json): Qwen3-30B-A3B layer, batch 16 / 64 / 256, graph clock:
+// 4 tiles x 4 warps 240 / 367 / 468 us; 2 x 2: 259 / 371 / 526; 4 x 2: 259 / 363 / 456; 1 x 4: 238 / 376 / 559.
+static int env_choice(const char* name, int fallback, std::initializer_list<int> allowed) {
+  const char* v = std::getenv(name);
+  if (!v) return fallback;
+  const int n = std::atoi(v);
+  for (int a : allowed)
+    if (a == n) return n;
+  return fallback;
+}
+static int mma_tiles(int max_tokens) {
+  static const int cap = env_choice("HETEROMOE_MMA_TILES", 4, {1, 2, 4, 8});
+  const int need = max_tokens <= 8 ? 1 : max_tokens <= 16 ? 2 : max_tokens <= 32 ? 4 : 8;
+  return std::min(need, cap);
+}
+static int mma_warps() {
+  static const int warps = env_choice("HETEROMOE_MMA_WARPS", 4, {2, 4});
+  return warps;
+}
+
+template <typename T, int kTiles, int kWarps>
+static void launch_mma_t(bool silu, dim3 grid, cudaStream_t stream, std::uintptr_t x, std::uintptr_t in_pairs, int top_k,
+                         std::uintptr_t weight, std::uintptr_t list_expert, std::uintptr_t list_begin,
+                         std::uintptr_t list_count, std::uintptr_t offs, int lists, bool passes, int out_rows, int k_dim,
+                         bool lists_ready, std::uintptr_t out) {
+  auto go = [&](auto kernel) {
+    launch(kernel, grid, dim3(kWarps * 32), 0, stream, ptr<const T>(x), ptr<const int>(in_pairs), top_k,
+           ptr<const T>(weight), ptr<const int>(list_expert), ptr<const int>(list_begin), ptr<const int>(list_count),
+           ptr<const int>(offs), lists, passes, out_rows, k_dim, lists_ready, ptr<T>(out));
+  };
+  if (silu) go(expert_mma_kernel<T, kTiles, true, kWarps>);
+  else go(expert_mma_kernel<T, kTiles, false, kWarps>);
+}
+
+template <typename T, int kWarps>
+static void launch_mma_warps(int tiles, bool silu, dim3 grid, cudaStream_t s, std::uintptr_t x, std::uintptr_t in_pairs,
+                             int top_k, std::uintptr_t weight, std::uintptr_t list_expert, std::uintptr_t list_begin,
+                             std::uintptr_t list_count, std::uintptr_t offs, int lists, bool passes, int out_rows,
+                             int k_dim, bool lists_ready, std::uintptr_t out) {
+  switch (tiles) {
+    case 1: return launch_mma_t<T, 1, kWarps>(silu, grid, s, x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim, lists_ready, out);
+    case 2: return launch_mma_t<T, 2, kWarps>(silu, grid, s, x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim, lists_ready, out);
+    case 4: return launch_mma_t<T, 4, kWarps>(silu, grid, s, x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim, lists_ready, out);
+    default: return launch_mma_t<T, 8, kWarps>(silu, grid, s, x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim, lists_ready, out);
+  }
+}
+
+template <typename T>
+static void launch_mma_dtype(int warps, int tiles, bool silu, dim3 grid, cudaStream_t s, std::uintptr_t x,
+                             std::uintptr_t in_pairs, int top_k, std::uintptr_t weight, std::uintptr_t list_expert,
+                             std::uintptr_t list_begin, std::uintptr_t list_count, std::uintptr_t offs, int lists,
+                             bool passes, int out_rows, int k_dim, bool lists_ready, std::uintptr_t out) {
+  if (warps == 4)
+    launch_mma_warps<T, 4>(tiles, silu, grid, s, x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs,
+                           lists, passes, out_rows, k_dim, lists_ready, out);
+  else
+    launch_mma_warps<T, 2>(tiles, silu, grid, s, x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs,
+                           lists, passes, out_rows, k_dim, lists_ready, out);
+}
+
+static bool mma_supported(int dtype, int k_dim) { return (dtype == kBF16 || dtype == kF16) && k_dim % 8 == 0; }
+
+// expert_gemv's arguments; lists: either (list_expert, list_begin, list_count) of length `lists` (the cold
+// side's compacted lists), or offs [lists] inclusive ends of every expert's rows (the hot side's hot_offs,
+// list_* ignored). max_tokens: the most tokens an expert can have here; rows: the most rows all the lists
+// hold together (the pairs), which bounds the work items.
+static void expert_mma(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int top_k, std::uintptr_t weight,
+                       std::uintptr_t list_expert, std::uintptr_t list_begin, std::uintptr_t list_count,
+                       std::uintptr_t offs, int lists, int rows, int out_rows, int k_dim, bool silu_chunk,
+                       int max_tokens, bool lists_ready, std::uintptr_t out, std::uintptr_t stream) {
+  if (lists == 0 || max_tokens <= 0 || rows <= 0) return;
+  if (!mma_supported(dtype, k_dim))
+    throw std::invalid_argument("expert_mma: bf16/fp16 with K a multiple of 8 only (dtype code " +
+                                std::to_string(dtype) + ", K = " + std::to_string(k_dim) + ")");
+  if (x % 16 || weight % 16) throw std::invalid_argument("expert_mma: x and weight must be 16-byte aligned");
+  const int tiles = mma_tiles(max_tokens);
+  const int pass = tiles * 8;
+  const i64 max_passes = (max_tokens + pass - 1) / pass;
+  // items: one per entry when one pass holds any expert; else sum of ceil(n / pass) <= entries + rows / pass
+  const i64 items = max_passes == 1 ? lists : std::min<i64>(lists * max_passes, lists + (rows + pass - 1) / pass);
+  const int warps = mma_warps();
+  const int block_rows = warps * mma_warp_rows(silu_chunk);
+  const dim3 grid(static_cast<unsigned>(items), (out_rows + block_rows - 1) / block_rows);
+  cudaStream_t s = as_stream(stream);
+  if (dtype == kBF16)
+    launch_mma_dtype<__nv_bfloat16>(warps, tiles, silu_chunk, grid, s, x, in_pairs, top_k, weight, list_expert,
+                                    list_begin, list_count, offs, lists, max_passes > 1, out_rows, k_dim, lists_ready, out);
+  else
+    launch_mma_dtype<__half>(warps, tiles, silu_chunk, grid, s, x, in_pairs, top_k, weight, list_expert, list_begin,
+                             list_count, offs, lists, max_passes > 1, out_rows, k_dim, lists_ready, out);
+  check(cudaGetLastError(), "expert_mma launch");
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // unpermute: out[t] = sum over slots s of w[t, s] * y[pair_row[t k + s]] in slot order, fp32, each product
 // rounded to the output dtype first when round_products (what torch does for bf16 y * bf16 w).
 template <typename T, typename W>
@@ -727,8 +1023,9 @@ static void unpermute(int dtype, int w_dtype, std::uintptr_t y_hot, std::uintptr
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// gemv_layer: a whole layer call on the GEMV path in one host call (the decode case: every expert cold):
-// route_prep -> GEMV [gate; up] with the SiLU gate -> GEMV down -> unpermute. One workspace holds the
+// gemv_layer: a whole layer call on the GEMV path in one host call (every expert on the list side):
+// route_prep -> GEMV [gate; up] with the SiLU gate -> GEMV down -> unpermute; from `mma_min_tokens` tokens
+// on (0: never) the two projections run on expert_mma, the same contract on the tensor cores. One workspace holds the
 // routing lists (int32), then h [P, f] and y [P, d] (16-byte aligned). Cuts the host's work per layer to
 // one call; the Python path does the same in four.
 static size_t align16(size_t n) { return (n + 15) / 16 * 16; }
@@ -742,8 +1039,8 @@ static size_t gemv_layer_workspace(int n_pairs, int num_experts, int d, int f, i
 
 static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintptr_t ids, int tokens, int top_k,
                        int num_experts, std::uintptr_t up_weight, std::uintptr_t down_weight, int d, int f,
-                       std::uintptr_t weights, bool round_products, std::uintptr_t workspace, std::uintptr_t out,
-                       std::uintptr_t err_out, std::uintptr_t stream) {
+                       std::uintptr_t weights, bool round_products, int mma_min_tokens, std::uintptr_t workspace,
+                       std::uintptr_t out, std::uintptr_t err_out, std::uintptr_t stream) {
   const int n = tokens * top_k;
   if (n == 0) return;
   const int elem = dtype == kF32 ? 4 : 2;
@@ -764,11 +1061,19 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
   auto u = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
   route_prep(ids, n, num_experts, 0, n /* nothing is hot */, max_cold, u(counts), u(hot_offs), u(hot_pairs),
              u(cold_pairs), u(cold_expert), u(cold_begin), u(cold_count), u(pair_row), u(meta), err_out, stream);
-  const int max_tokens = std::min(tokens, 8);
-  expert_gemv(dtype, hidden, u(cold_pairs), top_k, up_weight, u(cold_expert), u(cold_begin), u(cold_count), max_cold,
-              f, d, true, max_tokens, false, h, stream);
-  expert_gemv(dtype, h, 0, top_k, down_weight, u(cold_expert), u(cold_begin), u(cold_count), max_cold, d, f, false,
-              max_tokens, true, y, stream);
+  if (mma_min_tokens > 0 && tokens >= mma_min_tokens && mma_supported(dtype, d) && mma_supported(dtype, f)) {
+    // an expert has at most `tokens` tokens (a token's top-k experts are distinct)
+    expert_mma(dtype, hidden, u(cold_pairs), top_k, up_weight, u(cold_expert), u(cold_begin), u(cold_count), 0,
+               max_cold, n, f, d, true, tokens, false, h, stream);
+    expert_mma(dtype, h, 0, top_k, down_weight, u(cold_expert), u(cold_begin), u(cold_count), 0, max_cold, n, d, f,
+               false, tokens, true, y, stream);
+  } else {
+    const int max_tokens = std::min(tokens, 8);
+    expert_gemv(dtype, hidden, u(cold_pairs), top_k, up_weight, u(cold_expert), u(cold_begin), u(cold_count),
+                max_cold, f, d, true, max_tokens, false, h, stream);
+    expert_gemv(dtype, h, 0, top_k, down_weight, u(cold_expert), u(cold_begin), u(cold_count), max_cold, d, f, false,
+                max_tokens, true, y, stream);
+  }
   unpermute(dtype, w_dtype, y, y, u(pair_row), weights, tokens, top_k, d, round_products, out, stream);
 }
 
@@ -799,8 +1104,12 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("f"), py::arg("elem_bytes"));
   m.def("gemv_layer", &gemv_layer, py::arg("dtype"), py::arg("w_dtype"), py::arg("hidden"), py::arg("ids"),
         py::arg("tokens"), py::arg("top_k"), py::arg("num_experts"), py::arg("up_weight"), py::arg("down_weight"),
-        py::arg("d"), py::arg("f"), py::arg("weights"), py::arg("round_products"), py::arg("workspace"), py::arg("out"),
-        py::arg("err_out"), py::arg("stream"));
+        py::arg("d"), py::arg("f"), py::arg("weights"), py::arg("round_products"), py::arg("mma_min_tokens"),
+        py::arg("workspace"), py::arg("out"), py::arg("err_out"), py::arg("stream"));
+  m.def("expert_mma", &expert_mma, py::arg("dtype"), py::arg("x"), py::arg("in_pairs"), py::arg("top_k"),
+        py::arg("weight"), py::arg("list_expert"), py::arg("list_begin"), py::arg("list_count"), py::arg("offs"),
+        py::arg("lists"), py::arg("rows"), py::arg("out_rows"), py::arg("k_dim"), py::arg("silu_chunk"), py::arg("max_tokens"),
+        py::arg("lists_ready"), py::arg("out"), py::arg("stream"));
   m.def("unpermute", &unpermute, py::arg("dtype"), py::arg("w_dtype"), py::arg("y_hot"), py::arg("y_cold"),
         py::arg("pair_row"), py::arg("weights"), py::arg("tokens"), py::arg("top_k"), py::arg("d"),
         py::arg("round_products"), py::arg("out"), py::arg("stream"));

@@ -30,6 +30,8 @@ __all__ = [
     "cuda_load_error",
     "expert_gemv",
     "expert_histogram",
+    "expert_mma",
+    "mma_supported",
     "gather_rows",
     "route_prep",
     "unpermute",
@@ -245,6 +247,40 @@ def expert_gemv(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pa
                                         _np(prep.cold_begin), _np(prep.cold_count), out_rows, silu_chunk, rows)
         return torch.from_numpy(np.asarray(out))
     return reference.expert_gemv(x, weight, prep, in_pairs=in_pairs, top_k=top_k, out_rows=out_rows, silu_chunk=silu_chunk)
+
+
+def mma_supported(dtype: torch.dtype, *k_dims: int) -> bool:
+    """Whether `expert_mma` runs for this dtype and these K dims (CUDA kernels built; bf16/fp16; K % 8 == 0)."""
+    return HAS_CUDA_KERNELS and dtype in (torch.bfloat16, torch.float16) and all(k % 8 == 0 for k in k_dims)
+
+
+def expert_mma(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pairs: torch.Tensor | None, top_k: int,
+               out_rows: int, silu_chunk: bool, max_tokens: int, side: str = "cold",
+               lists_ready: bool = False) -> torch.Tensor:
+    """`expert_gemv` on the tensor cores (CUDA, bf16/fp16, K a multiple of 8): the same rows, the same
+    roundings, fp32 sums in another order. `side="hot"` runs the hot side's rows instead (`prep.hot_offs`,
+    read through `in_pairs=prep.hot_pairs`), where torch's grouped GEMM would otherwise go.
+    Elsewhere (CPU, fp32, other K) it is `expert_gemv` for the cold side and the reference for the hot one."""
+    if side not in ("cold", "hot"):
+        raise ValueError(f"side must be 'cold' or 'hot', got {side!r}")
+    rows = prep.num_pairs
+    if _on_cuda_kernels(x) and weight.dtype == x.dtype and mma_supported(x.dtype, weight.shape[2]):
+        x, weight = x.contiguous(), weight.contiguous()
+        out = torch.empty(rows, out_rows, dtype=x.dtype, device=x.device)
+        if side == "hot":
+            lists = (0, 0, 0, prep.hot_offs.data_ptr(), int(prep.hot_offs.shape[0]), rows)
+        else:
+            lists = (prep.cold_expert.data_ptr(), prep.cold_begin.data_ptr(), prep.cold_count.data_ptr(), 0,
+                     prep.max_cold, rows)
+        _cuda.expert_mma(_DTYPE_CODE[x.dtype], x.data_ptr(), 0 if in_pairs is None else in_pairs.data_ptr(),
+                         int(top_k), weight.data_ptr(), *lists, int(out_rows), int(weight.shape[2]), bool(silu_chunk),
+                         int(max_tokens), bool(lists_ready), out.data_ptr(), _stream())
+        return out
+    if side == "hot":
+        return reference.expert_hot_rows(x, weight, prep, in_pairs=in_pairs, top_k=top_k, out_rows=out_rows,
+                                         silu_chunk=silu_chunk)
+    return expert_gemv(x, weight, prep, in_pairs=in_pairs, top_k=top_k, out_rows=out_rows, silu_chunk=silu_chunk,
+                       max_tokens=max_tokens, lists_ready=lists_ready)
 
 
 def unpermute(y_hot: torch.Tensor, y_cold: torch.Tensor, pair_row: torch.Tensor, weights: torch.Tensor, *,

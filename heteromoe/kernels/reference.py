@@ -71,9 +71,21 @@ def gather_rows(x: torch.Tensor, pairs: torch.Tensor, top_k: int) -> torch.Tenso
 def expert_gemv(x: torch.Tensor, weight: torch.Tensor, prep, *, in_pairs, top_k: int, out_rows: int,
                 silu_chunk: bool) -> torch.Tensor:
     """Per cold expert, a plain matmul in fp32 (rounded to x's dtype per linear, as the fused kernel does)."""
-    out = torch.zeros(prep.num_pairs, out_rows, dtype=x.dtype, device=x.device)
-    experts, begins, counts = (t.tolist() for t in (prep.cold_expert, prep.cold_begin, prep.cold_count))
-    for e, begin, count in zip(experts, begins, counts):
+    slices = zip(*(t.tolist() for t in (prep.cold_expert, prep.cold_begin, prep.cold_count)))
+    return _expert_rows(x, weight, prep.num_pairs, slices, in_pairs, top_k, out_rows, silu_chunk)
+
+
+def expert_hot_rows(x: torch.Tensor, weight: torch.Tensor, prep, *, in_pairs, top_k: int, out_rows: int,
+                    silu_chunk: bool) -> torch.Tensor:
+    """The same per hot expert (rows from `prep.hot_offs`, the inclusive ends of each expert's hot rows)."""
+    ends = prep.hot_offs.tolist()
+    slices = ((e, begin, end - begin) for e, (begin, end) in enumerate(zip([0] + ends[:-1], ends)))
+    return _expert_rows(x, weight, prep.num_pairs, slices, in_pairs, top_k, out_rows, silu_chunk)
+
+
+def _expert_rows(x, weight, num_rows, slices, in_pairs, top_k, out_rows, silu_chunk) -> torch.Tensor:
+    out = torch.zeros(num_rows, out_rows, dtype=x.dtype, device=x.device)
+    for e, begin, count in slices:
         if count == 0:
             continue
         pos = torch.arange(begin, begin + count, device=x.device)

@@ -1,13 +1,16 @@
 """The fused layer path: one MoE layer call as a few device kernels, without a host round trip.
 
     route_prep (1 block: counts, hot/cold split, stable permutation)
-      hot  side (main stream):   gather_rows -> grouped_mm(gate_up) -> gate -> grouped_mm(down)
+      hot  side (main stream):   expert_mma(gate_up, SiLU gate fused) -> expert_mma(down)   (tensor cores)
+                                 or, above `mma_max_tokens`, gather_rows -> grouped_mm -> gate -> grouped_mm
       cold side (second stream): expert_gemv(gate_up, SiLU gate fused) -> expert_gemv(down)
     unpermute (weighted sum over each token's k slots; waits on both sides)
 
-Which experts are cold is either a kernel choice made on the device (policy `gpu-only`: experts with at
-most `gemv_max_tokens` tokens take the GEMV, whose weights are read once whatever the token count, the rest
-the grouped GEMM), or the plan's PIM set (`take_hot`: the GPU's share of each expert; the cold rows are
+Policy `gpu-only` (no plan): batches of at most `gemv_batch_tokens` tokens run every expert on the GEMV,
+batches up to `mma_max_tokens` every expert on the tensor-core kernel (both read each weight once per pass
+of up to 8 / 64 tokens), all in one C++ call; larger batches split by a kernel choice made on the device
+(experts with at most `gemv_max_tokens` tokens take the GEMV, the rest the grouped GEMM). Other policies:
+the cold experts are the plan's PIM set (`take_hot`: the GPU's share of each expert; the cold rows are
 the PIM backend's, whose functional stand-in is the same GEMV kernel). Nothing waits on the host: the
 path can be captured in a CUDA graph. On CPU (float32) the same path runs the C++ / numba twins.
 """
@@ -72,16 +75,32 @@ class FusedLayerPath:
         gemv_max_tokens: in kernel-choice mode, experts with at most this many tokens take the GEMV kernel.
         gemv_batch_tokens: batches of at most this many tokens run every expert on the GEMV kernel (H100
             sweep, bench/results/gpu-threshold-sweep-h100.json: faster than mixing up to 4 tokens).
+        mma_max_tokens: batches of more than `gemv_batch_tokens` and at most this many tokens run every expert
+            (gpu-only) or the hot side (plans) on the tensor-core kernel `expert_mma` (bf16/fp16; 0: never)...
+        mma_min_warps_per_sm: ...where the down projection gives every SM at least this many warps (32 rows
+            each) over the experts the batch can touch: a kernel streaming each expert's weights once per warp
+            needs that many loads in flight. Shapes with few experts and long rows (Mixtral-8x7B: at most 8
+            experts x 128 warps, K 14336) keep torch's grouped_mm for the hot experts (H100 sweep,
+            bench/results/gpu-mma-sweep-h100.json: Mixtral batch 16 / 256 on the kernel 879 / 1685 us, on
+            grouped_mm 696 / 1243 us; Qwen3-30B-A3B 240 / 468 vs 262 / 491 us).
         streams: run the cold side on a second CUDA stream when both sides have work.
     """
 
-    def __init__(self, gemv_max_tokens: int = 2, streams: bool = True, gemv_batch_tokens: int = 4) -> None:
+    def __init__(self, gemv_max_tokens: int = 2, streams: bool = True, gemv_batch_tokens: int = 4,
+                 mma_max_tokens: int = 256, mma_min_warps_per_sm: int = 8) -> None:
         if gemv_max_tokens < 1:
             raise ValueError(f"gemv_max_tokens must be >= 1, got {gemv_max_tokens}")
         if gemv_batch_tokens < 0:
             raise ValueError(f"gemv_batch_tokens must be >= 0, got {gemv_batch_tokens}")
         self.gemv_max_tokens = int(gemv_max_tokens)
         self.gemv_batch_tokens = int(gemv_batch_tokens)
+        if mma_max_tokens < 0:
+            raise ValueError(f"mma_max_tokens must be >= 0, got {mma_max_tokens}")
+        self.mma_max_tokens = int(mma_max_tokens)
+        if mma_min_warps_per_sm < 0:
+            raise ValueError(f"mma_min_warps_per_sm must be >= 0, got {mma_min_warps_per_sm}")
+        self.mma_min_warps_per_sm = int(mma_min_warps_per_sm)
+        self._sms: dict[torch.device, int] = {}
         self.streams = streams
         self._side: dict[torch.device, torch.cuda.Stream] = {}
         self._gate_fused: dict[int, bool] = {}
@@ -109,6 +128,9 @@ class FusedLayerPath:
         num_tokens, top_k = top_k_index.shape
         num_pairs = num_tokens * top_k
         self._raise_deferred_error(layer)
+        if take_hot is None and device_plan is None and self._one_call_ok(layer, hidden, top_k_weights) and (
+                num_tokens <= self.gemv_batch_tokens or self._mma_ok(layer, num_tokens, num_pairs, hidden.device)):
+            return self._gemv_layer(layer, hidden, top_k_index, top_k_weights, mma=True)
         if device_plan is not None:
             threshold, may_have_hot, may_have_cold, max_tokens = 0, True, True, num_tokens
         elif take_hot is None:
@@ -126,7 +148,7 @@ class FusedLayerPath:
             may_have_cold = max_cold_tokens is None or max_cold_tokens > 0
             max_tokens = num_tokens if max_cold_tokens is None else max(int(max_cold_tokens), 1)
         if not may_have_hot and device_plan is None and self._one_call_ok(layer, hidden, top_k_weights):  # all cold
-            return self._gemv_layer(layer, hidden, top_k_index, top_k_weights)
+            return self._gemv_layer(layer, hidden, top_k_index, top_k_weights, mma=False)
         if device_plan is not None:
             prep = kernels.route_prep_plan(top_k_index, layer.num_experts, device_plan, plan_out=plan_out,
                                            err_out=self._err_word(layer, top_k_index.device))
@@ -163,10 +185,21 @@ class FusedLayerPath:
         return (hidden.is_cuda and kernels.HAS_CUDA_KERNELS and self._silu_fused(layer) and hidden.dtype == layer.dtype
                 and hidden.dtype in kernels._DTYPE_CODE and top_k_weights.dtype in kernels._DTYPE_CODE)
 
+    def _mma_ok(self, layer: ExpertLayer, num_tokens: int, num_pairs: int, device: torch.device) -> bool:
+        if device.type != "cuda" or num_tokens > self.mma_max_tokens or not kernels.mma_supported(
+                layer.dtype, layer.hidden_size, layer.intermediate_size):
+            return False
+        if device not in self._sms:
+            self._sms[device] = torch.cuda.get_device_properties(device).multi_processor_count
+        warps = min(layer.num_experts, num_pairs) * (layer.hidden_size // 32)
+        return warps >= self.mma_min_warps_per_sm * self._sms[device]
+
     def _gemv_layer(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
-                    top_k_weights: torch.Tensor) -> torch.Tensor:
-        """Every expert on the GEMV kernel: route_prep, GEMV up (+ SiLU gate), GEMV down, unpermute, launched
-        by one C++ call (`_cuda.gemv_layer`) so the host's share of a decode layer is one call."""
+                    top_k_weights: torch.Tensor, mma: bool) -> torch.Tensor:
+        """Every expert on the list side: route_prep, up (+ SiLU gate), down, unpermute, launched by one C++
+        call (`_cuda.gemv_layer`) so the host's share of a layer is one call. The projections run on the
+        GEMV up to `gemv_batch_tokens` tokens, above on the tensor-core kernel when `mma` (gpu-only: the
+        experts are GPU work) and the GEMV otherwise (a plan's PIM set, whose stand-in is the GEMV)."""
         cuda = kernels._cuda
         tokens, top_k = top_k_index.shape
         d, f, dev = layer.hidden_size, layer.intermediate_size, hidden.device
@@ -180,7 +213,7 @@ class FusedLayerPath:
         cuda.gemv_layer(kernels._DTYPE_CODE[hidden.dtype], kernels._DTYPE_CODE[weights.dtype], hidden.data_ptr(),
                         ids.data_ptr(), tokens, top_k, layer.num_experts, layer.up_weight.data_ptr(),
                         layer.down_weight.data_ptr(), d, f, weights.data_ptr(), _rounds_products(hidden, weights),
-                        ws.data_ptr(),
+                        self.gemv_batch_tokens + 1 if mma else 0, ws.data_ptr(),
                         out.data_ptr(), 0 if err is None else err.data_ptr(), stream)
         self._last_ws = (ws, layer.num_experts)  # the workspace opens with the counts (see last_counts)
         return out
@@ -224,6 +257,9 @@ class FusedLayerPath:
                                    silu_chunk=False, max_tokens=max_tokens, lists_ready=fused_gate)
 
     def _hot(self, layer: ExpertLayer, hidden: torch.Tensor, prep: kernels.RoutePrep, top_k: int) -> torch.Tensor:
+        num_tokens = prep.num_pairs // top_k if top_k else 0
+        if self._mma_ok(layer, num_tokens, prep.num_pairs, hidden.device):
+            return self._hot_mma(layer, hidden.to(layer.dtype), prep, top_k, num_tokens)
         x = kernels.gather_rows(hidden.to(layer.dtype), prep.hot_pairs, top_k)
         key = (layer.dtype, hidden.device.type)
         if self._grouped_ok.get(key, True):
@@ -234,6 +270,20 @@ class FusedLayerPath:
                 logger.info("fused path: grouped_mm unavailable for %s on %s (%s); one matmul per expert",
                             layer.dtype, hidden.device.type, exc)
         return self._hot_per_expert(layer, x, prep)
+
+    def _hot_mma(self, layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep, top_k: int,
+                 num_tokens: int) -> torch.Tensor:
+        """The hot side on the tensor-core kernel: reads the tokens through `hot_pairs` (no gather)."""
+        fused_gate = self._silu_fused(layer)
+        f = layer.intermediate_size
+        h = kernels.expert_mma(x, layer.up_weight, prep, in_pairs=prep.hot_pairs, top_k=top_k,
+                               out_rows=f if fused_gate else layer.up_weight.shape[1], silu_chunk=fused_gate,
+                               max_tokens=num_tokens, side="hot")
+        if not fused_gate:
+            h = layer.activate(h)
+        return kernels.expert_mma(h.contiguous(), layer.down_weight, prep, in_pairs=None, top_k=top_k,
+                                  out_rows=layer.hidden_size, silu_chunk=False, max_tokens=num_tokens, side="hot",
+                                  lists_ready=fused_gate)
 
     @staticmethod
     def _hot_grouped(layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep) -> torch.Tensor:

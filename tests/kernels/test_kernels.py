@@ -254,3 +254,67 @@ def test_device_planner_equals_the_host_planner(rule, batch):
         prep = kernels.route_prep_plan(torch.from_numpy(ids).cuda(), 128, plan, plan_out=out)
         np.testing.assert_array_equal(out.cpu().numpy(), host.gpu_tokens, err_msg=f"{system} {gpu_model}")
         assert int(prep.meta[0]) == int(host.gpu_tokens.sum()) and int(prep.meta[1]) == int(host.pim_tokens.sum())
+
+
+# -- the tensor-core kernel (expert_mma) ------------------------------------------------------------------
+def test_expert_mma_off_cuda_is_the_gemv_and_the_reference():
+    """Where the tensor-core kernel cannot run (CPU, fp32) the call is the GEMV's (cold) or the reference's (hot)."""
+    ids = ROUTINGS[3][1]
+    E, (T, k), d, f = 16, ids.shape, 40, 24
+    gen = torch.Generator().manual_seed(6)
+    x, up = torch.randn(T, d, generator=gen), torch.randn(E, 2 * f, d, generator=gen)
+    prep = kernels.route_prep(torch.from_numpy(ids), E, threshold=3)
+    cold = kernels.expert_mma(x, up, prep, in_pairs=prep.cold_pairs, top_k=k, out_rows=f, silu_chunk=True, max_tokens=T)
+    gemv = kernels.expert_gemv(x, up, prep, in_pairs=prep.cold_pairs, top_k=k, out_rows=f, silu_chunk=True, max_tokens=T)
+    assert torch.equal(cold, gemv)
+    hot = kernels.expert_mma(x, up, prep, in_pairs=prep.hot_pairs, top_k=k, out_rows=f, silu_chunk=True, max_tokens=T,
+                             side="hot")
+    hot_rows = int(prep.meta[0])
+    assert hot_rows > 0
+    # the hot rows, one expert at a time: x rows of the hot pairs times each expert's [gate; up]
+    ends = prep.hot_offs.tolist()
+    for e, (begin, end) in enumerate(zip([0] + ends[:-1], ends)):
+        for r in range(begin, end):
+            y = up[e] @ x[int(prep.hot_pairs[r]) // k]
+            torch.testing.assert_close(hot[r], torch.nn.functional.silu(y[:f]) * y[f:], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="'warm'"):
+        kernels.expert_mma(x, up, prep, in_pairs=None, top_k=k, out_rows=f, silu_chunk=True, max_tokens=T, side="warm")
+
+
+def mma_routings():
+    """ROUTINGS plus an expert with 150 tokens (three 64-token passes) next to cold ones."""
+    rng = np.random.default_rng(7)
+    heavy = np.stack([np.r_[0, rng.choice(np.arange(1, 12), 2, replace=False)] for _ in range(150)])
+    return ROUTINGS[:4] + [("one-expert-150-tokens", heavy, 12)]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dims", [(64, 96), (72, 40)], ids=["k32", "k8-tail"])
+@pytest.mark.parametrize("routing", mma_routings(), ids=[r[0] for r in mma_routings()])
+def test_cuda_mma_matches_reference(dtype, dims, routing):
+    _, ids, E = routing
+    T, k = ids.shape
+    d, f = dims
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(T, d, generator=gen).to(dtype)
+    up = (torch.randn(E, 2 * f, d, generator=gen) / 8).to(dtype)
+    down = (torch.randn(E, d, f, generator=gen) / 8).to(dtype)
+    tol = dict(rtol=2e-2, atol=2e-2)
+    for threshold in (0, 2):  # everything cold; experts above 2 tokens hot
+        prep = reference.route_prep(torch.from_numpy(ids), E, threshold=threshold)
+        cprep = kernels.route_prep(torch.from_numpy(ids).cuda(), E, threshold=threshold)
+        for max_tokens in sorted({T, max(1, T // 3)}):
+            if max_tokens < int(np.bincount(ids.reshape(-1), minlength=E).max()):
+                continue  # the contract: no expert has more than max_tokens tokens
+            for side, rows, pairs, ref_fn in (("cold", int(prep.meta[1]), "cold_pairs", reference.expert_gemv),
+                                              ("hot", int(prep.meta[0]), "hot_pairs", reference.expert_hot_rows)):
+                h = kernels.expert_mma(x.cuda(), up.cuda(), cprep, in_pairs=getattr(cprep, pairs), top_k=k, out_rows=f,
+                                       silu_chunk=True, max_tokens=max_tokens, side=side)
+                h_ref = ref_fn(x, up, prep, in_pairs=getattr(prep, pairs), top_k=k, out_rows=f, silu_chunk=True)
+                torch.testing.assert_close(h[:rows].cpu().float(), h_ref[:rows].float(), **tol)
+                y = kernels.expert_mma(h_ref.cuda(), down.cuda(), cprep, in_pairs=None, top_k=k, out_rows=d,
+                                       silu_chunk=False, max_tokens=max_tokens, side=side)
+                y_ref = ref_fn(h_ref, down, prep, in_pairs=None, top_k=k, out_rows=d, silu_chunk=False)
+                torch.testing.assert_close(y[:rows].cpu().float(), y_ref[:rows].float(), **tol)

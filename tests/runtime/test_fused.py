@@ -82,6 +82,15 @@ def test_failing_kernel_falls_back_without_losing_a_token(monkeypatch, caplog):
     assert sum(layer["fallbacks"] for layer in runtime.report()["layers"]) > 0
 
 
+def test_mma_options_are_checked_and_the_kernel_stays_off_the_cpu():
+    with pytest.raises(ValueError, match="-1"):
+        FusedLayerPath(mma_max_tokens=-1)
+    with pytest.raises(ValueError, match="-2"):
+        FusedLayerPath(mma_min_warps_per_sm=-2)
+    layer = ExpertLayer.from_module("layer0", tiny_model("qwen3_moe").model.layers[0].mlp.experts)
+    assert not FusedLayerPath(mma_min_warps_per_sm=0)._mma_ok(layer, 16, 32, torch.device("cpu"))
+
+
 def test_gemv_threshold_must_be_positive():
     with pytest.raises(ValueError, match="gemv_max_tokens must be >= 1, got 0"):
         FusedLayerPath(gemv_max_tokens=0)
@@ -135,11 +144,13 @@ def test_fused_fp32_cuda_tokens_identical():
 
 @pytest.mark.gpu
 @needs_cuda_kernels
+@pytest.mark.parametrize("hot", ["mma", "grouped_mm"])
 @pytest.mark.parametrize("batch", [1, 5, 40])
-def test_fused_layer_captures_in_a_cuda_graph(batch):
+def test_fused_layer_captures_in_a_cuda_graph(batch, hot):
     model = tiny_model("qwen3_moe", dtype=torch.bfloat16).to("cuda")
     layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
-    path = FusedLayerPath(gemv_max_tokens=4)
+    # the tiny layer is far below the warps-per-SM bar: 0 lets the tensor-core kernel take it
+    path = FusedLayerPath(gemv_max_tokens=4, mma_min_warps_per_sm=0, mma_max_tokens=256 if hot == "mma" else 0)
     gen = torch.Generator("cuda").manual_seed(batch)
     hidden = torch.randn(batch, layer.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen)
     k = model.config.num_experts_per_tok
@@ -235,3 +246,28 @@ def test_bad_expert_id_on_cuda_is_reported_without_a_sync(batch):
         with pytest.raises(ValueError, match=r"expert id 99 at pair 2 is outside \[0, 8\)"):
             path.check_errors(layer)
         path.check_errors(layer)  # reported once
+
+
+@pytest.mark.gpu
+@needs_cuda_kernels
+@pytest.mark.parametrize("batch", [5, 40, 300])
+def test_mma_paths_match_the_module(batch):
+    """gpu-only with every expert on the tensor-core kernel, and a plan's GPU share on it, against the
+    module's own experts; 300 tokens (above mma_max_tokens) takes the grouped_mm path."""
+    model = tiny_model("qwen3_moe", dtype=torch.bfloat16).to("cuda")
+    layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
+    path = FusedLayerPath(mma_min_warps_per_sm=0)
+    assert path._mma_ok(layer, batch, batch * 2, torch.device("cuda")) == (batch <= 256)
+    gen = torch.Generator("cuda").manual_seed(batch)
+    k = model.config.num_experts_per_tok
+    hidden = torch.randn(batch, layer.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen)
+    ids = torch.stack([torch.randperm(layer.num_experts, device="cuda", generator=gen)[:k] for _ in range(batch)])
+    weights = torch.rand(batch, k, device="cuda", generator=gen).to(torch.bfloat16)
+    counts = np.bincount(ids.cpu().numpy().reshape(-1), minlength=layer.num_experts)
+    with torch.no_grad():
+        ref = layer.module(hidden, ids, weights)
+        outs = {"gpu-only": path.run(layer, hidden, ids, weights),
+                "plan": path.run(layer, hidden, ids, weights, take_hot=(counts + 1) // 2,
+                                 max_cold_tokens=int((counts // 2).max()))}
+    for name, out in outs.items():
+        torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item(), msg=name)
