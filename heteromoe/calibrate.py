@@ -110,8 +110,23 @@ def measure_table(name: str, num_experts: int, top_k: int, d: int, f: int, count
     path = (FusedLayerPath(gemv_max_tokens=gemv_max_tokens, gemv_batch_tokens=0, mma_min_warps_per_sm=0,
                            mma_max_tokens=1 << 30) if hot_kernel == "mma" else
             FusedLayerPath(gemv_max_tokens=gemv_max_tokens, gemv_batch_tokens=0, mma_max_tokens=0))
+    raw = _measure(path, layer, counts, top_k, d, dtype)
+    table = table_from_measurements(num_experts, top_k, d, f, str(dtype).replace("torch.", ""), raw, gemv_max_tokens,
+                                    runtime.gemv_batch_tokens)
+    table["hot_kernel"] = hot_kernel
+    if hot_kernel == "mma":  # the batches of at most gemv_batch_tokens tokens: every expert on the GEMV
+        gemv = FusedLayerPath(gemv_max_tokens=gemv_max_tokens, gemv_batch_tokens=1 << 30, mma_max_tokens=0)
+        small = _measure(gemv, layer, [n for n in counts if n <= runtime.gemv_batch_tokens], top_k, d, dtype)
+        fit = table_from_measurements(num_experts, top_k, d, f, table["shape"]["dtype"], small, 1 << 30)
+        table["small_batch"] = {"kernel": "gemv", "per_expert_s": fit["per_expert_s"], "fixed_s": fit["fixed_s"],
+                                "measurements": small}
+    return table
+
+
+def _measure(path, layer, counts, top_k: int, d: int, dtype) -> list[dict]:
+    """Per token count n: the layer call's graph time with m experts of n tokens each, m = top_k .. 64."""
     # experts per call: top_k, then doublings up to 64 (or E): a least-squares line through them
-    used = sorted({min(num_experts, m) for m in (top_k, 2 * top_k, 16, 32, 64) if m >= top_k})
+    used = sorted({min(layer.num_experts, m) for m in (top_k, 2 * top_k, 16, 32, 64) if m >= top_k})
     raw = []
     for n in counts:
         times = []
@@ -120,10 +135,7 @@ def measure_table(name: str, num_experts: int, top_k: int, d: int, f: int, count
             with torch.no_grad():
                 times.append(graph_time_s(lambda: path.run(layer, hidden, ids, weights)))
         raw.append({"tokens": n, "experts": used, "layer_s": times})
-    table = table_from_measurements(num_experts, top_k, d, f, str(dtype).replace("torch.", ""), raw, gemv_max_tokens,
-                                    runtime.gemv_batch_tokens)
-    table["hot_kernel"] = hot_kernel
-    return table
+    return raw
 
 
 def table_from_measurements(num_experts: int, top_k: int, d: int, f: int, dtype: str, raw: list[dict],

@@ -5,7 +5,8 @@ runtime really runs a GEMV kernel for few tokens and a grouped GEMM for many, wi
 (launches, routing prep, unpermute). A table measured on the GPU replaces both guesses with what the
 kernels take: per-expert seconds t(n) for n tokens (interpolated between measured counts, extended past
 the last with the last slope) and the layer's fixed seconds, plus those of the grouped side when some
-expert has more tokens than the GEMV takes. Same interface as `GpuRoofline` (CostModel adds the regime
+expert has more tokens than the GEMV takes; where the runtime runs every expert on the tensor-core kernel
+past the GEMV batches, a second table for the all-GEMV batches. Same interface as `GpuRoofline` (CostModel adds the regime
 term), so every policy and the simulator use it: T_GPU = sum_e t(n_e) + fixed [+ grouped_fixed].
 
 Shipped tables live in spec/presets/gpu_tables/<gpu>.json (the calibrate command's output); `CostModel`
@@ -35,10 +36,14 @@ class GpuCostTable:
         grouped_fixed_s: seconds a layer call adds on a GPU where some expert has more than
             `gemv_max_tokens` tokens (the grouped-GEMM side: gather, two grouped GEMMs, the gate, a stream),
             unless the batch has at most `gemv_batch_tokens` tokens (then every expert takes the GEMV).
+        small_batch: (per_expert_s, fixed_s) of the all-GEMV regime, where the table's main regime is another
+            kernel (`expert_mma` on every expert): batches of at most `gemv_batch_tokens` tokens are priced
+            by it instead.
     """
 
     def __init__(self, per_expert_s: dict[int, float], fixed_s: float, source: str = "",
-                 grouped_fixed_s: float = 0.0, gemv_max_tokens: int | None = None, gemv_batch_tokens: int = 0) -> None:
+                 grouped_fixed_s: float = 0.0, gemv_max_tokens: int | None = None, gemv_batch_tokens: int = 0,
+                 small_batch: tuple[dict[int, float], float] | None = None) -> None:
         if not per_expert_s:
             raise ValueError("a GPU cost table needs at least one measured token count")
         n = np.array(sorted(int(k) for k in per_expert_s), dtype=np.float64)
@@ -59,6 +64,7 @@ class GpuCostTable:
         self.grouped_fixed_s = float(grouped_fixed_s)
         self.gemv_max_tokens = gemv_max_tokens
         self.gemv_batch_tokens = int(gemv_batch_tokens)
+        self.small_batch = GpuCostTable(*small_batch, source=source) if small_batch is not None else None
         self.source = source
 
     def time_at(self, tokens) -> np.ndarray:
@@ -77,11 +83,14 @@ class GpuCostTable:
         return self.time_at(tokens)
 
     def regime_fixed_s(self, tokens: np.ndarray, batch_tokens: int | None = None) -> float:
-        """The grouped side's fixed seconds if any expert of `tokens` (one GPU's) has more than the GEMV takes
-        (and the batch, of `batch_tokens` tokens, is not one the runtime runs on the GEMV alone)."""
-        if self.gemv_max_tokens is None or not self.grouped_fixed_s:
-            return 0.0
-        if batch_tokens is not None and batch_tokens <= self.gemv_batch_tokens:
+        """What the runtime's kernel regime adds to `time_s(tokens)` (one GPU's tokens; the batch has
+        `batch_tokens` tokens): for a batch it runs on the GEMV alone, the GEMV table's time minus this one's
+        (where the table has one; may be negative), else the grouped side's fixed seconds if any expert has
+        more tokens than the GEMV takes."""
+        small_batch = batch_tokens is not None and batch_tokens <= self.gemv_batch_tokens
+        if small_batch and self.small_batch is not None:
+            return self.small_batch.time_s(tokens) - self.time_s(tokens)
+        if self.gemv_max_tokens is None or not self.grouped_fixed_s or small_batch:
             return 0.0
         return self.grouped_fixed_s if (np.asarray(tokens) > self.gemv_max_tokens).any() else 0.0
 
@@ -121,8 +130,11 @@ def find_table(system: SystemSpec, model: MoEModelSpec, files: list[dict] | None
             if (shape["hidden_size"], shape["intermediate_size"]) == (model.hidden_size, model.moe_intermediate_size) \
                     and model.bytes_per_weight == 2.0:
                 per = {int(k): float(v) for k, v in table["per_expert_s"].items()}
+                small = table.get("small_batch")
                 return GpuCostTable(per, table["fixed_s"], source=f"{data.get('_path', '')} ({data.get('device', key)})",
                                     grouped_fixed_s=table.get("grouped_fixed_s", 0.0),
                                     gemv_max_tokens=table.get("gemv_max_tokens"),
-                                    gemv_batch_tokens=table.get("gemv_batch_tokens", 0))
+                                    gemv_batch_tokens=table.get("gemv_batch_tokens", 0),
+                                    small_batch=None if small is None else (
+                                        {int(k): float(v) for k, v in small["per_expert_s"].items()}, small["fixed_s"]))
     return None

@@ -38,6 +38,18 @@ def test_grouped_regime_costs_only_where_an_expert_exceeds_the_gemv():
     assert table.regime_fixed_s(np.array([1, 3])) == pytest.approx(40e-6)
 
 
+def test_small_batches_are_priced_by_the_gemv_table_where_one_is_given():
+    """A table whose main regime is the tensor-core kernel prices batches of at most gemv_batch_tokens tokens
+    (run on the GEMV alone) by its small-batch table: the regime term is the difference."""
+    table = GpuCostTable({1: 3e-6, 8: 4e-6}, fixed_s=25e-6, gemv_batch_tokens=4,
+                         small_batch=({1: 2e-6, 4: 2.5e-6}, 10e-6))
+    tokens = np.array([1, 2, 0, 1])
+    small = float(np.sum(table.small_batch.time_at(tokens))) + 10e-6
+    assert small == pytest.approx(2e-6 + (2e-6 + 0.5e-6 / 3) + 2e-6 + 10e-6)
+    assert table.time_s(tokens) + table.regime_fixed_s(tokens, batch_tokens=2) == pytest.approx(small)
+    assert table.regime_fixed_s(tokens, batch_tokens=5) == 0.0  # past the GEMV batches: the main table
+
+
 @pytest.mark.parametrize("bad", [{}, {0: 1e-6}, {1: -1e-6}, {1: float("nan")}])
 def test_bad_tables_are_refused(bad):
     with pytest.raises(ValueError):
@@ -76,7 +88,10 @@ def test_gpu_only_plan_charges_the_grouped_side_where_it_runs():
     plan_few = get_policy("gpu-only").plan(few, placement, 1, cost)
     plan_many = get_policy("gpu-only").plan(many, placement, 1, cost)
     t = cost.gpu
-    assert plan_few.t_gpu_s == pytest.approx(8 * t.time_at([1])[0] + t.launch_s)
+    # one token (8 pairs): a batch the runtime runs on the GEMV alone, priced by the shipped small-batch table
+    assert t.small_batch is not None
+    assert plan_few.t_gpu_s == pytest.approx(8 * t.small_batch.time_at([1])[0] + t.small_batch.launch_s)
+    # 47 pairs = 5 tokens: past the GEMV batches, the main (tensor-core) table and its regime term
     assert plan_many.t_gpu_s == pytest.approx(7 * t.time_at([1])[0] + t.time_at([40])[0] + t.launch_s + t.grouped_fixed_s)
 
 
