@@ -129,7 +129,7 @@ class FusedLayerPath:
         num_pairs = num_tokens * top_k
         self._raise_deferred_error(layer)
         if take_hot is None and device_plan is None and self._one_call_ok(layer, hidden, top_k_weights) and (
-                num_tokens <= self.gemv_batch_tokens or self._mma_ok(layer, num_tokens, num_pairs, hidden.device)):
+                num_tokens <= self.gemv_batch_tokens or self.mma_ok(layer, num_tokens, num_pairs, hidden.device)):
             return self._gemv_layer(layer, hidden, top_k_index, top_k_weights, mma=True)
         if device_plan is not None:
             threshold, may_have_hot, may_have_cold, max_tokens = 0, True, True, num_tokens
@@ -185,7 +185,9 @@ class FusedLayerPath:
         return (hidden.is_cuda and kernels.HAS_CUDA_KERNELS and self._silu_fused(layer) and hidden.dtype == layer.dtype
                 and hidden.dtype in kernels._DTYPE_CODE and top_k_weights.dtype in kernels._DTYPE_CODE)
 
-    def _mma_ok(self, layer: ExpertLayer, num_tokens: int, num_pairs: int, device: torch.device) -> bool:
+    def mma_ok(self, layer: ExpertLayer, num_tokens: int, num_pairs: int, device: torch.device) -> bool:
+        """Whether a call of `num_tokens` tokens (`num_pairs` routed pairs) on `device` runs its GPU experts on
+        `expert_mma` (the options above; `heteromoe calibrate` asks it which regime to measure)."""
         if device.type != "cuda" or num_tokens > self.mma_max_tokens or not kernels.mma_supported(
                 layer.dtype, layer.hidden_size, layer.intermediate_size):
             return False
@@ -258,7 +260,7 @@ class FusedLayerPath:
 
     def _hot(self, layer: ExpertLayer, hidden: torch.Tensor, prep: kernels.RoutePrep, top_k: int) -> torch.Tensor:
         num_tokens = prep.num_pairs // top_k if top_k else 0
-        if self._mma_ok(layer, num_tokens, prep.num_pairs, hidden.device):
+        if self.mma_ok(layer, num_tokens, prep.num_pairs, hidden.device):
             return self._hot_mma(layer, hidden.to(layer.dtype), prep, top_k, num_tokens)
         x = kernels.gather_rows(hidden.to(layer.dtype), prep.hot_pairs, top_k)
         key = (layer.dtype, hidden.device.type)

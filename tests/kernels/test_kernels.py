@@ -282,7 +282,7 @@ def test_expert_mma_off_cuda_is_the_gemv_and_the_reference():
 
 
 def mma_routings():
-    """ROUTINGS plus an expert with 150 tokens (three 64-token passes) next to cold ones."""
+    """ROUTINGS plus an expert with 150 tokens (several passes of the kernel) next to cold ones."""
     rng = np.random.default_rng(7)
     heavy = np.stack([np.r_[0, rng.choice(np.arange(1, 12), 2, replace=False)] for _ in range(150)])
     return ROUTINGS[:4] + [("one-expert-150-tokens", heavy, 12)]

@@ -88,7 +88,7 @@ def test_mma_options_are_checked_and_the_kernel_stays_off_the_cpu():
     with pytest.raises(ValueError, match="-2"):
         FusedLayerPath(mma_min_warps_per_sm=-2)
     layer = ExpertLayer.from_module("layer0", tiny_model("qwen3_moe").model.layers[0].mlp.experts)
-    assert not FusedLayerPath(mma_min_warps_per_sm=0)._mma_ok(layer, 16, 32, torch.device("cpu"))
+    assert not FusedLayerPath(mma_min_warps_per_sm=0).mma_ok(layer, 16, 32, torch.device("cpu"))
 
 
 def test_gemv_threshold_must_be_positive():
@@ -257,7 +257,7 @@ def test_mma_paths_match_the_module(batch):
     model = tiny_model("qwen3_moe", dtype=torch.bfloat16).to("cuda")
     layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
     path = FusedLayerPath(mma_min_warps_per_sm=0)
-    assert path._mma_ok(layer, batch, batch * 2, torch.device("cuda")) == (batch <= 256)
+    assert path.mma_ok(layer, batch, batch * 2, torch.device("cuda")) == (batch <= 256)
     gen = torch.Generator("cuda").manual_seed(batch)
     k = model.config.num_experts_per_tok
     hidden = torch.randn(batch, layer.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen)
