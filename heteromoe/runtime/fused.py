@@ -80,9 +80,9 @@ class FusedLayerPath:
         mma_min_warps_per_sm: ...where the down projection gives every SM at least this many warps (32 rows
             each) over the experts the batch can touch: a kernel streaming each expert's weights once per warp
             needs that many loads in flight. Shapes with few experts and long rows (Mixtral-8x7B: at most 8
-            experts x 128 warps, K 14336) keep torch's grouped_mm for the hot experts (H100 sweep,
-            bench/results/gpu-mma-sweep-h100.json: Mixtral batch 16 / 256 on the kernel 879 / 1685 us, on
-            grouped_mm 696 / 1243 us; Qwen3-30B-A3B 240 / 468 vs 262 / 491 us).
+            experts x 128 warps, K 14336) keep torch's grouped_mm for the hot experts (H100: Mixtral batch
+            16 / 256 on the kernel 879 / 1685 us, bench/results/gpu-mma-sweep-h100.json, on grouped_mm + GEMV
+            703 / 1239 us, gpu-layer-h100.json; Qwen3-30B-A3B 240.5 / 466.5 vs 262.5 / 489.0 us, the latter).
         streams: run the cold side on a second CUDA stream when both sides have work.
     """
 
