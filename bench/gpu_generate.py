@@ -1,6 +1,8 @@
 """A 4-layer model of real Qwen3-30B-A3B dimensions (random weights, bf16, on the GPU): greedy generate()
 unwrapped (transformers' default experts implementation) and wrapped (fused path; gpu-only and heteromoe
-policies); are the tokens identical, and what is the decode time per token?
+policies); are the tokens identical, and what is the decode time per token? Also, teacher-forced over the
+reference's own tokens, how far each path's logits are from the reference's and whether a differing argmax
+falls on a near-tie of the reference (transformers' eager experts loop measured the same way, for scale).
 
     python bench/gpu_generate.py --json bench/results/generate-4layer-<gpu>.json
 """
@@ -41,6 +43,25 @@ def decode_time(model, ids, new_tokens: int) -> tuple[torch.Tensor, float]:
     return out, (times[new_tokens] - times[1]) / (new_tokens - 1)
 
 
+def forced_logits(model, seq: torch.Tensor) -> torch.Tensor:
+    """[B, L, V] float32 logits of one forward pass over `seq` (teacher forcing: every position sees the same
+    tokens whatever the model would have generated)."""
+    with torch.no_grad():
+        return model(seq).logits.float()
+
+
+def logits_agreement(logits: torch.Tensor, ref_logits: torch.Tensor) -> dict:
+    """How far `logits` are from the reference's, and whether a differing argmax is a near-tie of the
+    reference (its top-1 minus top-2 logit there, against the largest logit difference)."""
+    top2 = ref_logits.topk(2, dim=-1).values
+    margin = top2[..., 0] - top2[..., 1]
+    differ = logits.argmax(-1) != ref_logits.argmax(-1)
+    return {"max_abs_logit_diff": float((logits - ref_logits).abs().max()),
+            "argmax_agreement": float(1.0 - differ.float().mean()),
+            "largest_ref_margin_where_argmax_differs": float(margin[differ].max()) if bool(differ.any()) else None,
+            "median_ref_margin": float(margin.median())}
+
+
 def main() -> None:
     import heteromoe
 
@@ -60,19 +81,22 @@ def main() -> None:
         ids = torch.randint(1, 151936, (batch, args.prompt), device="cuda", generator=torch.Generator("cuda").manual_seed(batch))
         ref, ref_s = decode_time(model, ids, args.new_tokens)
         rec = {"batch": batch, "default_impl": default_impl, "default_s_per_token": ref_s}
+        ref_logits = forced_logits(model, ref)  # over the reference's own prompt + greedy tokens
         # how stable are greedy tokens to a different (exact in math, not in rounding) experts kernel?
         model.set_experts_implementation("eager")
         eager, eager_s = decode_time(model, ids, args.new_tokens)
+        rec["transformers_eager"] = {"s_per_token": eager_s, "tokens_identical": bool(torch.equal(eager, ref)),
+                                     **logits_agreement(forced_logits(model, ref), ref_logits)}
         model.set_experts_implementation(default_impl)
-        rec["transformers_eager"] = {"s_per_token": eager_s, "tokens_identical": bool(torch.equal(eager, ref))}
         for policy in ("gpu-only", "heteromoe"):
             runtime = heteromoe.wrap(model, policy=policy)
             out, s = decode_time(model, ids, args.new_tokens)
+            agreement = logits_agreement(forced_logits(model, ref), ref_logits)
             runtime.unwrap()
             same = bool(torch.equal(out, ref))
             first_diff = None if same else int((out != ref).any(0).nonzero()[0, 0]) - args.prompt
             rec[policy] = {"s_per_token": s, "tokens_identical": same, "first_differing_new_token": first_diff,
-                           "fused_off": dict(runtime.executor._fused_off)}
+                           **agreement, "fused_off": dict(runtime.executor._fused_off)}
         records.append(rec)
         print(json.dumps(rec))
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": args.dtype, "layers": args.layers,

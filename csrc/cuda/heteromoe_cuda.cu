@@ -614,12 +614,12 @@ static void expert_gemv(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, in
 // ---------------------------------------------------------------------------------------------------------
 // expert_mma: expert_gemv's contract (the same lists, rows read through in_pairs, the SiLU gate of
 // [gate; up] with the same roundings) on the tensor cores, for experts with more than a few tokens.
-// One warp owns 32 output rows (16 with the gate, and their up rows): the weights are the A operand of
-// mma.m16n8k16 (streamed from HBM, no L1 allocation, the next K steps in flight while the MMAs of these
-// run), the tokens the B operand in tiles of 8 (read through L1: the block's warps
-// share them). A block runs one pass of up to kTiles x 8 tokens of one expert; an expert with more tokens
-// is several work items (grid.x), next to each other, so the repeated weight reads of a hot expert meet in
-// L2 rather than in HBM. grid.y: blocks of rows.
+// A warp owns one or two 16-row fragments of weight rows (see mma_warp_rows): the weights are the A operand
+// of mma.m16n8k16 (streamed from HBM, no L1 allocation, evict-first, the next K steps in flight while the
+// MMAs of these run), the tokens the B operand in tiles of 8 (read through L1: the block's warps share them).
+// A block runs one pass of up to kTiles x 8 tokens of one expert; an expert with more tokens is several
+// work items (grid.x), next to each other, so the repeated weight reads of a hot expert meet in L2 in part.
+// grid.y: blocks of rows.
 // The K order of a fragment is permuted (thread q of a quad holds 8 contiguous elements, k 8q..8q+7, of
 // each row and each token, one 16-byte load each): the same permutation on both operands leaves every dot
 // product a sum over all of K, so only the fp32 summation order differs from the GEMV's.
@@ -671,30 +671,49 @@ __device__ __forceinline__ bool mma_work_item(int w, int lists, int pass_tokens,
   return false;
 }
 
-// Rows per warp: 16 with the gate (fragment 0: gate rows, 1: the matching up rows), else 32 (two 16-row
-// fragments): two A fragments either way, so every token vector loaded serves two MMAs per half step.
-__host__ __device__ constexpr int mma_warp_rows(bool silu_chunk) { return silu_chunk ? 16 : 32; }
+// Warp shapes (kFrags 16-row A fragments, kSteps 32-wide K steps per iteration, the loads of the next
+// iteration in flight during this one's MMAs): 2 x 2 (32 rows, 128 bytes of each row per iteration) or 1 x 4
+// (16 rows, 256 bytes of each row: half the rows in flight per warp, each read in longer runs; the same
+// registers). With the gate, a warp's output rows are half its weight rows: with two fragments fragment 0
+// holds the gate rows and fragment 1 the matching up rows; with one, rows g (gate) and g + 8 (up) of the
+// fragment, so each lane's accumulators hold both halves of its outputs.
+__host__ __device__ constexpr int mma_warp_rows(bool silu_chunk, int frags) { return (silu_chunk ? 8 : 16) * frags; }
 
-template <typename T, int kSteps>
-__device__ __forceinline__ void mma_load_a(uint4 (&a)[kSteps][2][2], const T* const (&wp)[2][2], int k, int k_dim, int q) {
+// A weight vector from HBM, read once: no L1 allocation (the block's token vectors live there) and
+// evict-first in L2, which is left to the activations (see the launch choices for what else was measured).
+__device__ __forceinline__ uint4 ld_weight(const void* p, std::uint64_t policy) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p), "l"(policy));
+  return r;
+}
+__device__ __forceinline__ std::uint64_t evict_first_policy() {
+  std::uint64_t policy;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+
+template <typename T, int kSteps, int kFrags>
+__device__ __forceinline__ void mma_load_a(uint4 (&a)[kSteps][kFrags][2], const T* const (&wp)[kFrags][2], int k,
+                                           int k_dim, int q, std::uint64_t policy) {
 #pragma unroll
   for (int s = 0; s < kSteps; ++s)
 #pragma unroll
-    for (int fr = 0; fr < 2; ++fr)
+    for (int fr = 0; fr < kFrags; ++fr)
 #pragma unroll
       for (int h = 0; h < 2; ++h)
-        a[s][fr][h] = k + 32 * s + 8 * q < k_dim ? __ldcs(reinterpret_cast<const uint4*>(wp[fr][h] + k + 32 * s))
+        a[s][fr][h] = k + 32 * s + 8 * q < k_dim ? ld_weight(wp[fr][h] + k + 32 * s, policy)
                                                  : make_uint4(0, 0, 0, 0);  // K's tail: zeros on both sides
 }
 
-template <typename T, int kTiles, bool kSiluChunk, int kWarps>
+template <typename T, int kTiles, bool kSiluChunk, int kWarps, int kFrags, int kSteps>
 __global__ void __launch_bounds__(kWarps * 32)
 expert_mma_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* list_expert,
                   const int* list_begin, const int* list_count, const int* offs, int lists, bool passes,
                   int out_rows, int k_dim, bool lists_ready, T* out) {
-  constexpr int kSteps = 2;  // 32-wide K steps per iteration; the next iteration's weights load during this one's MMAs
   constexpr int kPass = kTiles * 8;
-  constexpr int kRows = mma_warp_rows(kSiluChunk);
+  constexpr int kRows = mma_warp_rows(kSiluChunk, kFrags);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int row0 = (blockIdx.y * kWarps + warp) * kRows;
   if (row0 >= out_rows) return;
@@ -716,17 +735,20 @@ expert_mma_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, c
   const int g = lane >> 2, q = lane & 3;
   const i64 w_rows = kSiluChunk ? 2 * static_cast<i64>(out_rows) : out_rows;
   const T* w_e = weight + static_cast<i64>(expert) * w_rows * k_dim;
-  const T* wp[2][2];
+  const T* wp[kFrags][2];
 #pragma unroll
-  for (int fr = 0; fr < 2; ++fr)
+  for (int fr = 0; fr < kFrags; ++fr)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      // clamped rows are computed, never written
-      const int row = min(row0 + (kSiluChunk ? 0 : 16 * fr) + g + 8 * h, out_rows - 1);
-      wp[fr][h] = w_e + (kSiluChunk && fr ? row + static_cast<i64>(out_rows) : row) * k_dim + 8 * q;
+      // the output row this fragment row feeds, and whether it is its up row; clamped rows are computed, never written
+      const bool up = kSiluChunk && (kFrags == 2 ? fr == 1 : h == 1);
+      const int r = kSiluChunk ? (kFrags == 2 ? g + 8 * h : g) : 16 * fr + g + 8 * h;
+      const int row = min(row0 + r, out_rows - 1);
+      wp[fr][h] = w_e + (up ? row + static_cast<i64>(out_rows) : row) * k_dim + 8 * q;
     }
-  uint4 a[kSteps][2][2];
-  mma_load_a<T, kSteps>(a, wp, 0, k_dim, q);  // weights do not depend on the kernel before
+  uint4 a[kSteps][kFrags][2];
+  const std::uint64_t policy = evict_first_policy();
+  mma_load_a<T, kSteps, kFrags>(a, wp, 0, k_dim, q, policy);  // weights do not depend on the kernel before
   if (lists_ready) pdl_wait();
   pdl_trigger();
   const int nt = min(kPass, count - t0);
@@ -738,9 +760,9 @@ expert_mma_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, c
     const int src = in_pairs ? in_pairs[pos] / top_k : pos;
     xp[j] = x + static_cast<i64>(src) * k_dim + 8 * q;
   }
-  float acc[2][kTiles][4];
+  float acc[kFrags][kTiles][4];
 #pragma unroll
-  for (int fr = 0; fr < 2; ++fr)
+  for (int fr = 0; fr < kFrags; ++fr)
 #pragma unroll
     for (int j = 0; j < kTiles; ++j)
 #pragma unroll
@@ -753,17 +775,17 @@ expert_mma_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, c
       for (int j = 0; j < kTiles; ++j)
         b[s][j] = j < tiles && k + 32 * s + 8 * q < k_dim ? __ldg(reinterpret_cast<const uint4*>(xp[j] + k + 32 * s))
                                                           : make_uint4(0, 0, 0, 0);
-    uint4 next[kSteps][2][2];  // the next iteration's weights (HBM), in flight during this one's MMAs
-    mma_load_a<T, kSteps>(next, wp, k + 32 * kSteps, k_dim, q);
+    uint4 next[kSteps][kFrags][2];  // the next iteration's weights (HBM), in flight during this one's MMAs
+    mma_load_a<T, kSteps, kFrags>(next, wp, k + 32 * kSteps, k_dim, q, policy);
 #pragma unroll
     for (int s = 0; s < kSteps; ++s) {
 #pragma unroll
       for (int j = 0; j < kTiles; ++j) {
         if (j < tiles) {
 #pragma unroll
-          for (int fr = 0; fr < 2; ++fr) {
-            const uint4& lo = a[s][fr][0];  // row g
-            const uint4& hi = a[s][fr][1];  // row g + 8
+          for (int fr = 0; fr < kFrags; ++fr) {
+            const uint4& lo = a[s][fr][0];  // fragment row g
+            const uint4& hi = a[s][fr][1];  // fragment row g + 8
             mma_16816<T>(acc[fr][j], lo.x, hi.x, lo.y, hi.y, b[s][j].x, b[s][j].y);
             mma_16816<T>(acc[fr][j], lo.z, hi.z, lo.w, hi.w, b[s][j].z, b[s][j].w);
           }
@@ -773,26 +795,29 @@ expert_mma_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, c
 #pragma unroll
     for (int s = 0; s < kSteps; ++s)
 #pragma unroll
-      for (int fr = 0; fr < 2; ++fr)
+      for (int fr = 0; fr < kFrags; ++fr)
 #pragma unroll
         for (int h = 0; h < 2; ++h) a[s][fr][h] = next[s][fr][h];
   }
-  // accumulator i of fragment fr, tile j: row row0 (+ 16 fr without the gate) + g + 8 (i / 2), token
-  // j * 8 + 2 q + i % 2
+  // accumulator i of fragment fr, tile j: fragment row g + 8 (i / 2), token j * 8 + 2 q + i % 2. Output rows:
+  // without the gate row0 + 16 fr + that row; with it (gate, up) = (fragment 0, fragment 1) at row0 + g + 8 (i / 2),
+  // or with one fragment (i, i + 2) at row0 + g
+  constexpr int kOutFrags = kSiluChunk ? 1 : kFrags;
+  constexpr int kOutAcc = kSiluChunk && kFrags == 1 ? 2 : 4;
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) {
     if (j < tiles) {
 #pragma unroll
-      for (int fr = 0; fr < (kSiluChunk ? 1 : 2); ++fr)
+      for (int fr = 0; fr < kOutFrags; ++fr)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < kOutAcc; ++i) {
           const int tok = j * 8 + 2 * q + (i & 1);
-          const int row = row0 + 16 * fr + g + 8 * (i >> 1);
+          const int row = row0 + 16 * fr + g + (kOutAcc == 4 ? 8 * (i >> 1) : 0);
           if (tok < nt && row < out_rows) {
             float v = acc[fr][j][i];
             if (kSiluChunk) {
               const float gb = to_f<T>(from_f<T>(v));
-              const float ub = to_f<T>(from_f<T>(acc[1][j][i]));
+              const float ub = to_f<T>(from_f<T>(kFrags == 2 ? acc[kFrags - 1][j][i] : acc[0][j][(i + 2) & 3]));
               const float sg = to_f<T>(from_f<T>(gb / (1.0f + expf(-gb))));
               v = sg * ub;
             }
@@ -803,11 +828,16 @@ expert_mma_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, c
   }
 }
 
-// Tokens per pass: the batch's bound rounded up to a tile of 8, at most HETEROMOE_MMA_TILES tiles (1, 2, 4
-// or 8; default 4: an expert with more tokens takes more passes, whose weight reads meet in L2 only in
-// part). HETEROMOE_MMA_WARPS: warps per block, 2 or 4 (default). The defaults are the best of an H100
-// sweep (bench/results/gpu-mma-sweep-h100.json): Qwen3-30B-A3B layer, batch 16 / 64 / 256, graph clock:
-// 4 tiles x 4 warps 240 / 367 / 468 us; 2 x 2: 259 / 371 / 526; 4 x 2: 259 / 363 / 456; 1 x 4: 238 / 376 / 559.
+// Launch choices. Defaults: the best of H100 sweeps of the Qwen3-30B-A3B layer, gpu-only, graph clock, batch
+// 16 / 64 / 256 (bench/results/gpu-mma-sweep-h100.json, gpu-mma-shapes-h100.jsonl); the variables override
+// them, to measure:
+//   tokens per pass: the batch's bound rounded up to a tile of 8, at most HETEROMOE_MMA_TILES tiles (1, 2, 4
+//     or 8; default 4: 8 tiles take so many registers that too few warps stay resident, 601 us at 256;
+//     also measured and dropped: experts of more than 32 tokens in a second, 8-tile launch beside the
+//     first, 502 us at 256, and normal L2 priority for their weights, 464 us; as kept 457 us);
+//   warp shape, HETEROMOE_MMA_SHAPE: 14 (one fragment, 4 steps) up to 2 tiles, 22 above (one fragment needs
+//     twice the token loads per MMA: 1 x 4 228 / 382 / 541 us, 2 x 2 239 / 363 / 454 us);
+//   HETEROMOE_MMA_WARPS per block: 4 up to 2 tiles, 2 above (at 4 tiles 4 warps measured 1.3 % slower).
 static int env_choice(const char* name, int fallback, std::initializer_list<int> allowed) {
   const char* v = std::getenv(name);
   if (!v) return fallback;
@@ -821,49 +851,57 @@ static int mma_tiles(int max_tokens) {
   const int need = max_tokens <= 8 ? 1 : max_tokens <= 16 ? 2 : max_tokens <= 32 ? 4 : 8;
   return std::min(need, cap);
 }
-static int mma_warps() {
-  static const int warps = env_choice("HETEROMOE_MMA_WARPS", 4, {2, 4});
-  return warps;
+static int mma_warps(int tiles) {
+  static const int warps = env_choice("HETEROMOE_MMA_WARPS", 0, {2, 4});
+  return warps ? warps : tiles > 2 ? 2 : 4;
+}
+static int mma_frags(int tiles) {
+  static const int shape = env_choice("HETEROMOE_MMA_SHAPE", 0, {22, 14});
+  return shape ? shape / 10 : tiles > 2 ? 2 : 1;
 }
 
-template <typename T, int kTiles, int kWarps>
-static void launch_mma_t(bool silu, dim3 grid, cudaStream_t stream, std::uintptr_t x, std::uintptr_t in_pairs, int top_k,
-                         std::uintptr_t weight, std::uintptr_t list_expert, std::uintptr_t list_begin,
-                         std::uintptr_t list_count, std::uintptr_t offs, int lists, bool passes, int out_rows, int k_dim,
-                         bool lists_ready, std::uintptr_t out) {
-  auto go = [&](auto kernel) {
-    launch(kernel, grid, dim3(kWarps * 32), 0, stream, ptr<const T>(x), ptr<const int>(in_pairs), top_k,
-           ptr<const T>(weight), ptr<const int>(list_expert), ptr<const int>(list_begin), ptr<const int>(list_count),
-           ptr<const int>(offs), lists, passes, out_rows, k_dim, lists_ready, ptr<T>(out));
-  };
-  if (silu) go(expert_mma_kernel<T, kTiles, true, kWarps>);
-  else go(expert_mma_kernel<T, kTiles, false, kWarps>);
+// One expert_mma launch's arguments (host side; the kernel takes them as scalars, measured faster than a
+// struct: bench/results/gpu-mma-args-struct-ab-h100.json).
+struct MmaLaunch {
+  dim3 grid;
+  cudaStream_t stream;
+  std::uintptr_t x, in_pairs, weight, list_expert, list_begin, list_count, offs, out;
+  int top_k, lists, out_rows, k_dim;
+  bool passes, lists_ready;
+};
+
+template <typename T, int kTiles, bool kSilu, int kWarps, int kFrags>
+static void launch_mma_kernel(const MmaLaunch& m) {
+  launch(expert_mma_kernel<T, kTiles, kSilu, kWarps, kFrags, 4 / kFrags>, m.grid, dim3(kWarps * 32), 0, m.stream,
+         ptr<const T>(m.x), ptr<const int>(m.in_pairs), m.top_k, ptr<const T>(m.weight), ptr<const int>(m.list_expert),
+         ptr<const int>(m.list_begin), ptr<const int>(m.list_count), ptr<const int>(m.offs), m.lists, m.passes,
+         m.out_rows, m.k_dim, m.lists_ready, ptr<T>(m.out));
 }
 
-template <typename T, int kWarps>
-static void launch_mma_warps(int tiles, bool silu, dim3 grid, cudaStream_t s, std::uintptr_t x, std::uintptr_t in_pairs,
-                             int top_k, std::uintptr_t weight, std::uintptr_t list_expert, std::uintptr_t list_begin,
-                             std::uintptr_t list_count, std::uintptr_t offs, int lists, bool passes, int out_rows,
-                             int k_dim, bool lists_ready, std::uintptr_t out) {
-  switch (tiles) {
-    case 1: return launch_mma_t<T, 1, kWarps>(silu, grid, s, x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim, lists_ready, out);
-    case 2: return launch_mma_t<T, 2, kWarps>(silu, grid, s, x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim, lists_ready, out);
-    case 4: return launch_mma_t<T, 4, kWarps>(silu, grid, s, x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim, lists_ready, out);
-    default: return launch_mma_t<T, 8, kWarps>(silu, grid, s, x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim, lists_ready, out);
-  }
+// the run-time choices -> template arguments, one level each
+template <typename T, int kTiles, bool kSilu, int kWarps>
+static void launch_mma_frags(int frags, const MmaLaunch& m) {
+  if (frags == 1) launch_mma_kernel<T, kTiles, kSilu, kWarps, 1>(m);
+  else launch_mma_kernel<T, kTiles, kSilu, kWarps, 2>(m);
 }
-
+template <typename T, int kTiles, bool kSilu>
+static void launch_mma_warps(int warps, int frags, const MmaLaunch& m) {
+  if (warps == 4) launch_mma_frags<T, kTiles, kSilu, 4>(frags, m);
+  else launch_mma_frags<T, kTiles, kSilu, 2>(frags, m);
+}
+template <typename T, int kTiles>
+static void launch_mma_silu(bool silu, int warps, int frags, const MmaLaunch& m) {
+  if (silu) launch_mma_warps<T, kTiles, true>(warps, frags, m);
+  else launch_mma_warps<T, kTiles, false>(warps, frags, m);
+}
 template <typename T>
-static void launch_mma_dtype(int warps, int tiles, bool silu, dim3 grid, cudaStream_t s, std::uintptr_t x,
-                             std::uintptr_t in_pairs, int top_k, std::uintptr_t weight, std::uintptr_t list_expert,
-                             std::uintptr_t list_begin, std::uintptr_t list_count, std::uintptr_t offs, int lists,
-                             bool passes, int out_rows, int k_dim, bool lists_ready, std::uintptr_t out) {
-  if (warps == 4)
-    launch_mma_warps<T, 4>(tiles, silu, grid, s, x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs,
-                           lists, passes, out_rows, k_dim, lists_ready, out);
-  else
-    launch_mma_warps<T, 2>(tiles, silu, grid, s, x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs,
-                           lists, passes, out_rows, k_dim, lists_ready, out);
+static void launch_mma_dtype(int tiles, bool silu, int warps, int frags, const MmaLaunch& m) {
+  switch (tiles) {
+    case 1: return launch_mma_silu<T, 1>(silu, warps, frags, m);
+    case 2: return launch_mma_silu<T, 2>(silu, warps, frags, m);
+    case 4: return launch_mma_silu<T, 4>(silu, warps, frags, m);
+    default: return launch_mma_silu<T, 8>(silu, warps, frags, m);
+  }
 }
 
 static bool mma_supported(int dtype, int k_dim) { return (dtype == kBF16 || dtype == kF16) && k_dim % 8 == 0; }
@@ -886,16 +924,13 @@ static void expert_mma(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int
   const i64 max_passes = (max_tokens + pass - 1) / pass;
   // items: one per entry when one pass holds any expert; else sum of ceil(n / pass) <= entries + rows / pass
   const i64 items = max_passes == 1 ? lists : std::min<i64>(lists * max_passes, lists + (rows + pass - 1) / pass);
-  const int warps = mma_warps();
-  const int block_rows = warps * mma_warp_rows(silu_chunk);
-  const dim3 grid(static_cast<unsigned>(items), (out_rows + block_rows - 1) / block_rows);
-  cudaStream_t s = as_stream(stream);
-  if (dtype == kBF16)
-    launch_mma_dtype<__nv_bfloat16>(warps, tiles, silu_chunk, grid, s, x, in_pairs, top_k, weight, list_expert,
-                                    list_begin, list_count, offs, lists, max_passes > 1, out_rows, k_dim, lists_ready, out);
-  else
-    launch_mma_dtype<__half>(warps, tiles, silu_chunk, grid, s, x, in_pairs, top_k, weight, list_expert, list_begin,
-                             list_count, offs, lists, max_passes > 1, out_rows, k_dim, lists_ready, out);
+  const int warps = mma_warps(tiles), frags = mma_frags(tiles);
+  const int block_rows = warps * mma_warp_rows(silu_chunk, frags);
+  const MmaLaunch m{dim3(static_cast<unsigned>(items), (out_rows + block_rows - 1) / block_rows), as_stream(stream), x,
+                    in_pairs, weight, list_expert, list_begin, list_count, offs, out, top_k, lists, out_rows, k_dim,
+                    max_passes > 1, lists_ready};
+  if (dtype == kBF16) launch_mma_dtype<__nv_bfloat16>(tiles, silu_chunk, warps, frags, m);
+  else launch_mma_dtype<__half>(tiles, silu_chunk, warps, frags, m);
   check(cudaGetLastError(), "expert_mma launch");
 }
 

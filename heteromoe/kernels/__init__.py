@@ -72,8 +72,16 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def _stream() -> int:
-    return torch.cuda.current_stream().cuda_stream
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # CUDA builds of torch (what inductor calls)
+
+
+def _stream(device: torch.device | None = None) -> int:
+    """The current CUDA stream's handle on `device` (default: the current device). Read through torch's raw
+    getter where it has one: `torch.cuda.current_stream()` builds a Stream object, several microseconds of a
+    layer call's host time."""
+    if _raw_stream is not None:
+        return _raw_stream(torch.cuda.current_device() if device is None or device.index is None else device.index)
+    return torch.cuda.current_stream(device).cuda_stream
 
 
 def _on_cuda_kernels(t: torch.Tensor) -> bool:

@@ -147,7 +147,7 @@ class MoEExecutor:
             return "the fused path is off"
         if layer.name in self._fused_off:
             return self._fused_off[layer.name]
-        key = (layer.name, hidden.device, hidden.dtype)
+        key = (layer.name, hidden.get_device(), hidden.dtype)  # get_device(): an int, quicker to hash
         if key in self._fused_ok:  # checked once per layer, device and dtype: this runs on every call
             return None
         reason = None
@@ -188,7 +188,7 @@ class MoEExecutor:
                 raise  # bad input: the caller's error, not the path's
             except Exception as exc:  # noqa: BLE001 - a failing kernel path: generic path, no token lost
                 self._fused_off[layer.name] = f"fused path failed: {type(exc).__name__}: {exc}"
-                self.stats.setdefault(layer.name, LayerStats(layer.name)).fallbacks += 1
+                self._stats(layer.name).fallbacks += 1
                 logger.warning("layer %s: fused path failed (%s: %s); re-running the call on the generic path",
                                layer.name, type(exc).__name__, exc)
         num_tokens, top_k = top_k_index.shape
@@ -200,7 +200,7 @@ class MoEExecutor:
 
         out_dtype = torch.promote_types(hidden.dtype, top_k_weights.dtype)
         pairs_out = torch.zeros(num_tokens * top_k, hidden.shape[-1], dtype=out_dtype, device=hidden.device)  # (T*k, d)
-        stats = self.stats.setdefault(layer.name, LayerStats(layer.name))
+        stats = self._stats(layer.name)
         for backend, work in ((self.gpu_backend, gpu_work), (self.pim_backend, pim_work)):
             if work.is_empty():
                 continue
@@ -222,7 +222,7 @@ class MoEExecutor:
         num_tokens = int(top_k_index.shape[0])
         if self.policy.name == "gpu-only":
             out = self.fused.run(layer, hidden, top_k_index, top_k_weights)
-            self.stats.setdefault(layer.name, LayerStats(layer.name)).add_unplanned(num_tokens, int(top_k_index.numel()))
+            self._stats(layer.name).add_unplanned(num_tokens, num_tokens * int(top_k_index.shape[1]))
             return out
         if self.plan_on_device and hidden.is_cuda and self.policy.name in ("sieve", "heteromoe"):
             return self._run_fused_device_plan(layer, cost, placement, hidden, top_k_index, top_k_weights)
@@ -330,11 +330,19 @@ class MoEExecutor:
     def _record(self, name: str, plan: Plan, num_tokens: int) -> None:
         """A fused call's plan into the statistics, and into the PIM backend's counters (the fused kernels ran
         its share in its place)."""
-        self.stats.setdefault(name, LayerStats(name)).add(plan, num_tokens)
+        self._stats(name).add(plan, num_tokens)
         self.last_plans[name] = plan
         if plan.pim_tokens.any() and hasattr(self.pim_backend, "calls"):
             self.pim_backend.calls += 1
             self.pim_backend.pairs += int(plan.pim_tokens.sum())
+
+    def _stats(self, name: str) -> LayerStats:
+        """The layer's statistics (created on its first call; a lookup on every other, so as not to build a
+        LayerStats per call only to throw it away)."""
+        stats = self.stats.get(name)
+        if stats is None:
+            stats = self.stats[name] = LayerStats(name)
+        return stats
 
     def flush(self) -> None:
         """Settle every pending device plan (statistics are then complete)."""

@@ -68,6 +68,46 @@ def unsupported_reason(layer: ExpertLayer, hidden: torch.Tensor) -> str | None:
     return f"no kernels for device {hidden.device}"
 
 
+class _OneCall:
+    """What one layer's one-call launches need that stays the same from call to call (per dtype pair and
+    device): dtype codes, the combine's rounding, its error word, the workspace size and the tensor-core
+    choice per batch shape, and where the module keeps its two weights (read on every call, so a weight
+    the module replaces is seen; its parameter dict is read directly, skipping nn.Module's attribute hook)."""
+
+    __slots__ = ("dtype", "weights_dtype", "round_products", "layer", "device", "err_word", "_mma", "_ws_bytes",
+                 "_params", "_up_name")
+
+    def __init__(self, dtype: int, weights_dtype: int, round_products: bool, layer: ExpertLayer,
+                 device: torch.device, err_word: torch.Tensor | None) -> None:
+        self.dtype, self.weights_dtype, self.round_products = dtype, weights_dtype, round_products
+        self.layer, self.device, self.err_word = layer, device, err_word
+        self._mma: dict[tuple[int, int], bool] = {}
+        self._ws_bytes: dict[tuple[int, int], int] = {}
+        self._up_name = "gate_up_proj" if layer.has_gate else "up_proj"
+        params = layer.module._parameters
+        self._params = params if self._up_name in params and "down_proj" in params else None
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's (up, down) weights as the module holds them now."""
+        if self._params is not None:
+            return self._params[self._up_name], self._params["down_proj"]
+        return self.layer.up_weight, self.layer.down_weight
+
+    def mma_ok(self, path: FusedLayerPath, num_tokens: int, num_pairs: int) -> bool:
+        ok = self._mma.get((num_tokens, num_pairs))
+        if ok is None:
+            ok = self._mma[(num_tokens, num_pairs)] = path.mma_ok(self.layer, num_tokens, num_pairs, self.device)
+        return ok
+
+    def workspace_bytes(self, num_pairs: int, elem_bytes: int) -> int:
+        nbytes = self._ws_bytes.get((num_pairs, elem_bytes))
+        if nbytes is None:
+            layer = self.layer
+            nbytes = self._ws_bytes[(num_pairs, elem_bytes)] = kernels._cuda.gemv_layer_workspace(
+                num_pairs, layer.num_experts, layer.hidden_size, layer.intermediate_size, elem_bytes)
+        return nbytes
+
+
 class FusedLayerPath:
     """Runs layer calls through `heteromoe.kernels` (one instance per wrapped model).
 
@@ -106,9 +146,11 @@ class FusedLayerPath:
         self._gate_fused: dict[int, bool] = {}
         self._grouped_ok: dict[tuple, bool] = {}
         self._err_host: dict[str, torch.Tensor] = {}
+        self._err_view: dict[str, np.ndarray] = {}  # numpy views of _err_host (read on every call)
         self._last_prep_counts: torch.Tensor | None = None
         self._last_ws: tuple | None = None
-        self._ws: dict[tuple, torch.Tensor] = {}
+        self._ws: dict[int, torch.Tensor] = {}
+        self._calls: dict[tuple, _OneCall | None] = {}
 
     # -- public ------------------------------------------------------------------------------------
     def run(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
@@ -128,9 +170,10 @@ class FusedLayerPath:
         num_tokens, top_k = top_k_index.shape
         num_pairs = num_tokens * top_k
         self._raise_deferred_error(layer)
-        if take_hot is None and device_plan is None and self._one_call_ok(layer, hidden, top_k_weights) and (
-                num_tokens <= self.gemv_batch_tokens or self.mma_ok(layer, num_tokens, num_pairs, hidden.device)):
-            return self._gemv_layer(layer, hidden, top_k_index, top_k_weights, mma=True)
+        if take_hot is None and device_plan is None:
+            call = self._one_call(layer, hidden, top_k_weights)
+            if call is not None and (num_tokens <= self.gemv_batch_tokens or call.mma_ok(self, num_tokens, num_pairs)):
+                return self._gemv_layer(layer, hidden, top_k_index, top_k_weights, mma=True, call=call)
         if device_plan is not None:
             threshold, may_have_hot, may_have_cold, max_tokens = 0, True, True, num_tokens
         elif take_hot is None:
@@ -147,8 +190,8 @@ class FusedLayerPath:
             may_have_hot = bool(take_hot.any()) if not isinstance(take_hot, torch.Tensor) else hot_possible
             may_have_cold = max_cold_tokens is None or max_cold_tokens > 0
             max_tokens = num_tokens if max_cold_tokens is None else max(int(max_cold_tokens), 1)
-        if not may_have_hot and device_plan is None and self._one_call_ok(layer, hidden, top_k_weights):  # all cold
-            return self._gemv_layer(layer, hidden, top_k_index, top_k_weights, mma=False)
+        if not may_have_hot and device_plan is None and (call := self._one_call(layer, hidden, top_k_weights)):
+            return self._gemv_layer(layer, hidden, top_k_index, top_k_weights, mma=False, call=call)  # all cold
         if device_plan is not None:
             prep = kernels.route_prep_plan(top_k_index, layer.num_experts, device_plan, plan_out=plan_out,
                                            err_out=self._err_word(layer, top_k_index.device))
@@ -181,9 +224,22 @@ class FusedLayerPath:
                                  round_products=_rounds_products(hidden, top_k_weights)).to(hidden.dtype)
 
     # -- the decode case in one host call ----------------------------------------------------------------
-    def _one_call_ok(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_weights: torch.Tensor) -> bool:
-        return (hidden.is_cuda and kernels.HAS_CUDA_KERNELS and self._silu_fused(layer) and hidden.dtype == layer.dtype
-                and hidden.dtype in kernels._DTYPE_CODE and top_k_weights.dtype in kernels._DTYPE_CODE)
+    def _one_call(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_weights: torch.Tensor) -> _OneCall | None:
+        """The layer's one-call facts for these dtypes on this device, or None where the one call cannot run
+        (cached: this runs on every decode layer call, where each microsecond of host time shows)."""
+        key = (id(layer.module), hidden.dtype, top_k_weights.dtype, hidden.get_device())
+        call = self._calls.get(key, False)
+        if call is False:
+            ok = (hidden.is_cuda and kernels.HAS_CUDA_KERNELS and self._silu_fused(layer) and hidden.dtype == layer.dtype
+                  and hidden.dtype in kernels._DTYPE_CODE and top_k_weights.dtype in kernels._DTYPE_CODE)
+            call = None
+            if ok:  # it holds the layer, so the module stays alive and its id names it
+                call = _OneCall(dtype=kernels._DTYPE_CODE[hidden.dtype],
+                                weights_dtype=kernels._DTYPE_CODE[top_k_weights.dtype],
+                                round_products=_rounds_products(hidden, top_k_weights), layer=layer,
+                                device=hidden.device, err_word=self._err_word(layer, hidden.device))
+            self._calls[key] = call
+        return call
 
     def mma_ok(self, layer: ExpertLayer, num_tokens: int, num_pairs: int, device: torch.device) -> bool:
         """Whether a call of `num_tokens` tokens (`num_pairs` routed pairs) on `device` runs its GPU experts on
@@ -197,26 +253,29 @@ class FusedLayerPath:
         return warps >= self.mma_min_warps_per_sm * self._sms[device]
 
     def _gemv_layer(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
-                    top_k_weights: torch.Tensor, mma: bool) -> torch.Tensor:
+                    top_k_weights: torch.Tensor, mma: bool, call: _OneCall) -> torch.Tensor:
         """Every expert on the list side: route_prep, up (+ SiLU gate), down, unpermute, launched by one C++
         call (`_cuda.gemv_layer`) so the host's share of a layer is one call. The projections run on the
         GEMV up to `gemv_batch_tokens` tokens, above on the tensor-core kernel when `mma` (gpu-only: the
         experts are GPU work) and the GEMV otherwise (a plan's PIM set, whose stand-in is the GEMV)."""
         cuda = kernels._cuda
         tokens, top_k = top_k_index.shape
-        d, f, dev = layer.hidden_size, layer.intermediate_size, hidden.device
-        ids = top_k_index.to(torch.int64).contiguous()  # no copy when it already is
-        weights = top_k_weights.contiguous()
-        stream = torch.cuda.current_stream(dev).cuda_stream
-        ws = self._workspace(dev, stream, cuda.gemv_layer_workspace(tokens * top_k, layer.num_experts, d, f,
-                                                                    hidden.element_size()))
+        d, f, dev = layer.hidden_size, layer.intermediate_size, call.device
+        up, down = call.weights()
+        if down.dtype != hidden.dtype or up.dtype != hidden.dtype:  # the module was converted since: its dtype
+            raise RuntimeError(f"layer {layer.name}: weights are {down.dtype}, hidden states {hidden.dtype}")
+        # the host's share of every decode layer: no torch call that is not needed (each costs microseconds)
+        ids = top_k_index if top_k_index.dtype is torch.int64 else top_k_index.to(torch.int64)
+        ids = ids if ids.is_contiguous() else ids.contiguous()
+        weights = top_k_weights if top_k_weights.is_contiguous() else top_k_weights.contiguous()
+        hidden = hidden if hidden.is_contiguous() else hidden.contiguous()
+        stream = kernels._stream(dev)
+        ws = self._workspace(dev, stream, call.workspace_bytes(tokens * top_k, hidden.element_size()))
         out = torch.empty(tokens, d, dtype=hidden.dtype, device=dev)
-        err = self._err_word(layer, dev)
-        cuda.gemv_layer(kernels._DTYPE_CODE[hidden.dtype], kernels._DTYPE_CODE[weights.dtype], hidden.data_ptr(),
-                        ids.data_ptr(), tokens, top_k, layer.num_experts, layer.up_weight.data_ptr(),
-                        layer.down_weight.data_ptr(), d, f, weights.data_ptr(), _rounds_products(hidden, weights),
-                        self.gemv_batch_tokens + 1 if mma else 0, ws.data_ptr(),
-                        out.data_ptr(), 0 if err is None else err.data_ptr(), stream)
+        cuda.gemv_layer(call.dtype, call.weights_dtype, hidden.data_ptr(), ids.data_ptr(), tokens, top_k,
+                        layer.num_experts, up.data_ptr(), down.data_ptr(), d, f, weights.data_ptr(),
+                        call.round_products, self.gemv_batch_tokens + 1 if mma else 0, ws.data_ptr(), out.data_ptr(),
+                        call.err_word.data_ptr(), stream)
         self._last_ws = (ws, layer.num_experts)  # the workspace opens with the counts (see last_counts)
         return out
 
@@ -225,9 +284,9 @@ class FusedLayerPath:
         one while a CUDA graph is being captured (the graph keeps its own)."""
         if torch.cuda.is_current_stream_capturing():
             return torch.empty(nbytes, dtype=torch.uint8, device=device)
-        ws = self._ws.get((device, stream))
+        ws = self._ws.get(stream)  # a stream handle names one stream of one device
         if ws is None or ws.numel() < nbytes:
-            ws = self._ws[(device, stream)] = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8, device=device)
+            ws = self._ws[stream] = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8, device=device)
         return ws
 
     @property
@@ -326,6 +385,7 @@ class FusedLayerPath:
         host = self._err_host.get(layer.name)
         if host is None:
             host = self._err_host[layer.name] = torch.zeros(2, dtype=torch.int64, pin_memory=True)
+            self._err_view[layer.name] = host.numpy()
         return host
 
     def _check_ids(self, layer: ExpertLayer, prep: kernels.RoutePrep, top_k_index: torch.Tensor) -> None:
@@ -343,8 +403,7 @@ class FusedLayerPath:
         self._raise_deferred_error(layer)
 
     def _raise_deferred_error(self, layer: ExpertLayer) -> None:
-        host = self._err_host.get(layer.name)
-        word = None if host is None else host.numpy()
+        word = self._err_view.get(layer.name)
         if word is not None and word[0]:
             bad, value = int(word[0]) - 1, int(word[1])
             word[:] = 0
