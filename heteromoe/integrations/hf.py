@@ -126,7 +126,7 @@ class HeteroMoERuntime:
     """A wrapped model: `model` is the same object, now dispatching its experts through heteromoe."""
 
     def __init__(self, model, bindings: dict[int, _LayerBinding], executor: MoEExecutor, impl_name: str,
-                 previous_impl, system: SystemSpec) -> None:
+                 previous_impl, system: SystemSpec, record_routing: bool = False) -> None:
         self.model = model
         self.executor = executor
         self.system = system
@@ -138,6 +138,8 @@ class HeteroMoERuntime:
         self._trace: list[tuple[int, np.ndarray]] = []  # (layer index, top_k_index [T, k]) per call
         self._trace_pairs = 0
         self.trace_limit_pairs = 4_000_000
+        # recording copies every call's routing to the host: a wait per layer call, so only when asked
+        self.record_routing = record_routing
 
     @property
     def layers(self) -> list[ExpertLayer]:
@@ -151,7 +153,7 @@ class HeteroMoERuntime:
                                f"({type(module).__name__}) it did not wrap")
         shape = hidden_states.shape
         hidden = hidden_states.reshape(-1, shape[-1])
-        if self._trace_pairs < self.trace_limit_pairs:  # capture for save_trace()
+        if self.record_routing and self._trace_pairs < self.trace_limit_pairs:  # capture for save_trace()
             ids = top_k_index.detach().reshape(hidden.shape[0], -1).to("cpu").numpy().astype(np.int64)
             self._trace.append((self._layer_index[id(module)], ids))
             self._trace_pairs += ids.size
@@ -181,9 +183,13 @@ class HeteroMoERuntime:
         The format is the JSON-lines schema of the shared vLLM route logs (a meta line, then one "route"
         line per token and layer), so `heteromoe.routing.load_trace` and `heteromoe simulate --trace` read
         it. At most `trace_limit_pairs` routed pairs are captured. Returns the number of route lines.
+        Needs `wrap(..., record_routing=True)` (or `runtime.record_routing = True` before the calls).
         """
         import json
 
+        if not self.record_routing and not self._trace:
+            raise RuntimeError("no routing was recorded: wrap(..., record_routing=True) to record it (off by "
+                               "default: recording copies each layer call's routing to the host, a wait per call)")
         layers = [b.layer for b in self._bindings.values()]
         meta = {"type": "meta", "source": "heteromoe", "model_id": type(self.model).__name__,
                 "num_experts": layers[0].num_experts, "top_k": int(self._trace[0][1].shape[1]) if self._trace else 0,
@@ -220,7 +226,8 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
          replicas_per_gpu: int = 0, replan_every: int = 64, learn_pim_costs: bool = False, process_group=None,
          gpu_backend: str | Backend | None = None, pim_backend: str | Backend | None = None,
          fallback_backend: str | Backend = "torch", fused: bool | None = None,
-         gemv_max_tokens: int = 2, plan_ahead: bool = False, plan_on_device: bool = False) -> HeteroMoERuntime:
+         gemv_max_tokens: int = 2, plan_ahead: bool = False, plan_on_device: bool = False,
+         record_routing: bool = False) -> HeteroMoERuntime:
     """Wrap a transformers MoE model so every experts call runs loads -> plan -> backends.
 
     Args:
@@ -254,6 +261,8 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
             not knowing the plan, the host must launch the grouped side every call, which costs more in
             eager mode than the host plan's copy when the plan puts every expert on PIM (small batches).
             Takes precedence over plan_ahead.
+        record_routing: keep every layer call's routing for `runtime.save_trace()` (copies it to the host
+            on each call, which makes the call wait for the router: off by default).
     Returns:
         HeteroMoERuntime (`.model`, `.report()`, `.unwrap()`).
     """
@@ -305,7 +314,7 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
     impl_name = f"heteromoe_{next(_ids)}"
     previous = (model.get_experts_implementation() if hasattr(model, "get_experts_implementation")
                 else model.config._experts_implementation)
-    runtime = HeteroMoERuntime(model, bindings, executor, impl_name, previous, system_spec)
+    runtime = HeteroMoERuntime(model, bindings, executor, impl_name, previous, system_spec, record_routing=record_routing)
     ExpertsInterface.register(impl_name, runtime)
     try:
         model.set_experts_implementation(impl_name)

@@ -271,3 +271,56 @@ def test_mma_paths_match_the_module(batch):
                                  max_cold_tokens=int((counts // 2).max()))}
     for name, out in outs.items():
         torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item(), msg=name)
+
+
+def test_one_call_record_reads_the_modules_current_weights():
+    """The per-layer record of the one-call path reads the weights from the module's parameter dict on every
+    call (a weight the module replaces is seen), and through the layer view where they are not parameters."""
+    from heteromoe.runtime.fused import _OneCall
+
+    model = tiny_model("qwen3_moe")
+    module = model.model.layers[0].mlp.experts
+    layer = ExpertLayer.from_module("layer0", module)
+    call = _OneCall(dtype=0, weights_dtype=0, round_products=False, layer=layer, device=torch.device("cpu"),
+                    err_word=None)
+    up, down = call.weights()
+    assert up is module.gate_up_proj and down is module.down_proj
+    module.gate_up_proj = torch.nn.Parameter(module.gate_up_proj.detach().clone())
+    assert call.weights()[0] is module.gate_up_proj
+    # weights kept as plain tensors (not parameters): the record falls back to the layer view
+    plain = ExpertLayer.from_module("layer1", model.model.layers[1].mlp.experts)
+    experts = plain.module
+    gate_up, down_w = experts.gate_up_proj.detach(), experts.down_proj.detach()
+    del experts.gate_up_proj, experts.down_proj
+    experts.gate_up_proj, experts.down_proj = gate_up, down_w
+    record = _OneCall(dtype=0, weights_dtype=0, round_products=False, layer=plain, device=torch.device("cpu"),
+                      err_word=None)
+    assert record.weights()[0] is gate_up and record.weights()[1] is down_w
+
+
+@pytest.mark.gpu
+@needs_cuda_kernels
+@pytest.mark.parametrize("batch", [1, 16])
+def test_one_call_path_sees_replaced_weights_and_converted_modules(batch):
+    """The decode path caches per-layer facts; a weight replaced between calls is used by the next call, and
+    a module converted to another dtype than the hidden states is refused by name (the executor then runs
+    the call on the generic path)."""
+    model = tiny_model("qwen3_moe", dtype=torch.bfloat16).to("cuda")
+    module = model.model.layers[0].mlp.experts
+    layer = ExpertLayer.from_module("layer0", module)
+    path = FusedLayerPath(mma_min_warps_per_sm=0)
+    gen = torch.Generator("cuda").manual_seed(batch)
+    k = model.config.num_experts_per_tok
+    hidden = torch.randn(batch, layer.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen)
+    ids = torch.stack([torch.randperm(layer.num_experts, device="cuda", generator=gen)[:k] for _ in range(batch)])
+    weights = torch.rand(batch, k, device="cuda", generator=gen).to(torch.bfloat16)
+    with torch.no_grad():
+        first = path.run(layer, hidden, ids, weights)
+        module.gate_up_proj = torch.nn.Parameter(module.gate_up_proj.detach() * 2)
+        second = path.run(layer, hidden, ids, weights)
+        ref = module(hidden, ids, weights)
+        torch.testing.assert_close(second.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+        assert not torch.allclose(first.float(), second.float())
+        module.down_proj.data = module.down_proj.data.half()
+        with pytest.raises(RuntimeError, match="layer0.*torch.float16"):
+            path.run(layer, hidden, ids, weights)

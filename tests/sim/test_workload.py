@@ -72,7 +72,11 @@ def test_wrapped_model_trace_round_trip(tmp_path):
     from tests.helpers import tiny_model
 
     model = tiny_model("qwen3_moe")
-    runtime = heteromoe.wrap(model)
+    unrecorded = heteromoe.wrap(model)
+    with pytest.raises(RuntimeError, match="record_routing=True"):
+        unrecorded.save_trace(tmp_path / "none.jsonl")
+    unrecorded.unwrap()
+    runtime = heteromoe.wrap(model, record_routing=True)
     ids = torch.randint(1, 128, (4, 5), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
