@@ -1,6 +1,8 @@
 """A 4-layer model of real Qwen3-30B-A3B dimensions (random weights, bf16, on the GPU): greedy generate()
 unwrapped (transformers' default experts implementation) and wrapped (fused path; gpu-only and heteromoe
-policies); are the tokens identical, and what is the decode time per token? Also, teacher-forced over the
+policies), also with each decode step one CUDA graph (heteromoe.integrations.graphs.GraphedGreedyDecoder:
+unwrapped, gpu-only, and heteromoe with the plan made on the device); are the tokens identical, and what is
+the decode time per token? Also, teacher-forced over the
 reference's own tokens, how far each path's logits are from the reference's and whether a differing argmax
 falls on a near-tie of the reference (transformers' eager experts loop measured the same way, for scale).
 
@@ -40,6 +42,23 @@ def decode_time(model, ids, new_tokens: int) -> tuple[torch.Tensor, float]:
             out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, **gen)
             torch.cuda.synchronize()
             times[n] = time.perf_counter() - t0
+    return out, (times[new_tokens] - times[1]) / (new_tokens - 1)
+
+
+def graphed_decode_time(model, ids, new_tokens: int) -> tuple[torch.Tensor, float]:
+    """The same for heteromoe's GraphedGreedyDecoder (static cache, each decode step one CUDA graph replay);
+    a first call captures the graph, the timed ones replay it."""
+    from heteromoe.integrations.graphs import GraphedGreedyDecoder
+
+    decoder = GraphedGreedyDecoder(model, max_cache_len=ids.shape[1] + new_tokens)
+    decoder.generate(ids, 4)  # warm-up: the eager first step and the capture
+    times = {}
+    for n in (1, new_tokens):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = decoder.generate(ids, n)
+        torch.cuda.synchronize()
+        times[n] = time.perf_counter() - t0
     return out, (times[new_tokens] - times[1]) / (new_tokens - 1)
 
 
@@ -88,9 +107,15 @@ def main() -> None:
         rec["transformers_eager"] = {"s_per_token": eager_s, "tokens_identical": bool(torch.equal(eager, ref)),
                                      **logits_agreement(forced_logits(model, ref), ref_logits)}
         model.set_experts_implementation(default_impl)
-        for policy in ("gpu-only", "heteromoe"):
-            runtime = heteromoe.wrap(model, policy=policy)
-            out, s = decode_time(model, ids, args.new_tokens)
+        out, s = graphed_decode_time(model, ids, args.new_tokens)
+        same = bool(torch.equal(out, ref))
+        rec["graphed unwrapped"] = {"s_per_token": s, "tokens_identical": same, "first_differing_new_token":
+                                    None if same else int((out != ref).any(0).nonzero()[0, 0]) - args.prompt}
+        for policy in ("gpu-only", "heteromoe", "graphed gpu-only", "graphed heteromoe device-plan"):
+            graphed = policy.startswith("graphed")
+            runtime = heteromoe.wrap(model, policy="gpu-only" if "gpu-only" in policy else "heteromoe",
+                                     plan_on_device="device-plan" in policy)
+            out, s = (graphed_decode_time if graphed else decode_time)(model, ids, args.new_tokens)
             agreement = logits_agreement(forced_logits(model, ref), ref_logits)
             runtime.unwrap()
             same = bool(torch.equal(out, ref))
