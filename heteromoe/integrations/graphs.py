@@ -15,9 +15,12 @@ per-layer statistics (`runtime.report()`) count only the eager calls.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["GraphedGreedyDecoder"]
 
@@ -31,6 +34,7 @@ class _StepGraph:
     step_pos: torch.Tensor  # [1] its position
     next_ids: torch.Tensor | None = None  # [B] the step's greedy token (the graph writes it)
     graph: torch.cuda.CUDAGraph | None = None
+    capture_error: str | None = None  # why the step could not be captured (it then runs eagerly)
 
 
 class GraphedGreedyDecoder:
@@ -79,7 +83,7 @@ class GraphedGreedyDecoder:
                 tokens.append(step.next_ids.clone())
             else:
                 tokens.append(self._eager_step(step))
-                if self.use_graph:
+                if self.use_graph and step.capture_error is None:
                     self._capture(step)  # after the eager step (the warm-up): the graph holds the next ones
             step.step_pos += 1
         return torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=1)
@@ -102,7 +106,7 @@ class GraphedGreedyDecoder:
         return logits[:, -1].argmax(-1)
 
     def _eager_step(self, step: _StepGraph) -> torch.Tensor:
-        if not self.use_graph:
+        if not self.use_graph or step.capture_error is not None:
             return self._forward_step(step)
         # the capture's warm-up: on a side stream, as torch.cuda.graph asks (lazy inits, cuBLAS workspaces)
         side = torch.cuda.Stream(device=self.device)
@@ -113,8 +117,17 @@ class GraphedGreedyDecoder:
         return out
 
     def _capture(self, step: _StepGraph) -> None:
-        """Record one decode step (not run: capture only records) reading step_ids / step_pos."""
+        """Record one decode step (not run: capture only records) reading step_ids / step_pos. A step that
+        cannot be captured (an operation in it copies to or waits for the host: torch's float32 grouped_mm
+        does) is logged and runs eagerly from then on; no token is lost (nothing ran during the capture)."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step.next_ids = self._forward_step(step)
-        step.graph = graph
+        try:
+            with torch.cuda.graph(graph):
+                next_ids = self._forward_step(step)
+        except Exception as exc:  # noqa: BLE001 - any capture failure: the eager loop computes the same tokens
+            step.capture_error = f"{type(exc).__name__}: {exc}"
+            logger.warning("decode step of batch %d not captured in a CUDA graph (%s); it runs eagerly",
+                           step.step_ids.shape[0], step.capture_error)
+            torch.cuda.synchronize(self.device)
+            return
+        step.next_ids, step.graph = next_ids, graph

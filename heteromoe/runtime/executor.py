@@ -187,6 +187,8 @@ class MoEExecutor:
             except (ValueError, PlanError):
                 raise  # bad input: the caller's error, not the path's
             except Exception as exc:  # noqa: BLE001 - a failing kernel path: generic path, no token lost
+                if hidden.is_cuda and torch.cuda.is_current_stream_capturing():
+                    raise  # the generic path cannot run in a CUDA graph either; the capture fails, not the layer
                 self._fused_off[layer.name] = f"fused path failed: {type(exc).__name__}: {exc}"
                 self._stats(layer.name).fallbacks += 1
                 logger.warning("layer %s: fused path failed (%s: %s); re-running the call on the generic path",

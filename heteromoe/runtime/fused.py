@@ -203,19 +203,21 @@ class FusedLayerPath:
 
         hidden = hidden.contiguous()
         use_side = hidden.is_cuda and self.streams and may_have_hot and may_have_cold
-        y_cold = None
-        if may_have_cold:
-            if use_side:
-                main = torch.cuda.current_stream(hidden.device)
-                side = self._side_stream(hidden.device)
-                side.wait_stream(main)
-                with torch.cuda.stream(side):
+        y_cold = y_hot = None
+        main = torch.cuda.current_stream(hidden.device) if use_side else None
+        try:
+            if may_have_cold:
+                if use_side:
+                    side = self._side_stream(hidden.device)
+                    side.wait_stream(main)
+                    with torch.cuda.stream(side):
+                        y_cold = self._cold(layer, hidden, prep, top_k, max_tokens)
+                else:
                     y_cold = self._cold(layer, hidden, prep, top_k, max_tokens)
-            else:
-                y_cold = self._cold(layer, hidden, prep, top_k, max_tokens)
-        y_hot = self._hot(layer, hidden, prep, top_k) if may_have_hot else None
-        if use_side:
-            torch.cuda.current_stream(hidden.device).wait_stream(self._side_stream(hidden.device))
+            y_hot = self._hot(layer, hidden, prep, top_k) if may_have_hot else None
+        finally:  # joined even when a side fails: a CUDA graph capture must not end with the fork open
+            if use_side:
+                main.wait_stream(self._side_stream(hidden.device))
         y_hot = y_hot if y_hot is not None else y_cold
         y_cold = y_cold if y_cold is not None else y_hot
         out_dtype = torch.promote_types(hidden.dtype, top_k_weights.dtype)
