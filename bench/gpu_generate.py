@@ -3,8 +3,8 @@ unwrapped (transformers' default experts implementation) and wrapped (fused path
 policies), also with each decode step one CUDA graph (heteromoe.integrations.graphs.GraphedGreedyDecoder:
 unwrapped, gpu-only, and heteromoe with the plan made on the device); are the tokens identical, and what is
 the decode time per token? Also, teacher-forced over the
-reference's own tokens, how far each path's logits are from the reference's and whether a differing argmax
-falls on a near-tie of the reference (transformers' eager experts loop measured the same way, for scale).
+reference's own tokens (decoded one token per forward, as generate() does), how far each path's logits are
+from the reference's and whether a differing argmax falls on a near-tie of the reference (transformers' eager experts loop measured the same way, for scale).
 
     python bench/gpu_generate.py --json bench/results/generate-4layer-<gpu>.json
 """
@@ -52,6 +52,16 @@ def graphed_decode_time(model, ids, new_tokens: int) -> tuple[torch.Tensor, floa
 
     decoder = GraphedGreedyDecoder(model, max_cache_len=ids.shape[1] + new_tokens)
     decoder.generate(ids, 4)  # warm-up: the eager first step and the capture
+    graph_replay_host_s = None
+    step = decoder._steps[ids.shape[0]]
+    if step.graph is not None:  # the host's share of a decode step: one replay (the copies around it are tiny)
+        host = []
+        for _ in range(50):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            step.graph.replay()
+            host.append(time.perf_counter() - t0)
+        graph_replay_host_s = float(sorted(host)[len(host) // 2])
     times = {}
     for n in (1, new_tokens):
         torch.cuda.synchronize()
@@ -59,14 +69,22 @@ def graphed_decode_time(model, ids, new_tokens: int) -> tuple[torch.Tensor, floa
         out = decoder.generate(ids, n)
         torch.cuda.synchronize()
         times[n] = time.perf_counter() - t0
-    return out, (times[new_tokens] - times[1]) / (new_tokens - 1)
+    return out, (times[new_tokens] - times[1]) / (new_tokens - 1), step.capture_error, graph_replay_host_s
 
 
-def forced_logits(model, seq: torch.Tensor) -> torch.Tensor:
-    """[B, L, V] float32 logits of one forward pass over `seq` (teacher forcing: every position sees the same
-    tokens whatever the model would have generated)."""
+def forced_logits(model, seq: torch.Tensor, prompt: int) -> torch.Tensor:
+    """[B, N, V] float32 logits for each new token of `seq` (prompt + N new tokens), teacher-forced the way
+    generate() decodes: the prompt in one forward, then one token per forward on the KV cache, each step fed
+    the reference's token (so every step runs the decode-sized kernels, whatever the model would have
+    generated)."""
     with torch.no_grad():
-        return model(seq).logits.float()
+        out = model(seq[:, :prompt], use_cache=True)
+        logits, past = [out.logits[:, -1].float()], out.past_key_values
+        for j in range(prompt, seq.shape[1] - 1):
+            out = model(seq[:, j:j + 1], past_key_values=past, use_cache=True)
+            logits.append(out.logits[:, -1].float())
+            past = out.past_key_values
+    return torch.stack(logits, dim=1)
 
 
 def logits_agreement(logits: torch.Tensor, ref_logits: torch.Tensor) -> dict:
@@ -100,28 +118,36 @@ def main() -> None:
         ids = torch.randint(1, 151936, (batch, args.prompt), device="cuda", generator=torch.Generator("cuda").manual_seed(batch))
         ref, ref_s = decode_time(model, ids, args.new_tokens)
         rec = {"batch": batch, "default_impl": default_impl, "default_s_per_token": ref_s}
-        ref_logits = forced_logits(model, ref)  # over the reference's own prompt + greedy tokens
+        ref_logits = forced_logits(model, ref, args.prompt)  # over the reference's own prompt + greedy tokens
         # how stable are greedy tokens to a different (exact in math, not in rounding) experts kernel?
         model.set_experts_implementation("eager")
         eager, eager_s = decode_time(model, ids, args.new_tokens)
         rec["transformers_eager"] = {"s_per_token": eager_s, "tokens_identical": bool(torch.equal(eager, ref)),
-                                     **logits_agreement(forced_logits(model, ref), ref_logits)}
+                                     **logits_agreement(forced_logits(model, ref, args.prompt), ref_logits)}
         model.set_experts_implementation(default_impl)
-        out, s = graphed_decode_time(model, ids, args.new_tokens)
+        out, s, capture_error, replay_host = graphed_decode_time(model, ids, args.new_tokens)
         same = bool(torch.equal(out, ref))
         rec["graphed unwrapped"] = {"s_per_token": s, "tokens_identical": same, "first_differing_new_token":
-                                    None if same else int((out != ref).any(0).nonzero()[0, 0]) - args.prompt}
+                                    None if same else int((out != ref).any(0).nonzero()[0, 0]) - args.prompt,
+                                    "captured": capture_error is None, "capture_error": capture_error,
+                                    "graph_replay_host_s": replay_host}
         for policy in ("gpu-only", "heteromoe", "graphed gpu-only", "graphed heteromoe device-plan"):
             graphed = policy.startswith("graphed")
             runtime = heteromoe.wrap(model, policy="gpu-only" if "gpu-only" in policy else "heteromoe",
                                      plan_on_device="device-plan" in policy)
-            out, s = (graphed_decode_time if graphed else decode_time)(model, ids, args.new_tokens)
-            agreement = logits_agreement(forced_logits(model, ref), ref_logits)
+            graph_info = {}
+            if graphed:
+                out, s, capture_error, replay_host = graphed_decode_time(model, ids, args.new_tokens)
+                graph_info = {"captured": capture_error is None, "capture_error": capture_error,
+                              "graph_replay_host_s": replay_host}
+            else:
+                out, s = decode_time(model, ids, args.new_tokens)
+            agreement = logits_agreement(forced_logits(model, ref, args.prompt), ref_logits)
             runtime.unwrap()
             same = bool(torch.equal(out, ref))
             first_diff = None if same else int((out != ref).any(0).nonzero()[0, 0]) - args.prompt
             rec[policy] = {"s_per_token": s, "tokens_identical": same, "first_differing_new_token": first_diff,
-                           **agreement, "fused_off": dict(runtime.executor._fused_off)}
+                           **agreement, **graph_info, "fused_off": dict(runtime.executor._fused_off)}
         records.append(rec)
         print(json.dumps(rec))
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": args.dtype, "layers": args.layers,
