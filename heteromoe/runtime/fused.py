@@ -8,7 +8,7 @@
 
 Policy `gpu-only` (no plan): batches of at most `gemv_batch_tokens` tokens run every expert on the GEMV,
 batches up to `mma_max_tokens` every expert on the tensor-core kernel (both read each weight once per pass
-of up to 8 / 64 tokens), all in one C++ call; larger batches split by a kernel choice made on the device
+of up to 8 / 32 tokens), all in one C++ call; larger batches split by a kernel choice made on the device
 (experts with at most `gemv_max_tokens` tokens take the GEMV, the rest the grouped GEMM). Other policies:
 the cold experts are the plan's PIM set (`take_hot`: the GPU's share of each expert; the cold rows are
 the PIM backend's, whose functional stand-in is the same GEMV kernel). Nothing waits on the host: the
