@@ -834,7 +834,9 @@ expert_mma_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, c
 //   tokens per pass: the batch's bound rounded up to a tile of 8, at most HETEROMOE_MMA_TILES tiles (1, 2, 4
 //     or 8; default 4: 8 tiles take so many registers that too few warps stay resident, 601 us at 256;
 //     also measured and dropped: experts of more than 32 tokens in a second, 8-tile launch beside the
-//     first, 502 us at 256, and normal L2 priority for their weights, 464 us; as kept 457 us);
+//     first, 502 us at 256, and normal L2 priority for their weights, 464 us; as kept 457 us; also the
+//     weights staged through a per-warp shared-memory ring (cp.async, 3 stages) instead of registers:
+//     224 / 377 / 524 us at 16 / 64 / 256 against 227 / 363 / 453, it took more registers, not fewer);
 //   warp shape, HETEROMOE_MMA_SHAPE: 14 (one fragment, 4 steps) up to 2 tiles, 22 above (one fragment needs
 //     twice the token loads per MMA: 1 x 4 228 / 382 / 541 us, 2 x 2 239 / 363 / 454 us);
 //   HETEROMOE_MMA_WARPS per block: 4 up to 2 tiles, 2 above (at 4 tiles 4 warps measured 1.3 % slower).
