@@ -152,6 +152,7 @@ def main() -> None:
     if rank == 0 and args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)
+    dist.barrier()  # every rank past its last collective before the group is torn down
     dist.destroy_process_group()
 
 
