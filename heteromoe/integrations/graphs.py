@@ -59,9 +59,16 @@ class GraphedGreedyDecoder:
         self._steps: dict[int, _StepGraph] = {}
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """[B, L + max_new_tokens]: the prompt and its greedy continuation (every sequence gets all
-        `max_new_tokens`: no stop token, as with generate(min_new_tokens=max_new_tokens))."""
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None,
+                 pad_token_id: int = 0) -> torch.Tensor:
+        """[B, L + max_new_tokens]: the prompts and their greedy continuations.
+
+        The prompts are unpadded: every sequence of the batch is `L` real tokens (there is no attention
+        mask). Every step runs for the whole batch (a graph has one shape), so the device is never asked
+        whether a sequence has ended; with `eos_token_id`, what a sequence generates after its first stop
+        token is replaced by `pad_token_id`, as transformers' generate() pads the sequences it finished (which
+        also stops once all have: its result may be shorter, never different where both have tokens).
+        """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got {tuple(input_ids.shape)}")
         batch, length = input_ids.shape
@@ -86,7 +93,11 @@ class GraphedGreedyDecoder:
                 if self.use_graph and step.capture_error is None:
                     self._capture(step)  # after the eager step (the warm-up): the graph holds the next ones
             step.step_pos += 1
-        return torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=1)
+        new = torch.stack(tokens, dim=1)
+        if eos_token_id is not None:  # after each sequence's first stop token: padding
+            ended = torch.cumsum((new == eos_token_id).int(), dim=1) - (new == eos_token_id).int() > 0
+            new = new.masked_fill(ended, pad_token_id)
+        return torch.cat([input_ids, new], dim=1)
 
     # -- internals -------------------------------------------------------------------------------
     def _step_for(self, batch: int) -> _StepGraph:

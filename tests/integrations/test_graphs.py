@@ -33,6 +33,23 @@ def test_static_cache_loop_matches_generate_on_cpu(wrapped):
         runtime.unwrap()
 
 
+def test_stop_token_pads_like_generate():
+    """With eos_token_id the sequences that met it are padded after it, as generate() pads them; generate()
+    stops once all have, so its result may be shorter but agrees wherever both have tokens."""
+    model = tiny_model("qwen3_moe")
+    decoder = GraphedGreedyDecoder(model, max_cache_len=40)
+    ids = _prompt(4, 6)
+    with torch.no_grad():
+        free = decoder.generate(ids, 24)
+        eos = int(free[0, 6 + 3])  # a token the first sequence generates: it ends there
+        ref = model.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=0, eos_token_id=eos)
+        out = decoder.generate(ids, 24, eos_token_id=eos, pad_token_id=0)
+    assert torch.equal(out[:, :ref.shape[1]], ref)
+    assert (out[0, 6 + 4:] == 0).all() and out[0, 6 + 3] == eos
+    if ref.shape[1] < out.shape[1]:  # generate() stopped: every sequence had ended, so ours are padding there
+        assert (out[:, ref.shape[1]:] == 0).all()
+
+
 def test_decoder_refuses_bad_requests_by_value():
     model = tiny_model("qwen3_moe")
     with pytest.raises(ValueError, match="CUDA device; it is on cpu"):
