@@ -23,6 +23,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
+#include <mutex>
+#include <unordered_map>
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -1108,6 +1110,84 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
   unpermute(dtype, w_dtype, y, y, u(pair_row), weights, tokens, top_k, d, round_products, out, stream);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// plan_layer: a layer call of a plan policy, planned on the device, in one host call: route_prep with the
+// policy's planner (the plan's GPU tokens per expert into plan_out) -> the GPU set on expert_mma (main
+// stream) beside the PIM set on the GEMV (its functional stand-in, on `side`), joined -> unpermute. The
+// workspace holds gemv_layer's lists, then h and y for each side (plan_layer_workspace). The fork and the
+// join are event record / wait pairs, so the call also captures in a CUDA graph.
+static size_t plan_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes) {
+  const int max_cold = std::min(num_experts, n_pairs);
+  const size_t ints = 2 * static_cast<size_t>(num_experts) + 3 * static_cast<size_t>(n_pairs) + 3 * max_cold + 4;
+  return align16(ints * sizeof(int)) + 2 * align16(static_cast<size_t>(n_pairs) * f * elem_bytes) +
+         2 * align16(static_cast<size_t>(n_pairs) * d * elem_bytes);
+}
+
+struct ForkJoin {  // one pair of events per device, made once (disable timing: record / wait only)
+  cudaEvent_t fork, join;
+};
+static ForkJoin fork_join_events() {
+  static std::unordered_map<int, ForkJoin> made;
+  static std::mutex lock;
+  int dev = 0;
+  check(cudaGetDevice(&dev), "plan_layer: cudaGetDevice");
+  std::lock_guard<std::mutex> guard(lock);
+  auto it = made.find(dev);
+  if (it != made.end()) return it->second;
+  ForkJoin ev{};
+  check(cudaEventCreateWithFlags(&ev.fork, cudaEventDisableTiming), "plan_layer: event");
+  check(cudaEventCreateWithFlags(&ev.join, cudaEventDisableTiming), "plan_layer: event");
+  made[dev] = ev;
+  return ev;
+}
+
+static void plan_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintptr_t ids, int tokens, int top_k,
+                       int num_experts, std::uintptr_t up_weight, std::uintptr_t down_weight, int d, int f,
+                       std::uintptr_t weights, bool round_products, int rule, std::uintptr_t flop, std::uintptr_t pim,
+                       int table_len, double read_s, double launch_s, double comm, double gfix, double pfix,
+                       std::uintptr_t plan_out, std::uintptr_t workspace, std::uintptr_t out, std::uintptr_t err_out,
+                       std::uintptr_t stream, std::uintptr_t side) {
+  const int n = tokens * top_k;
+  if (n == 0) return;
+  if (!mma_supported(dtype, d) || !mma_supported(dtype, f))
+    throw std::invalid_argument("plan_layer: the GPU set runs on expert_mma: bf16/fp16 with d, f multiples of 8");
+  const int elem = 2;
+  const int max_cold = std::min(num_experts, n);
+  int* counts = ptr<int>(workspace);
+  int* hot_offs = counts + num_experts;
+  int* hot_pairs = hot_offs + num_experts;
+  int* cold_pairs = hot_pairs + n;
+  int* cold_expert = cold_pairs + n;
+  int* cold_begin = cold_expert + max_cold;
+  int* cold_count = cold_begin + max_cold;
+  int* pair_row = cold_count + max_cold;
+  int* meta = pair_row + n;
+  const size_t ints = 2 * static_cast<size_t>(num_experts) + 3 * static_cast<size_t>(n) + 3 * max_cold + 4;
+  const size_t hf = align16(static_cast<size_t>(n) * f * elem), yd = align16(static_cast<size_t>(n) * d * elem);
+  const std::uintptr_t h_hot = workspace + align16(ints * sizeof(int)), h_cold = h_hot + hf;
+  const std::uintptr_t y_hot = h_cold + hf, y_cold = y_hot + yd;
+  auto u = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
+  route_prep_plan(ids, n, num_experts, max_cold, u(counts), u(hot_offs), u(hot_pairs), u(cold_pairs), u(cold_expert),
+                  u(cold_begin), u(cold_count), u(pair_row), u(meta), err_out, rule, flop, pim, table_len, read_s,
+                  launch_s, comm, gfix, pfix, plan_out, stream);
+  const ForkJoin ev = fork_join_events();
+  check(cudaEventRecord(ev.fork, as_stream(stream)), "plan_layer: fork");
+  check(cudaStreamWaitEvent(as_stream(side), ev.fork, 0), "plan_layer: fork");
+  // the PIM set (a cold expert has at most `tokens` tokens) on the side stream
+  expert_gemv(dtype, hidden, u(cold_pairs), top_k, up_weight, u(cold_expert), u(cold_begin), u(cold_count), max_cold,
+              f, d, true, tokens, false, h_cold, side);
+  expert_gemv(dtype, h_cold, 0, top_k, down_weight, u(cold_expert), u(cold_begin), u(cold_count), max_cold, d, f,
+              false, tokens, true, y_cold, side);
+  // the GPU set: every expert's hot rows (hot_offs), read through hot_pairs
+  expert_mma(dtype, hidden, u(hot_pairs), top_k, up_weight, 0, 0, 0, u(hot_offs), num_experts, n, f, d, true, tokens,
+             false, h_hot, stream);
+  expert_mma(dtype, h_hot, 0, top_k, down_weight, 0, 0, 0, u(hot_offs), num_experts, n, d, f, false, tokens, true,
+             y_hot, stream);
+  check(cudaEventRecord(ev.join, as_stream(side)), "plan_layer: join");
+  check(cudaStreamWaitEvent(as_stream(stream), ev.join, 0), "plan_layer: join");
+  unpermute(dtype, w_dtype, y_hot, y_cold, u(pair_row), weights, tokens, top_k, d, round_products, out, stream);
+}
+
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "heteromoe CUDA kernels: routing histogram/permute/unpermute and the cold-expert GEMV (raw pointers)";
   m.attr("F32") = static_cast<int>(kF32);
@@ -1137,6 +1217,14 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("tokens"), py::arg("top_k"), py::arg("num_experts"), py::arg("up_weight"), py::arg("down_weight"),
         py::arg("d"), py::arg("f"), py::arg("weights"), py::arg("round_products"), py::arg("mma_min_tokens"),
         py::arg("workspace"), py::arg("out"), py::arg("err_out"), py::arg("stream"));
+  m.def("plan_layer_workspace", &plan_layer_workspace, py::arg("n_pairs"), py::arg("num_experts"), py::arg("d"),
+        py::arg("f"), py::arg("elem_bytes"));
+  m.def("plan_layer", &plan_layer, py::arg("dtype"), py::arg("w_dtype"), py::arg("hidden"), py::arg("ids"),
+        py::arg("tokens"), py::arg("top_k"), py::arg("num_experts"), py::arg("up_weight"), py::arg("down_weight"),
+        py::arg("d"), py::arg("f"), py::arg("weights"), py::arg("round_products"), py::arg("rule"), py::arg("flop"),
+        py::arg("pim"), py::arg("table_len"), py::arg("read_s"), py::arg("launch_s"), py::arg("comm"), py::arg("gfix"),
+        py::arg("pfix"), py::arg("plan_out"), py::arg("workspace"), py::arg("out"), py::arg("err_out"),
+        py::arg("stream"), py::arg("side"));
   m.def("expert_mma", &expert_mma, py::arg("dtype"), py::arg("x"), py::arg("in_pairs"), py::arg("top_k"),
         py::arg("weight"), py::arg("list_expert"), py::arg("list_begin"), py::arg("list_count"), py::arg("offs"),
         py::arg("lists"), py::arg("rows"), py::arg("out_rows"), py::arg("k_dim"), py::arg("silu_chunk"), py::arg("max_tokens"),

@@ -82,7 +82,7 @@ class _OneCall:
         self.dtype, self.weights_dtype, self.round_products = dtype, weights_dtype, round_products
         self.layer, self.device, self.err_word = layer, device, err_word
         self._mma: dict[tuple[int, int], bool] = {}
-        self._ws_bytes: dict[tuple[int, int], int] = {}
+        self._ws_bytes: dict[tuple[int, int, bool], int] = {}
         self._up_name = "gate_up_proj" if layer.has_gate else "up_proj"
         params = layer.module._parameters
         self._params = params if self._up_name in params and "down_proj" in params else None
@@ -99,11 +99,13 @@ class _OneCall:
             ok = self._mma[(num_tokens, num_pairs)] = path.mma_ok(self.layer, num_tokens, num_pairs, self.device)
         return ok
 
-    def workspace_bytes(self, num_pairs: int, elem_bytes: int) -> int:
-        nbytes = self._ws_bytes.get((num_pairs, elem_bytes))
+    def workspace_bytes(self, num_pairs: int, elem_bytes: int, planned: bool = False) -> int:
+        """Bytes of `_cuda.gemv_layer`'s workspace (`_cuda.plan_layer`'s with `planned`)."""
+        nbytes = self._ws_bytes.get((num_pairs, elem_bytes, planned))
         if nbytes is None:
             layer = self.layer
-            nbytes = self._ws_bytes[(num_pairs, elem_bytes)] = kernels._cuda.gemv_layer_workspace(
+            size = kernels._cuda.plan_layer_workspace if planned else kernels._cuda.gemv_layer_workspace
+            nbytes = self._ws_bytes[(num_pairs, elem_bytes, planned)] = size(
                 num_pairs, layer.num_experts, layer.hidden_size, layer.intermediate_size, elem_bytes)
         return nbytes
 
@@ -174,6 +176,10 @@ class FusedLayerPath:
             call = self._one_call(layer, hidden, top_k_weights)
             if call is not None and (num_tokens <= self.gemv_batch_tokens or call.mma_ok(self, num_tokens, num_pairs)):
                 return self._gemv_layer(layer, hidden, top_k_index, top_k_weights, mma=True, call=call)
+        if device_plan is not None and plan_out is not None and self.streams:
+            call = self._one_call(layer, hidden, top_k_weights)
+            if call is not None and call.mma_ok(self, num_tokens, num_pairs):
+                return self._plan_layer(layer, hidden, top_k_index, top_k_weights, call, device_plan, plan_out)
         if device_plan is not None:
             threshold, may_have_hot, may_have_cold, max_tokens = 0, True, True, num_tokens
         elif take_hot is None:
@@ -278,6 +284,36 @@ class FusedLayerPath:
                         layer.num_experts, up.data_ptr(), down.data_ptr(), d, f, weights.data_ptr(),
                         call.round_products, self.gemv_batch_tokens + 1 if mma else 0, ws.data_ptr(), out.data_ptr(),
                         call.err_word.data_ptr(), stream)
+        self._last_ws = (ws, layer.num_experts)  # the workspace opens with the counts (see last_counts)
+        return out
+
+    def _plan_layer(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                    top_k_weights: torch.Tensor, call: _OneCall, plan: kernels.DevicePlan,
+                    plan_out: torch.Tensor) -> torch.Tensor:
+        """A plan policy's call planned on the device, in one C++ call (`_cuda.plan_layer`): route_prep with the
+        planner, the GPU set on `expert_mma` beside the PIM set on the GEMV (second stream), unpermute. The
+        general path below does the same in some twenty torch calls, most of a layer's host time."""
+        if plan.rule not in ("sieve", "heteromoe"):
+            raise ValueError(f"device plans exist for 'sieve' and 'heteromoe', not {plan.rule!r}")
+        cuda = kernels._cuda
+        tokens, top_k = top_k_index.shape
+        d, f, dev = layer.hidden_size, layer.intermediate_size, call.device
+        up, down = call.weights()
+        if down.dtype != hidden.dtype or up.dtype != hidden.dtype:
+            raise RuntimeError(f"layer {layer.name}: weights are {down.dtype}, hidden states {hidden.dtype}")
+        ids = top_k_index if top_k_index.dtype is torch.int64 else top_k_index.to(torch.int64)
+        ids = ids if ids.is_contiguous() else ids.contiguous()
+        weights = top_k_weights if top_k_weights.is_contiguous() else top_k_weights.contiguous()
+        hidden = hidden if hidden.is_contiguous() else hidden.contiguous()
+        stream = kernels._stream(dev)
+        ws = self._workspace(dev, stream, call.workspace_bytes(tokens * top_k, hidden.element_size(), planned=True))
+        out = torch.empty(tokens, d, dtype=hidden.dtype, device=dev)
+        cuda.plan_layer(call.dtype, call.weights_dtype, hidden.data_ptr(), ids.data_ptr(), tokens, top_k,
+                        layer.num_experts, up.data_ptr(), down.data_ptr(), d, f, weights.data_ptr(),
+                        call.round_products, 0 if plan.rule == "sieve" else 1, plan.flop.data_ptr(), plan.pim.data_ptr(),
+                        int(min(plan.flop.shape[0], plan.pim.shape[0])), plan.read_s, plan.launch_s, plan.comm_s,
+                        plan.gpu_fixed_s, plan.pim_fixed_s, plan_out.data_ptr(), ws.data_ptr(), out.data_ptr(),
+                        call.err_word.data_ptr(), stream, self._side_stream(dev).cuda_stream)
         self._last_ws = (ws, layer.num_experts)  # the workspace opens with the counts (see last_counts)
         return out
 

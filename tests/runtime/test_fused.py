@@ -176,10 +176,13 @@ def test_fused_layer_captures_in_a_cuda_graph(batch, hot):
 
 @pytest.mark.gpu
 @needs_cuda_kernels
+@pytest.mark.parametrize("one_call", [False, True], ids=["torch-calls", "one-call"])
 @pytest.mark.parametrize("policy", ["heteromoe", "sieve"])
-def test_device_plan_captures_in_a_cuda_graph_and_settles_stats(policy):
+def test_device_plan_captures_in_a_cuda_graph_and_settles_stats(policy, one_call):
     """Planning in the routing kernel: nothing waits on the host, so the heteromoe-policy layer captures
-    in a CUDA graph; eager calls settle their plans lazily into the statistics."""
+    in a CUDA graph; eager calls settle their plans lazily into the statistics. With the GPU set on
+    expert_mma (one_call: the tiny layer let past the warps-per-SM bar) the whole call is one C++ call
+    (`_cuda.plan_layer`), else the general path's torch calls (grouped_mm for the GPU set)."""
     import dataclasses
 
     import numpy as np
@@ -197,7 +200,7 @@ def test_device_plan_captures_in_a_cuda_graph_and_settles_stats(policy):
     cost = CostModel(heteromoe.systems.get("h100-hbm3-pim"), spec)
     torch_backend = registry.get("torch")
     executor = MoEExecutor(get_policy(policy), torch_backend, registry.get("pim-emulator"), torch_backend,
-                           fused=FusedLayerPath(), plan_on_device=True)
+                           fused=FusedLayerPath(mma_min_warps_per_sm=0 if one_call else 8), plan_on_device=True)
     placement = Placement.from_homes(np.zeros(layer.num_experts, dtype=np.int64), 1)
     gen = torch.Generator("cuda").manual_seed(7)
     batch, k = 24, model.config.num_experts_per_tok
@@ -206,8 +209,10 @@ def test_device_plan_captures_in_a_cuda_graph_and_settles_stats(policy):
     weights = torch.rand(batch, k, device="cuda", generator=gen).to(torch.bfloat16)
     with torch.no_grad():
         eager = executor.run(layer, cost, placement, hidden, ids, weights)
+        assert (executor.fused._last_ws is not None) == one_call  # the one call leaves its workspace
         executor.flush()
         plan = executor.last_plans["layer0"]
+        assert plan.gpu_tokens.any() and plan.pim_tokens.any()  # both sides ran
         host_plan = get_policy(policy).plan(np.bincount(ids.cpu().numpy().reshape(-1), minlength=layer.num_experts),
                                            placement, 1, cost)
         np.testing.assert_array_equal(plan.gpu_tokens, host_plan.gpu_tokens)  # the same plan, made on the device
