@@ -1063,10 +1063,34 @@ static void unpermute(int dtype, int w_dtype, std::uintptr_t y_hot, std::uintptr
 // one call; the Python path does the same in four.
 static size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 
+// A layer call's routing lists at the start of a one-call workspace, in route_prep's order (RoutePrep's in
+// Python): counts, hot_offs [E], hot_pairs, cold_pairs [n], cold_expert, cold_begin, cold_count [max_cold],
+// pair_row [n], meta [4]; `end` is the first 16-byte-aligned address after them.
+struct LayerLists {
+  std::uintptr_t counts, hot_offs, hot_pairs, cold_pairs, cold_expert, cold_begin, cold_count, pair_row, meta, end;
+
+  static size_t bytes(int n, int num_experts) {
+    const int max_cold = std::min(num_experts, n);
+    return align16((2 * static_cast<size_t>(num_experts) + 3 * static_cast<size_t>(n) + 3 * max_cold + 4) * sizeof(int));
+  }
+  LayerLists(std::uintptr_t workspace, int n, int num_experts) {
+    const std::uintptr_t i = sizeof(int);
+    const int max_cold = std::min(num_experts, n);
+    counts = workspace;
+    hot_offs = counts + i * num_experts;
+    hot_pairs = hot_offs + i * num_experts;
+    cold_pairs = hot_pairs + i * n;
+    cold_expert = cold_pairs + i * n;
+    cold_begin = cold_expert + i * max_cold;
+    cold_count = cold_begin + i * max_cold;
+    pair_row = cold_count + i * max_cold;
+    meta = pair_row + i * n;
+    end = workspace + bytes(n, num_experts);
+  }
+};
+
 static size_t gemv_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes) {
-  const int max_cold = std::min(num_experts, n_pairs);
-  const size_t ints = 2 * static_cast<size_t>(num_experts) + 3 * static_cast<size_t>(n_pairs) + 3 * max_cold + 4;
-  return align16(ints * sizeof(int)) + align16(static_cast<size_t>(n_pairs) * f * elem_bytes) +
+  return LayerLists::bytes(n_pairs, num_experts) + align16(static_cast<size_t>(n_pairs) * f * elem_bytes) +
          align16(static_cast<size_t>(n_pairs) * d * elem_bytes);
 }
 
@@ -1078,36 +1102,25 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
   if (n == 0) return;
   const int elem = dtype == kF32 ? 4 : 2;
   const int max_cold = std::min(num_experts, n);
-  int* base = ptr<int>(workspace);
-  int* counts = base;
-  int* hot_offs = counts + num_experts;
-  int* hot_pairs = hot_offs + num_experts;
-  int* cold_pairs = hot_pairs + n;
-  int* cold_expert = cold_pairs + n;
-  int* cold_begin = cold_expert + max_cold;
-  int* cold_count = cold_begin + max_cold;
-  int* pair_row = cold_count + max_cold;
-  int* meta = pair_row + n;
-  const size_t ints = 2 * static_cast<size_t>(num_experts) + 3 * static_cast<size_t>(n) + 3 * max_cold + 4;
-  const std::uintptr_t h = workspace + align16(ints * sizeof(int));
+  const LayerLists l(workspace, n, num_experts);
+  const std::uintptr_t h = l.end;
   const std::uintptr_t y = h + align16(static_cast<size_t>(n) * f * elem);
-  auto u = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
-  route_prep(ids, n, num_experts, 0, n /* nothing is hot */, max_cold, u(counts), u(hot_offs), u(hot_pairs),
-             u(cold_pairs), u(cold_expert), u(cold_begin), u(cold_count), u(pair_row), u(meta), err_out, stream);
+  route_prep(ids, n, num_experts, 0, n /* nothing is hot */, max_cold, l.counts, l.hot_offs, l.hot_pairs, l.cold_pairs,
+             l.cold_expert, l.cold_begin, l.cold_count, l.pair_row, l.meta, err_out, stream);
   if (mma_min_tokens > 0 && tokens >= mma_min_tokens && mma_supported(dtype, d) && mma_supported(dtype, f)) {
     // an expert has at most `tokens` tokens (a token's top-k experts are distinct)
-    expert_mma(dtype, hidden, u(cold_pairs), top_k, up_weight, u(cold_expert), u(cold_begin), u(cold_count), 0,
-               max_cold, n, f, d, true, tokens, false, h, stream);
-    expert_mma(dtype, h, 0, top_k, down_weight, u(cold_expert), u(cold_begin), u(cold_count), 0, max_cold, n, d, f,
-               false, tokens, true, y, stream);
+    expert_mma(dtype, hidden, l.cold_pairs, top_k, up_weight, l.cold_expert, l.cold_begin, l.cold_count, 0, max_cold,
+               n, f, d, true, tokens, false, h, stream);
+    expert_mma(dtype, h, 0, top_k, down_weight, l.cold_expert, l.cold_begin, l.cold_count, 0, max_cold, n, d, f, false,
+               tokens, true, y, stream);
   } else {
     const int max_tokens = std::min(tokens, 8);
-    expert_gemv(dtype, hidden, u(cold_pairs), top_k, up_weight, u(cold_expert), u(cold_begin), u(cold_count),
-                max_cold, f, d, true, max_tokens, false, h, stream);
-    expert_gemv(dtype, h, 0, top_k, down_weight, u(cold_expert), u(cold_begin), u(cold_count), max_cold, d, f, false,
+    expert_gemv(dtype, hidden, l.cold_pairs, top_k, up_weight, l.cold_expert, l.cold_begin, l.cold_count, max_cold, f,
+                d, true, max_tokens, false, h, stream);
+    expert_gemv(dtype, h, 0, top_k, down_weight, l.cold_expert, l.cold_begin, l.cold_count, max_cold, d, f, false,
                 max_tokens, true, y, stream);
   }
-  unpermute(dtype, w_dtype, y, y, u(pair_row), weights, tokens, top_k, d, round_products, out, stream);
+  unpermute(dtype, w_dtype, y, y, l.pair_row, weights, tokens, top_k, d, round_products, out, stream);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1117,9 +1130,7 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
 // workspace holds gemv_layer's lists, then h and y for each side (plan_layer_workspace). The fork and the
 // join are event record / wait pairs, so the call also captures in a CUDA graph.
 static size_t plan_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes) {
-  const int max_cold = std::min(num_experts, n_pairs);
-  const size_t ints = 2 * static_cast<size_t>(num_experts) + 3 * static_cast<size_t>(n_pairs) + 3 * max_cold + 4;
-  return align16(ints * sizeof(int)) + 2 * align16(static_cast<size_t>(n_pairs) * f * elem_bytes) +
+  return LayerLists::bytes(n_pairs, num_experts) + 2 * align16(static_cast<size_t>(n_pairs) * f * elem_bytes) +
          2 * align16(static_cast<size_t>(n_pairs) * d * elem_bytes);
 }
 
@@ -1153,39 +1164,29 @@ static void plan_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
     throw std::invalid_argument("plan_layer: the GPU set runs on expert_mma: bf16/fp16 with d, f multiples of 8");
   const int elem = 2;
   const int max_cold = std::min(num_experts, n);
-  int* counts = ptr<int>(workspace);
-  int* hot_offs = counts + num_experts;
-  int* hot_pairs = hot_offs + num_experts;
-  int* cold_pairs = hot_pairs + n;
-  int* cold_expert = cold_pairs + n;
-  int* cold_begin = cold_expert + max_cold;
-  int* cold_count = cold_begin + max_cold;
-  int* pair_row = cold_count + max_cold;
-  int* meta = pair_row + n;
-  const size_t ints = 2 * static_cast<size_t>(num_experts) + 3 * static_cast<size_t>(n) + 3 * max_cold + 4;
+  const LayerLists l(workspace, n, num_experts);
   const size_t hf = align16(static_cast<size_t>(n) * f * elem), yd = align16(static_cast<size_t>(n) * d * elem);
-  const std::uintptr_t h_hot = workspace + align16(ints * sizeof(int)), h_cold = h_hot + hf;
+  const std::uintptr_t h_hot = l.end, h_cold = h_hot + hf;
   const std::uintptr_t y_hot = h_cold + hf, y_cold = y_hot + yd;
-  auto u = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
-  route_prep_plan(ids, n, num_experts, max_cold, u(counts), u(hot_offs), u(hot_pairs), u(cold_pairs), u(cold_expert),
-                  u(cold_begin), u(cold_count), u(pair_row), u(meta), err_out, rule, flop, pim, table_len, read_s,
-                  launch_s, comm, gfix, pfix, plan_out, stream);
+  route_prep_plan(ids, n, num_experts, max_cold, l.counts, l.hot_offs, l.hot_pairs, l.cold_pairs, l.cold_expert,
+                  l.cold_begin, l.cold_count, l.pair_row, l.meta, err_out, rule, flop, pim, table_len, read_s, launch_s,
+                  comm, gfix, pfix, plan_out, stream);
   const ForkJoin ev = fork_join_events();
   check(cudaEventRecord(ev.fork, as_stream(stream)), "plan_layer: fork");
   check(cudaStreamWaitEvent(as_stream(side), ev.fork, 0), "plan_layer: fork");
   // the PIM set (a cold expert has at most `tokens` tokens) on the side stream
-  expert_gemv(dtype, hidden, u(cold_pairs), top_k, up_weight, u(cold_expert), u(cold_begin), u(cold_count), max_cold,
+  expert_gemv(dtype, hidden, l.cold_pairs, top_k, up_weight, l.cold_expert, l.cold_begin, l.cold_count, max_cold,
               f, d, true, tokens, false, h_cold, side);
-  expert_gemv(dtype, h_cold, 0, top_k, down_weight, u(cold_expert), u(cold_begin), u(cold_count), max_cold, d, f,
+  expert_gemv(dtype, h_cold, 0, top_k, down_weight, l.cold_expert, l.cold_begin, l.cold_count, max_cold, d, f,
               false, tokens, true, y_cold, side);
   // the GPU set: every expert's hot rows (hot_offs), read through hot_pairs
-  expert_mma(dtype, hidden, u(hot_pairs), top_k, up_weight, 0, 0, 0, u(hot_offs), num_experts, n, f, d, true, tokens,
+  expert_mma(dtype, hidden, l.hot_pairs, top_k, up_weight, 0, 0, 0, l.hot_offs, num_experts, n, f, d, true, tokens,
              false, h_hot, stream);
-  expert_mma(dtype, h_hot, 0, top_k, down_weight, 0, 0, 0, u(hot_offs), num_experts, n, d, f, false, tokens, true,
+  expert_mma(dtype, h_hot, 0, top_k, down_weight, 0, 0, 0, l.hot_offs, num_experts, n, d, f, false, tokens, true,
              y_hot, stream);
   check(cudaEventRecord(ev.join, as_stream(side)), "plan_layer: join");
   check(cudaStreamWaitEvent(as_stream(stream), ev.join, 0), "plan_layer: join");
-  unpermute(dtype, w_dtype, y_hot, y_cold, u(pair_row), weights, tokens, top_k, d, round_products, out, stream);
+  unpermute(dtype, w_dtype, y_hot, y_cold, l.pair_row, weights, tokens, top_k, d, round_products, out, stream);
 }
 
 PYBIND11_MODULE(_cuda, m) {
