@@ -182,6 +182,18 @@ class DevicePlan:
     gpu_fixed_s: float
     pim_fixed_s: float
 
+    @property
+    def rule_code(self) -> int:
+        """The CUDA entry points' number for the rule (0: sieve, 1: heteromoe)."""
+        if self.rule not in ("sieve", "heteromoe"):
+            raise ValueError(f"device plans exist for 'sieve' and 'heteromoe', not {self.rule!r}")
+        return 0 if self.rule == "sieve" else 1
+
+    @property
+    def table_len(self) -> int:
+        """Token counts both cost tables cover."""
+        return int(min(self.flop.shape[0], self.pim.shape[0]))
+
 
 def route_prep_plan(top_k_index: torch.Tensor, num_experts: int, plan: DevicePlan, *, plan_out: torch.Tensor,
                     err_out: torch.Tensor | None = None) -> RoutePrep:
@@ -189,16 +201,15 @@ def route_prep_plan(top_k_index: torch.Tensor, num_experts: int, plan: DevicePla
     only; equal to the host planners bit for bit). `plan_out` ([E] int32) receives each expert's GPU tokens."""
     if not _on_cuda_kernels(top_k_index):
         raise ValueError("route_prep_plan runs on CUDA tensors with heteromoe._cuda built")
-    if plan.rule not in ("sieve", "heteromoe"):
-        raise ValueError(f"device plans exist for 'sieve' and 'heteromoe', not {plan.rule!r}")
+    rule = plan.rule_code
     ids = top_k_index.reshape(-1).to(torch.int64).contiguous()
     n = int(ids.shape[0])
     max_cold = min(num_experts, n)
     prep = RoutePrep.empty(num_experts, n, max_cold, ids.device)
     _cuda.route_prep_plan(ids.data_ptr(), n, num_experts, max_cold, *prep.pointers(),
                           0 if err_out is None else err_out.data_ptr(),
-                          0 if plan.rule == "sieve" else 1, plan.flop.data_ptr(), plan.pim.data_ptr(),
-                          int(min(plan.flop.shape[0], plan.pim.shape[0])), plan.read_s, plan.launch_s, plan.comm_s,
+                          rule, plan.flop.data_ptr(), plan.pim.data_ptr(), plan.table_len, plan.read_s,
+                          plan.launch_s, plan.comm_s,
                           plan.gpu_fixed_s, plan.pim_fixed_s, plan_out.data_ptr(), _stream())
     return prep
 

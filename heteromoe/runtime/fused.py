@@ -17,6 +17,7 @@ path can be captured in a CUDA graph. On CPU (float32) the same path runs the C+
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -66,6 +67,21 @@ def unsupported_reason(layer: ExpertLayer, hidden: torch.Tensor) -> str | None:
     if hidden.device.type == "cpu":
         return None if layer.dtype == torch.float32 else f"CPU kernels are float32, the layer is {layer.dtype}"
     return f"no kernels for device {hidden.device}"
+
+
+class _OneCallArgs(NamedTuple):
+    """One call's arguments for `_cuda.gemv_layer` / `_cuda.plan_layer` (see FusedLayerPath._one_call_args)."""
+
+    up: torch.Tensor
+    down: torch.Tensor
+    hidden: torch.Tensor
+    ids: torch.Tensor
+    weights: torch.Tensor
+    tokens: int
+    top_k: int
+    stream: int
+    workspace: torch.Tensor
+    out: torch.Tensor
 
 
 class _OneCall:
@@ -266,26 +282,14 @@ class FusedLayerPath:
         call (`_cuda.gemv_layer`) so the host's share of a layer is one call. The projections run on the
         GEMV up to `gemv_batch_tokens` tokens, above on the tensor-core kernel when `mma` (gpu-only: the
         experts are GPU work) and the GEMV otherwise (a plan's PIM set, whose stand-in is the GEMV)."""
-        cuda = kernels._cuda
-        tokens, top_k = top_k_index.shape
-        d, f, dev = layer.hidden_size, layer.intermediate_size, call.device
-        up, down = call.weights()
-        if down.dtype != hidden.dtype or up.dtype != hidden.dtype:  # the module was converted since: its dtype
-            raise RuntimeError(f"layer {layer.name}: weights are {down.dtype}, hidden states {hidden.dtype}")
-        # the host's share of every decode layer: no torch call that is not needed (each costs microseconds)
-        ids = top_k_index if top_k_index.dtype is torch.int64 else top_k_index.to(torch.int64)
-        ids = ids if ids.is_contiguous() else ids.contiguous()
-        weights = top_k_weights if top_k_weights.is_contiguous() else top_k_weights.contiguous()
-        hidden = hidden if hidden.is_contiguous() else hidden.contiguous()
-        stream = kernels._stream(dev)
-        ws = self._workspace(dev, stream, call.workspace_bytes(tokens * top_k, hidden.element_size()))
-        out = torch.empty(tokens, d, dtype=hidden.dtype, device=dev)
-        cuda.gemv_layer(call.dtype, call.weights_dtype, hidden.data_ptr(), ids.data_ptr(), tokens, top_k,
-                        layer.num_experts, up.data_ptr(), down.data_ptr(), d, f, weights.data_ptr(),
-                        call.round_products, self.gemv_batch_tokens + 1 if mma else 0, ws.data_ptr(), out.data_ptr(),
-                        call.err_word.data_ptr(), stream)
-        self._last_ws = (ws, layer.num_experts)  # the workspace opens with the counts (see last_counts)
-        return out
+        a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=False)
+        kernels._cuda.gemv_layer(call.dtype, call.weights_dtype, a.hidden.data_ptr(), a.ids.data_ptr(), a.tokens,
+                                 a.top_k, layer.num_experts, a.up.data_ptr(), a.down.data_ptr(), layer.hidden_size,
+                                 layer.intermediate_size, a.weights.data_ptr(), call.round_products,
+                                 self.gemv_batch_tokens + 1 if mma else 0, a.workspace.data_ptr(), a.out.data_ptr(),
+                                 call.err_word.data_ptr(), a.stream)
+        self._last_ws = (a.workspace, layer.num_experts)  # the workspace opens with the counts (see last_counts)
+        return a.out
 
     def _plan_layer(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
                     top_k_weights: torch.Tensor, call: _OneCall, plan: kernels.DevicePlan,
@@ -293,29 +297,35 @@ class FusedLayerPath:
         """A plan policy's call planned on the device, in one C++ call (`_cuda.plan_layer`): route_prep with the
         planner, the GPU set on `expert_mma` beside the PIM set on the GEMV (second stream), unpermute. The
         general path below does the same in some twenty torch calls, most of a layer's host time."""
-        if plan.rule not in ("sieve", "heteromoe"):
-            raise ValueError(f"device plans exist for 'sieve' and 'heteromoe', not {plan.rule!r}")
-        cuda = kernels._cuda
-        tokens, top_k = top_k_index.shape
-        d, f, dev = layer.hidden_size, layer.intermediate_size, call.device
+        rule = plan.rule_code
+        a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=True)
+        kernels._cuda.plan_layer(call.dtype, call.weights_dtype, a.hidden.data_ptr(), a.ids.data_ptr(), a.tokens,
+                                 a.top_k, layer.num_experts, a.up.data_ptr(), a.down.data_ptr(), layer.hidden_size,
+                                 layer.intermediate_size, a.weights.data_ptr(), call.round_products, rule,
+                                 plan.flop.data_ptr(), plan.pim.data_ptr(), plan.table_len, plan.read_s, plan.launch_s,
+                                 plan.comm_s, plan.gpu_fixed_s, plan.pim_fixed_s, plan_out.data_ptr(),
+                                 a.workspace.data_ptr(), a.out.data_ptr(), call.err_word.data_ptr(), a.stream,
+                                 self._side_stream(call.device).cuda_stream)
+        self._last_ws = (a.workspace, layer.num_experts)
+        return a.out
+
+    def _one_call_args(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                       top_k_weights: torch.Tensor, call: _OneCall, planned: bool) -> _OneCallArgs:
+        """The tensors both one-call entry points take, checked and laid out as the kernels read them, the
+        workspace and the output. The host's share of every decode layer: no torch call that is not needed
+        (each costs microseconds)."""
         up, down = call.weights()
-        if down.dtype != hidden.dtype or up.dtype != hidden.dtype:
+        if down.dtype != hidden.dtype or up.dtype != hidden.dtype:  # the module was converted since: its dtype
             raise RuntimeError(f"layer {layer.name}: weights are {down.dtype}, hidden states {hidden.dtype}")
+        tokens, top_k = top_k_index.shape
         ids = top_k_index if top_k_index.dtype is torch.int64 else top_k_index.to(torch.int64)
         ids = ids if ids.is_contiguous() else ids.contiguous()
         weights = top_k_weights if top_k_weights.is_contiguous() else top_k_weights.contiguous()
         hidden = hidden if hidden.is_contiguous() else hidden.contiguous()
-        stream = kernels._stream(dev)
-        ws = self._workspace(dev, stream, call.workspace_bytes(tokens * top_k, hidden.element_size(), planned=True))
-        out = torch.empty(tokens, d, dtype=hidden.dtype, device=dev)
-        cuda.plan_layer(call.dtype, call.weights_dtype, hidden.data_ptr(), ids.data_ptr(), tokens, top_k,
-                        layer.num_experts, up.data_ptr(), down.data_ptr(), d, f, weights.data_ptr(),
-                        call.round_products, 0 if plan.rule == "sieve" else 1, plan.flop.data_ptr(), plan.pim.data_ptr(),
-                        int(min(plan.flop.shape[0], plan.pim.shape[0])), plan.read_s, plan.launch_s, plan.comm_s,
-                        plan.gpu_fixed_s, plan.pim_fixed_s, plan_out.data_ptr(), ws.data_ptr(), out.data_ptr(),
-                        call.err_word.data_ptr(), stream, self._side_stream(dev).cuda_stream)
-        self._last_ws = (ws, layer.num_experts)  # the workspace opens with the counts (see last_counts)
-        return out
+        stream = kernels._stream(call.device)
+        ws = self._workspace(call.device, stream, call.workspace_bytes(tokens * top_k, hidden.element_size(), planned))
+        out = torch.empty(tokens, layer.hidden_size, dtype=hidden.dtype, device=call.device)
+        return _OneCallArgs(up, down, hidden, ids, weights, tokens, top_k, stream, ws, out)
 
     def _workspace(self, device: torch.device, stream: int, nbytes: int) -> torch.Tensor:
         """A workspace reused by the calls on one stream (they are ordered on it), grown as needed; a fresh
