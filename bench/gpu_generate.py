@@ -30,19 +30,25 @@ def build(num_layers: int, dtype=torch.bfloat16):
     return model
 
 
+def per_token_s(generate, new_tokens: int) -> tuple[torch.Tensor, float]:
+    """Tokens of `generate(n)` for n = new_tokens and the seconds per decoded token ((t(N) - t(1)) / (N - 1):
+    the prefill and the first token cancel out)."""
+    times = {}
+    for n in (1, new_tokens):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = generate(n)
+        torch.cuda.synchronize()
+        times[n] = time.perf_counter() - t0
+    return out, (times[new_tokens] - times[1]) / (new_tokens - 1)
+
+
 def decode_time(model, ids, new_tokens: int) -> tuple[torch.Tensor, float]:
-    """Tokens of a greedy generate and the seconds per decoded token ((t(N) - t(1)) / (N - 1))."""
+    """Tokens of a greedy generate and the seconds per decoded token."""
     gen = dict(do_sample=False, pad_token_id=0)
     with torch.no_grad():
         model.generate(ids, max_new_tokens=4, min_new_tokens=4, **gen)  # warm-up
-        times = {}
-        for n in (1, new_tokens):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, **gen)
-            torch.cuda.synchronize()
-            times[n] = time.perf_counter() - t0
-    return out, (times[new_tokens] - times[1]) / (new_tokens - 1)
+        return per_token_s(lambda n: model.generate(ids, max_new_tokens=n, min_new_tokens=n, **gen), new_tokens)
 
 
 def graphed_decode_time(model, ids, new_tokens: int) -> tuple[torch.Tensor, float]:
@@ -64,14 +70,8 @@ def graphed_decode_time(model, ids, new_tokens: int) -> tuple[torch.Tensor, floa
             step.graph.replay()
             host.append(time.perf_counter() - t0)
         graph_replay_host_s = float(sorted(host)[len(host) // 2])
-    times = {}
-    for n in (1, new_tokens):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = decoder.generate(ids, n)
-        torch.cuda.synchronize()
-        times[n] = time.perf_counter() - t0
-    return out, (times[new_tokens] - times[1]) / (new_tokens - 1), step.capture_error, graph_replay_host_s
+    out, s = per_token_s(lambda n: decoder.generate(ids, n), new_tokens)
+    return out, s, step.capture_error, graph_replay_host_s
 
 
 def forced_logits(model, seq: torch.Tensor, prompt: int) -> torch.Tensor:
