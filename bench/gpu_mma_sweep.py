@@ -2,12 +2,13 @@
 the configuration the HETEROMOE_MMA_* environment variables pick (read once per process, so run one
 process per configuration; csrc/cuda/heteromoe_cuda.cu lists them).
 
-    for cfg in "" "HETEROMOE_MMA_SHAPE=14" "HETEROMOE_MMA_KEEP=0"; do
+    for cfg in "" "HETEROMOE_MMA_SMEM=0" "HETEROMOE_MMA_SHAPE=14"; do
         env $cfg python bench/gpu_mma_sweep.py --label "${cfg:-default}" --json sweep.jsonl; done
 
 Each run appends one JSON line: the label, the GPU, the read bandwidth measured in the run, and per batch the
-whole call's device time (route_prep -> up -> down -> unpermute), the up and down projections alone (20 back
-to back in one graph, so each includes the gap to the next), and the share of the read bandwidth. Every
+whole call's device time (route_prep -> up -> down -> unpermute), the up and down projections, route_prep and
+unpermute alone (20 back to back in one graph, so each includes the gap to the next), and the share of the read
+bandwidth. Every
 configuration's output is checked against transformers' experts module first.
 """
 from __future__ import annotations
@@ -62,7 +63,13 @@ def main() -> None:
             down = graph_time_s(many(lambda: kernels.expert_mma(
                 h, view.down_weight, prep, in_pairs=None, top_k=k, out_rows=d, silu_chunk=False, max_tokens=batch,
                 lists_ready=True))) / reps
+            prep_s = graph_time_s(many(lambda: kernels.route_prep(ids, E, threshold=batch))) / reps
+            y = kernels.expert_mma(h, view.down_weight, prep, in_pairs=None, top_k=k, out_rows=d, silu_chunk=False,
+                                   max_tokens=batch, lists_ready=True)
+            unpermute_s = graph_time_s(many(lambda: kernels.unpermute(y, y, prep.pair_row, weights,
+                                                                      round_products=True))) / reps
             row = {"batch": batch, "touched_weight_bytes": touched, "whole_call_s": whole, "up_s": up, "down_s": down,
+                   "route_prep_s": prep_s, "unpermute_s": unpermute_s,
                    "share_whole": touched / whole / bandwidth,
                    "share_up_down": touched / (up + down) / bandwidth}
             rows.append(row)

@@ -221,7 +221,8 @@ template <int kThreads>
 __global__ void __launch_bounds__(kThreads)
 route_prep_kernel(const i64* ids, int n, int num_experts, const int* take_hot, int threshold, int max_cold,
                   int* counts, int* hot_offs, int* hot_pairs, int* cold_pairs, int* cold_expert, int* cold_begin,
-                  int* cold_count, int* pair_row, int* meta, long long* err_out, DevicePlan plan, int* plan_out) {
+                  int* cold_count, int* pair_row, int* meta, long long* err_out, DevicePlan plan, int* plan_out,
+                  int segs) {
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ int s_bad;
@@ -231,12 +232,11 @@ route_prep_kernel(const i64* ids, int n, int num_experts, const int* take_hot, i
   int* s_hot = s_count + num_experts;     // [E] hot pairs of each expert
   int* s_hot_off = s_hot + num_experts;   // [E] exclusive
   int* s_cold_off = s_hot_off + num_experts;  // [E] exclusive
-  int* s_cursor = s_cold_off + num_experts;   // [E] pairs of each expert ranked so far
-  int* s_take = s_cursor + num_experts;       // [E] the on-device plan's GPU tokens
+  int* s_take = s_cold_off + num_experts;     // [E] the on-device plan's GPU tokens; then [segs][E] (the ranks)
   const int tid = threadIdx.x;
   pdl_wait();     // the routing comes from the kernel before
   pdl_trigger();  // the GEMV may launch now; it waits for this grid before reading its lists
-  for (int e = tid; e < num_experts; e += blockDim.x) { s_count[e] = 0; s_cursor[e] = 0; }
+  for (int e = tid; e < num_experts; e += blockDim.x) s_count[e] = 0;
   if (tid == 0) { s_bad = 0; s_carry[0] = s_carry[1] = s_carry[2] = 0; }
   __syncthreads();
   for (int i = tid; i < n; i += blockDim.x) {
@@ -309,36 +309,61 @@ route_prep_kernel(const i64* ids, int n, int num_experts, const int* take_hot, i
   for (int s = k_cold + tid; s < max_cold; s += blockDim.x) { cold_count[s] = 0; cold_expert[s] = 0; cold_begin[s] = 0; }
   for (int r = n_hot + tid; r < n; r += blockDim.x) hot_pairs[r] = -1;
   for (int r = n_cold + tid; r < n; r += blockDim.x) cold_pairs[r] = -1;
-  // stable ranks: chunks of the block in pair order, its warps one after another
+  // stable ranks in three steps: each of the first `segs` warps ranks the pairs of its own segment (chunks of
+  // 32 in pair order) and counts them per expert; an exclusive scan over the segments per expert; each pair's
+  // rank = its segment's offset + its rank inside the segment (kept in pair_row meanwhile: the same thread
+  // writes and reads it). No block barrier per chunk: at 2048 pairs this took ~12 us one warp after another.
   const int lane = tid & 31, warp = tid >> 5;
   const unsigned lanes_below = (1u << lane) - 1u;
-  for (int base = 0; base < n; base += blockDim.x) {
-    const int i = base + tid;
-    const i64 raw = i < n ? ids[i] : -1;
-    const bool valid = raw >= 0 && raw < num_experts;
-    const int e = valid ? static_cast<int>(raw) : -1;
-    const unsigned peers = __match_any_sync(0xffffffffu, e);
-    const int rank_in_warp = __popc(peers & lanes_below);
-    const int warps_here = min(static_cast<int>(blockDim.x) >> 5, (n - base + 31) >> 5);
-    for (int w = 0; w < warps_here; ++w) {
-      if (warp == w && valid) {
-        const int r = s_cursor[e] + rank_in_warp;
-        int row;
-        if (r < s_hot[e]) {
-          row = s_hot_off[e] + r;
-          hot_pairs[row] = i;
-        } else {
-          const int cr = s_cold_off[e] + (r - s_hot[e]);
-          cold_pairs[cr] = i;
-          row = n + cr;
-        }
-        pair_row[i] = row;
-      } else if (warp == w && i < n) {
-        pair_row[i] = -1;
-      }
+  const int seg_len = ((n + segs - 1) / segs + 31) & ~31;
+  const int seg_begin = warp * seg_len, seg_end = min(n, seg_begin + seg_len);
+  int* s_seg = s_take + num_experts;  // [segs][E]
+  for (int j = tid; j < segs * num_experts; j += blockDim.x) s_seg[j] = 0;
+  __syncthreads();
+  if (warp < segs) {
+    int* seg_count = s_seg + warp * num_experts;
+    for (int base = seg_begin; base < seg_end; base += 32) {
+      const int i = base + lane;
+      const i64 raw = i < seg_end ? ids[i] : -1;
+      const bool valid = raw >= 0 && raw < num_experts;
+      const int e = valid ? static_cast<int>(raw) : -1;
+      const unsigned peers = __match_any_sync(0xffffffffu, e);
+      const int rank_in_chunk = __popc(peers & lanes_below);
+      if (valid) pair_row[i] = seg_count[e] + rank_in_chunk;
       __syncwarp();
-      if (warp == w && valid && rank_in_warp == 0) s_cursor[e] += __popc(peers);
-      __syncthreads();
+      if (valid && rank_in_chunk == 0) seg_count[e] += __popc(peers);
+      __syncwarp();
+    }
+  }
+  __syncthreads();
+  for (int e = tid; e < num_experts; e += blockDim.x) {
+    int before = 0;
+    for (int w = 0; w < segs; ++w) {
+      const int c = s_seg[w * num_experts + e];
+      s_seg[w * num_experts + e] = before;
+      before += c;
+    }
+  }
+  __syncthreads();
+  if (warp < segs) {
+    for (int i = seg_begin + lane; i < seg_end; i += 32) {
+      const i64 raw = ids[i];
+      if (raw < 0 || raw >= num_experts) {
+        pair_row[i] = -1;
+        continue;
+      }
+      const int e = static_cast<int>(raw);
+      const int r = s_seg[warp * num_experts + e] + pair_row[i];
+      int row;
+      if (r < s_hot[e]) {
+        row = s_hot_off[e] + r;
+        hot_pairs[row] = i;
+      } else {
+        const int cr = s_cold_off[e] + (r - s_hot[e]);
+        cold_pairs[cr] = i;
+        row = n + cr;
+      }
+      pair_row[i] = row;
     }
   }
   if (s_bad) {  // find the first bad pair (rare path)
@@ -397,19 +422,25 @@ static void route_prep_planned(std::uintptr_t ids, int n, int num_experts, std::
                                std::uintptr_t cold_count, std::uintptr_t pair_row, std::uintptr_t meta,
                                std::uintptr_t err_out, DevicePlan plan, std::uintptr_t plan_out, std::uintptr_t stream) {
   if (num_experts <= 0) throw std::invalid_argument("num_experts must be positive, got " + std::to_string(num_experts));
-  const size_t shared = sizeof(int) * 6 * static_cast<size_t>(num_experts);
-  if (shared > 200 * 1024) throw std::invalid_argument("route_prep: too many experts " + std::to_string(num_experts));
+  const bool small = num_experts <= 256 && n <= 256;
+  const int threads = small ? 128 : kPrepThreads;
+  // shared: five [E] arrays, then one [E] count row per rank segment (a warp each; fewer where E is large)
+  constexpr size_t kMaxShared = 200 * 1024;
+  const size_t per_expert = sizeof(int) * static_cast<size_t>(num_experts);
+  if (6 * per_expert > kMaxShared) throw std::invalid_argument("route_prep: too many experts " + std::to_string(num_experts));
+  const int segs = static_cast<int>(std::min<size_t>(threads / 32, kMaxShared / per_expert - 5));
+  const size_t shared = (5 + static_cast<size_t>(segs)) * per_expert;
   if (plan.rule >= 0 && (!plan.flop || !plan.pim || plan.table_len <= 0))
     throw std::invalid_argument("route_prep: a device plan needs its cost tables");
-  const bool small = num_experts <= 256 && n <= 256;
   auto kernel = small ? route_prep_kernel<128> : route_prep_kernel<kPrepThreads>;
   if (shared > 48 * 1024)
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)),
           "route_prep smem");
-  launch(kernel, dim3(1), dim3(small ? 128 : kPrepThreads), shared, as_stream(stream),
+  launch(kernel, dim3(1), dim3(threads), shared, as_stream(stream),
          ptr<const i64>(ids), n, num_experts, ptr<const int>(take_hot), threshold, max_cold, ptr<int>(counts),
          ptr<int>(hot_offs), ptr<int>(hot_pairs), ptr<int>(cold_pairs), ptr<int>(cold_expert), ptr<int>(cold_begin),
-         ptr<int>(cold_count), ptr<int>(pair_row), ptr<int>(meta), ptr<long long>(err_out), plan, ptr<int>(plan_out));
+         ptr<int>(cold_count), ptr<int>(pair_row), ptr<int>(meta), ptr<long long>(err_out), plan, ptr<int>(plan_out),
+         segs);
   check(cudaGetLastError(), "route_prep launch");
 }
 
@@ -709,6 +740,93 @@ __device__ __forceinline__ void mma_load_a(uint4 (&a)[kSteps][kFrags][2], const 
                                                  : make_uint4(0, 0, 0, 0);  // K's tail: zeros on both sides
 }
 
+// A block's work item: which list entry (expert, its first row, its row count) and which pass of kPass tokens;
+// false when the block has nothing to do (every warp of the block agrees).
+struct MmaItem {
+  int expert, begin, count, t0;
+};
+__device__ __forceinline__ bool mma_item(int k_pass, const int* list_expert, const int* list_begin,
+                                         const int* list_count, const int* offs, int lists, bool passes,
+                                         MmaItem& it) {
+  int c = blockIdx.x, pass = 0;
+  if (passes && !mma_work_item(blockIdx.x, lists, k_pass, list_count, offs, c, pass)) return false;
+  if (offs) {  // the hot side's lists: every expert in order, inclusive ends
+    it.expert = c;
+    it.begin = c ? offs[c - 1] : 0;
+    it.count = offs[c] - it.begin;
+  } else {
+    it.expert = list_expert[c];
+    it.begin = list_begin[c];
+    it.count = list_count[c];
+  }
+  it.t0 = pass * k_pass;
+  return it.t0 < it.count;
+}
+
+// This lane's weight row pointers: the output row each fragment row feeds, and whether it is its up row;
+// rows past out_rows are clamped (computed, never written).
+template <typename T, bool kSiluChunk, int kFrags>
+__device__ __forceinline__ void mma_weight_rows(const T* (&wp)[kFrags][2], const T* weight, int expert, int row0,
+                                                int out_rows, int k_dim, int g, int q) {
+  const i64 w_rows = kSiluChunk ? 2 * static_cast<i64>(out_rows) : out_rows;
+  const T* w_e = weight + static_cast<i64>(expert) * w_rows * k_dim;
+#pragma unroll
+  for (int fr = 0; fr < kFrags; ++fr)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const bool up = kSiluChunk && (kFrags == 2 ? fr == 1 : h == 1);
+      const int r = kSiluChunk ? (kFrags == 2 ? g + 8 * h : g) : 16 * fr + g + 8 * h;
+      const int row = min(row0 + r, out_rows - 1);
+      wp[fr][h] = w_e + (up ? row + static_cast<i64>(out_rows) : row) * k_dim + 8 * q;
+    }
+}
+
+// The MMAs of one K step s (32 wide) for token tile j: the tile's B operand b against every fragment.
+template <typename T, int kSteps, int kFrags>
+__device__ __forceinline__ void mma_step(float (&acc)[kFrags][4], const uint4 (&a)[kSteps][kFrags][2], int s,
+                                         const uint4& b) {
+#pragma unroll
+  for (int fr = 0; fr < kFrags; ++fr) {
+    const uint4& lo = a[s][fr][0];  // fragment row g
+    const uint4& hi = a[s][fr][1];  // fragment row g + 8
+    mma_16816<T>(acc[fr], lo.x, hi.x, lo.y, hi.y, b.x, b.y);
+    mma_16816<T>(acc[fr], lo.z, hi.z, lo.w, hi.w, b.z, b.w);
+  }
+}
+
+// accumulator i of fragment fr, tile j: fragment row g + 8 (i / 2), token j * 8 + 2 q + i % 2. Output rows:
+// without the gate row0 + 16 fr + that row; with it (gate, up) = (fragment 0, fragment 1) at row0 + g + 8 (i / 2),
+// or with one fragment (i, i + 2) at row0 + g
+template <typename T, int kTiles, bool kSiluChunk, int kFrags>
+__device__ __forceinline__ void mma_store(const float (&acc)[kTiles][kFrags][4], const MmaItem& it, int nt, int row0,
+                                          int out_rows, int g, int q, T* out) {
+  constexpr int kOutFrags = kSiluChunk ? 1 : kFrags;
+  constexpr int kOutAcc = kSiluChunk && kFrags == 1 ? 2 : 4;
+  const int tiles = (nt + 7) >> 3;
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+    if (j < tiles) {
+#pragma unroll
+      for (int fr = 0; fr < kOutFrags; ++fr)
+#pragma unroll
+        for (int i = 0; i < kOutAcc; ++i) {
+          const int tok = j * 8 + 2 * q + (i & 1);
+          const int row = row0 + 16 * fr + g + (kOutAcc == 4 ? 8 * (i >> 1) : 0);
+          if (tok < nt && row < out_rows) {
+            float v = acc[j][fr][i];
+            if (kSiluChunk) {
+              const float gb = to_f<T>(from_f<T>(v));
+              const float ub = to_f<T>(from_f<T>(kFrags == 2 ? acc[j][kFrags - 1][i] : acc[j][0][(i + 2) & 3]));
+              const float sg = to_f<T>(from_f<T>(gb / (1.0f + expf(-gb))));
+              v = sg * ub;
+            }
+            out[static_cast<i64>(it.begin + it.t0 + tok) * out_rows + row] = from_f<T>(v);
+          }
+        }
+    }
+  }
+}
+
 template <typename T, int kTiles, bool kSiluChunk, int kWarps, int kFrags, int kSteps>
 __global__ void __launch_bounds__(kWarps * 32)
 expert_mma_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* list_expert,
@@ -720,55 +838,32 @@ expert_mma_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, c
   const int row0 = (blockIdx.y * kWarps + warp) * kRows;
   if (row0 >= out_rows) return;
   if (!lists_ready) pdl_wait();  // the lists come from the kernel just before
-  int c = blockIdx.x, pass = 0;
-  if (passes && !mma_work_item(blockIdx.x, lists, kPass, list_count, offs, c, pass)) return;
-  int expert, begin, count;
-  if (offs) {  // the hot side's lists: every expert in order, inclusive ends
-    expert = c;
-    begin = c ? offs[c - 1] : 0;
-    count = offs[c] - begin;
-  } else {
-    expert = list_expert[c];
-    begin = list_begin[c];
-    count = list_count[c];
-  }
-  const int t0 = pass * kPass;
-  if (t0 >= count) return;
+  MmaItem it;
+  if (!mma_item(kPass, list_expert, list_begin, list_count, offs, lists, passes, it)) return;
   const int g = lane >> 2, q = lane & 3;
-  const i64 w_rows = kSiluChunk ? 2 * static_cast<i64>(out_rows) : out_rows;
-  const T* w_e = weight + static_cast<i64>(expert) * w_rows * k_dim;
   const T* wp[kFrags][2];
-#pragma unroll
-  for (int fr = 0; fr < kFrags; ++fr)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      // the output row this fragment row feeds, and whether it is its up row; clamped rows are computed, never written
-      const bool up = kSiluChunk && (kFrags == 2 ? fr == 1 : h == 1);
-      const int r = kSiluChunk ? (kFrags == 2 ? g + 8 * h : g) : 16 * fr + g + 8 * h;
-      const int row = min(row0 + r, out_rows - 1);
-      wp[fr][h] = w_e + (up ? row + static_cast<i64>(out_rows) : row) * k_dim + 8 * q;
-    }
+  mma_weight_rows<T, kSiluChunk, kFrags>(wp, weight, it.expert, row0, out_rows, k_dim, g, q);
   uint4 a[kSteps][kFrags][2];
   const std::uint64_t policy = evict_first_policy();
   mma_load_a<T, kSteps, kFrags>(a, wp, 0, k_dim, q, policy);  // weights do not depend on the kernel before
   if (lists_ready) pdl_wait();
   pdl_trigger();
-  const int nt = min(kPass, count - t0);
+  const int nt = min(kPass, it.count - it.t0);
   const int tiles = (nt + 7) >> 3;
   const T* xp[kTiles];
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) {
-    const int pos = begin + t0 + min(j * 8 + g, nt - 1);
+    const int pos = it.begin + it.t0 + min(j * 8 + g, nt - 1);
     const int src = in_pairs ? in_pairs[pos] / top_k : pos;
     xp[j] = x + static_cast<i64>(src) * k_dim + 8 * q;
   }
-  float acc[kFrags][kTiles][4];
+  float acc[kTiles][kFrags][4];
 #pragma unroll
-  for (int fr = 0; fr < kFrags; ++fr)
+  for (int j = 0; j < kTiles; ++j)
 #pragma unroll
-    for (int j = 0; j < kTiles; ++j)
+    for (int fr = 0; fr < kFrags; ++fr)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[fr][j][i] = 0.f;
+      for (int i = 0; i < 4; ++i) acc[j][fr][i] = 0.f;
   for (int k = 0; k < k_dim; k += 32 * kSteps) {
     uint4 b[kSteps][kTiles];  // this iteration's token vectors (L1 / L2), all in flight at once
 #pragma unroll
@@ -780,20 +875,10 @@ expert_mma_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, c
     uint4 next[kSteps][kFrags][2];  // the next iteration's weights (HBM), in flight during this one's MMAs
     mma_load_a<T, kSteps, kFrags>(next, wp, k + 32 * kSteps, k_dim, q, policy);
 #pragma unroll
-    for (int s = 0; s < kSteps; ++s) {
+    for (int s = 0; s < kSteps; ++s)
 #pragma unroll
-      for (int j = 0; j < kTiles; ++j) {
-        if (j < tiles) {
-#pragma unroll
-          for (int fr = 0; fr < kFrags; ++fr) {
-            const uint4& lo = a[s][fr][0];  // fragment row g
-            const uint4& hi = a[s][fr][1];  // fragment row g + 8
-            mma_16816<T>(acc[fr][j], lo.x, hi.x, lo.y, hi.y, b[s][j].x, b[s][j].y);
-            mma_16816<T>(acc[fr][j], lo.z, hi.z, lo.w, hi.w, b[s][j].z, b[s][j].w);
-          }
-        }
-      }
-    }
+      for (int j = 0; j < kTiles; ++j)
+        if (j < tiles) mma_step<T, kSteps, kFrags>(acc[j], a, s, b[s][j]);
 #pragma unroll
     for (int s = 0; s < kSteps; ++s)
 #pragma unroll
@@ -801,40 +886,147 @@ expert_mma_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, c
 #pragma unroll
         for (int h = 0; h < 2; ++h) a[s][fr][h] = next[s][fr][h];
   }
-  // accumulator i of fragment fr, tile j: fragment row g + 8 (i / 2), token j * 8 + 2 q + i % 2. Output rows:
-  // without the gate row0 + 16 fr + that row; with it (gate, up) = (fragment 0, fragment 1) at row0 + g + 8 (i / 2),
-  // or with one fragment (i, i + 2) at row0 + g
-  constexpr int kOutFrags = kSiluChunk ? 1 : kFrags;
-  constexpr int kOutAcc = kSiluChunk && kFrags == 1 ? 2 : 4;
-#pragma unroll
-  for (int j = 0; j < kTiles; ++j) {
-    if (j < tiles) {
-#pragma unroll
-      for (int fr = 0; fr < kOutFrags; ++fr)
-#pragma unroll
-        for (int i = 0; i < kOutAcc; ++i) {
-          const int tok = j * 8 + 2 * q + (i & 1);
-          const int row = row0 + 16 * fr + g + (kOutAcc == 4 ? 8 * (i >> 1) : 0);
-          if (tok < nt && row < out_rows) {
-            float v = acc[fr][j][i];
-            if (kSiluChunk) {
-              const float gb = to_f<T>(from_f<T>(v));
-              const float ub = to_f<T>(from_f<T>(kFrags == 2 ? acc[kFrags - 1][j][i] : acc[0][j][(i + 2) & 3]));
-              const float sg = to_f<T>(from_f<T>(gb / (1.0f + expf(-gb))));
-              v = sg * ub;
-            }
-            out[static_cast<i64>(begin + t0 + tok) * out_rows + row] = from_f<T>(v);
-          }
-        }
-    }
-  }
+  mma_store<T, kTiles, kSiluChunk, kFrags>(acc, it, nt, row0, out_rows, g, q, out);
 }
 
-// Launch choices. Defaults: the best of H100 sweeps of the Qwen3-30B-A3B layer, gpu-only, graph clock, batch
-// 16 / 64 / 256 (bench/results/gpu-mma-sweep-h100.json, gpu-mma-shapes-h100.jsonl); the variables override
-// them, to measure:
-//   tokens per pass: the batch's bound rounded up to a tile of 8, at most HETEROMOE_MMA_TILES tiles (1, 2, 4
-//     or 8; default 4: 8 tiles take so many registers that too few warps stay resident, 601 us at 256;
+// expert_mma_smem: expert_mma for batches above 16 tokens, with the token tile in shared memory and the
+// weights two K chunks deep. The block's threads copy each K chunk (kSteps x 32 elements) of its pass's token
+// rows into shared memory with cp.async (L2 -> shared, no registers, kStages chunks in flight), and every
+// warp reads its B operands from there: the token vectors are fetched once per block instead of once per
+// warp and never keep a warp waiting on L2 in its MMA loop. The registers this frees hold a second chunk of
+// weights: a step's A registers are refilled with the chunk after next as soon as its MMAs are issued, so
+// each warp keeps two chunks of weight loads in flight through its MMAs and the block barrier (expert_mma
+// keeps one, and with tens of tokens per expert its MMA phase outlasts the loads in flight). The cost: one
+// block barrier per chunk, so every warp of a block computes (rows past out_rows clamped, never written).
+// Shared layout: a chunk row is 4 kSteps vectors of 16 bytes (each 8 vectors span all 32 banks); vector v
+// of row r is kept at v ^ 4 (r & 1), so the 8 lanes of one 16-byte load phase (rows g, g + 1, vectors 4 s + q)
+// hit 8 different bank quads, and the 8 lanes of a copy phase too.
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
+#endif
+}
+
+template <typename T, int kTiles, bool kSiluChunk, int kWarps, int kFrags, int kSteps>
+__global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)  // 16 warps per SM: at most 128 registers
+expert_mma_smem_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* list_expert,
+                       const int* list_begin, const int* list_count, const int* offs, int lists, bool passes,
+                       int out_rows, int k_dim, bool lists_ready, T* out) {
+  constexpr int kChunk = 32 * kSteps, kVecs = 4 * kSteps;  // K elements per chunk: kVecs vectors of 8
+  constexpr int kPass = kTiles * 8;
+  constexpr int kRows = mma_warp_rows(kSiluChunk, kFrags);
+  constexpr int kThreads = kWarps * 32;
+  constexpr int kCopies = (kPass * kVecs + kThreads - 1) / kThreads;  // 16-byte copies per thread per chunk
+  // three chunks in flight where they fit in the 48 KB of static shared memory, else two
+  constexpr int kStages = 3 * kPass * kVecs * 16 + kPass * 4 <= 48 * 1024 ? 3 : 2;
+  __shared__ __align__(16) uint4 tok[kStages][kPass][kVecs];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row0 = (blockIdx.y * kWarps + warp) * kRows;
+  if (!lists_ready) pdl_wait();  // the lists come from the kernel just before
+  MmaItem it;
+  if (!mma_item(kPass, list_expert, list_begin, list_count, offs, lists, passes, it)) return;  // the whole block
+  const int g = lane >> 2, q = lane & 3;
+  const T* wp[kFrags][2];
+  mma_weight_rows<T, kSiluChunk, kFrags>(wp, weight, it.expert, row0, out_rows, k_dim, g, q);
+  // weights two chunks deep: chunk c in a[c % 2]; a step's registers are refilled with chunk c + 2 as soon as
+  // its MMAs are issued, so the loads stay in flight through the MMAs, the barrier and the next chunk
+  uint4 a[2][kSteps][kFrags][2];
+  const std::uint64_t policy = evict_first_policy();
+  mma_load_a<T, kSteps, kFrags>(a[0], wp, 0, k_dim, q, policy);  // weights do not depend on the kernel before
+  mma_load_a<T, kSteps, kFrags>(a[1], wp, kChunk, k_dim, q, policy);
+  if (lists_ready) pdl_wait();
+  pdl_trigger();
+  const int nt = min(kPass, it.count - it.t0);
+  const int tiles = (nt + 7) >> 3;
+  // the pass's token rows of x, once per block (rows past nt repeat the last token: computed, never written);
+  // this thread copies vector v = threadIdx.x % kVecs of rows (threadIdx.x + i * kThreads) / kVecs, of the
+  // tiles that hold tokens
+  __shared__ int x_row[kPass];
+  for (int r = threadIdx.x; r < tiles * 8; r += kThreads) {
+    const int pos = it.begin + it.t0 + min(r, nt - 1);
+    x_row[r] = in_pairs ? in_pairs[pos] / top_k : pos;
+  }
+  __syncthreads();
+  const int v = threadIdx.x % kVecs;
+  const int chunks = (k_dim + kChunk - 1) / kChunk;
+  auto copy_chunk = [&](int chunk) {
+    const int k = chunk * kChunk + 8 * v;
+    const bool valid = k < k_dim;  // K's tail: zeros (the weights' tail is zero too)
+#pragma unroll
+    for (int i = 0; i < kCopies; ++i) {
+      const int r = (threadIdx.x + i * kThreads) / kVecs;
+      if (r < tiles * 8)
+        cp_async_16(&tok[chunk % kStages][r][v ^ ((r & 1) << 2)], valid ? x + static_cast<i64>(x_row[r]) * k_dim + k : x,
+                    valid);
+    }
+  };
+#pragma unroll
+  for (int c = 0; c < kStages - 1; ++c) {
+    if (c < chunks) copy_chunk(c);
+    cp_async_commit();  // one group per chunk, empty ones too: the wait below counts groups
+  }
+  float acc[kTiles][kFrags][4];
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+    for (int fr = 0; fr < kFrags; ++fr)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[j][fr][i] = 0.f;
+  auto run_chunk = [&](auto buffer, int c) {
+    constexpr int buf = decltype(buffer)::value;
+    cp_async_wait<kStages - 2>();  // this thread's copies of chunk c landed
+    __syncthreads();               // everyone's, and chunk c - 1's stage is free (all its readers are past it)
+    if (c + kStages - 1 < chunks) copy_chunk(c + kStages - 1);
+    cp_async_commit();
+    const uint4(&stage)[kPass][kVecs] = tok[c % kStages];
+    const int k_next = (c + 2) * kChunk;
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+        if (j < tiles) mma_step<T, kSteps, kFrags>(acc[j], a[buf], s, stage[j * 8 + g][(4 * s + q) ^ ((g & 1) << 2)]);
+#pragma unroll
+      for (int fr = 0; fr < kFrags; ++fr)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          a[buf][s][fr][h] = k_next + 32 * s + 8 * q < k_dim ? ld_weight(wp[fr][h] + k_next + 32 * s, policy)
+                                                             : make_uint4(0, 0, 0, 0);
+    }
+  };
+  for (int c = 0; c < chunks; c += 2) {
+    run_chunk(std::integral_constant<int, 0>{}, c);
+    if (c + 1 < chunks) run_chunk(std::integral_constant<int, 1>{}, c + 1);
+  }
+  cp_async_wait<0>();
+  mma_store<T, kTiles, kSiluChunk, kFrags>(acc, it, nt, row0, out_rows, g, q, out);
+}
+
+// Launch choices. Defaults: the best of H100 sweeps of the Qwen3-30B-A3B layer, gpu-only, graph clock
+// (bench/results/gpu-mma-sweep-h100.json, gpu-mma-shapes-h100.json: the command and every variant measured);
+// the variables override them, to measure. A launch is chosen by max_tokens, the caller's bound on an
+// expert's tokens (the batch for gpu-only), not by the counts, which stay on the device.
+//   HETEROMOE_MMA_SMEM: expert_mma_smem from this bound on (default 17; 33; 0 never): 4-tile passes, 4 warps
+//     of one 16-row fragment x 4 K steps. With the weights two chunks deep: whole call at 64 / 128 / 256
+//     344.8 / 365.5 / 431.8 us against expert_mma's 362.4 / 379.2 / 451.3 (same machine). Measured and
+//     dropped (most before the weights went two chunks deep, when 8-tile passes were the best at 350 / 372 /
+//     444 us): 2 x 2 warps (386 / 401 / 446 us), 2 warps per block (446 / 475 / 604 us), 8 warps (354 / 376 /
+//     445 us); after it, 6- and 8-tile passes spill at 128 registers (8 tiles: 380 / 403 / 472 us), and a
+//     createpolicy per weight load instead of one per thread cost 5-8 %.
+// expert_mma (bounds up to 16, or every bound with HETEROMOE_MMA_SMEM=0):
+//   tokens per pass: the bound rounded up to a tile of 8, at most HETEROMOE_MMA_TILES tiles (1, 2 or 4;
+//     default 4: 8 tiles take so many registers that too few warps stay resident, 601 us at 256;
 //     also measured and dropped: experts of more than 32 tokens in a second, 8-tile launch beside the
 //     first, 502 us at 256, and normal L2 priority for their weights, 464 us; as kept 457 us; also the
 //     weights staged through a per-warp shared-memory ring (cp.async, 3 stages) instead of registers:
@@ -851,8 +1043,8 @@ static int env_choice(const char* name, int fallback, std::initializer_list<int>
   return fallback;
 }
 static int mma_tiles(int max_tokens) {
-  static const int cap = env_choice("HETEROMOE_MMA_TILES", 4, {1, 2, 4, 8});
-  const int need = max_tokens <= 8 ? 1 : max_tokens <= 16 ? 2 : max_tokens <= 32 ? 4 : 8;
+  static const int cap = env_choice("HETEROMOE_MMA_TILES", 4, {1, 2, 4});
+  const int need = max_tokens <= 8 ? 1 : max_tokens <= 16 ? 2 : 4;
   return std::min(need, cap);
 }
 static int mma_warps(int tiles) {
@@ -862,6 +1054,11 @@ static int mma_warps(int tiles) {
 static int mma_frags(int tiles) {
   static const int shape = env_choice("HETEROMOE_MMA_SHAPE", 0, {22, 14});
   return shape ? shape / 10 : tiles > 2 ? 2 : 1;
+}
+constexpr int kMmaSmemTiles = 4, kMmaSmemWarps = 4;
+static bool mma_smem(int max_tokens) {
+  static const int from = env_choice("HETEROMOE_MMA_SMEM", 17, {0, 17, 33});
+  return from && max_tokens >= from;
 }
 
 // One expert_mma launch's arguments (host side; the kernel takes them as scalars, measured faster than a
@@ -903,9 +1100,21 @@ static void launch_mma_dtype(int tiles, bool silu, int warps, int frags, const M
   switch (tiles) {
     case 1: return launch_mma_silu<T, 1>(silu, warps, frags, m);
     case 2: return launch_mma_silu<T, 2>(silu, warps, frags, m);
-    case 4: return launch_mma_silu<T, 4>(silu, warps, frags, m);
-    default: return launch_mma_silu<T, 8>(silu, warps, frags, m);
+    default: return launch_mma_silu<T, 4>(silu, warps, frags, m);
   }
+}
+
+template <typename T, int kTiles, bool kSilu, int kWarps>
+static void launch_mma_smem_kernel(const MmaLaunch& m) {
+  launch(expert_mma_smem_kernel<T, kTiles, kSilu, kWarps, 1, 4>, m.grid, dim3(kWarps * 32), 0, m.stream, ptr<const T>(m.x),
+         ptr<const int>(m.in_pairs), m.top_k, ptr<const T>(m.weight), ptr<const int>(m.list_expert),
+         ptr<const int>(m.list_begin), ptr<const int>(m.list_count), ptr<const int>(m.offs), m.lists, m.passes,
+         m.out_rows, m.k_dim, m.lists_ready, ptr<T>(m.out));
+}
+template <typename T>
+static void launch_mma_smem_dtype(bool silu, const MmaLaunch& m) {
+  if (silu) launch_mma_smem_kernel<T, kMmaSmemTiles, true, kMmaSmemWarps>(m);
+  else launch_mma_smem_kernel<T, kMmaSmemTiles, false, kMmaSmemWarps>(m);
 }
 
 static bool mma_supported(int dtype, int k_dim) { return (dtype == kBF16 || dtype == kF16) && k_dim % 8 == 0; }
@@ -923,17 +1132,20 @@ static void expert_mma(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int
     throw std::invalid_argument("expert_mma: bf16/fp16 with K a multiple of 8 only (dtype code " +
                                 std::to_string(dtype) + ", K = " + std::to_string(k_dim) + ")");
   if (x % 16 || weight % 16) throw std::invalid_argument("expert_mma: x and weight must be 16-byte aligned");
-  const int tiles = mma_tiles(max_tokens);
+  const bool smem = mma_smem(max_tokens);
+  const int tiles = smem ? kMmaSmemTiles : mma_tiles(max_tokens);
   const int pass = tiles * 8;
   const i64 max_passes = (max_tokens + pass - 1) / pass;
   // items: one per entry when one pass holds any expert; else sum of ceil(n / pass) <= entries + rows / pass
   const i64 items = max_passes == 1 ? lists : std::min<i64>(lists * max_passes, lists + (rows + pass - 1) / pass);
-  const int warps = mma_warps(tiles), frags = mma_frags(tiles);
+  const int warps = smem ? kMmaSmemWarps : mma_warps(tiles), frags = smem ? 1 : mma_frags(tiles);
   const int block_rows = warps * mma_warp_rows(silu_chunk, frags);
   const MmaLaunch m{dim3(static_cast<unsigned>(items), (out_rows + block_rows - 1) / block_rows), as_stream(stream), x,
                     in_pairs, weight, list_expert, list_begin, list_count, offs, out, top_k, lists, out_rows, k_dim,
                     max_passes > 1, lists_ready};
-  if (dtype == kBF16) launch_mma_dtype<__nv_bfloat16>(tiles, silu_chunk, warps, frags, m);
+  if (smem && dtype == kBF16) launch_mma_smem_dtype<__nv_bfloat16>(silu_chunk, m);
+  else if (smem) launch_mma_smem_dtype<__half>(silu_chunk, m);
+  else if (dtype == kBF16) launch_mma_dtype<__nv_bfloat16>(tiles, silu_chunk, warps, frags, m);
   else launch_mma_dtype<__half>(tiles, silu_chunk, warps, frags, m);
   check(cudaGetLastError(), "expert_mma launch");
 }

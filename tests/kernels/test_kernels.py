@@ -282,10 +282,12 @@ def test_expert_mma_off_cuda_is_the_gemv_and_the_reference():
 
 
 def mma_routings():
-    """ROUTINGS plus an expert with 150 tokens (several passes of the kernel) next to cold ones."""
+    """ROUTINGS plus an expert with 150 tokens (several passes of the kernel) next to cold ones, and experts of
+    41 and 35 tokens (one pass of the shared-memory kernel, its last token tile part full) beside ones of a few."""
     rng = np.random.default_rng(7)
     heavy = np.stack([np.r_[0, rng.choice(np.arange(1, 12), 2, replace=False)] for _ in range(150)])
-    return ROUTINGS[:4] + [("one-expert-150-tokens", heavy, 12)]
+    mid = np.stack([np.r_[0, 1 + (t < 35), rng.choice(np.arange(3, 12))] for t in range(41)])
+    return ROUTINGS[:4] + [("one-expert-150-tokens", heavy, 12), ("experts-41-35-tokens", mid, 12)]
 
 
 @pytest.mark.gpu
