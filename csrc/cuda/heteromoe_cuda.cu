@@ -270,8 +270,11 @@ route_prep_kernel(const i64* ids, int n, int num_experts, const int* take_hot, i
       else for (int e = 0; e < num_experts; ++e) s_take[e] = s_count[e];  // tables too short: all on the GPU
     }
     __syncthreads();
-    if (plan_out)
-      for (int e = tid; e < num_experts; e += blockDim.x) plan_out[e] = s_take[e];
+    if (plan_out)  // [2, E]: the plan's GPU tokens, then the counts (one copy takes both to the host)
+      for (int e = tid; e < num_experts; e += blockDim.x) {
+        plan_out[e] = s_take[e];
+        plan_out[num_experts + e] = s_count[e];
+      }
   }
   // scans over experts, in chunks of the block size
   for (int base = 0; base < num_experts; base += blockDim.x) {
@@ -424,11 +427,13 @@ static void route_prep_planned(std::uintptr_t ids, int n, int num_experts, std::
   if (num_experts <= 0) throw std::invalid_argument("num_experts must be positive, got " + std::to_string(num_experts));
   const bool small = num_experts <= 256 && n <= 256;
   const int threads = small ? 128 : kPrepThreads;
-  // shared: five [E] arrays, then one [E] count row per rank segment (a warp each; fewer where E is large)
+  // shared: five [E] arrays, then one [E] count row per rank segment (a warp each, at least 32 pairs each;
+  // fewer where E is large)
   constexpr size_t kMaxShared = 200 * 1024;
   const size_t per_expert = sizeof(int) * static_cast<size_t>(num_experts);
   if (6 * per_expert > kMaxShared) throw std::invalid_argument("route_prep: too many experts " + std::to_string(num_experts));
-  const int segs = static_cast<int>(std::min<size_t>(threads / 32, kMaxShared / per_expert - 5));
+  const size_t chunks_of_32 = std::max(1, (n + 31) / 32);
+  const int segs = static_cast<int>(std::min({static_cast<size_t>(threads / 32), chunks_of_32, kMaxShared / per_expert - 5}));
   const size_t shared = (5 + static_cast<size_t>(segs)) * per_expert;
   if (plan.rule >= 0 && (!plan.flop || !plan.pim || plan.table_len <= 0))
     throw std::invalid_argument("route_prep: a device plan needs its cost tables");
@@ -1337,8 +1342,8 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
 
 // ---------------------------------------------------------------------------------------------------------
 // plan_layer: a layer call of a plan policy, planned on the device, in one host call: route_prep with the
-// policy's planner (the plan's GPU tokens per expert into plan_out) -> the GPU set on expert_mma (main
-// stream) beside the PIM set on the GEMV (its functional stand-in, on `side`), joined -> unpermute. The
+// policy's planner (the plan's GPU tokens and the counts per expert into plan_out, [2, E]) -> the GPU set on
+// expert_mma (main stream) beside the PIM set on the GEMV (its functional stand-in, on `side`), joined -> unpermute. The
 // workspace holds gemv_layer's lists, then h and y for each side (plan_layer_workspace). The fork and the
 // join are event record / wait pairs, so the call also captures in a CUDA graph.
 static size_t plan_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes) {

@@ -207,6 +207,8 @@ class HeteroMoERuntime:
         return lines
 
     def reset_report(self) -> None:
+        if hasattr(self.executor, "flush"):
+            self.executor.flush()  # calls made before the reset are settled (and then forgotten) now
         self.executor.stats.clear()
 
     def unwrap(self):

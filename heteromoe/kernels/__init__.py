@@ -198,7 +198,11 @@ class DevicePlan:
 def route_prep_plan(top_k_index: torch.Tensor, num_experts: int, plan: DevicePlan, *, plan_out: torch.Tensor,
                     err_out: torch.Tensor | None = None) -> RoutePrep:
     """route_prep whose hot/cold split is the policy's plan, made in the same kernel from the counts (CUDA
-    only; equal to the host planners bit for bit). `plan_out` ([E] int32) receives each expert's GPU tokens."""
+    only; equal to the host planners bit for bit). `plan_out` ([2, E] int32) receives each expert's GPU tokens
+    (row 0) and its tokens (row 1)."""
+    if plan_out.numel() != 2 * num_experts or plan_out.dtype != torch.int32 or not plan_out.is_contiguous():
+        raise ValueError(f"plan_out must be a contiguous [2, {num_experts}] int32 tensor, got "
+                         f"{tuple(plan_out.shape)} {plan_out.dtype}")
     if not _on_cuda_kernels(top_k_index):
         raise ValueError("route_prep_plan runs on CUDA tensors with heteromoe._cuda built")
     rule = plan.rule_code

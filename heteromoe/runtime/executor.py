@@ -23,6 +23,7 @@ import torch
 from heteromoe.cost.model import CostModel
 from heteromoe.device import Backend
 from heteromoe.routing.loads import RoutingLoads, loads_from_topk
+from heteromoe.runtime.device_plans import PlanRing, exact_plan, settle_rows
 from heteromoe.runtime.fused import FusedLayerPath, unsupported_reason
 from heteromoe.runtime.layer import ExpertLayer
 from heteromoe.runtime.report import LayerStats
@@ -134,7 +135,7 @@ class MoEExecutor:
     fused_on_cpu: bool = False
     plan_ahead: bool = False
     plan_on_device: bool = False
-    _pending: dict = field(default_factory=dict)
+    _rings: dict[str, PlanRing] = field(default_factory=dict)
     _device_tables: dict = field(default_factory=dict)
     _fused_off: dict[str, str] = field(default_factory=dict)
     _fused_ok: set = field(default_factory=set)
@@ -278,21 +279,25 @@ class MoEExecutor:
                                top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
         """Plan on the device: route_prep runs the policy's planner (the C++ fast path's rule, same doubles)
         on this call's counts, in the same kernel; the host neither waits nor plans. The plan's GPU tokens
-        and the counts are copied to the host without waiting; the layer's next call (or `flush()`) turns
-        them into the plan and the statistics."""
+        and the counts go into the layer's device ring (`runtime.device_plans`), settled into the plans and
+        statistics in bulk, without waiting, every RING_CALLS calls (and by `flush()`)."""
         num_tokens = int(top_k_index.shape[0])
         plan = self._device_plan(layer, cost, num_tokens, hidden.device)
         if torch.cuda.is_current_stream_capturing():  # in a CUDA graph: kernels only (replays keep no stats)
-            scratch = torch.empty(layer.num_experts, dtype=torch.int32, device=hidden.device)
+            scratch = torch.empty(2, layer.num_experts, dtype=torch.int32, device=hidden.device)
             return self.fused.run(layer, hidden, top_k_index, top_k_weights, device_plan=plan, plan_out=scratch)
-        self._settle(layer.name)
-        buffers = self._ahead_buffers(layer, hidden.device)
-        slot = buffers.flip()
-        out = self.fused.run(layer, hidden, top_k_index, top_k_weights, device_plan=plan, plan_out=slot.take_dev)
-        slot.take_host.copy_(slot.take_dev, non_blocking=True)
-        slot.counts_host.copy_(self.fused.last_counts, non_blocking=True)
-        slot.ready.record()
-        self._pending[layer.name] = (slot, num_tokens, cost)
+        ring = self._rings.get(layer.name)
+        if ring is not None and ring.cost is not cost:  # another cost model from now on: settle with the old one
+            self._settle(layer.name)
+            ring = None
+        if ring is None:
+            ring = self._rings[layer.name] = PlanRing.allocate(layer.num_experts, hidden.device, cost)
+        out = self.fused.run(layer, hidden, top_k_index, top_k_weights, device_plan=plan,
+                             plan_out=ring.next_row(num_tokens))
+        if ring.full:
+            ready = ring.ship()
+            if ready is not None:
+                self._settle_rows(layer.name, ring.cost, *ready)
         return out
 
     def _device_plan(self, layer: ExpertLayer, cost: CostModel, num_tokens: int, device: torch.device):
@@ -311,23 +316,21 @@ class MoEExecutor:
         return cached[2]
 
     def _settle(self, name: str) -> None:
-        """Turn a layer's pending device plan into its Plan and statistics (waits for that call's copies)."""
-        pending = self._pending.pop(name, None)
-        if pending is None:
-            return
-        slot, num_tokens, cost = pending
-        slot.ready.synchronize()
-        counts = slot.counts_host.numpy().astype(np.int64)
-        gpu_tokens = slot.take_host.numpy().astype(np.int64)
-        pim_tokens = counts - gpu_tokens
-        slot_gpu = np.zeros(counts.shape[0], dtype=np.int64)
-        times = cost.times(counts, gpu_tokens, pim_tokens, slot_gpu, 1, attention_on_pim=self.policy.attention_on_pim,
-                           pim_layout=self.policy.pim_layout)
-        plan = Plan(policy=self.policy.name, slot_gpu=slot_gpu, gpu_tokens=gpu_tokens, pim_tokens=pim_tokens,
-                    per_gpu_t_comm_s=times.t_comm_s, per_gpu_t_gpu_s=times.t_gpu_s, per_gpu_t_pim_s=times.t_pim_s,
-                    info={"planned_on": "device"})
-        plan.validate(counts)
-        self._record(name, plan, num_tokens)
+        """Settle every device plan of a layer not settled yet (waits for their copies)."""
+        ring = self._rings.get(name)
+        if ring is not None:
+            for rows, tokens in ring.drain():
+                self._settle_rows(name, ring.cost, rows, tokens)
+
+    def _settle_rows(self, name: str, cost: CostModel, rows: np.ndarray, tokens: list) -> None:
+        """R device plans ([R, 2, E]: GPU tokens, counts) into the statistics (vectorized) and the last one
+        into `last_plans` (the per-call path); the PIM backend's counters as `_record` keeps them."""
+        take, counts = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
+        calls_with_pim, pim_pairs = settle_rows(cost, self.policy, take, counts, np.asarray(tokens), self._stats(name))
+        self.last_plans[name] = exact_plan(cost, self.policy, take[-1], counts[-1])
+        if pim_pairs and hasattr(self.pim_backend, "calls"):
+            self.pim_backend.calls += calls_with_pim
+            self.pim_backend.pairs += pim_pairs
 
     def _record(self, name: str, plan: Plan, num_tokens: int) -> None:
         """A fused call's plan into the statistics, and into the PIM backend's counters (the fused kernels ran
@@ -347,8 +350,8 @@ class MoEExecutor:
         return stats
 
     def flush(self) -> None:
-        """Settle every pending device plan (statistics are then complete)."""
-        for name in list(self._pending):
+        """Settle every device plan not settled yet (statistics and `last_plans` are then complete)."""
+        for name in list(self._rings):
             self._settle(name)
 
     def _ahead_buffers(self, layer: ExpertLayer, device: torch.device) -> _AheadBuffers:

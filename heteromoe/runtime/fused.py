@@ -183,7 +183,7 @@ class FusedLayerPath:
             max_cold_tokens: the most tokens any cold expert has, when the caller knows it (picks the GEMV tile).
             hot_possible: with a device `take_hot`, False says it is all zeros (the host knows; skips the hot side).
             device_plan: plan on the device from this call's counts (policy sieve/heteromoe, one GPU); the
-                plan's GPU tokens per expert land in `plan_out`.
+                plan's GPU tokens per expert land in row 0 of `plan_out` ([2, E] int32), the counts in row 1.
         """
         num_tokens, top_k = top_k_index.shape
         num_pairs = num_tokens * top_k

@@ -39,6 +39,21 @@ class LayerStats:
         self.t_pim_s += plan.t_pim_s
         self.predicted_time_s += plan.predicted_time_s
 
+    def add_sums(self, *, calls: int, tokens: int, pairs: int, gpu_experts: int, pim_experts: int, gpu_tokens: int,
+                 pim_tokens: int, t_comm_s: float, t_gpu_s: float, t_pim_s: float, predicted_time_s: float) -> None:
+        """Several calls at once (their sums), as that many `add` calls would (plans settled in bulk)."""
+        self.calls += calls
+        self.tokens += tokens
+        self.pairs += pairs
+        self.gpu_experts += gpu_experts
+        self.pim_experts += pim_experts
+        self.gpu_tokens += gpu_tokens
+        self.pim_tokens += pim_tokens
+        self.t_comm_s += t_comm_s
+        self.t_gpu_s += t_gpu_s
+        self.t_pim_s += t_pim_s
+        self.predicted_time_s += predicted_time_s
+
     def add_unplanned(self, num_tokens: int, num_pairs: int) -> None:
         """A `gpu-only` call on the fused path: no plan was made on the host (nothing to predict)."""
         self.calls += 1

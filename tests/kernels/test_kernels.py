@@ -250,9 +250,12 @@ def test_device_planner_equals_the_host_planner(rule, batch):
         plan = kernels.DevicePlan(rule, torch.from_numpy(flop).cuda(), torch.from_numpy(np.asarray(pim, np.float64)).cuda(),
                                   float(cost.gpu.read_s_per_expert), float(cost.gpu.launch_s), 0.0, float(gfix[0]),
                                   float(pfix[0]))
-        out = torch.empty(128, dtype=torch.int32, device="cuda")
+        out = torch.empty(2, 128, dtype=torch.int32, device="cuda")
         prep = kernels.route_prep_plan(torch.from_numpy(ids).cuda(), 128, plan, plan_out=out)
-        np.testing.assert_array_equal(out.cpu().numpy(), host.gpu_tokens, err_msg=f"{system} {gpu_model}")
+        np.testing.assert_array_equal(out[0].cpu().numpy(), host.gpu_tokens, err_msg=f"{system} {gpu_model}")
+        np.testing.assert_array_equal(out[1].cpu().numpy(), counts, err_msg=f"{system} {gpu_model}")
+        with pytest.raises(ValueError, match=r"plan_out must be a contiguous \[2, 128\]"):
+            kernels.route_prep_plan(torch.from_numpy(ids).cuda(), 128, plan, plan_out=out[0])
         assert int(prep.meta[0]) == int(host.gpu_tokens.sum()) and int(prep.meta[1]) == int(host.pim_tokens.sum())
 
 
