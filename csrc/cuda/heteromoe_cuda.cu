@@ -862,13 +862,7 @@ expert_mma_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, c
     const int src = in_pairs ? in_pairs[pos] / top_k : pos;
     xp[j] = x + static_cast<i64>(src) * k_dim + 8 * q;
   }
-  float acc[kTiles][kFrags][4];
-#pragma unroll
-  for (int j = 0; j < kTiles; ++j)
-#pragma unroll
-    for (int fr = 0; fr < kFrags; ++fr)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[j][fr][i] = 0.f;
+  float acc[kTiles][kFrags][4] = {};  // zeros
   for (int k = 0; k < k_dim; k += 32 * kSteps) {
     uint4 b[kSteps][kTiles];  // this iteration's token vectors (L1 / L2), all in flight at once
 #pragma unroll
@@ -982,13 +976,7 @@ expert_mma_smem_kernel(const T* x, const int* in_pairs, int top_k, const T* weig
     if (c < chunks) copy_chunk(c);
     cp_async_commit();  // one group per chunk, empty ones too: the wait below counts groups
   }
-  float acc[kTiles][kFrags][4];
-#pragma unroll
-  for (int j = 0; j < kTiles; ++j)
-#pragma unroll
-    for (int fr = 0; fr < kFrags; ++fr)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[j][fr][i] = 0.f;
+  float acc[kTiles][kFrags][4] = {};  // zeros
   auto run_chunk = [&](auto buffer, int c) {
     constexpr int buf = decltype(buffer)::value;
     cp_async_wait<kStages - 2>();  // this thread's copies of chunk c landed
