@@ -1064,12 +1064,20 @@ struct MmaLaunch {
   bool passes, lists_ready;
 };
 
+// expert_mma_kernel and expert_mma_smem_kernel take the same arguments
+template <typename T>
+using MmaKernel = void (*)(const T*, const int*, int, const T*, const int*, const int*, const int*, const int*, int,
+                           bool, int, int, bool, T*);
+template <typename T>
+static void launch_mma(MmaKernel<T> kernel, int warps, const MmaLaunch& m) {
+  launch(kernel, m.grid, dim3(warps * 32), 0, m.stream, ptr<const T>(m.x), ptr<const int>(m.in_pairs), m.top_k,
+         ptr<const T>(m.weight), ptr<const int>(m.list_expert), ptr<const int>(m.list_begin),
+         ptr<const int>(m.list_count), ptr<const int>(m.offs), m.lists, m.passes, m.out_rows, m.k_dim, m.lists_ready,
+         ptr<T>(m.out));
+}
 template <typename T, int kTiles, bool kSilu, int kWarps, int kFrags>
 static void launch_mma_kernel(const MmaLaunch& m) {
-  launch(expert_mma_kernel<T, kTiles, kSilu, kWarps, kFrags, 4 / kFrags>, m.grid, dim3(kWarps * 32), 0, m.stream,
-         ptr<const T>(m.x), ptr<const int>(m.in_pairs), m.top_k, ptr<const T>(m.weight), ptr<const int>(m.list_expert),
-         ptr<const int>(m.list_begin), ptr<const int>(m.list_count), ptr<const int>(m.offs), m.lists, m.passes,
-         m.out_rows, m.k_dim, m.lists_ready, ptr<T>(m.out));
+  launch_mma<T>(expert_mma_kernel<T, kTiles, kSilu, kWarps, kFrags, 4 / kFrags>, kWarps, m);
 }
 
 // the run-time choices -> template arguments, one level each
@@ -1099,10 +1107,7 @@ static void launch_mma_dtype(int tiles, bool silu, int warps, int frags, const M
 
 template <typename T, int kTiles, bool kSilu, int kWarps>
 static void launch_mma_smem_kernel(const MmaLaunch& m) {
-  launch(expert_mma_smem_kernel<T, kTiles, kSilu, kWarps, 1, 4>, m.grid, dim3(kWarps * 32), 0, m.stream, ptr<const T>(m.x),
-         ptr<const int>(m.in_pairs), m.top_k, ptr<const T>(m.weight), ptr<const int>(m.list_expert),
-         ptr<const int>(m.list_begin), ptr<const int>(m.list_count), ptr<const int>(m.offs), m.lists, m.passes,
-         m.out_rows, m.k_dim, m.lists_ready, ptr<T>(m.out));
+  launch_mma<T>(expert_mma_smem_kernel<T, kTiles, kSilu, kWarps, 1, 4>, kWarps, m);
 }
 template <typename T>
 static void launch_mma_smem_dtype(bool silu, const MmaLaunch& m) {

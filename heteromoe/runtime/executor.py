@@ -287,11 +287,11 @@ class MoEExecutor:
             scratch = torch.empty(2, layer.num_experts, dtype=torch.int32, device=hidden.device)
             return self.fused.run(layer, hidden, top_k_index, top_k_weights, device_plan=plan, plan_out=scratch)
         ring = self._rings.get(layer.name)
-        if ring is not None and ring.cost is not cost:  # another cost model from now on: settle with the old one
-            self._settle(layer.name)
-            ring = None
         if ring is None:
             ring = self._rings[layer.name] = PlanRing.allocate(layer.num_experts, hidden.device, cost)
+        elif ring.cost is not cost:  # another cost model from now on: what the ring holds is settled with the old one
+            self._settle(layer.name)
+            ring.cost = cost
         out = self.fused.run(layer, hidden, top_k_index, top_k_weights, device_plan=plan,
                              plan_out=ring.next_row(num_tokens))
         if ring.full:
@@ -325,21 +325,24 @@ class MoEExecutor:
     def _settle_rows(self, name: str, cost: CostModel, rows: np.ndarray, tokens: list) -> None:
         """R device plans ([R, 2, E]: GPU tokens, counts) into the statistics (vectorized) and the last one
         into `last_plans` (the per-call path); the PIM backend's counters as `_record` keeps them."""
-        take, counts = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
+        take, counts = rows[:, 0], rows[:, 1]  # int32; settle_rows and exact_plan take them to int64
         calls_with_pim, pim_pairs = settle_rows(cost, self.policy, take, counts, np.asarray(tokens), self._stats(name))
         self.last_plans[name] = exact_plan(cost, self.policy, take[-1], counts[-1])
-        if pim_pairs and hasattr(self.pim_backend, "calls"):
-            self.pim_backend.calls += calls_with_pim
-            self.pim_backend.pairs += pim_pairs
+        self._count_pim_calls(calls_with_pim, pim_pairs)
 
     def _record(self, name: str, plan: Plan, num_tokens: int) -> None:
         """A fused call's plan into the statistics, and into the PIM backend's counters (the fused kernels ran
         its share in its place)."""
         self._stats(name).add(plan, num_tokens)
         self.last_plans[name] = plan
-        if plan.pim_tokens.any() and hasattr(self.pim_backend, "calls"):
-            self.pim_backend.calls += 1
-            self.pim_backend.pairs += int(plan.pim_tokens.sum())
+        pim_pairs = int(plan.pim_tokens.sum())
+        self._count_pim_calls(int(pim_pairs > 0), pim_pairs)
+
+    def _count_pim_calls(self, calls: int, pairs: int) -> None:
+        """The PIM backend's counters for calls whose PIM share the fused kernels ran in its place."""
+        if pairs and hasattr(self.pim_backend, "calls"):
+            self.pim_backend.calls += calls
+            self.pim_backend.pairs += pairs
 
     def _stats(self, name: str) -> LayerStats:
         """The layer's statistics (created on its first call; a lookup on every other, so as not to build a
