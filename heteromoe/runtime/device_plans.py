@@ -1,9 +1,9 @@
 """Statistics of plans made on the device, settled many calls at a time.
 
 A call planned on the device (`MoEExecutor(plan_on_device=True)`) leaves its plan's GPU tokens and the
-counts on the device. Turning each call's plan into a `Plan` and its predicted times on the host took
-more host time than the call itself (cost model, Plan, validation: ~150 us of a ~250 us layer call on the
-H100 machine's host). So the kernel writes both rows into the next row of a per-layer device ring; a
+counts on the device. Turning each call's plan into a `Plan` and its predicted times on the host (cost
+model, Plan, validation, statistics) was about half of such a call's host time on the H100 machine
+(bench/results/profile-device-plan-host-h100-a08f06a.txt). So the kernel writes both rows into the next row of a per-layer device ring; a
 full ring goes to pinned host memory in one copy, without waiting, and is settled, vectorized over its
 calls, when the next ring fills (or at `flush()`): the host never waits for the device, and no call
 pays for statistics.
