@@ -475,7 +475,43 @@ static void gather_rows(std::uintptr_t x, std::uintptr_t pairs, int top_k, int r
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// expert_gemv: for each cold expert c (blockIdx.y) with n_c rows, out[begin_c + t] = W_e x_t for its rows.
+// Work item w -> (list entry c, pass p): entries in order, each ceil(count / pass_tokens) items. Every warp
+// finds its own (no block barrier): 32 entries per round, a warp scan of their item counts. (expert_mma's
+// work items; expert_gemv's entry c on the hot side is item c with one pass per expert.)
+__device__ __forceinline__ bool mma_work_item(int w, int lists, int pass_tokens, const int* list_count, const int* offs,
+                                              int& c, int& p) {
+  const int lane = threadIdx.x & 31;
+  int done = 0;
+  for (int base = 0; base < lists; base += 32) {
+    const int i = base + lane;
+    int n = 0;
+    if (i < lists) n = offs ? offs[i] - (i ? offs[i - 1] : 0) : list_count[i];
+    const int items = (n + pass_tokens - 1) / pass_tokens;
+    int incl = items;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += v;
+    }
+    const unsigned past = __ballot_sync(0xffffffffu, done + incl > w);
+    if (past) {
+      const int first = __ffs(past) - 1;
+      const int before = __shfl_sync(0xffffffffu, incl - items, first);
+      c = base + first;
+      p = w - done - before;
+      return true;
+    }
+    done += __shfl_sync(0xffffffffu, incl, 31);
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// expert_gemv: for each list entry c (blockIdx.y), an expert e with n_c rows from begin_c, out[begin_c + t] =
+// W_e x_t for its rows. The entries come from one of three lists (gemv_entry): the compacted cold lists
+// (cold_expert / cold_begin / cold_count), every expert's rows by inclusive ends (offs [lists], the hot
+// side's hot_offs: entry c is the c-th expert with rows), or the routing itself (pair_ids [grid.y], one
+// token: entry c is pair c alone, x row c / top_k, ids checked against [0, lists); no route_prep before).
 // Each warp owns kRows output rows; lanes stream 16-byte vectors of the weights (read once, no L1
 // allocation) and dot them with the tokens' vectors (kMaxT tokens per pass; more tokens loop).
 // silu_chunk: W is [gate; up] ([2f, K]); the warp computes gate row j and up row f + j and writes
@@ -487,21 +523,50 @@ constexpr int kGemvWarps = 2;
 // registers with enough warps resident to keep the loads in flight.
 __host__ __device__ constexpr int rows_per_warp(int max_t) { return max_t >= 4 ? 2 : 4; }
 
+// Pair c's id is outside [0, num_experts): unless an earlier pair is bad too (that one is reported by its own
+// block), [1 + c, id] into err_out (pinned host memory), as route_prep reports the first bad pair.
+__device__ void gemv_report_bad_pair(const i64* pair_ids, int c, int num_experts, long long* err_out) {
+  for (int i = 0; i < c; ++i)
+    if (pair_ids[i] < 0 || pair_ids[i] >= num_experts) return;
+  err_out[1] = static_cast<long long>(pair_ids[c]);
+  err_out[0] = c + 1;
+  __threadfence_system();
+}
+
 template <typename T, int kMaxT, bool kSiluChunk>
 __global__ void __launch_bounds__(kGemvWarps * 32)
 expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* cold_expert,
-                   const int* cold_begin, const int* cold_count, int out_rows, int k_dim, bool lists_ready,
-                   bool prefetch, T* out) {
+                   const int* cold_begin, const int* cold_count, const int* offs, const i64* pair_ids, int lists,
+                   long long* err_out, int out_rows, int k_dim, bool lists_ready, bool prefetch, T* out) {
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kRows = rows_per_warp(kMaxT);
   constexpr int kW = kSiluChunk ? 2 * kRows : kRows;
   const int c = blockIdx.y;
-  if (!lists_ready) pdl_wait();  // the lists come from the kernel just before
-  const int count = cold_count[c];
-  if (count == 0) return;
-  const int expert = cold_expert[c], begin = cold_begin[c];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int row0 = (blockIdx.x * kGemvWarps + warp) * kRows;
+  if (!lists_ready) pdl_wait();  // the lists (or the routing) come from the kernel just before
+  int expert = 0, begin = 0, count = 0;
+  if (pair_ids) {
+    const i64 id = pair_ids[c];
+    if (id < 0 || id >= lists) {  // zero rows (the combine adds nothing for it) and the first bad pair reported
+      if (lane < kRows && row0 + lane < out_rows) out[static_cast<i64>(c) * out_rows + row0 + lane] = from_f<T>(0.f);
+      if (err_out && blockIdx.x == 0 && threadIdx.x == 0) gemv_report_bad_pair(pair_ids, c, lists, err_out);
+      return;
+    }
+    expert = static_cast<int>(id);
+    begin = c;
+    count = 1;
+  } else if (offs) {
+    int pass;
+    if (!mma_work_item(c, lists, 1 << 30, nullptr, offs, expert, pass)) return;
+    begin = expert ? offs[expert - 1] : 0;
+    count = offs[expert] - begin;
+  } else {
+    count = cold_count[c];
+    if (count == 0) return;
+    expert = cold_expert[c];
+    begin = cold_begin[c];
+  }
   if (row0 >= out_rows) return;
   const i64 w_rows = kSiluChunk ? 2 * static_cast<i64>(out_rows) : out_rows;
   const T* w_e = weight + static_cast<i64>(expert) * w_rows * k_dim;
@@ -532,7 +597,7 @@ expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, 
 #pragma unroll
     for (int t = 0; t < kMaxT; ++t) {
       const int pos = begin + t0 + min(t, nt - 1);
-      const int src = in_pairs ? in_pairs[pos] / top_k : pos;
+      const int src = in_pairs ? in_pairs[pos] / top_k : pair_ids ? pos / top_k : pos;
       x_row[t] = x + static_cast<i64>(src) * k_dim;
     }
     float acc[kW][kMaxT];
@@ -600,53 +665,93 @@ expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, 
   }
 }
 
+// The list entries of one GEMV launch (see expert_gemv_kernel): the compacted cold lists, `entries` long; or
+// offs [num_experts] (`entries`: the most experts that can have rows); or pair_ids [entries], one token, ids
+// checked against [0, num_experts) and a bad one reported into err_out (0: not reported).
+struct GemvLists {
+  std::uintptr_t expert = 0, begin = 0, count = 0, offs = 0, pair_ids = 0, err_out = 0;
+  int entries = 0, num_experts = 0;
+
+  static GemvLists cold(std::uintptr_t expert, std::uintptr_t begin, std::uintptr_t count, int entries) {
+    GemvLists l;
+    l.expert = expert, l.begin = begin, l.count = count, l.entries = entries;
+    return l;
+  }
+  static GemvLists hot(std::uintptr_t offs, int num_experts, int rows) {
+    GemvLists l;
+    l.offs = offs, l.num_experts = num_experts, l.entries = std::min(num_experts, rows);
+    return l;
+  }
+  static GemvLists pairs(std::uintptr_t ids, int n, int num_experts, std::uintptr_t err_out) {
+    GemvLists l;
+    l.pair_ids = ids, l.num_experts = num_experts, l.entries = n, l.err_out = err_out;
+    return l;
+  }
+};
+
+// One expert_gemv launch's arguments (host side).
+struct GemvLaunch {
+  dim3 grid;
+  cudaStream_t stream;
+  std::uintptr_t x, in_pairs, weight, out;
+  GemvLists lists;
+  int top_k, out_rows, k_dim;
+  bool lists_ready;
+};
+
 template <typename T, int kMaxT>
-static void launch_gemv_t(bool silu, dim3 grid, cudaStream_t stream, std::uintptr_t x, std::uintptr_t in_pairs, int top_k,
-                          std::uintptr_t weight, std::uintptr_t cold_expert, std::uintptr_t cold_begin,
-                          std::uintptr_t cold_count, int out_rows, int k_dim, bool lists_ready, std::uintptr_t out) {
-  auto args = [&](auto kernel) {
-    launch(kernel, grid, dim3(kGemvWarps * 32), 0, stream, ptr<const T>(x), ptr<const int>(in_pairs), top_k,
-           ptr<const T>(weight), ptr<const int>(cold_expert), ptr<const int>(cold_begin), ptr<const int>(cold_count),
-           out_rows, k_dim, lists_ready, gemv_prefetch(), ptr<T>(out));
+static void launch_gemv_t(bool silu, const GemvLaunch& g) {
+  const GemvLists& l = g.lists;
+  auto go = [&](auto kernel) {
+    launch(kernel, g.grid, dim3(kGemvWarps * 32), 0, g.stream, ptr<const T>(g.x), ptr<const int>(g.in_pairs), g.top_k,
+           ptr<const T>(g.weight), ptr<const int>(l.expert), ptr<const int>(l.begin), ptr<const int>(l.count),
+           ptr<const int>(l.offs), ptr<const i64>(l.pair_ids), l.num_experts, ptr<long long>(l.err_out), g.out_rows,
+           g.k_dim, g.lists_ready, gemv_prefetch(), ptr<T>(g.out));
   };
-  if (silu) args(expert_gemv_kernel<T, kMaxT, true>);
-  else args(expert_gemv_kernel<T, kMaxT, false>);
+  if (silu) go(expert_gemv_kernel<T, kMaxT, true>);
+  else go(expert_gemv_kernel<T, kMaxT, false>);
 }
 
 template <typename T>
-static void launch_gemv_dtype(int max_tokens, bool silu, dim3 grid, cudaStream_t stream, std::uintptr_t x,
-                              std::uintptr_t in_pairs, int top_k, std::uintptr_t weight, std::uintptr_t cold_expert,
-                              std::uintptr_t cold_begin, std::uintptr_t cold_count, int out_rows, int k_dim,
-                              bool lists_ready, std::uintptr_t out) {
-  if (max_tokens <= 1) launch_gemv_t<T, 1>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, lists_ready, out);
-  else if (max_tokens <= 2) launch_gemv_t<T, 2>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, lists_ready, out);
-  else if (max_tokens <= 4) launch_gemv_t<T, 4>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, lists_ready, out);
-  else launch_gemv_t<T, 8>(silu, grid, stream, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, lists_ready, out);
+static void launch_gemv_dtype(int max_tokens, bool silu, const GemvLaunch& g) {
+  if (max_tokens <= 1) launch_gemv_t<T, 1>(silu, g);
+  else if (max_tokens <= 2) launch_gemv_t<T, 2>(silu, g);
+  else if (max_tokens <= 4) launch_gemv_t<T, 4>(silu, g);
+  else launch_gemv_t<T, 8>(silu, g);
 }
 
-// x: [*, K] input rows (row in_pairs[pos] / top_k, or pos when in_pairs is 0); weight: [E, out_rows (x2 if
-// silu_chunk), K]; out: [*, out_rows]; grid.y = max_cold (the cold lists' length); max_tokens: the most
-// tokens an expert can have here (picks the per-pass token tile; more tokens loop).
-static void expert_gemv(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int top_k, std::uintptr_t weight,
-                        std::uintptr_t cold_expert, std::uintptr_t cold_begin, std::uintptr_t cold_count, int max_cold,
-                        int out_rows, int k_dim, bool silu_chunk, int max_tokens, bool lists_ready, std::uintptr_t out,
-                        std::uintptr_t stream) {
-  if (max_cold == 0) return;
+// x: [*, K] input rows (row in_pairs[pos] / top_k, or pos when in_pairs is 0, or pos / top_k for pair_ids
+// lists); weight: [E, out_rows (x2 if silu_chunk), K]; out: [*, out_rows]; grid.y = the lists' entries;
+// max_tokens: the most tokens an expert can have here (picks the per-pass token tile; more tokens loop).
+static void run_gemv(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int top_k, std::uintptr_t weight,
+                     const GemvLists& lists, int out_rows, int k_dim, bool silu_chunk, int max_tokens, bool lists_ready,
+                     std::uintptr_t out, std::uintptr_t stream) {
+  if (lists.entries <= 0) return;
   const int vec = dtype == kF32 ? 4 : 8;
   if (k_dim % vec != 0 || x % 16 || weight % 16)
     throw std::invalid_argument("expert_gemv: K = " + std::to_string(k_dim) + " must be a multiple of " +
                                 std::to_string(vec) + " and x, weight 16-byte aligned");
   const int tile = max_tokens <= 1 ? 1 : max_tokens <= 2 ? 2 : max_tokens <= 4 ? 4 : 8;
   const int rows_per_block = kGemvWarps * rows_per_warp(tile);
-  dim3 grid((out_rows + rows_per_block - 1) / rows_per_block, max_cold);
-  cudaStream_t s = as_stream(stream);
+  const GemvLaunch g{dim3((out_rows + rows_per_block - 1) / rows_per_block, lists.entries), as_stream(stream), x,
+                     in_pairs, weight, out, lists, top_k, out_rows, k_dim, lists_ready};
   switch (dtype) {
-    case kF32: launch_gemv_dtype<float>(max_tokens, silu_chunk, grid, s, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, lists_ready, out); break;
-    case kBF16: launch_gemv_dtype<__nv_bfloat16>(max_tokens, silu_chunk, grid, s, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, lists_ready, out); break;
-    case kF16: launch_gemv_dtype<__half>(max_tokens, silu_chunk, grid, s, x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, out_rows, k_dim, lists_ready, out); break;
+    case kF32: launch_gemv_dtype<float>(max_tokens, silu_chunk, g); break;
+    case kBF16: launch_gemv_dtype<__nv_bfloat16>(max_tokens, silu_chunk, g); break;
+    case kF16: launch_gemv_dtype<__half>(max_tokens, silu_chunk, g); break;
     default: throw std::invalid_argument("expert_gemv: unknown dtype code " + std::to_string(dtype));
   }
   check(cudaGetLastError(), "expert_gemv launch");
+}
+
+// The Python entry point, expert_mma's list arguments: (cold_expert, cold_begin, cold_count) of length
+// `lists`, or offs [lists] (the hot side; `rows` bounds the experts with rows).
+static void expert_gemv(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int top_k, std::uintptr_t weight,
+                        std::uintptr_t cold_expert, std::uintptr_t cold_begin, std::uintptr_t cold_count,
+                        std::uintptr_t offs, int lists, int rows, int out_rows, int k_dim, bool silu_chunk,
+                        int max_tokens, bool lists_ready, std::uintptr_t out, std::uintptr_t stream) {
+  const GemvLists l = offs ? GemvLists::hot(offs, lists, rows) : GemvLists::cold(cold_expert, cold_begin, cold_count, lists);
+  run_gemv(dtype, x, in_pairs, top_k, weight, l, out_rows, k_dim, silu_chunk, max_tokens, lists_ready, out, stream);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -677,36 +782,6 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a
 #else
   __trap();
 #endif
-}
-
-// Work item w -> (list entry c, pass p): entries in order, each ceil(count / pass_tokens) items. Every warp
-// finds its own (no block barrier): 32 entries per round, a warp scan of their item counts.
-__device__ __forceinline__ bool mma_work_item(int w, int lists, int pass_tokens, const int* list_count, const int* offs,
-                                              int& c, int& p) {
-  const int lane = threadIdx.x & 31;
-  int done = 0;
-  for (int base = 0; base < lists; base += 32) {
-    const int i = base + lane;
-    int n = 0;
-    if (i < lists) n = offs ? offs[i] - (i ? offs[i - 1] : 0) : list_count[i];
-    const int items = (n + pass_tokens - 1) / pass_tokens;
-    int incl = items;
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-      const int v = __shfl_up_sync(0xffffffffu, incl, off);
-      if (lane >= off) incl += v;
-    }
-    const unsigned past = __ballot_sync(0xffffffffu, done + incl > w);
-    if (past) {
-      const int first = __ffs(past) - 1;
-      const int before = __shfl_sync(0xffffffffu, incl - items, first);
-      c = base + first;
-      p = w - done - before;
-      return true;
-    }
-    done += __shfl_sync(0xffffffffu, incl, 31);
-  }
-  return false;
 }
 
 // Warp shapes (kFrags 16-row A fragments, kSteps 32-wide K steps per iteration, the loads of the next
@@ -1150,7 +1225,8 @@ static void expert_mma(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int
 
 // ---------------------------------------------------------------------------------------------------------
 // unpermute: out[t] = sum over slots s of w[t, s] * y[pair_row[t k + s]] in slot order, fp32, each product
-// rounded to the output dtype first when round_products (what torch does for bf16 y * bf16 w).
+// rounded to the output dtype first when round_products (what torch does for bf16 y * bf16 w). pair_row 0:
+// y_hot's rows are in pair order (row t k + s).
 template <typename T, typename W>
 __global__ void unpermute_kernel(const T* y_hot, const T* y_cold, const int* pair_row, const W* weights, int n_pairs,
                                  int top_k, int d, bool round_products, T* out) {
@@ -1159,7 +1235,7 @@ __global__ void unpermute_kernel(const T* y_hot, const T* y_cold, const int* pai
     float acc = 0.f;
     for (int s = 0; s < top_k; ++s) {
       const int p = t * top_k + s;
-      const int row = pair_row[p];
+      const int row = pair_row ? pair_row[p] : p;
       if (row < 0) continue;
       const T* src = row < n_pairs ? y_hot + static_cast<i64>(row) * d : y_cold + static_cast<i64>(row - n_pairs) * d;
       float prod = __fmul_rn(to_f<T>(src[j]), to_f<W>(weights[p]));
@@ -1182,7 +1258,7 @@ __global__ void unpermute_vec_kernel(const T* y_hot, const T* y_cold, const int*
   float ws[kMaxSlots];
 #pragma unroll
   for (int s = 0; s < kMaxSlots; ++s) {  // written before the kernel just before this one (see pdl_wait)
-    rows[s] = s < top_k ? pair_row[t * top_k + s] : -1;
+    rows[s] = s < top_k ? (pair_row ? pair_row[t * top_k + s] : t * top_k + s) : -1;
     ws[s] = s < top_k ? to_f<W>(weights[t * top_k + s]) : 0.f;
   }
   pdl_wait();
@@ -1270,7 +1346,10 @@ static void unpermute(int dtype, int w_dtype, std::uintptr_t y_hot, std::uintptr
 // route_prep -> GEMV [gate; up] with the SiLU gate -> GEMV down -> unpermute; from `mma_min_tokens` tokens
 // on (0: never) the two projections run on expert_mma, the same contract on the tensor cores. One workspace holds the
 // routing lists (int32), then h [P, f] and y [P, d] (16-byte aligned). Cuts the host's work per layer to
-// one call; the Python path does the same in four.
+// one call; the Python path does the same in four. `direct` (one token only): no route_prep; the GEMVs read
+// each pair's expert from the routing (a token's k experts are distinct, so each is still read once) and
+// unpermute reads y in pair order: one kernel less on the critical path of a decode step, and no counts in
+// the workspace.
 static size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 
 // A layer call's routing lists at the start of a one-call workspace, in route_prep's order (RoutePrep's in
@@ -1306,11 +1385,21 @@ static size_t gemv_layer_workspace(int n_pairs, int num_experts, int d, int f, i
 
 static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintptr_t ids, int tokens, int top_k,
                        int num_experts, std::uintptr_t up_weight, std::uintptr_t down_weight, int d, int f,
-                       std::uintptr_t weights, bool round_products, int mma_min_tokens, std::uintptr_t workspace,
-                       std::uintptr_t out, std::uintptr_t err_out, std::uintptr_t stream) {
+                       std::uintptr_t weights, bool round_products, int mma_min_tokens, bool direct,
+                       std::uintptr_t workspace, std::uintptr_t out, std::uintptr_t err_out, std::uintptr_t stream) {
   const int n = tokens * top_k;
   if (n == 0) return;
   const int elem = dtype == kF32 ? 4 : 2;
+  if (direct) {
+    if (tokens != 1) throw std::invalid_argument("gemv_layer: direct is for one token, got " + std::to_string(tokens));
+    const std::uintptr_t h = workspace, y = h + align16(static_cast<size_t>(n) * f * elem);
+    run_gemv(dtype, hidden, 0, top_k, up_weight, GemvLists::pairs(ids, n, num_experts, err_out), f, d, true, 1, false,
+             h, stream);
+    // h has one row per pair: top_k 1
+    run_gemv(dtype, h, 0, 1, down_weight, GemvLists::pairs(ids, n, num_experts, 0), d, f, false, 1, true, y, stream);
+    unpermute(dtype, w_dtype, y, y, 0, weights, tokens, top_k, d, round_products, out, stream);
+    return;
+  }
   const int max_cold = std::min(num_experts, n);
   const LayerLists l(workspace, n, num_experts);
   const std::uintptr_t h = l.end;
@@ -1325,10 +1414,9 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
                tokens, true, y, stream);
   } else {
     const int max_tokens = std::min(tokens, 8);
-    expert_gemv(dtype, hidden, l.cold_pairs, top_k, up_weight, l.cold_expert, l.cold_begin, l.cold_count, max_cold, f,
-                d, true, max_tokens, false, h, stream);
-    expert_gemv(dtype, h, 0, top_k, down_weight, l.cold_expert, l.cold_begin, l.cold_count, max_cold, d, f, false,
-                max_tokens, true, y, stream);
+    const GemvLists lists = GemvLists::cold(l.cold_expert, l.cold_begin, l.cold_count, max_cold);
+    run_gemv(dtype, hidden, l.cold_pairs, top_k, up_weight, lists, f, d, true, max_tokens, false, h, stream);
+    run_gemv(dtype, h, 0, top_k, down_weight, lists, d, f, false, max_tokens, true, y, stream);
   }
   unpermute(dtype, w_dtype, y, y, l.pair_row, weights, tokens, top_k, d, round_products, out, stream);
 }
@@ -1336,9 +1424,10 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
 // ---------------------------------------------------------------------------------------------------------
 // plan_layer: a layer call of a plan policy, planned on the device, in one host call: route_prep with the
 // policy's planner (the plan's GPU tokens and the counts per expert into plan_out, [2, E]) -> the GPU set on
-// expert_mma (main stream) beside the PIM set on the GEMV (its functional stand-in, on `side`), joined -> unpermute. The
-// workspace holds gemv_layer's lists, then h and y for each side (plan_layer_workspace). The fork and the
-// join are event record / wait pairs, so the call also captures in a CUDA graph.
+// expert_mma (main stream; without `hot_mma`, for decode-sized batches, on the GEMV) beside the PIM set on the
+// GEMV (its functional stand-in, on `side`), joined -> unpermute. The workspace holds gemv_layer's lists,
+// then h and y for each side (plan_layer_workspace). The fork and the join are event record / wait pairs,
+// so the call also captures in a CUDA graph.
 static size_t plan_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes) {
   return LayerLists::bytes(n_pairs, num_experts) + 2 * align16(static_cast<size_t>(n_pairs) * f * elem_bytes) +
          2 * align16(static_cast<size_t>(n_pairs) * d * elem_bytes);
@@ -1366,13 +1455,13 @@ static void plan_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
                        int num_experts, std::uintptr_t up_weight, std::uintptr_t down_weight, int d, int f,
                        std::uintptr_t weights, bool round_products, int rule, std::uintptr_t flop, std::uintptr_t pim,
                        int table_len, double read_s, double launch_s, double comm, double gfix, double pfix,
-                       std::uintptr_t plan_out, std::uintptr_t workspace, std::uintptr_t out, std::uintptr_t err_out,
-                       std::uintptr_t stream, std::uintptr_t side) {
+                       std::uintptr_t plan_out, bool hot_mma, std::uintptr_t workspace, std::uintptr_t out,
+                       std::uintptr_t err_out, std::uintptr_t stream, std::uintptr_t side) {
   const int n = tokens * top_k;
   if (n == 0) return;
-  if (!mma_supported(dtype, d) || !mma_supported(dtype, f))
+  if (hot_mma && (!mma_supported(dtype, d) || !mma_supported(dtype, f)))
     throw std::invalid_argument("plan_layer: the GPU set runs on expert_mma: bf16/fp16 with d, f multiples of 8");
-  const int elem = 2;
+  const int elem = dtype == kF32 ? 4 : 2;
   const int max_cold = std::min(num_experts, n);
   const LayerLists l(workspace, n, num_experts);
   const size_t hf = align16(static_cast<size_t>(n) * f * elem), yd = align16(static_cast<size_t>(n) * d * elem);
@@ -1385,15 +1474,20 @@ static void plan_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
   check(cudaEventRecord(ev.fork, as_stream(stream)), "plan_layer: fork");
   check(cudaStreamWaitEvent(as_stream(side), ev.fork, 0), "plan_layer: fork");
   // the PIM set (a cold expert has at most `tokens` tokens) on the side stream
-  expert_gemv(dtype, hidden, l.cold_pairs, top_k, up_weight, l.cold_expert, l.cold_begin, l.cold_count, max_cold,
-              f, d, true, tokens, false, h_cold, side);
-  expert_gemv(dtype, h_cold, 0, top_k, down_weight, l.cold_expert, l.cold_begin, l.cold_count, max_cold, d, f,
-              false, tokens, true, y_cold, side);
+  const GemvLists cold = GemvLists::cold(l.cold_expert, l.cold_begin, l.cold_count, max_cold);
+  run_gemv(dtype, hidden, l.cold_pairs, top_k, up_weight, cold, f, d, true, tokens, false, h_cold, side);
+  run_gemv(dtype, h_cold, 0, top_k, down_weight, cold, d, f, false, tokens, true, y_cold, side);
   // the GPU set: every expert's hot rows (hot_offs), read through hot_pairs
-  expert_mma(dtype, hidden, l.hot_pairs, top_k, up_weight, 0, 0, 0, l.hot_offs, num_experts, n, f, d, true, tokens,
-             false, h_hot, stream);
-  expert_mma(dtype, h_hot, 0, top_k, down_weight, 0, 0, 0, l.hot_offs, num_experts, n, d, f, false, tokens, true,
-             y_hot, stream);
+  if (hot_mma) {
+    expert_mma(dtype, hidden, l.hot_pairs, top_k, up_weight, 0, 0, 0, l.hot_offs, num_experts, n, f, d, true, tokens,
+               false, h_hot, stream);
+    expert_mma(dtype, h_hot, 0, top_k, down_weight, 0, 0, 0, l.hot_offs, num_experts, n, d, f, false, tokens, true,
+               y_hot, stream);
+  } else {
+    const GemvLists hot = GemvLists::hot(l.hot_offs, num_experts, n);
+    run_gemv(dtype, hidden, l.hot_pairs, top_k, up_weight, hot, f, d, true, tokens, false, h_hot, stream);
+    run_gemv(dtype, h_hot, 0, top_k, down_weight, hot, d, f, false, tokens, true, y_hot, stream);
+  }
   check(cudaEventRecord(ev.join, as_stream(side)), "plan_layer: join");
   check(cudaStreamWaitEvent(as_stream(stream), ev.join, 0), "plan_layer: join");
   unpermute(dtype, w_dtype, y_hot, y_cold, l.pair_row, weights, tokens, top_k, d, round_products, out, stream);
@@ -1419,23 +1513,23 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("gather_rows", &gather_rows, py::arg("x"), py::arg("pairs"), py::arg("top_k"), py::arg("rows"), py::arg("row_bytes"),
         py::arg("out"), py::arg("stream"));
   m.def("expert_gemv", &expert_gemv, py::arg("dtype"), py::arg("x"), py::arg("in_pairs"), py::arg("top_k"),
-        py::arg("weight"), py::arg("cold_expert"), py::arg("cold_begin"), py::arg("cold_count"), py::arg("max_cold"),
-        py::arg("out_rows"), py::arg("k_dim"), py::arg("silu_chunk"), py::arg("max_tokens"), py::arg("lists_ready"),
+        py::arg("weight"), py::arg("cold_expert"), py::arg("cold_begin"), py::arg("cold_count"), py::arg("offs"),
+        py::arg("lists"), py::arg("rows"), py::arg("out_rows"), py::arg("k_dim"), py::arg("silu_chunk"), py::arg("max_tokens"), py::arg("lists_ready"),
         py::arg("out"), py::arg("stream"));
   m.def("gemv_layer_workspace", &gemv_layer_workspace, py::arg("n_pairs"), py::arg("num_experts"), py::arg("d"),
         py::arg("f"), py::arg("elem_bytes"));
   m.def("gemv_layer", &gemv_layer, py::arg("dtype"), py::arg("w_dtype"), py::arg("hidden"), py::arg("ids"),
         py::arg("tokens"), py::arg("top_k"), py::arg("num_experts"), py::arg("up_weight"), py::arg("down_weight"),
         py::arg("d"), py::arg("f"), py::arg("weights"), py::arg("round_products"), py::arg("mma_min_tokens"),
-        py::arg("workspace"), py::arg("out"), py::arg("err_out"), py::arg("stream"));
+        py::arg("direct"), py::arg("workspace"), py::arg("out"), py::arg("err_out"), py::arg("stream"));
   m.def("plan_layer_workspace", &plan_layer_workspace, py::arg("n_pairs"), py::arg("num_experts"), py::arg("d"),
         py::arg("f"), py::arg("elem_bytes"));
   m.def("plan_layer", &plan_layer, py::arg("dtype"), py::arg("w_dtype"), py::arg("hidden"), py::arg("ids"),
         py::arg("tokens"), py::arg("top_k"), py::arg("num_experts"), py::arg("up_weight"), py::arg("down_weight"),
         py::arg("d"), py::arg("f"), py::arg("weights"), py::arg("round_products"), py::arg("rule"), py::arg("flop"),
         py::arg("pim"), py::arg("table_len"), py::arg("read_s"), py::arg("launch_s"), py::arg("comm"), py::arg("gfix"),
-        py::arg("pfix"), py::arg("plan_out"), py::arg("workspace"), py::arg("out"), py::arg("err_out"),
-        py::arg("stream"), py::arg("side"));
+        py::arg("pfix"), py::arg("plan_out"), py::arg("hot_mma"), py::arg("workspace"), py::arg("out"),
+        py::arg("err_out"), py::arg("stream"), py::arg("side"));
   m.def("expert_mma", &expert_mma, py::arg("dtype"), py::arg("x"), py::arg("in_pairs"), py::arg("top_k"),
         py::arg("weight"), py::arg("list_expert"), py::arg("list_begin"), py::arg("list_count"), py::arg("offs"),
         py::arg("lists"), py::arg("rows"), py::arg("out_rows"), py::arg("k_dim"), py::arg("silu_chunk"), py::arg("max_tokens"),

@@ -244,8 +244,11 @@ def gather_rows(x: torch.Tensor, pairs: torch.Tensor, top_k: int) -> torch.Tenso
 
 
 def expert_gemv(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pairs: torch.Tensor | None, top_k: int,
-                out_rows: int, silu_chunk: bool, max_tokens: int, lists_ready: bool = False) -> torch.Tensor:
+                out_rows: int, silu_chunk: bool, max_tokens: int, lists_ready: bool = False,
+                side: str = "cold") -> torch.Tensor:
     """[P, out_rows] cold rows: row begin_c + t = W_e x_t for each cold expert c (rows of other positions unset).
+    `side="hot"` runs the hot side's rows instead (`prep.hot_offs`, read through `in_pairs=prep.hot_pairs`):
+    a decode-sized batch's GPU set, whose experts have a token or two each.
 
     Args:
         x: input rows; cold position `pos` reads row `in_pairs[pos] // top_k` (or row `pos` if in_pairs is None).
@@ -255,21 +258,34 @@ def expert_gemv(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pa
             (true for the down projection after the up one), so the kernel may read them and prefetch its
             weights while that kernel finishes (programmatic dependent launch).
     """
+    if side not in ("cold", "hot"):
+        raise ValueError(f"side must be 'cold' or 'hot', got {side!r}")
     rows = prep.num_pairs
     if _on_cuda_kernels(x) and x.dtype in _DTYPE_CODE and weight.dtype == x.dtype:
         x, weight = x.contiguous(), weight.contiguous()
         out = torch.empty(rows, out_rows, dtype=x.dtype, device=x.device)
         _cuda.expert_gemv(_DTYPE_CODE[x.dtype], x.data_ptr(), 0 if in_pairs is None else in_pairs.data_ptr(), int(top_k),
-                          weight.data_ptr(), prep.cold_expert.data_ptr(), prep.cold_begin.data_ptr(),
-                          prep.cold_count.data_ptr(), prep.max_cold, int(out_rows), int(weight.shape[2]),
+                          weight.data_ptr(), *_lists(prep, side), int(out_rows), int(weight.shape[2]),
                           bool(silu_chunk), int(max_tokens), bool(lists_ready), out.data_ptr(), _stream())
         return out
+    if side == "hot":
+        return reference.expert_hot_rows(x, weight, prep, in_pairs=in_pairs, top_k=top_k, out_rows=out_rows,
+                                         silu_chunk=silu_chunk)
     if _on_cpu_kernels(x, weight):
         out = cpu_kernels().expert_gemv(_np(x.contiguous()), None if in_pairs is None else _np(in_pairs), top_k,
                                         _np(weight.contiguous()), _np(prep.cold_expert),
                                         _np(prep.cold_begin), _np(prep.cold_count), out_rows, silu_chunk, rows)
         return torch.from_numpy(np.asarray(out))
     return reference.expert_gemv(x, weight, prep, in_pairs=in_pairs, top_k=top_k, out_rows=out_rows, silu_chunk=silu_chunk)
+
+
+def _lists(prep: RoutePrep, side: str) -> tuple[int, ...]:
+    """The list arguments of `_cuda.expert_gemv` / `_cuda.expert_mma` for one side: (list_expert, list_begin,
+    list_count, offs, lists, rows), the compacted cold lists or the hot side's offs."""
+    if side == "hot":
+        return 0, 0, 0, prep.hot_offs.data_ptr(), int(prep.hot_offs.shape[0]), prep.num_pairs
+    return (prep.cold_expert.data_ptr(), prep.cold_begin.data_ptr(), prep.cold_count.data_ptr(), 0, prep.max_cold,
+            prep.num_pairs)
 
 
 def mma_supported(dtype: torch.dtype, *k_dims: int) -> bool:
@@ -290,13 +306,8 @@ def expert_mma(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pai
     if _on_cuda_kernels(x) and weight.dtype == x.dtype and mma_supported(x.dtype, weight.shape[2]):
         x, weight = x.contiguous(), weight.contiguous()
         out = torch.empty(rows, out_rows, dtype=x.dtype, device=x.device)
-        if side == "hot":
-            lists = (0, 0, 0, prep.hot_offs.data_ptr(), int(prep.hot_offs.shape[0]), rows)
-        else:
-            lists = (prep.cold_expert.data_ptr(), prep.cold_begin.data_ptr(), prep.cold_count.data_ptr(), 0,
-                     prep.max_cold, rows)
         _cuda.expert_mma(_DTYPE_CODE[x.dtype], x.data_ptr(), 0 if in_pairs is None else in_pairs.data_ptr(),
-                         int(top_k), weight.data_ptr(), *lists, int(out_rows), int(weight.shape[2]), bool(silu_chunk),
+                         int(top_k), weight.data_ptr(), *_lists(prep, side), int(out_rows), int(weight.shape[2]), bool(silu_chunk),
                          int(max_tokens), bool(lists_ready), out.data_ptr(), _stream())
         return out
     if side == "hot":

@@ -8,11 +8,13 @@
 
 Policy `gpu-only` (no plan): batches of at most `gemv_batch_tokens` tokens run every expert on the GEMV,
 batches up to `mma_max_tokens` every expert on the tensor-core kernel (both read each weight once per pass
-of up to 8 / 32 tokens), all in one C++ call; larger batches split by a kernel choice made on the device
-(experts with at most `gemv_max_tokens` tokens take the GEMV, the rest the grouped GEMM). Other policies:
-the cold experts are the plan's PIM set (`take_hot`: the GPU's share of each expert; the cold rows are
-the PIM backend's, whose functional stand-in is the same GEMV kernel). Nothing waits on the host: the
-path can be captured in a CUDA graph. On CPU (float32) the same path runs the C++ / numba twins.
+of up to 8 / 32 tokens), all in one C++ call (one token: without route_prep, the GEMVs read the routing);
+larger batches split by a kernel choice made on the device (experts with at most `gemv_max_tokens` tokens
+take the GEMV, the rest the grouped GEMM). Other policies: the cold experts are the plan's PIM set
+(`take_hot`: the GPU's share of each expert; the cold rows are the PIM backend's, whose functional stand-in
+is the same GEMV kernel); planned on the device, a call is one C++ call too, its GPU set on the GEMV or the
+tensor-core kernel by the same batch rule. Nothing waits on the host: the path can be captured in a CUDA
+graph. On CPU (float32) the same path runs the C++ / numba twins.
 """
 from __future__ import annotations
 
@@ -194,8 +196,12 @@ class FusedLayerPath:
                 return self._gemv_layer(layer, hidden, top_k_index, top_k_weights, mma=True, call=call)
         if device_plan is not None and plan_out is not None and self.streams:
             call = self._one_call(layer, hidden, top_k_weights)
-            if call is not None and call.mma_ok(self, num_tokens, num_pairs):
-                return self._plan_layer(layer, hidden, top_k_index, top_k_weights, call, device_plan, plan_out)
+            if call is not None:
+                # the GPU set as gpu-only runs: on the GEMV up to gemv_batch_tokens tokens, else on expert_mma
+                hot_mma = num_tokens > self.gemv_batch_tokens
+                if not hot_mma or call.mma_ok(self, num_tokens, num_pairs):
+                    return self._plan_layer(layer, hidden, top_k_index, top_k_weights, call, device_plan, plan_out,
+                                            hot_mma)
         if device_plan is not None:
             threshold, may_have_hot, may_have_cold, max_tokens = 0, True, True, num_tokens
         elif take_hot is None:
@@ -281,29 +287,36 @@ class FusedLayerPath:
         """Every expert on the list side: route_prep, up (+ SiLU gate), down, unpermute, launched by one C++
         call (`_cuda.gemv_layer`) so the host's share of a layer is one call. The projections run on the
         GEMV up to `gemv_batch_tokens` tokens, above on the tensor-core kernel when `mma` (gpu-only: the
-        experts are GPU work) and the GEMV otherwise (a plan's PIM set, whose stand-in is the GEMV)."""
+        experts are GPU work) and the GEMV otherwise (a plan's PIM set, whose stand-in is the GEMV).
+        One token with `mma` runs without route_prep (`direct`: the GEMVs read the routing itself), so that
+        call leaves no counts behind (plan-ahead, which reads them, never takes it)."""
         a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=False)
+        direct = mma and a.tokens == 1
         kernels._cuda.gemv_layer(call.dtype, call.weights_dtype, a.hidden.data_ptr(), a.ids.data_ptr(), a.tokens,
                                  a.top_k, layer.num_experts, a.up.data_ptr(), a.down.data_ptr(), layer.hidden_size,
                                  layer.intermediate_size, a.weights.data_ptr(), call.round_products,
-                                 self.gemv_batch_tokens + 1 if mma else 0, a.workspace.data_ptr(), a.out.data_ptr(),
-                                 call.err_word.data_ptr(), a.stream)
-        self._last_ws = (a.workspace, layer.num_experts)  # the workspace opens with the counts (see last_counts)
+                                 self.gemv_batch_tokens + 1 if mma else 0, direct, a.workspace.data_ptr(),
+                                 a.out.data_ptr(), call.err_word.data_ptr(), a.stream)
+        if direct:
+            self.last_counts = None
+        else:
+            self._last_ws = (a.workspace, layer.num_experts)  # the workspace opens with the counts (see last_counts)
         return a.out
 
     def _plan_layer(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
                     top_k_weights: torch.Tensor, call: _OneCall, plan: kernels.DevicePlan,
-                    plan_out: torch.Tensor) -> torch.Tensor:
+                    plan_out: torch.Tensor, hot_mma: bool) -> torch.Tensor:
         """A plan policy's call planned on the device, in one C++ call (`_cuda.plan_layer`): route_prep with the
-        planner, the GPU set on `expert_mma` beside the PIM set on the GEMV (second stream), unpermute. The
-        general path below does the same in some twenty torch calls, most of a layer's host time."""
+        planner, the GPU set on `expert_mma` (on the GEMV without `hot_mma`) beside the PIM set on the GEMV
+        (second stream), unpermute. The general path below does the same in some twenty torch calls, most of a
+        layer's host time."""
         rule = plan.rule_code
         a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=True)
         kernels._cuda.plan_layer(call.dtype, call.weights_dtype, a.hidden.data_ptr(), a.ids.data_ptr(), a.tokens,
                                  a.top_k, layer.num_experts, a.up.data_ptr(), a.down.data_ptr(), layer.hidden_size,
                                  layer.intermediate_size, a.weights.data_ptr(), call.round_products, rule,
                                  plan.flop.data_ptr(), plan.pim.data_ptr(), plan.table_len, plan.read_s, plan.launch_s,
-                                 plan.comm_s, plan.gpu_fixed_s, plan.pim_fixed_s, plan_out.data_ptr(),
+                                 plan.comm_s, plan.gpu_fixed_s, plan.pim_fixed_s, plan_out.data_ptr(), hot_mma,
                                  a.workspace.data_ptr(), a.out.data_ptr(), call.err_word.data_ptr(), a.stream,
                                  self._side_stream(call.device).cuda_stream)
         self._last_ws = (a.workspace, layer.num_experts)

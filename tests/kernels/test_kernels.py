@@ -202,6 +202,16 @@ def test_cuda_gather_gemv_unpermute(dtype, routing):
                                 max_tokens=max_tokens)
         y_ref = reference.expert_gemv(h_ref, down, prep, in_pairs=None, top_k=k, out_rows=d, silu_chunk=False)
         torch.testing.assert_close(y[:rows].cpu().float(), y_ref[:rows].float(), **tol)
+    # the hot side's rows on the GEMV (a decode batch's GPU set): entries found through hot_offs
+    hot_rows = int(prep.meta[0])
+    h = kernels.expert_gemv(x.cuda(), up.cuda(), cprep, in_pairs=cprep.hot_pairs, top_k=k, out_rows=f, silu_chunk=True,
+                            max_tokens=T, side="hot")
+    h_ref = reference.expert_hot_rows(x, up, prep, in_pairs=prep.hot_pairs, top_k=k, out_rows=f, silu_chunk=True)
+    torch.testing.assert_close(h[:hot_rows].cpu().float(), h_ref[:hot_rows].float(), **tol)
+    y = kernels.expert_gemv(h_ref.cuda(), down.cuda(), cprep, in_pairs=None, top_k=k, out_rows=d, silu_chunk=False,
+                            max_tokens=T, lists_ready=True, side="hot")
+    y_ref = reference.expert_hot_rows(h_ref, down, prep, in_pairs=None, top_k=k, out_rows=d, silu_chunk=False)
+    torch.testing.assert_close(y[:hot_rows].cpu().float(), y_ref[:hot_rows].float(), **tol)
     y_hot = torch.randn(T * k, d, generator=gen).to(dtype)
     y_cold = torch.randn(T * k, d, generator=gen).to(dtype)
     for round_products in (False, True):
@@ -261,7 +271,8 @@ def test_device_planner_equals_the_host_planner(rule, batch):
 
 # -- the tensor-core kernel (expert_mma) ------------------------------------------------------------------
 def test_expert_mma_off_cuda_is_the_gemv_and_the_reference():
-    """Where the tensor-core kernel cannot run (CPU, fp32) the call is the GEMV's (cold) or the reference's (hot)."""
+    """Where the tensor-core kernel cannot run (CPU, fp32) the call is the GEMV's (cold) or the reference's (hot,
+    as the GEMV's hot side is off CUDA)."""
     ids = ROUTINGS[3][1]
     E, (T, k), d, f = 16, ids.shape, 40, 24
     gen = torch.Generator().manual_seed(6)
@@ -274,14 +285,17 @@ def test_expert_mma_off_cuda_is_the_gemv_and_the_reference():
                              side="hot")
     hot_rows = int(prep.meta[0])
     assert hot_rows > 0
+    assert torch.equal(kernels.expert_gemv(x, up, prep, in_pairs=prep.hot_pairs, top_k=k, out_rows=f, silu_chunk=True,
+                                           max_tokens=T, side="hot")[:hot_rows], hot[:hot_rows])
     # the hot rows, one expert at a time: x rows of the hot pairs times each expert's [gate; up]
     ends = prep.hot_offs.tolist()
     for e, (begin, end) in enumerate(zip([0] + ends[:-1], ends)):
         for r in range(begin, end):
             y = up[e] @ x[int(prep.hot_pairs[r]) // k]
             torch.testing.assert_close(hot[r], torch.nn.functional.silu(y[:f]) * y[f:], rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="'warm'"):
-        kernels.expert_mma(x, up, prep, in_pairs=None, top_k=k, out_rows=f, silu_chunk=True, max_tokens=T, side="warm")
+    for kernel in (kernels.expert_mma, kernels.expert_gemv):
+        with pytest.raises(ValueError, match="'warm'"):
+            kernel(x, up, prep, in_pairs=None, top_k=k, out_rows=f, silu_chunk=True, max_tokens=T, side="warm")
 
 
 def mma_routings():

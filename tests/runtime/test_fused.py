@@ -176,13 +176,15 @@ def test_fused_layer_captures_in_a_cuda_graph(batch, hot):
 
 @pytest.mark.gpu
 @needs_cuda_kernels
-@pytest.mark.parametrize("one_call", [False, True], ids=["torch-calls", "one-call"])
+@pytest.mark.parametrize("case", ["torch-calls", "one-call", "one-call-gemv"])
 @pytest.mark.parametrize("policy", ["heteromoe", "sieve"])
-def test_device_plan_captures_in_a_cuda_graph_and_settles_stats(policy, one_call):
+def test_device_plan_captures_in_a_cuda_graph_and_settles_stats(policy, case):
     """Planning in the routing kernel: nothing waits on the host, so the heteromoe-policy layer captures
     in a CUDA graph; eager calls settle their plans lazily into the statistics. With the GPU set on
-    expert_mma (one_call: the tiny layer let past the warps-per-SM bar) the whole call is one C++ call
-    (`_cuda.plan_layer`), else the general path's torch calls (grouped_mm for the GPU set)."""
+    expert_mma (one-call: the tiny layer let past the warps-per-SM bar) the whole call is one C++ call
+    (`_cuda.plan_layer`), else the general path's torch calls (grouped_mm for the GPU set). A decode-sized
+    batch (one-call-gemv: 3 tokens, one expert with all three, which the B200 system's plan gives the GPU)
+    is one C++ call too, its GPU set on the GEMV."""
     import dataclasses
 
     import numpy as np
@@ -197,18 +199,25 @@ def test_device_plan_captures_in_a_cuda_graph_and_settles_stats(policy, one_call
     layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
     spec = dataclasses.replace(heteromoe.models.get("qwen3-30b-a3b"), num_experts=layer.num_experts,
                                top_k=model.config.num_experts_per_tok)  # Qwen3-30B's expert shape, this model's count
-    cost = CostModel(heteromoe.systems.get("h100-hbm3-pim"), spec)
+    system = "b200-hbm3e-pim" if case == "one-call-gemv" else "h100-hbm3-pim"
+    cost = CostModel(heteromoe.systems.get(system), spec)
     torch_backend = registry.get("torch")
     executor = MoEExecutor(get_policy(policy), torch_backend, registry.get("pim-emulator"), torch_backend,
-                           fused=FusedLayerPath(mma_min_warps_per_sm=0 if one_call else 8), plan_on_device=True)
+                           fused=FusedLayerPath(mma_min_warps_per_sm=8 if case == "torch-calls" else 0),
+                           plan_on_device=True)
     placement = Placement.from_homes(np.zeros(layer.num_experts, dtype=np.int64), 1)
     gen = torch.Generator("cuda").manual_seed(7)
-    batch, k = 24, model.config.num_experts_per_tok
+    k = model.config.num_experts_per_tok
+    if case == "one-call-gemv":
+        ids = torch.tensor([[0, 1], [0, 2], [0, 3]], device="cuda")
+    else:
+        ids = torch.stack([torch.randperm(layer.num_experts, device="cuda", generator=gen)[:k] for _ in range(24)])
+    batch = ids.shape[0]
     hidden = torch.randn(batch, layer.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen)
-    ids = torch.stack([torch.randperm(layer.num_experts, device="cuda", generator=gen)[:k] for _ in range(batch)])
     weights = torch.rand(batch, k, device="cuda", generator=gen).to(torch.bfloat16)
     with torch.no_grad():
         eager = executor.run(layer, cost, placement, hidden, ids, weights)
+        one_call = case != "torch-calls"
         assert (executor.fused._last_ws is not None) == one_call  # the one call leaves its workspace
         executor.flush()
         plan = executor.last_plans["layer0"]
@@ -234,23 +243,31 @@ def test_device_plan_captures_in_a_cuda_graph_and_settles_stats(policy, one_call
 
 @pytest.mark.gpu
 @needs_cuda_kernels
-@pytest.mark.parametrize("batch", [2, 40])
-def test_bad_expert_id_on_cuda_is_reported_without_a_sync(batch):
-    """On CUDA the routing kernel writes a bad id to pinned host memory; check_errors (or the layer's next
-    call) raises naming it, while the call itself never waits for the device."""
+@pytest.mark.parametrize("batch, bad, first", [(1, {1: 99}, (1, 99)), (1, {0: 98, 1: 99}, (0, 98)),
+                                               (2, {2: 99, 3: 77}, (2, 99)), (40, {2: 99, 79: 77}, (2, 99))],
+                         ids=["one-token", "one-token-two-bad", "2-tokens", "40-tokens"])
+def test_bad_expert_id_on_cuda_is_reported_without_a_sync(batch, bad, first):
+    """On CUDA the routing kernel (one token: the GEMV, which reads the routing itself) writes the first bad
+    id to pinned host memory; check_errors (or the layer's next call) raises naming it, while the call itself
+    never waits for the device. A bad pair adds nothing to its token's output."""
     model = tiny_model("qwen3_moe", dtype=torch.bfloat16).to("cuda")
     layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
     path = FusedLayerPath()
     ids = torch.zeros(batch, 2, dtype=torch.long, device="cuda")
     ids[:, 1] = 1
-    ids[1, 0] = 99
-    hidden = torch.randn(batch, layer.hidden_size, device="cuda", dtype=torch.bfloat16)
     weights = torch.ones(batch, 2, device="cuda", dtype=torch.bfloat16)
+    good_ids, zeroed = ids.clone(), weights.clone()
+    for pair, value in bad.items():
+        ids.view(-1)[pair] = value
+        zeroed.view(-1)[pair] = 0
+    hidden = torch.randn(batch, layer.hidden_size, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
-        path.run(layer, hidden, ids, weights)
-        with pytest.raises(ValueError, match=r"expert id 99 at pair 2 is outside \[0, 8\)"):
+        out = path.run(layer, hidden, ids, weights)
+        pair, value = first
+        with pytest.raises(ValueError, match=rf"expert id {value} at pair {pair} is outside \[0, 8\)"):
             path.check_errors(layer)
         path.check_errors(layer)  # reported once
+        assert torch.equal(out, path.run(layer, hidden, good_ids, zeroed))
 
 
 @pytest.mark.gpu
