@@ -153,6 +153,8 @@ struct DevicePlan {
   const double* pim;   // [table_len] PIM seconds of one expert with n tokens
   int table_len;
   double read_s, launch_s, comm, gfix, pfix;
+  bool split;  // the lists follow the plan (hot: its GPU tokens); false: the plan only goes to plan_out, every
+               // pair on the list side (both sets on the same GEMV: plan_layer's decode-sized batches)
 };
 
 // One thread, statement by statement the C++ planners of csrc/heteromoe_ext.cpp for G = 1 (additions and
@@ -282,7 +284,7 @@ route_prep_kernel(const i64* ids, int n, int num_experts, const int* take_hot, i
     int c = 0, h = 0, has_cold = 0;
     if (e < num_experts) {
       c = s_count[e];
-      h = plan.rule >= 0 ? s_take[e] : take_hot ? min(max(take_hot[e], 0), c) : (c > threshold ? c : 0);
+      h = plan.rule >= 0 ? (plan.split ? s_take[e] : 0) : take_hot ? min(max(take_hot[e], 0), c) : (c > threshold ? c : 0);
       has_cold = c > h;
       s_hot[e] = h;
     }
@@ -406,17 +408,31 @@ static void route_prep(std::uintptr_t ids, int n, int num_experts, std::uintptr_
                      cold_expert, cold_begin, cold_count, pair_row, meta, err_out, none, 0, stream);
 }
 
-// route_prep with the plan made on the device (rule 0 sieve, 1 heteromoe; flop/pim: device double tables).
+// route_prep with the plan made on the device (rule 0 sieve, 1 heteromoe; flop/pim: device double tables);
+// `split` false: the plan into plan_out only, every pair on the list side.
+static void route_prep_plan_lists(std::uintptr_t ids, int n, int num_experts, int max_cold, std::uintptr_t counts,
+                                  std::uintptr_t hot_offs, std::uintptr_t hot_pairs, std::uintptr_t cold_pairs,
+                                  std::uintptr_t cold_expert, std::uintptr_t cold_begin, std::uintptr_t cold_count,
+                                  std::uintptr_t pair_row, std::uintptr_t meta, std::uintptr_t err_out, int rule,
+                                  std::uintptr_t flop, std::uintptr_t pim, int table_len, double read_s, double launch_s,
+                                  double comm, double gfix, double pfix, std::uintptr_t plan_out, bool split,
+                                  std::uintptr_t stream) {
+  if (rule != 0 && rule != 1) throw std::invalid_argument("route_prep_plan: rule must be 0 (sieve) or 1 (heteromoe)");
+  DevicePlan plan{rule, ptr<const double>(flop), ptr<const double>(pim), table_len, read_s, launch_s, comm, gfix, pfix,
+                  split};
+  route_prep_planned(ids, n, num_experts, 0, 0, max_cold, counts, hot_offs, hot_pairs, cold_pairs, cold_expert,
+                     cold_begin, cold_count, pair_row, meta, err_out, plan, plan_out, stream);
+}
+
 static void route_prep_plan(std::uintptr_t ids, int n, int num_experts, int max_cold, std::uintptr_t counts,
                             std::uintptr_t hot_offs, std::uintptr_t hot_pairs, std::uintptr_t cold_pairs,
                             std::uintptr_t cold_expert, std::uintptr_t cold_begin, std::uintptr_t cold_count,
                             std::uintptr_t pair_row, std::uintptr_t meta, std::uintptr_t err_out, int rule,
                             std::uintptr_t flop, std::uintptr_t pim, int table_len, double read_s, double launch_s,
                             double comm, double gfix, double pfix, std::uintptr_t plan_out, std::uintptr_t stream) {
-  if (rule != 0 && rule != 1) throw std::invalid_argument("route_prep_plan: rule must be 0 (sieve) or 1 (heteromoe)");
-  DevicePlan plan{rule, ptr<const double>(flop), ptr<const double>(pim), table_len, read_s, launch_s, comm, gfix, pfix};
-  route_prep_planned(ids, n, num_experts, 0, 0, max_cold, counts, hot_offs, hot_pairs, cold_pairs, cold_expert,
-                     cold_begin, cold_count, pair_row, meta, err_out, plan, plan_out, stream);
+  route_prep_plan_lists(ids, n, num_experts, max_cold, counts, hot_offs, hot_pairs, cold_pairs, cold_expert, cold_begin,
+                        cold_count, pair_row, meta, err_out, rule, flop, pim, table_len, read_s, launch_s, comm, gfix,
+                        pfix, plan_out, true, stream);
 }
 
 static void route_prep_planned(std::uintptr_t ids, int n, int num_experts, std::uintptr_t take_hot, int threshold,
@@ -1424,10 +1440,12 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
 // ---------------------------------------------------------------------------------------------------------
 // plan_layer: a layer call of a plan policy, planned on the device, in one host call: route_prep with the
 // policy's planner (the plan's GPU tokens and the counts per expert into plan_out, [2, E]) -> the GPU set on
-// expert_mma (main stream; without `hot_mma`, for decode-sized batches, on the GEMV) beside the PIM set on the
-// GEMV (its functional stand-in, on `side`), joined -> unpermute. The workspace holds gemv_layer's lists,
-// then h and y for each side (plan_layer_workspace). The fork and the join are event record / wait pairs,
-// so the call also captures in a CUDA graph.
+// expert_mma (main stream) beside the PIM set on the GEMV (its functional stand-in, on `side`), joined ->
+// unpermute. Without `hot_mma` (decode-sized batches, where the GPU set runs on the GEMV too) both sets are
+// entries of one GEMV launch per projection: the plan goes to plan_out only, and the call is gemv_layer's
+// four kernels, route_prep planning. The workspace holds gemv_layer's lists, then h and y for each side
+// (plan_layer_workspace). The fork and the join are event record / wait pairs, so the call also captures in
+// a CUDA graph.
 static size_t plan_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes) {
   return LayerLists::bytes(n_pairs, num_experts) + 2 * align16(static_cast<size_t>(n_pairs) * f * elem_bytes) +
          2 * align16(static_cast<size_t>(n_pairs) * d * elem_bytes);
@@ -1467,9 +1485,17 @@ static void plan_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
   const size_t hf = align16(static_cast<size_t>(n) * f * elem), yd = align16(static_cast<size_t>(n) * d * elem);
   const std::uintptr_t h_hot = l.end, h_cold = h_hot + hf;
   const std::uintptr_t y_hot = h_cold + hf, y_cold = y_hot + yd;
-  route_prep_plan(ids, n, num_experts, max_cold, l.counts, l.hot_offs, l.hot_pairs, l.cold_pairs, l.cold_expert,
-                  l.cold_begin, l.cold_count, l.pair_row, l.meta, err_out, rule, flop, pim, table_len, read_s, launch_s,
-                  comm, gfix, pfix, plan_out, stream);
+  route_prep_plan_lists(ids, n, num_experts, max_cold, l.counts, l.hot_offs, l.hot_pairs, l.cold_pairs, l.cold_expert,
+                        l.cold_begin, l.cold_count, l.pair_row, l.meta, err_out, rule, flop, pim, table_len, read_s,
+                        launch_s, comm, gfix, pfix, plan_out, hot_mma, stream);
+  if (!hot_mma) {  // both sets on the GEMV: one launch per projection runs them all, no fork (rows bit for bit
+                   // those of two launches: a row's sums do not depend on the other rows of its launch)
+    const GemvLists all = GemvLists::cold(l.cold_expert, l.cold_begin, l.cold_count, max_cold);
+    run_gemv(dtype, hidden, l.cold_pairs, top_k, up_weight, all, f, d, true, tokens, false, h_cold, stream);
+    run_gemv(dtype, h_cold, 0, top_k, down_weight, all, d, f, false, tokens, true, y_cold, stream);
+    unpermute(dtype, w_dtype, y_cold, y_cold, l.pair_row, weights, tokens, top_k, d, round_products, out, stream);
+    return;
+  }
   const ForkJoin ev = fork_join_events();
   check(cudaEventRecord(ev.fork, as_stream(stream)), "plan_layer: fork");
   check(cudaStreamWaitEvent(as_stream(side), ev.fork, 0), "plan_layer: fork");
@@ -1478,16 +1504,10 @@ static void plan_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
   run_gemv(dtype, hidden, l.cold_pairs, top_k, up_weight, cold, f, d, true, tokens, false, h_cold, side);
   run_gemv(dtype, h_cold, 0, top_k, down_weight, cold, d, f, false, tokens, true, y_cold, side);
   // the GPU set: every expert's hot rows (hot_offs), read through hot_pairs
-  if (hot_mma) {
-    expert_mma(dtype, hidden, l.hot_pairs, top_k, up_weight, 0, 0, 0, l.hot_offs, num_experts, n, f, d, true, tokens,
-               false, h_hot, stream);
-    expert_mma(dtype, h_hot, 0, top_k, down_weight, 0, 0, 0, l.hot_offs, num_experts, n, d, f, false, tokens, true,
-               y_hot, stream);
-  } else {
-    const GemvLists hot = GemvLists::hot(l.hot_offs, num_experts, n);
-    run_gemv(dtype, hidden, l.hot_pairs, top_k, up_weight, hot, f, d, true, tokens, false, h_hot, stream);
-    run_gemv(dtype, h_hot, 0, top_k, down_weight, hot, d, f, false, tokens, true, y_hot, stream);
-  }
+  expert_mma(dtype, hidden, l.hot_pairs, top_k, up_weight, 0, 0, 0, l.hot_offs, num_experts, n, f, d, true, tokens,
+             false, h_hot, stream);
+  expert_mma(dtype, h_hot, 0, top_k, down_weight, 0, 0, 0, l.hot_offs, num_experts, n, d, f, false, tokens, true,
+             y_hot, stream);
   check(cudaEventRecord(ev.join, as_stream(side)), "plan_layer: join");
   check(cudaStreamWaitEvent(as_stream(stream), ev.join, 0), "plan_layer: join");
   unpermute(dtype, w_dtype, y_hot, y_cold, l.pair_row, weights, tokens, top_k, d, round_products, out, stream);

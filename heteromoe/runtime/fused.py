@@ -3,6 +3,7 @@
     route_prep (1 block: counts, hot/cold split, stable permutation)
       hot  side (main stream):   expert_mma(gate_up, SiLU gate fused) -> expert_mma(down)   (tensor cores)
                                  or, above `mma_max_tokens`, gather_rows -> grouped_mm -> gate -> grouped_mm
+                                 or, up to `gemv_batch_tokens` tokens, the GEMV as on the cold side
       cold side (second stream): expert_gemv(gate_up, SiLU gate fused) -> expert_gemv(down)
     unpermute (weighted sum over each token's k slots; waits on both sides)
 
@@ -380,6 +381,8 @@ class FusedLayerPath:
 
     def _hot(self, layer: ExpertLayer, hidden: torch.Tensor, prep: kernels.RoutePrep, top_k: int) -> torch.Tensor:
         num_tokens = prep.num_pairs // top_k if top_k else 0
+        if hidden.is_cuda and num_tokens <= self.gemv_batch_tokens and kernels.HAS_CUDA_KERNELS:
+            return self._hot_gemv(layer, hidden.to(layer.dtype), prep, top_k, num_tokens)
         if self.mma_ok(layer, num_tokens, prep.num_pairs, hidden.device):
             return self._hot_mma(layer, hidden.to(layer.dtype), prep, top_k, num_tokens)
         x = kernels.gather_rows(hidden.to(layer.dtype), prep.hot_pairs, top_k)
@@ -392,6 +395,21 @@ class FusedLayerPath:
                 logger.info("fused path: grouped_mm unavailable for %s on %s (%s); one matmul per expert",
                             layer.dtype, hidden.device.type, exc)
         return self._hot_per_expert(layer, x, prep)
+
+    def _hot_gemv(self, layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep, top_k: int,
+                  num_tokens: int) -> torch.Tensor:
+        """The hot side of a decode-sized batch on the GEMV, as gpu-only runs such a batch (each expert has a
+        token or a few: the tensor cores and the grouped GEMM would read its weights for nothing)."""
+        fused_gate = self._silu_fused(layer)
+        f = layer.intermediate_size
+        h = kernels.expert_gemv(x, layer.up_weight, prep, in_pairs=prep.hot_pairs, top_k=top_k,
+                                out_rows=f if fused_gate else layer.up_weight.shape[1], silu_chunk=fused_gate,
+                                max_tokens=num_tokens, side="hot")
+        if not fused_gate:
+            h = layer.activate(h)
+        return kernels.expert_gemv(h.contiguous(), layer.down_weight, prep, in_pairs=None, top_k=top_k,
+                                   out_rows=layer.hidden_size, silu_chunk=False, max_tokens=num_tokens,
+                                   lists_ready=fused_gate, side="hot")
 
     def _hot_mma(self, layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep, top_k: int,
                  num_tokens: int) -> torch.Tensor:
