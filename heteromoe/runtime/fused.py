@@ -367,24 +367,14 @@ class FusedLayerPath:
     # -- the two sides ---------------------------------------------------------------------------------
     def _cold(self, layer: ExpertLayer, hidden: torch.Tensor, prep: kernels.RoutePrep, top_k: int,
               max_tokens: int) -> torch.Tensor:
-        f = layer.intermediate_size
-        up, down = layer.up_weight, layer.down_weight
-        x = hidden.to(layer.dtype)
-        fused_gate = self._silu_fused(layer)
-        h = kernels.expert_gemv(x, up, prep, in_pairs=prep.cold_pairs, top_k=top_k,
-                                out_rows=f if fused_gate else up.shape[1], silu_chunk=fused_gate, max_tokens=max_tokens)
-        if not fused_gate:
-            h = layer.activate(h)
-        # with the gate fused, the up GEMV is the kernel just before the down one on this stream
-        return kernels.expert_gemv(h.contiguous(), down, prep, in_pairs=None, top_k=top_k, out_rows=layer.hidden_size,
-                                   silu_chunk=False, max_tokens=max_tokens, lists_ready=fused_gate)
+        return self._projections(kernels.expert_gemv, layer, hidden.to(layer.dtype), prep, top_k, max_tokens, "cold")
 
     def _hot(self, layer: ExpertLayer, hidden: torch.Tensor, prep: kernels.RoutePrep, top_k: int) -> torch.Tensor:
         num_tokens = prep.num_pairs // top_k if top_k else 0
         if hidden.is_cuda and num_tokens <= self.gemv_batch_tokens and kernels.HAS_CUDA_KERNELS:
-            return self._hot_gemv(layer, hidden.to(layer.dtype), prep, top_k, num_tokens)
+            return self._projections(kernels.expert_gemv, layer, hidden.to(layer.dtype), prep, top_k, num_tokens, "hot")
         if self.mma_ok(layer, num_tokens, prep.num_pairs, hidden.device):
-            return self._hot_mma(layer, hidden.to(layer.dtype), prep, top_k, num_tokens)
+            return self._projections(kernels.expert_mma, layer, hidden.to(layer.dtype), prep, top_k, num_tokens, "hot")
         x = kernels.gather_rows(hidden.to(layer.dtype), prep.hot_pairs, top_k)
         key = (layer.dtype, hidden.device.type)
         if self._grouped_ok.get(key, True):
@@ -396,34 +386,22 @@ class FusedLayerPath:
                             layer.dtype, hidden.device.type, exc)
         return self._hot_per_expert(layer, x, prep)
 
-    def _hot_gemv(self, layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep, top_k: int,
-                  num_tokens: int) -> torch.Tensor:
-        """The hot side of a decode-sized batch on the GEMV, as gpu-only runs such a batch (each expert has a
-        token or a few: the tensor cores and the grouped GEMM would read its weights for nothing)."""
+    def _projections(self, kernel, layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep, top_k: int,
+                     max_tokens: int, side: str) -> torch.Tensor:
+        """One side's rows through both projections on `kernel` (kernels.expert_gemv or expert_mma), reading the
+        tokens through that side's pairs (no gather). The GEMV on the hot side is a decode-sized batch's GPU
+        set, as gpu-only runs such a batch (an expert has a token or a few: the tensor cores and the grouped
+        GEMM would read its weights for nothing)."""
         fused_gate = self._silu_fused(layer)
-        f = layer.intermediate_size
-        h = kernels.expert_gemv(x, layer.up_weight, prep, in_pairs=prep.hot_pairs, top_k=top_k,
-                                out_rows=f if fused_gate else layer.up_weight.shape[1], silu_chunk=fused_gate,
-                                max_tokens=num_tokens, side="hot")
+        up = layer.up_weight
+        h = kernel(x, up, prep, in_pairs=prep.hot_pairs if side == "hot" else prep.cold_pairs, top_k=top_k,
+                   out_rows=layer.intermediate_size if fused_gate else up.shape[1], silu_chunk=fused_gate,
+                   max_tokens=max_tokens, side=side)
         if not fused_gate:
             h = layer.activate(h)
-        return kernels.expert_gemv(h.contiguous(), layer.down_weight, prep, in_pairs=None, top_k=top_k,
-                                   out_rows=layer.hidden_size, silu_chunk=False, max_tokens=num_tokens,
-                                   lists_ready=fused_gate, side="hot")
-
-    def _hot_mma(self, layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep, top_k: int,
-                 num_tokens: int) -> torch.Tensor:
-        """The hot side on the tensor-core kernel: reads the tokens through `hot_pairs` (no gather)."""
-        fused_gate = self._silu_fused(layer)
-        f = layer.intermediate_size
-        h = kernels.expert_mma(x, layer.up_weight, prep, in_pairs=prep.hot_pairs, top_k=top_k,
-                               out_rows=f if fused_gate else layer.up_weight.shape[1], silu_chunk=fused_gate,
-                               max_tokens=num_tokens, side="hot")
-        if not fused_gate:
-            h = layer.activate(h)
-        return kernels.expert_mma(h.contiguous(), layer.down_weight, prep, in_pairs=None, top_k=top_k,
-                                  out_rows=layer.hidden_size, silu_chunk=False, max_tokens=num_tokens, side="hot",
-                                  lists_ready=fused_gate)
+        # with the gate fused, the up projection is the kernel just before the down one on this stream
+        return kernel(h.contiguous(), layer.down_weight, prep, in_pairs=None, top_k=top_k, out_rows=layer.hidden_size,
+                      silu_chunk=False, max_tokens=max_tokens, side=side, lists_ready=fused_gate)
 
     @staticmethod
     def _hot_grouped(layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep) -> torch.Tensor:
