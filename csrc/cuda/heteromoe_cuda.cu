@@ -539,6 +539,50 @@ constexpr int kGemvWarps = 2;
 // registers with enough warps resident to keep the loads in flight.
 __host__ __device__ constexpr int rows_per_warp(int max_t) { return max_t >= 4 ? 2 : 4; }
 
+// The GEMV's sums: acc[r][t] = each lane's part of row r of the weights . token t (lanes stream 16-byte vectors
+// of the weights, read once, and of the tokens); warp_sum then adds the lanes' parts.
+template <typename T, int kMaxT, int kW>
+__device__ __forceinline__ void gemv_dot(const T* const (&w_row)[kW], const T* const (&x_row)[kMaxT], int nt, int k_dim,
+                                         float (&acc)[kW][kMaxT]) {
+  constexpr int kVec = 16 / sizeof(T);
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int r = 0; r < kW; ++r)
+#pragma unroll
+    for (int t = 0; t < kMaxT; ++t) acc[r][t] = 0.f;
+  for (int k = lane * kVec; k < k_dim; k += 32 * kVec) {
+    uint4 wv[kW];
+#pragma unroll
+    for (int r = 0; r < kW; ++r) wv[r] = __ldcs(reinterpret_cast<const uint4*>(w_row[r] + k));
+    float wf[kW][kVec];  // each weight converted once, whatever the token count
+#pragma unroll
+    for (int r = 0; r < kW; ++r) {
+      const T* ws = reinterpret_cast<const T*>(&wv[r]);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) wf[r][j] = to_f<T>(ws[j]);
+    }
+#pragma unroll
+    for (int t = 0; t < kMaxT; ++t) {
+      if (t < nt) {
+        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x_row[t] + k));
+        const T* xs = reinterpret_cast<const T*>(&xv);
+        float xf[kVec];
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) xf[j] = to_f<T>(xs[j]);
+#pragma unroll
+        for (int r = 0; r < kW; ++r)
+#pragma unroll
+          for (int j = 0; j < kVec; ++j) acc[r][t] = fmaf(wf[r][j], xf[j], acc[r][t]);
+      }
+    }
+  }
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
 // Pair c's id is outside [0, num_experts): unless an earlier pair is bad too (that one is reported by its own
 // block), [1 + c, id] into err_out (pinned host memory), as route_prep reports the first bad pair.
 __device__ void gemv_report_bad_pair(const i64* pair_ids, int c, int num_experts, long long* err_out) {
@@ -554,7 +598,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* cold_expert,
                    const int* cold_begin, const int* cold_count, const int* offs, const i64* pair_ids, int lists,
                    long long* err_out, int out_rows, int k_dim, bool lists_ready, bool prefetch, T* out) {
-  constexpr int kVec = 16 / sizeof(T);
   constexpr int kRows = rows_per_warp(kMaxT);
   constexpr int kW = kSiluChunk ? 2 * kRows : kRows;
   const int c = blockIdx.y;
@@ -617,46 +660,12 @@ expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, 
       x_row[t] = x + static_cast<i64>(src) * k_dim;
     }
     float acc[kW][kMaxT];
-#pragma unroll
-    for (int r = 0; r < kW; ++r)
-#pragma unroll
-      for (int t = 0; t < kMaxT; ++t) acc[r][t] = 0.f;
-    for (int k = lane * kVec; k < k_dim; k += 32 * kVec) {
-      uint4 wv[kW];
-#pragma unroll
-      for (int r = 0; r < kW; ++r) wv[r] = __ldcs(reinterpret_cast<const uint4*>(w_row[r] + k));
-      float wf[kW][kVec];  // each weight converted once, whatever the token count
-#pragma unroll
-      for (int r = 0; r < kW; ++r) {
-        const T* ws = reinterpret_cast<const T*>(&wv[r]);
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) wf[r][j] = to_f<T>(ws[j]);
-      }
-#pragma unroll
-      for (int t = 0; t < kMaxT; ++t) {
-        if (t < nt) {
-          const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x_row[t] + k));
-          const T* xs = reinterpret_cast<const T*>(&xv);
-          float xf[kVec];
-#pragma unroll
-          for (int j = 0; j < kVec; ++j) xf[j] = to_f<T>(xs[j]);
-#pragma unroll
-          for (int r = 0; r < kW; ++r)
-#pragma unroll
-            for (int j = 0; j < kVec; ++j) acc[r][t] = fmaf(wf[r][j], xf[j], acc[r][t]);
-        }
-      }
-    }
+    gemv_dot<T, kMaxT, kW>(w_row, x_row, nt, k_dim, acc);
 #pragma unroll
     for (int t = 0; t < kMaxT; ++t) {
       if (t < nt) {
 #pragma unroll
-        for (int r = 0; r < kW; ++r) {
-          float v = acc[r][t];
-#pragma unroll
-          for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-          acc[r][t] = v;
-        }
+        for (int r = 0; r < kW; ++r) acc[r][t] = warp_sum(acc[r][t]);
         if (lane < kRows) {  // lane r writes row row0 + r (compile-time index via the unrolled select)
           float g = 0.f, u = 0.f;
 #pragma unroll
@@ -1358,14 +1367,105 @@ static void unpermute(int dtype, int w_dtype, std::uintptr_t y_hot, std::uintptr
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// expert_gemv_combine: one token's down projection and combine in one kernel (gemv_layer's direct mode,
+// top_k <= kMaxSlots). A block owns rows_per_warp(1) output rows and has one warp per slot s, which computes
+// those rows of y_s = W_{e_s} h_s (e_s read from the routing, checked: a bad id's y_s is zero, as the direct
+// GEMV writes it); the block then sums w_s * y_s over the slots in slot order with unpermute's roundings (y_s
+// rounded to T as it would be stored, each product to T when round_products), so the output is that of the
+// down GEMV + unpermute bit for bit (the same lanes' sums in the same order), with neither y in memory nor
+// a launch of its own on a decode step's critical path.
+template <typename T, typename W>
+__global__ void __launch_bounds__(kMaxSlots * 32)
+expert_gemv_combine_kernel(const T* h, const T* weight, const i64* pair_ids, int top_k, int num_experts,
+                           const W* weights, int out_rows, int k_dim, bool round_products, T* out) {
+  constexpr int kRows = rows_per_warp(1);
+  constexpr int kLine = 128 / sizeof(T);
+  __shared__ float s_y[kMaxSlots][kRows];
+  const int lane = threadIdx.x & 31, slot = threadIdx.x >> 5;
+  const int row0 = blockIdx.x * kRows;
+  const i64 id = pair_ids[slot];  // the routing is older than the up projection just before
+  const bool ok = id >= 0 && id < num_experts;
+  const T* w_e = weight + (ok ? id : 0) * static_cast<i64>(out_rows) * k_dim;
+  const T* w_row[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) w_row[r] = w_e + static_cast<i64>(min(row0 + r, out_rows - 1)) * k_dim;
+  if (ok)  // the warp's weight slice into L2 while the up projection finishes (as the down GEMV does)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+      for (int k = lane * kLine; k < k_dim; k += 32 * kLine) prefetch_l2(w_row[r] + k);
+  pdl_wait();  // h comes from the kernel just before
+  pdl_trigger();
+  const T* x_row[1] = {h + static_cast<i64>(slot) * k_dim};
+  float acc[kRows][1];
+  if (ok) gemv_dot<T, 1, kRows>(w_row, x_row, 1, k_dim, acc);  // ok is the same for the whole warp
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const float v = ok ? warp_sum(acc[r][0]) : 0.f;
+    if (lane == r) s_y[slot][r] = to_f<T>(from_f<T>(v));
+  }
+  __syncthreads();
+  const int row = row0 + static_cast<int>(threadIdx.x);
+  if (threadIdx.x < kRows && row < out_rows) {
+    float sum = 0.f;
+    for (int s = 0; s < top_k; ++s) {
+      float prod = __fmul_rn(s_y[s][threadIdx.x], to_f<W>(weights[s]));
+      if (round_products) prod = to_f<T>(from_f<T>(prod));
+      sum = __fadd_rn(sum, prod);
+    }
+    out[row] = from_f<T>(sum);
+  }
+}
+
+// Where gemv_layer's one-token path combines in the down projection: up to kMaxSlots slots; HETEROMOE_GEMV_COMBINE=0
+// keeps the down GEMV and unpermute (for A/B). Measured on the H100 (bench/results/gpu-layer-h100.json, and
+// gpu-layer-h100-session6-run2.json without it): Qwen3-30B-A3B (top-8, K 768) batch 1 32.8 -> 28.9 us, but
+// Mixtral-8x7B (top-2, K 14336) 262.8 -> 275.6 us; a rule by K (combine up to K 4096) would keep both, not
+// measured yet.
+static bool gemv_combine(int top_k) {
+  static const int mode = env_choice("HETEROMOE_GEMV_COMBINE", 1, {0, 1});
+  return mode == 1 && top_k <= kMaxSlots;
+}
+
+template <typename T>
+static void launch_gemv_combine_t(int w_dtype, std::uintptr_t h, std::uintptr_t weight, std::uintptr_t ids, int top_k,
+                                  int num_experts, std::uintptr_t weights, int out_rows, int k_dim,
+                                  bool round_products, std::uintptr_t out, cudaStream_t s) {
+  const dim3 grid((out_rows + rows_per_warp(1) - 1) / rows_per_warp(1)), block(top_k * 32);
+  auto go = [&](auto w) {
+    using Wt = std::remove_const_t<std::remove_pointer_t<decltype(w)>>;
+    launch(expert_gemv_combine_kernel<T, Wt>, grid, block, 0, s, ptr<const T>(h), ptr<const T>(weight),
+           ptr<const i64>(ids), top_k, num_experts, ptr<const Wt>(weights), out_rows, k_dim, round_products,
+           ptr<T>(out));
+  };
+  if (w_dtype == kF32) return go(static_cast<const float*>(nullptr));
+  if (w_dtype == kBF16) return go(static_cast<const __nv_bfloat16*>(nullptr));
+  if (w_dtype == kF16) return go(static_cast<const __half*>(nullptr));
+  throw std::invalid_argument("expert_gemv_combine: unknown weight dtype code " + std::to_string(w_dtype));
+}
+
+static void expert_gemv_combine(int dtype, int w_dtype, std::uintptr_t h, std::uintptr_t weight, std::uintptr_t ids,
+                                int top_k, int num_experts, std::uintptr_t weights, int out_rows, int k_dim,
+                                bool round_products, std::uintptr_t out, std::uintptr_t stream) {
+  cudaStream_t s = as_stream(stream);
+  switch (dtype) {
+    case kF32: launch_gemv_combine_t<float>(w_dtype, h, weight, ids, top_k, num_experts, weights, out_rows, k_dim, round_products, out, s); break;
+    case kBF16: launch_gemv_combine_t<__nv_bfloat16>(w_dtype, h, weight, ids, top_k, num_experts, weights, out_rows, k_dim, round_products, out, s); break;
+    case kF16: launch_gemv_combine_t<__half>(w_dtype, h, weight, ids, top_k, num_experts, weights, out_rows, k_dim, round_products, out, s); break;
+    default: throw std::invalid_argument("expert_gemv_combine: unknown dtype code " + std::to_string(dtype));
+  }
+  check(cudaGetLastError(), "expert_gemv_combine launch");
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // gemv_layer: a whole layer call on the GEMV path in one host call (every expert on the list side):
 // route_prep -> GEMV [gate; up] with the SiLU gate -> GEMV down -> unpermute; from `mma_min_tokens` tokens
 // on (0: never) the two projections run on expert_mma, the same contract on the tensor cores. One workspace holds the
 // routing lists (int32), then h [P, f] and y [P, d] (16-byte aligned). Cuts the host's work per layer to
 // one call; the Python path does the same in four. `direct` (one token only): no route_prep; the GEMVs read
-// each pair's expert from the routing (a token's k experts are distinct, so each is still read once) and
-// unpermute reads y in pair order: one kernel less on the critical path of a decode step, and no counts in
-// the workspace.
+// each pair's expert from the routing (a token's k experts are distinct, so each is still read once), and
+// the down projection combines the slots itself (expert_gemv_combine; above kMaxSlots slots a GEMV and
+// unpermute in pair order): two kernels on the critical path of a decode step instead of four, and no
+// counts in the workspace.
 static size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 
 // A layer call's routing lists at the start of a one-call workspace, in route_prep's order (RoutePrep's in
@@ -1411,6 +1511,11 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
     const std::uintptr_t h = workspace, y = h + align16(static_cast<size_t>(n) * f * elem);
     run_gemv(dtype, hidden, 0, top_k, up_weight, GemvLists::pairs(ids, n, num_experts, err_out), f, d, true, 1, false,
              h, stream);
+    if (gemv_combine(top_k)) {  // the down projection and the combine in one kernel
+      expert_gemv_combine(dtype, w_dtype, h, down_weight, ids, top_k, num_experts, weights, d, f, round_products, out,
+                          stream);
+      return;
+    }
     // h has one row per pair: top_k 1
     run_gemv(dtype, h, 0, 1, down_weight, GemvLists::pairs(ids, n, num_experts, 0), d, f, false, 1, true, y, stream);
     unpermute(dtype, w_dtype, y, y, 0, weights, tokens, top_k, d, round_products, out, stream);

@@ -272,6 +272,37 @@ def test_bad_expert_id_on_cuda_is_reported_without_a_sync(batch, bad, first):
 
 @pytest.mark.gpu
 @needs_cuda_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("experts, top_k", [(8, 2), (128, 8), (24, 18)])
+def test_one_token_path_equals_the_kernels_one_by_one(experts, top_k, dtype):
+    """gpu-only at one token skips route_prep and (top_k <= 16) combines in the down projection's kernel: bit
+    for bit the route_prep -> GEMV up -> GEMV down -> unpermute chain (above 16 slots: GEMV down + unpermute)."""
+    from heteromoe.calibrate import expert_layer
+
+    layer = ExpertLayer.from_module("layer0", expert_layer(experts, top_k, 256, 96, dtype=dtype))
+    gen = torch.Generator("cuda").manual_seed(experts)
+    hidden = torch.randn(1, layer.hidden_size, device="cuda", dtype=dtype, generator=gen)
+    ids = torch.randperm(experts, device="cuda", generator=gen)[:top_k][None, :]
+    for weights_dtype in (dtype, torch.float32):
+        weights = torch.rand(1, top_k, device="cuda", generator=gen).to(weights_dtype)
+        with torch.no_grad():
+            out = FusedLayerPath().run(layer, hidden, ids, weights)
+            prep = kernels.route_prep(ids, experts, threshold=1)  # every pair on the list side
+            f = layer.intermediate_size
+            h = kernels.expert_gemv(hidden, layer.up_weight, prep, in_pairs=prep.cold_pairs, top_k=top_k, out_rows=f,
+                                    silu_chunk=True, max_tokens=1)
+            y = kernels.expert_gemv(h, layer.down_weight, prep, in_pairs=None, top_k=top_k,
+                                    out_rows=layer.hidden_size, silu_chunk=False, max_tokens=1, lists_ready=True)
+            out_dtype = torch.promote_types(dtype, weights_dtype)
+            ref = kernels.unpermute(y, y, prep.pair_row, weights.to(out_dtype),
+                                    round_products=out_dtype != torch.float32).to(dtype)
+            module = layer.module(hidden, ids, weights)
+        assert torch.equal(out, ref), (experts, top_k, weights_dtype)
+        torch.testing.assert_close(out.float(), module.float(), rtol=2e-2, atol=2e-2 * module.abs().max().item())
+
+
+@pytest.mark.gpu
+@needs_cuda_kernels
 @pytest.mark.parametrize("batch", [5, 40, 300])
 def test_mma_paths_match_the_module(batch):
     """gpu-only with every expert on the tensor-core kernel, and a plan's GPU share on it, against the
