@@ -35,6 +35,18 @@ using i64 = std::int64_t;
 
 enum DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
+// f(T{}) for the element type T of dtype code `code` (the launchers' one dispatch from a code to a template
+// argument); an unknown code: invalid_argument(what + the code).
+template <typename F>
+static void with_dtype(int code, const char* what, F&& f) {
+  switch (code) {
+    case kF32: return f(float{});
+    case kBF16: return f(__nv_bfloat16{});
+    case kF16: return f(__half{});
+    default: throw std::invalid_argument(std::string(what) + std::to_string(code));
+  }
+}
+
 template <typename T> __device__ __forceinline__ float to_f(T v);
 template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -760,12 +772,8 @@ static void run_gemv(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int t
   const int rows_per_block = kGemvWarps * rows_per_warp(tile);
   const GemvLaunch g{dim3((out_rows + rows_per_block - 1) / rows_per_block, lists.entries), as_stream(stream), x,
                      in_pairs, weight, out, lists, top_k, out_rows, k_dim, lists_ready};
-  switch (dtype) {
-    case kF32: launch_gemv_dtype<float>(max_tokens, silu_chunk, g); break;
-    case kBF16: launch_gemv_dtype<__nv_bfloat16>(max_tokens, silu_chunk, g); break;
-    case kF16: launch_gemv_dtype<__half>(max_tokens, silu_chunk, g); break;
-    default: throw std::invalid_argument("expert_gemv: unknown dtype code " + std::to_string(dtype));
-  }
+  with_dtype(dtype, "expert_gemv: unknown dtype code ",
+             [&](auto t) { launch_gemv_dtype<decltype(t)>(max_tokens, silu_chunk, g); });
   check(cudaGetLastError(), "expert_gemv launch");
 }
 
@@ -1327,28 +1335,18 @@ static void launch_unpermute_t(int w_dtype, int tokens, cudaStream_t s, std::uin
   if (top_k <= kMaxSlots && d % kVec == 0 && (y_hot | y_cold | out) % 16 == 0) {
     const int threads = 64;
     const dim3 grid(tokens, (d / kVec + threads - 1) / threads);
-    auto go = [&](auto w) {
-      using Wt = std::remove_const_t<std::remove_pointer_t<decltype(w)>>;
+    return with_dtype(w_dtype, "unpermute: unknown weight dtype code ", [&](auto w) {
+      using Wt = decltype(w);
       launch(unpermute_vec_kernel<T, Wt>, grid, dim3(threads), 0, s, ptr<const T>(y_hot), ptr<const T>(y_cold),
              ptr<const int>(pair_row), ptr<const Wt>(weights), n_pairs, top_k, d, round_products, ptr<T>(out));
-    };
-    if (w_dtype == kF32) return go(static_cast<const float*>(nullptr));
-    if (w_dtype == kBF16) return go(static_cast<const __nv_bfloat16*>(nullptr));
-    if (w_dtype == kF16) return go(static_cast<const __half*>(nullptr));
-    throw std::invalid_argument("unpermute: unknown weight dtype code " + std::to_string(w_dtype));
+    });
   }
   const int threads = d >= 1024 ? 256 : 128;
-  if (w_dtype == kF32)
-    unpermute_kernel<T, float><<<tokens, threads, 0, s>>>(ptr<const T>(y_hot), ptr<const T>(y_cold), ptr<const int>(pair_row),
-                                                          ptr<const float>(weights), n_pairs, top_k, d, round_products, ptr<T>(out));
-  else if (w_dtype == kBF16)
-    unpermute_kernel<T, __nv_bfloat16><<<tokens, threads, 0, s>>>(ptr<const T>(y_hot), ptr<const T>(y_cold), ptr<const int>(pair_row),
-                                                                  ptr<const __nv_bfloat16>(weights), n_pairs, top_k, d, round_products, ptr<T>(out));
-  else if (w_dtype == kF16)
-    unpermute_kernel<T, __half><<<tokens, threads, 0, s>>>(ptr<const T>(y_hot), ptr<const T>(y_cold), ptr<const int>(pair_row),
-                                                           ptr<const __half>(weights), n_pairs, top_k, d, round_products, ptr<T>(out));
-  else
-    throw std::invalid_argument("unpermute: unknown weight dtype code " + std::to_string(w_dtype));
+  with_dtype(w_dtype, "unpermute: unknown weight dtype code ", [&](auto w) {
+    using Wt = decltype(w);
+    unpermute_kernel<T, Wt><<<tokens, threads, 0, s>>>(ptr<const T>(y_hot), ptr<const T>(y_cold), ptr<const int>(pair_row),
+                                                       ptr<const Wt>(weights), n_pairs, top_k, d, round_products, ptr<T>(out));
+  });
 }
 
 static void unpermute(int dtype, int w_dtype, std::uintptr_t y_hot, std::uintptr_t y_cold, std::uintptr_t pair_row,
@@ -1357,12 +1355,10 @@ static void unpermute(int dtype, int w_dtype, std::uintptr_t y_hot, std::uintptr
   if (tokens == 0) return;
   const int n_pairs = tokens * top_k;
   cudaStream_t s = as_stream(stream);
-  switch (dtype) {
-    case kF32: launch_unpermute_t<float>(w_dtype, tokens, s, y_hot, y_cold, pair_row, weights, n_pairs, top_k, d, round_products, out); break;
-    case kBF16: launch_unpermute_t<__nv_bfloat16>(w_dtype, tokens, s, y_hot, y_cold, pair_row, weights, n_pairs, top_k, d, round_products, out); break;
-    case kF16: launch_unpermute_t<__half>(w_dtype, tokens, s, y_hot, y_cold, pair_row, weights, n_pairs, top_k, d, round_products, out); break;
-    default: throw std::invalid_argument("unpermute: unknown dtype code " + std::to_string(dtype));
-  }
+  with_dtype(dtype, "unpermute: unknown dtype code ", [&](auto t) {
+    launch_unpermute_t<decltype(t)>(w_dtype, tokens, s, y_hot, y_cold, pair_row, weights, n_pairs, top_k, d,
+                                    round_products, out);
+  });
   check(cudaGetLastError(), "unpermute launch");
 }
 
@@ -1431,28 +1427,22 @@ static void launch_gemv_combine_t(int w_dtype, std::uintptr_t h, std::uintptr_t 
                                   int num_experts, std::uintptr_t weights, int out_rows, int k_dim,
                                   bool round_products, std::uintptr_t out, cudaStream_t s) {
   const dim3 grid((out_rows + rows_per_warp(1) - 1) / rows_per_warp(1)), block(top_k * 32);
-  auto go = [&](auto w) {
-    using Wt = std::remove_const_t<std::remove_pointer_t<decltype(w)>>;
+  with_dtype(w_dtype, "expert_gemv_combine: unknown weight dtype code ", [&](auto w) {
+    using Wt = decltype(w);
     launch(expert_gemv_combine_kernel<T, Wt>, grid, block, 0, s, ptr<const T>(h), ptr<const T>(weight),
            ptr<const i64>(ids), top_k, num_experts, ptr<const Wt>(weights), out_rows, k_dim, round_products,
            ptr<T>(out));
-  };
-  if (w_dtype == kF32) return go(static_cast<const float*>(nullptr));
-  if (w_dtype == kBF16) return go(static_cast<const __nv_bfloat16*>(nullptr));
-  if (w_dtype == kF16) return go(static_cast<const __half*>(nullptr));
-  throw std::invalid_argument("expert_gemv_combine: unknown weight dtype code " + std::to_string(w_dtype));
+  });
 }
 
 static void expert_gemv_combine(int dtype, int w_dtype, std::uintptr_t h, std::uintptr_t weight, std::uintptr_t ids,
                                 int top_k, int num_experts, std::uintptr_t weights, int out_rows, int k_dim,
                                 bool round_products, std::uintptr_t out, std::uintptr_t stream) {
   cudaStream_t s = as_stream(stream);
-  switch (dtype) {
-    case kF32: launch_gemv_combine_t<float>(w_dtype, h, weight, ids, top_k, num_experts, weights, out_rows, k_dim, round_products, out, s); break;
-    case kBF16: launch_gemv_combine_t<__nv_bfloat16>(w_dtype, h, weight, ids, top_k, num_experts, weights, out_rows, k_dim, round_products, out, s); break;
-    case kF16: launch_gemv_combine_t<__half>(w_dtype, h, weight, ids, top_k, num_experts, weights, out_rows, k_dim, round_products, out, s); break;
-    default: throw std::invalid_argument("expert_gemv_combine: unknown dtype code " + std::to_string(dtype));
-  }
+  with_dtype(dtype, "expert_gemv_combine: unknown dtype code ", [&](auto t) {
+    launch_gemv_combine_t<decltype(t)>(w_dtype, h, weight, ids, top_k, num_experts, weights, out_rows, k_dim,
+                                       round_products, out, s);
+  });
   check(cudaGetLastError(), "expert_gemv_combine launch");
 }
 
@@ -1508,7 +1498,7 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
   const int elem = dtype == kF32 ? 4 : 2;
   if (direct) {
     if (tokens != 1) throw std::invalid_argument("gemv_layer: direct is for one token, got " + std::to_string(tokens));
-    const std::uintptr_t h = workspace, y = h + align16(static_cast<size_t>(n) * f * elem);
+    const std::uintptr_t h = workspace;
     run_gemv(dtype, hidden, 0, top_k, up_weight, GemvLists::pairs(ids, n, num_experts, err_out), f, d, true, 1, false,
              h, stream);
     if (gemv_combine(top_k)) {  // the down projection and the combine in one kernel
@@ -1517,6 +1507,7 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
       return;
     }
     // h has one row per pair: top_k 1
+    const std::uintptr_t y = h + align16(static_cast<size_t>(n) * f * elem);
     run_gemv(dtype, h, 0, 1, down_weight, GemvLists::pairs(ids, n, num_experts, 0), d, f, false, 1, true, y, stream);
     unpermute(dtype, w_dtype, y, y, 0, weights, tokens, top_k, d, round_products, out, stream);
     return;
