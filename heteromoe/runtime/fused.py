@@ -308,9 +308,10 @@ class FusedLayerPath:
                     top_k_weights: torch.Tensor, call: _OneCall, plan: kernels.DevicePlan,
                     plan_out: torch.Tensor, hot_mma: bool) -> torch.Tensor:
         """A plan policy's call planned on the device, in one C++ call (`_cuda.plan_layer`): route_prep with the
-        planner, the GPU set on `expert_mma` (on the GEMV without `hot_mma`) beside the PIM set on the GEMV
-        (second stream), unpermute. The general path below does the same in some twenty torch calls, most of a
-        layer's host time."""
+        planner, the GPU set on `expert_mma` beside the PIM set on the GEMV (second stream), unpermute; without
+        `hot_mma` (a decode-sized batch, both sets on the GEMV) one GEMV launch per projection runs both sets,
+        on this stream. The general path below does the same in some twenty torch calls, most of a layer's host
+        time."""
         rule = plan.rule_code
         a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=True)
         kernels._cuda.plan_layer(call.dtype, call.weights_dtype, a.hidden.data_ptr(), a.ids.data_ptr(), a.tokens,
