@@ -1412,14 +1412,18 @@ expert_gemv_combine_kernel(const T* h, const T* weight, const i64* pair_ids, int
   }
 }
 
-// Where gemv_layer's one-token path combines in the down projection: up to kMaxSlots slots; HETEROMOE_GEMV_COMBINE=0
-// keeps the down GEMV and unpermute (for A/B). Measured on the H100 (bench/results/gpu-layer-h100.json, and
-// gpu-layer-h100-session6-run2.json without it): Qwen3-30B-A3B (top-8, K 768) batch 1 32.8 -> 28.9 us, but
-// Mixtral-8x7B (top-2, K 14336) 262.8 -> 275.6 us; a rule by K (combine up to K 4096) would keep both, not
-// measured yet.
-static bool gemv_combine(int top_k) {
-  static const int mode = env_choice("HETEROMOE_GEMV_COMBINE", 1, {0, 1});
-  return mode == 1 && top_k <= kMaxSlots;
+// Where the one-token path combines in the down projection: up to kMaxSlots slots and rows of at most
+// kCombineMaxK elements; HETEROMOE_GEMV_COMBINE=0 never combines, =2 always (up to kMaxSlots slots; both for
+// A/B). Measured on the H100 with the combine for every shape (bench/results/gpu-layer-h100.json; without it:
+// gpu-layer-h100-session6-run2.json): Qwen3-30B-A3B (top-8, K 768) batch 1 32.8 -> 28.9 us, Mixtral-8x7B
+// (top-2, K 14336) 262.8 -> 275.6 us: with a warp per slot, a block of a top-2 layer has two warps, each
+// streaming a 28 KB row, where the down GEMV runs four warps per block. The bound between the two measured
+// shapes (4096) is a choice, not a measurement.
+constexpr int kCombineMaxK = 4096;
+
+static bool gemv_combine(int top_k, int k_dim) {
+  static const int mode = env_choice("HETEROMOE_GEMV_COMBINE", 1, {0, 1, 2});
+  return mode != 0 && top_k <= kMaxSlots && (mode == 2 || k_dim <= kCombineMaxK);
 }
 
 template <typename T>
@@ -1453,9 +1457,9 @@ static void expert_gemv_combine(int dtype, int w_dtype, std::uintptr_t h, std::u
 // routing lists (int32), then h [P, f] and y [P, d] (16-byte aligned). Cuts the host's work per layer to
 // one call; the Python path does the same in four. `direct` (one token only): no route_prep; the GEMVs read
 // each pair's expert from the routing (a token's k experts are distinct, so each is still read once), and
-// the down projection combines the slots itself (expert_gemv_combine; above kMaxSlots slots a GEMV and
-// unpermute in pair order): two kernels on the critical path of a decode step instead of four, and no
-// counts in the workspace.
+// the down projection combines the slots itself (one_token_tail; see gemv_combine for where a GEMV and
+// unpermute in pair order run instead): two kernels on the critical path of a decode step instead of four,
+// and no counts in the workspace.
 static size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 
 // A layer call's routing lists at the start of a one-call workspace, in route_prep's order (RoutePrep's in
@@ -1484,6 +1488,30 @@ struct LayerLists {
   }
 };
 
+// One token's projections and combine, reading each pair's expert from the routing (a token's k experts are
+// distinct, so each is still read once): GEMV [gate; up] with the SiLU gate into h (one row per pair), then
+// the down projection combining the slots (expert_gemv_combine), or where gemv_combine says no, a down GEMV
+// into y and unpermute in pair order. A bad id's rows are zero (it adds nothing); `err_out` (0: none) gets
+// the first bad pair. The workspace holds h [k, f], then y [k, d].
+static void one_token_tail(int dtype, int w_dtype, std::uintptr_t hidden, std::uintptr_t ids, int top_k,
+                           int num_experts, std::uintptr_t up_weight, std::uintptr_t down_weight, int d, int f,
+                           std::uintptr_t weights, bool round_products, std::uintptr_t workspace, std::uintptr_t out,
+                           std::uintptr_t err_out, std::uintptr_t stream) {
+  const int elem = dtype == kF32 ? 4 : 2;
+  const std::uintptr_t h = workspace;
+  run_gemv(dtype, hidden, 0, top_k, up_weight, GemvLists::pairs(ids, top_k, num_experts, err_out), f, d, true, 1,
+           false, h, stream);
+  if (gemv_combine(top_k, f)) {  // the down projection and the combine in one kernel
+    expert_gemv_combine(dtype, w_dtype, h, down_weight, ids, top_k, num_experts, weights, d, f, round_products, out,
+                        stream);
+    return;
+  }
+  // h has one row per pair: top_k 1
+  const std::uintptr_t y = h + align16(static_cast<size_t>(top_k) * f * elem);
+  run_gemv(dtype, h, 0, 1, down_weight, GemvLists::pairs(ids, top_k, num_experts, 0), d, f, false, 1, true, y, stream);
+  unpermute(dtype, w_dtype, y, y, 0, weights, 1, top_k, d, round_products, out, stream);
+}
+
 static size_t gemv_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes) {
   return LayerLists::bytes(n_pairs, num_experts) + align16(static_cast<size_t>(n_pairs) * f * elem_bytes) +
          align16(static_cast<size_t>(n_pairs) * d * elem_bytes);
@@ -1498,18 +1526,8 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
   const int elem = dtype == kF32 ? 4 : 2;
   if (direct) {
     if (tokens != 1) throw std::invalid_argument("gemv_layer: direct is for one token, got " + std::to_string(tokens));
-    const std::uintptr_t h = workspace;
-    run_gemv(dtype, hidden, 0, top_k, up_weight, GemvLists::pairs(ids, n, num_experts, err_out), f, d, true, 1, false,
-             h, stream);
-    if (gemv_combine(top_k)) {  // the down projection and the combine in one kernel
-      expert_gemv_combine(dtype, w_dtype, h, down_weight, ids, top_k, num_experts, weights, d, f, round_products, out,
-                          stream);
-      return;
-    }
-    // h has one row per pair: top_k 1
-    const std::uintptr_t y = h + align16(static_cast<size_t>(n) * f * elem);
-    run_gemv(dtype, h, 0, 1, down_weight, GemvLists::pairs(ids, n, num_experts, 0), d, f, false, 1, true, y, stream);
-    unpermute(dtype, w_dtype, y, y, 0, weights, tokens, top_k, d, round_products, out, stream);
+    one_token_tail(dtype, w_dtype, hidden, ids, top_k, num_experts, up_weight, down_weight, d, f, weights,
+                   round_products, workspace, out, err_out, stream);
     return;
   }
   const int max_cold = std::min(num_experts, n);
@@ -1539,7 +1557,8 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
 // expert_mma (main stream) beside the PIM set on the GEMV (its functional stand-in, on `side`), joined ->
 // unpermute. Without `hot_mma` (decode-sized batches, where the GPU set runs on the GEMV too) both sets are
 // entries of one GEMV launch per projection: the plan goes to plan_out only, and the call is gemv_layer's
-// four kernels, route_prep planning. The workspace holds gemv_layer's lists, then h and y for each side
+// four kernels, route_prep planning; one token (the plan cannot change a row) is route_prep planning and
+// gemv_layer's one-token tail, three kernels. The workspace holds gemv_layer's lists, then h and y for each side
 // (plan_layer_workspace). The fork and the join are event record / wait pairs, so the call also captures in
 // a CUDA graph.
 static size_t plan_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes) {
@@ -1584,6 +1603,12 @@ static void plan_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
   route_prep_plan_lists(ids, n, num_experts, max_cold, l.counts, l.hot_offs, l.hot_pairs, l.cold_pairs, l.cold_expert,
                         l.cold_begin, l.cold_count, l.pair_row, l.meta, err_out, rule, flop, pim, table_len, read_s,
                         launch_s, comm, gfix, pfix, plan_out, hot_mma, stream);
+  if (!hot_mma && tokens == 1) {  // the plan changes no row: one token's path as gpu-only runs it (the ids were
+                                  // checked, and a bad one reported, by route_prep)
+    one_token_tail(dtype, w_dtype, hidden, ids, top_k, num_experts, up_weight, down_weight, d, f, weights,
+                   round_products, l.end, out, 0, stream);
+    return;
+  }
   if (!hot_mma) {  // both sets on the GEMV: one launch per projection runs them all, no fork (rows bit for bit
                    // those of two launches: a row's sums do not depend on the other rows of its launch)
     const GemvLists all = GemvLists::cold(l.cold_expert, l.cold_begin, l.cold_count, max_cold);

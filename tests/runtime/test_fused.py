@@ -273,13 +273,15 @@ def test_bad_expert_id_on_cuda_is_reported_without_a_sync(batch, bad, first):
 @pytest.mark.gpu
 @needs_cuda_kernels
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-@pytest.mark.parametrize("experts, top_k", [(8, 2), (128, 8), (24, 18)])
-def test_one_token_path_equals_the_kernels_one_by_one(experts, top_k, dtype):
-    """gpu-only at one token skips route_prep and (top_k <= 16) combines in the down projection's kernel: bit
-    for bit the route_prep -> GEMV up -> GEMV down -> unpermute chain (above 16 slots: GEMV down + unpermute)."""
+@pytest.mark.parametrize("experts, top_k, d, f", [(8, 2, 256, 96), (128, 8, 256, 96), (24, 18, 256, 96),
+                                                  (8, 2, 64, 4352)])
+def test_one_token_path_equals_the_kernels_one_by_one(experts, top_k, d, f, dtype):
+    """gpu-only at one token skips route_prep and (top_k <= 16, f <= 4096) combines in the down projection's
+    kernel: bit for bit the route_prep -> GEMV up -> GEMV down -> unpermute chain (above 16 slots or for
+    longer rows: GEMV down + unpermute in pair order)."""
     from heteromoe.calibrate import expert_layer
 
-    layer = ExpertLayer.from_module("layer0", expert_layer(experts, top_k, 256, 96, dtype=dtype))
+    layer = ExpertLayer.from_module("layer0", expert_layer(experts, top_k, d, f, dtype=dtype))
     gen = torch.Generator("cuda").manual_seed(experts)
     hidden = torch.randn(1, layer.hidden_size, device="cuda", dtype=dtype, generator=gen)
     ids = torch.randperm(experts, device="cuda", generator=gen)[:top_k][None, :]
@@ -299,6 +301,58 @@ def test_one_token_path_equals_the_kernels_one_by_one(experts, top_k, dtype):
             module = layer.module(hidden, ids, weights)
         assert torch.equal(out, ref), (experts, top_k, weights_dtype)
         torch.testing.assert_close(out.float(), module.float(), rtol=2e-2, atol=2e-2 * module.abs().max().item())
+
+
+@pytest.mark.gpu
+@needs_cuda_kernels
+@pytest.mark.parametrize("policy", ["heteromoe", "sieve"])
+def test_device_planned_token_runs_the_one_token_tail(policy):
+    """One token planned on the device: route_prep plans (into the layer's ring, as every device plan), then
+    the same one-token tail as gpu-only (the plan cannot change a row): the output is gpu-only's bit for bit,
+    the plan is the host's, the call captures in a CUDA graph, and a bad id is reported by route_prep."""
+    import dataclasses
+
+    from heteromoe.cost.model import CostModel
+    from heteromoe.device import registry
+    from heteromoe.runtime.executor import MoEExecutor
+    from heteromoe.sched import get_policy
+    from heteromoe.sched.placement import Placement
+
+    model = tiny_model("qwen3_moe", dtype=torch.bfloat16).to("cuda")
+    layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
+    spec = dataclasses.replace(heteromoe.models.get("qwen3-30b-a3b"), num_experts=layer.num_experts,
+                               top_k=model.config.num_experts_per_tok)
+    cost = CostModel(heteromoe.systems.get("h100-hbm3-pim"), spec)
+    torch_backend = registry.get("torch")
+    executor = MoEExecutor(get_policy(policy), torch_backend, registry.get("pim-emulator"), torch_backend,
+                           fused=FusedLayerPath(), plan_on_device=True)
+    placement = Placement.from_homes(np.zeros(layer.num_experts, dtype=np.int64), 1)
+    gen = torch.Generator("cuda").manual_seed(11)
+    ids = torch.tensor([[3, 5]], device="cuda")
+    hidden = torch.randn(1, layer.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen)
+    weights = torch.rand(1, 2, device="cuda", generator=gen).to(torch.bfloat16)
+    with torch.no_grad():
+        out = executor.run(layer, cost, placement, hidden, ids, weights)
+        assert executor.fused._last_ws is not None  # the one C++ call (plan_layer) ran it
+        assert torch.equal(out, FusedLayerPath().run(layer, hidden, ids, weights))
+        executor.flush()
+        counts = np.bincount(ids.cpu().numpy().reshape(-1), minlength=layer.num_experts)
+        np.testing.assert_array_equal(executor.last_plans["layer0"].gpu_tokens,
+                                      get_policy(policy).plan(counts, placement, 1, cost).gpu_tokens)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = executor.run(layer, cost, placement, hidden, ids, weights)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, out)
+        bad = ids.clone()
+        bad[0, 1] = 99
+        zeroed = weights.clone()
+        zeroed[0, 1] = 0
+        out_bad = executor.run(layer, cost, placement, hidden, bad, weights)
+        with pytest.raises(ValueError, match=r"expert id 99 at pair 1 is outside \[0, 8\)"):
+            executor.fused.check_errors(layer)
+        assert torch.equal(out_bad, FusedLayerPath().run(layer, hidden, ids, zeroed))
 
 
 @pytest.mark.gpu
