@@ -95,3 +95,31 @@ def failing_pim_backend(message: str, fail_on_call: int = 2):
             return registry.get("pim-emulator").run_experts(layer, hidden, top_k_weights, work)
 
     return FailsMidBatch()
+
+
+def device_plan_setup(policy: str, fused, system: str = "h100-hbm3-pim"):
+    """A tiny bf16 Qwen3-MoE layer on the GPU and an executor that plans on the device with `policy`:
+    (layer, cost, executor, placement, top_k). The cost model has Qwen3-30B-A3B's expert shape with this
+    model's expert count and top-k; the backends are the built-in torch / pim-emulator ones."""
+    import dataclasses
+
+    import numpy as np
+
+    import heteromoe
+    from heteromoe.cost.model import CostModel
+    from heteromoe.device import registry
+    from heteromoe.runtime.executor import MoEExecutor
+    from heteromoe.runtime.layer import ExpertLayer
+    from heteromoe.sched import get_policy
+    from heteromoe.sched.placement import Placement
+
+    model = tiny_model("qwen3_moe", dtype=torch.bfloat16).to("cuda")
+    layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
+    top_k = model.config.num_experts_per_tok
+    spec = dataclasses.replace(heteromoe.models.get("qwen3-30b-a3b"), num_experts=layer.num_experts, top_k=top_k)
+    cost = CostModel(heteromoe.systems.get(system), spec)
+    torch_backend = registry.get("torch")
+    executor = MoEExecutor(get_policy(policy), torch_backend, registry.get("pim-emulator"), torch_backend,
+                           fused=fused, plan_on_device=True)
+    placement = Placement.from_homes(np.zeros(layer.num_experts, dtype=np.int64), 1)
+    return layer, cost, executor, placement, top_k

@@ -78,24 +78,13 @@ def test_device_plans_settle_across_rings(policy, monkeypatch):
     """More calls than two rings hold (rings of 3 here): every call counted once, the statistics those of the
     host planner's plans, last_plans the last call's plan, the PIM backend's counters kept."""
     from heteromoe.device import registry
-    from heteromoe.runtime.executor import MoEExecutor
     from heteromoe.runtime.fused import FusedLayerPath
-    from heteromoe.runtime.layer import ExpertLayer
-    from tests.helpers import tiny_model
+    from tests.helpers import device_plan_setup
 
     monkeypatch.setattr(device_plans, "RING_CALLS", 3)
-    model = tiny_model("qwen3_moe", dtype=torch.bfloat16).to("cuda")
-    layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
-    spec = dataclasses.replace(heteromoe.models.get("qwen3-30b-a3b"), num_experts=layer.num_experts,
-                               top_k=model.config.num_experts_per_tok)
-    cost = CostModel(heteromoe.systems.get("h100-hbm3-pim"), spec)
-    torch_backend = registry.get("torch")
-    pim = registry.get("pim-emulator")
-    executor = MoEExecutor(get_policy(policy), torch_backend, pim, torch_backend,
-                           fused=FusedLayerPath(mma_min_warps_per_sm=0), plan_on_device=True)
-    placement = Placement.from_homes(np.zeros(layer.num_experts, dtype=np.int64), 1)
+    pim = registry.get("pim-emulator")  # the registry's instance: the executor's PIM backend
+    layer, cost, executor, placement, k = device_plan_setup(policy, FusedLayerPath(mma_min_warps_per_sm=0))
     gen = torch.Generator("cuda").manual_seed(3)
-    k = model.config.num_experts_per_tok
     want, pim_calls, pim_pairs = LayerStats("layer0"), pim.calls, pim.pairs  # the registry's instance: from here on
     with torch.no_grad():
         for call, batch in enumerate([24, 5, 40, 24, 1, 17, 24, 9]):

@@ -10,7 +10,7 @@ import heteromoe
 from heteromoe import kernels
 from heteromoe.runtime.fused import FusedLayerPath
 from heteromoe.runtime.layer import ExpertLayer
-from tests.helpers import tiny_model
+from tests.helpers import device_plan_setup, tiny_model
 
 GEN = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
 
@@ -185,29 +185,12 @@ def test_device_plan_captures_in_a_cuda_graph_and_settles_stats(policy, case):
     (`_cuda.plan_layer`), else the general path's torch calls (grouped_mm for the GPU set). A decode-sized
     batch (one-call-gemv: 3 tokens, one expert with all three, which the B200 system's plan gives the GPU)
     is one C++ call too, its GPU set on the GEMV."""
-    import dataclasses
-
-    import numpy as np
-
-    from heteromoe.cost.model import CostModel
-    from heteromoe.device import registry
-    from heteromoe.runtime.executor import MoEExecutor
     from heteromoe.sched import get_policy
-    from heteromoe.sched.placement import Placement
 
-    model = tiny_model("qwen3_moe", dtype=torch.bfloat16).to("cuda")
-    layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
-    spec = dataclasses.replace(heteromoe.models.get("qwen3-30b-a3b"), num_experts=layer.num_experts,
-                               top_k=model.config.num_experts_per_tok)  # Qwen3-30B's expert shape, this model's count
     system = "b200-hbm3e-pim" if case == "one-call-gemv" else "h100-hbm3-pim"
-    cost = CostModel(heteromoe.systems.get(system), spec)
-    torch_backend = registry.get("torch")
-    executor = MoEExecutor(get_policy(policy), torch_backend, registry.get("pim-emulator"), torch_backend,
-                           fused=FusedLayerPath(mma_min_warps_per_sm=8 if case == "torch-calls" else 0),
-                           plan_on_device=True)
-    placement = Placement.from_homes(np.zeros(layer.num_experts, dtype=np.int64), 1)
+    layer, cost, executor, placement, k = device_plan_setup(
+        policy, FusedLayerPath(mma_min_warps_per_sm=8 if case == "torch-calls" else 0), system)
     gen = torch.Generator("cuda").manual_seed(7)
-    k = model.config.num_experts_per_tok
     if case == "one-call-gemv":
         ids = torch.tensor([[0, 1], [0, 2], [0, 3]], device="cuda")
     else:
@@ -310,23 +293,9 @@ def test_device_planned_token_runs_the_one_token_tail(policy):
     """One token planned on the device: route_prep plans (into the layer's ring, as every device plan), then
     the same one-token tail as gpu-only (the plan cannot change a row): the output is gpu-only's bit for bit,
     the plan is the host's, the call captures in a CUDA graph, and a bad id is reported by route_prep."""
-    import dataclasses
-
-    from heteromoe.cost.model import CostModel
-    from heteromoe.device import registry
-    from heteromoe.runtime.executor import MoEExecutor
     from heteromoe.sched import get_policy
-    from heteromoe.sched.placement import Placement
 
-    model = tiny_model("qwen3_moe", dtype=torch.bfloat16).to("cuda")
-    layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
-    spec = dataclasses.replace(heteromoe.models.get("qwen3-30b-a3b"), num_experts=layer.num_experts,
-                               top_k=model.config.num_experts_per_tok)
-    cost = CostModel(heteromoe.systems.get("h100-hbm3-pim"), spec)
-    torch_backend = registry.get("torch")
-    executor = MoEExecutor(get_policy(policy), torch_backend, registry.get("pim-emulator"), torch_backend,
-                           fused=FusedLayerPath(), plan_on_device=True)
-    placement = Placement.from_homes(np.zeros(layer.num_experts, dtype=np.int64), 1)
+    layer, cost, executor, placement, _ = device_plan_setup(policy, FusedLayerPath())
     gen = torch.Generator("cuda").manual_seed(11)
     ids = torch.tensor([[3, 5]], device="cuda")
     hidden = torch.randn(1, layer.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen)
