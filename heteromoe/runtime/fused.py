@@ -310,7 +310,8 @@ class FusedLayerPath:
         """A plan policy's call planned on the device, in one C++ call (`_cuda.plan_layer`): route_prep with the
         planner, the GPU set on `expert_mma` beside the PIM set on the GEMV (second stream), unpermute; without
         `hot_mma` (a decode-sized batch, both sets on the GEMV) one GEMV launch per projection runs both sets,
-        on this stream. The general path below does the same in some twenty torch calls, most of a layer's host
+        on this stream; one token, whose rows no plan changes, runs gpu-only's one-token tail after route_prep
+        has planned (three kernels). The general path below does the same in some twenty torch calls, most of a layer's host
         time."""
         rule = plan.rule_code
         a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=True)
