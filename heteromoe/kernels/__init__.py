@@ -9,6 +9,8 @@ One call signature, several implementations, picked by the tensors' device:
 """
 from __future__ import annotations
 
+import functools
+
 import logging
 import os
 from dataclasses import dataclass, fields
@@ -194,6 +196,13 @@ class DevicePlan:
         """Token counts both cost tables cover."""
         return int(min(self.flop.shape[0], self.pim.shape[0]))
 
+    @functools.cached_property
+    def kernel_args(self) -> tuple:
+        """(rule, flop, pim, table_len, read_s, launch_s, comm_s, gpu_fixed_s, pim_fixed_s) as the CUDA entry
+        points take them (pointers and numbers), made once: a plan is reused for every call of its layer."""
+        return (self.rule_code, self.flop.data_ptr(), self.pim.data_ptr(), self.table_len, self.read_s, self.launch_s,
+                self.comm_s, self.gpu_fixed_s, self.pim_fixed_s)
+
 
 def route_prep_plan(top_k_index: torch.Tensor, num_experts: int, plan: DevicePlan, *, plan_out: torch.Tensor,
                     err_out: torch.Tensor | None = None) -> RoutePrep:
@@ -205,16 +214,13 @@ def route_prep_plan(top_k_index: torch.Tensor, num_experts: int, plan: DevicePla
                          f"{tuple(plan_out.shape)} {plan_out.dtype}")
     if not _on_cuda_kernels(top_k_index):
         raise ValueError("route_prep_plan runs on CUDA tensors with heteromoe._cuda built")
-    rule = plan.rule_code
+    plan_args = plan.kernel_args
     ids = top_k_index.reshape(-1).to(torch.int64).contiguous()
     n = int(ids.shape[0])
     max_cold = min(num_experts, n)
     prep = RoutePrep.empty(num_experts, n, max_cold, ids.device)
     _cuda.route_prep_plan(ids.data_ptr(), n, num_experts, max_cold, *prep.pointers(),
-                          0 if err_out is None else err_out.data_ptr(),
-                          rule, plan.flop.data_ptr(), plan.pim.data_ptr(), plan.table_len, plan.read_s,
-                          plan.launch_s, plan.comm_s,
-                          plan.gpu_fixed_s, plan.pim_fixed_s, plan_out.data_ptr(), _stream())
+                          0 if err_out is None else err_out.data_ptr(), *plan_args, plan_out.data_ptr(), _stream())
     return prep
 
 

@@ -56,13 +56,17 @@ def settle_rows(cost: CostModel, policy, take: np.ndarray, counts: np.ndarray, t
         raise PlanError(f"device plan of policy {policy.name!r}, call {r} of the batch: expert {e} has "
                         f"{int(counts[r, e])} routed tokens and {int(take[r, e])} on the GPU")
     gpu_fixed, pim_fixed = cost.fixed_s(policy.attention_on_pim)
+    # per-expert seconds by token count from the cost model's cached tables (the planners' own lookups: the
+    # same elementwise values as cost.gpu.flop_s / cost.pim.times_s, without evaluating them on R x E counts)
+    flop_tab, pim_tab = cost.tables(int(counts.max(initial=0)))
     read = cost.gpu.read_s(take).sum(axis=1)
-    flop = cost.gpu.flop_s(take).sum(axis=1)
+    flop = flop_tab[take].sum(axis=1)
     busy = (take > 0).any(axis=1)
     t_gpu = np.maximum(read, flop) + np.where(busy, cost.gpu.launch_s, 0.0) + gpu_fixed
-    t_pim = np.asarray(cost.pim.times_s(pim.reshape(-1)), dtype=np.float64).reshape(pim.shape).sum(axis=1) + pim_fixed
+    t_pim = pim_tab[pim].sum(axis=1) + pim_fixed
+    # device plans are one-GPU plans, whose all-to-all estimate does not depend on the counts (no link)
     slot_gpu = np.zeros(counts.shape[1], dtype=np.int64)
-    t_comm = np.array([float(cost.comm_s(row, slot_gpu, 1)[0]) for row in counts])
+    t_comm = np.full(counts.shape[0], float(cost.comm_s(counts[0], slot_gpu, 1)[0]))
     stats.add_sums(calls=counts.shape[0], tokens=int(np.sum(tokens)), pairs=int(counts.sum()),
                    gpu_experts=int((take > 0).sum()), pim_experts=int((pim > 0).sum()),
                    gpu_tokens=int(take.sum()), pim_tokens=int(pim.sum()), t_comm_s=float(t_comm.sum()),

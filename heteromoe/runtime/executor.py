@@ -22,6 +22,7 @@ import torch
 
 from heteromoe.cost.model import CostModel
 from heteromoe.device import Backend
+from heteromoe.kernels import DevicePlan
 from heteromoe.routing.loads import RoutingLoads, loads_from_topk
 from heteromoe.runtime.device_plans import PlanRing, exact_plan, settle_rows
 from heteromoe.runtime.fused import FusedLayerPath, unsupported_reason
@@ -302,8 +303,6 @@ class MoEExecutor:
 
     def _device_plan(self, layer: ExpertLayer, cost: CostModel, num_tokens: int, device: torch.device):
         """The layer's cost tables on the device (re-uploaded when the cost model's tables change)."""
-        from heteromoe.kernels import DevicePlan
-
         flop_tab, pim_tab = cost.tables(num_tokens)
         cached = self._device_tables.get(layer.name)
         if cached is None or cached[0] is not flop_tab or cached[1] is not pim_tab:

@@ -313,15 +313,14 @@ class FusedLayerPath:
         on this stream; one token, whose rows no plan changes, runs gpu-only's one-token tail after route_prep
         has planned (three kernels). The general path below does the same in some twenty torch calls, most of a layer's host
         time."""
-        rule = plan.rule_code
+        plan_args = plan.kernel_args
         a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=True)
         kernels._cuda.plan_layer(call.dtype, call.weights_dtype, a.hidden.data_ptr(), a.ids.data_ptr(), a.tokens,
                                  a.top_k, layer.num_experts, a.up.data_ptr(), a.down.data_ptr(), layer.hidden_size,
-                                 layer.intermediate_size, a.weights.data_ptr(), call.round_products, rule,
-                                 plan.flop.data_ptr(), plan.pim.data_ptr(), plan.table_len, plan.read_s, plan.launch_s,
-                                 plan.comm_s, plan.gpu_fixed_s, plan.pim_fixed_s, plan_out.data_ptr(), hot_mma,
-                                 a.workspace.data_ptr(), a.out.data_ptr(), call.err_word.data_ptr(), a.stream,
-                                 self._side_stream(call.device).cuda_stream)
+                                 layer.intermediate_size, a.weights.data_ptr(), call.round_products, *plan_args,
+                                 plan_out.data_ptr(), hot_mma, a.workspace.data_ptr(), a.out.data_ptr(),
+                                 call.err_word.data_ptr(), a.stream,
+                                 self._side_stream(call.device).cuda_stream if hot_mma else 0)  # fork only with hot_mma
         self._last_ws = (a.workspace, layer.num_experts)
         return a.out
 
