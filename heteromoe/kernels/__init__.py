@@ -10,7 +10,6 @@ One call signature, several implementations, picked by the tensors' device:
 from __future__ import annotations
 
 import functools
-
 import logging
 import os
 from dataclasses import dataclass, fields
