@@ -312,8 +312,8 @@ def expert_mma(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pai
         x, weight = x.contiguous(), weight.contiguous()
         out = torch.empty(rows, out_rows, dtype=x.dtype, device=x.device)
         _cuda.expert_mma(_DTYPE_CODE[x.dtype], x.data_ptr(), 0 if in_pairs is None else in_pairs.data_ptr(),
-                         int(top_k), weight.data_ptr(), *_lists(prep, side), int(out_rows), int(weight.shape[2]), bool(silu_chunk),
-                         int(max_tokens), bool(lists_ready), out.data_ptr(), _stream())
+                         int(top_k), weight.data_ptr(), *_lists(prep, side), int(out_rows), int(weight.shape[2]),
+                         bool(silu_chunk), int(max_tokens), bool(lists_ready), out.data_ptr(), _stream())
         return out
     if side == "hot":
         return reference.expert_hot_rows(x, weight, prep, in_pairs=in_pairs, top_k=top_k, out_rows=out_rows,

@@ -3,10 +3,10 @@
 A call planned on the device (`MoEExecutor(plan_on_device=True)`) leaves its plan's GPU tokens and the
 counts on the device. Turning each call's plan into a `Plan` and its predicted times on the host (cost
 model, Plan, validation, statistics) was about half of such a call's host time on the H100 machine
-(bench/results/profile-device-plan-host-h100-a08f06a.txt). So the kernel writes both rows into the next row of a per-layer device ring; a
-full ring goes to pinned host memory in one copy, without waiting, and is settled, vectorized over its
-calls, when the next ring fills (or at `flush()`): the host never waits for the device, and no call
-pays for statistics.
+(bench/results/profile-device-plan-host-h100-a08f06a.txt). So the kernel writes both rows into the next
+row of a per-layer device ring; a full ring goes to pinned host memory in one copy, without waiting, and is
+settled, vectorized over its calls, when the next ring fills (or at `flush()`): the host never waits for
+the device, and no call pays for statistics.
 
 The vectorized predicted times are `CostModel.times` for one GPU and the `tp` PIM layout (the device
 planner's case), summed per call: equal to the per-call path up to float summation order (tested).

@@ -311,8 +311,8 @@ class FusedLayerPath:
         planner, the GPU set on `expert_mma` beside the PIM set on the GEMV (second stream), unpermute; without
         `hot_mma` (a decode-sized batch, both sets on the GEMV) one GEMV launch per projection runs both sets,
         on this stream; one token, whose rows no plan changes, runs gpu-only's one-token tail after route_prep
-        has planned (three kernels). The general path below does the same in some twenty torch calls, most of a layer's host
-        time."""
+        has planned (three kernels). The general path below does the same in some twenty torch calls, most of a
+        layer's host time."""
         plan_args = plan.kernel_args
         a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=True)
         kernels._cuda.plan_layer(call.dtype, call.weights_dtype, a.hidden.data_ptr(), a.ids.data_ptr(), a.tokens,
