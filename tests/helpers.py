@@ -123,3 +123,32 @@ def device_plan_setup(policy: str, fused, system: str = "h100-hbm3-pim"):
                            fused=fused, plan_on_device=True)
     placement = Placement.from_homes(np.zeros(layer.num_experts, dtype=np.int64), 1)
     return layer, cost, executor, placement, top_k
+
+
+def greedy_differences_off_ties(ref_step_logits, prompt_len: int, tokens: torch.Tensor,
+                                ref_tokens: torch.Tensor) -> list[str]:
+    """Where greedy `tokens` leave the reference's `ref_tokens` other than at an exact tie of the reference.
+
+    `ref_step_logits` are the reference's logits at each generated step (`generate(..., output_logits=True,
+    return_dict_in_generate=True).logits`: one [batch, vocab] tensor per new token). A row may differ from its
+    first differing new token on only if, at that step, the reference's two largest logits are exactly equal
+    and both tokens hold that value: in bf16 another summation order may then pick the other one. The
+    continuations after such a tie are different texts and are not compared. Every other difference is
+    returned as a line naming the row, step and the reference's margin; an empty list means "identical except
+    at exact ties".
+    """
+    problems = []
+    for row in range(ref_tokens.shape[0]):
+        differ = (tokens[row, prompt_len:] != ref_tokens[row, prompt_len:]).nonzero()
+        if differ.numel() == 0:
+            continue
+        step = int(differ[0, 0])
+        logits = ref_step_logits[step][row].float()
+        best = logits.max()
+        ours, theirs = int(tokens[row, prompt_len + step]), int(ref_tokens[row, prompt_len + step])
+        tied = int((logits == best).sum()) >= 2 and logits[ours] == best and logits[theirs] == best
+        if not tied:
+            second = logits.topk(2).values[1]
+            problems.append(f"row {row}, new token {step}: {ours} instead of {theirs}, reference margin "
+                            f"{float(best - second):.6g} (logit of ours {float(logits[ours]):.6g}, best {float(best):.6g})")
+    return problems
