@@ -16,6 +16,7 @@ Skipped without a CUDA GPU.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 SHAPES = {"qwen3-30b-a3b": (128, 8, 2048, 768), "mixtral-8x7b": (8, 2, 4096, 14336)}
-BATCHES = [1, 2, 4, 16, 64, 256]
+BATCHES = [int(b) for b in os.environ.get("HETEROMOE_BENCH_BATCHES", "1,2,4,16,64,256").split(",")]  # a subset for A/B runs
 REPLAYS = 50
 
 
