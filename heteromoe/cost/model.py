@@ -14,7 +14,12 @@ from heteromoe.cost.pim_bank import BankPimCost
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
 
-__all__ = ["CostModel", "StepTimes", "default_gpu_cost", "default_pim_cost"]
+__all__ = ["TABLE_MAX_COUNT", "CostModel", "StepTimes", "default_gpu_cost", "default_pim_cost"]
+
+#: The largest token count per slot that the planners' dense per-count tables (`CostModel.tables`) are built
+#: for: above it the fast path plans on a coarser grid (`sched.policy.PlacementContext.fast_path`) and every
+#: other lookup evaluates the cost functions at the counts themselves, so no lookup scales with the count.
+TABLE_MAX_COUNT = 1 << 16
 
 
 def default_gpu_cost(system: SystemSpec, model: MoEModelSpec) -> GpuRoofline | GpuCostTable:
@@ -100,6 +105,15 @@ class CostModel:
             n = np.arange(size)
             self._tables = (self.gpu.flop_s(n), np.asarray(self.pim.times_s(n), dtype=np.float64))
         return self._tables
+
+    def gpu_flop_s(self, tokens) -> np.ndarray:
+        """[n] GPU compute seconds of one expert for each entry of `tokens`: the values `tables()` holds,
+        computed at the counts given (O(len(tokens)), whatever the counts)."""
+        return np.asarray(self.gpu.flop_s(np.asarray(tokens, dtype=np.int64)), dtype=np.float64)
+
+    def pim_time_s(self, tokens) -> np.ndarray:
+        """[n] PIM seconds of one expert for each entry of `tokens` (the values `tables()` holds)."""
+        return np.asarray(self.pim.times_s(np.asarray(tokens, dtype=np.int64)), dtype=np.float64)
 
     def fixed_arrays(self, num_gpus: int, attention_on_pim: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """`fixed_s` as [G] arrays (cached and read-only: the planners take them on every layer call)."""
