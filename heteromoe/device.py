@@ -203,8 +203,7 @@ class BackendRegistry:
             try:
                 target = ep.load()()
             except Exception as exc:
-                logger.warning("backend plugin %s (%s) failed to load: %s: %s", ep.name, ep.value,
-                               type(exc).__name__, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
+                logger.exception("backend plugin %s (%s) failed to load", ep.name, ep.value)
                 self._entries[ep.name] = BackendEntry(ep.name, origin, None, reason=f"probe failed: {exc!r}")
                 continue
             finally:
