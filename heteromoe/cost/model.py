@@ -96,7 +96,9 @@ class CostModel:
     def tables(self, max_count: int) -> tuple[np.ndarray, np.ndarray]:
         """(flop_tab, pim_tab): GPU compute and PIM seconds of one expert for n = 0..max_count tokens.
 
-        Cached and grown by doubling: the fast path looks costs up by token count.
+        Cached and grown by doubling: the fast-path kernels look costs up by token count. The planners ask
+        for at most TABLE_MAX_COUNT tokens (`PlacementContext.fast_path`); lookups at given counts are
+        `gpu_flop_s` / `pim_time_s`.
         """
         version = getattr(self.pim, "version", None)  # a learned table changes with what it observes
         if self._tables[0].shape[0] <= max_count or version != self._tables_version:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MODEL_ENTRIES", "TIME_UNIT_S", "GpuModel", "SolveResult", "build_model", "cp_model_module", "solve"]
+__all__ = ["MODEL_ENTRIES", "TIME_UNIT_S", "GpuModel", "SolveResult", "build_model", "cp_model_module", "granularity",
+           "solve"]
 
 
 def cp_model_module():

@@ -140,3 +140,20 @@ def test_a_fallback_backend_with_a_wrong_form_raises_naming_it():
     with torch.no_grad(), pytest.raises(BackendOutputError, match="fallback backend 'faulty-pim' returned dtype"):
         model(ids)
     runtime.unwrap()
+
+
+def test_non_finite_weights_fall_back_and_keep_the_unwrapped_output():
+    """Experts whose weights hold NaN make NaN from finite inputs: flagged and re-run, and the fallback's
+    output (NaN as well) is what the unwrapped model gives."""
+    model = tiny_model("mixtral")
+    with torch.no_grad():
+        model.model.layers[1].mlp.experts.down_proj[:, 0, 0] = float("nan")  # every expert of the last layer
+        ids = torch.randint(1, COMMON["vocab_size"], (3, 6), generator=torch.Generator().manual_seed(2))
+        ref = model(ids).logits
+        runtime = heteromoe.wrap(model, policy="all-exp")
+        out = model(ids).logits
+    runtime.unwrap()
+    assert torch.isnan(ref).any()
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5, equal_nan=True)
+    layers = runtime.report()["layers"]
+    assert layers[0]["fallbacks"] == 0 and layers[1]["fallbacks"] == 1
