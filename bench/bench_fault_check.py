@@ -1,6 +1,7 @@
 """What checking a backend's output costs on the generic path, on the CPU (pytest-benchmark).
 
-Run:  python -m pytest bench/bench_fault_check.py --benchmark-json bench/results/fault-check-cpu-2core.json
+Run:  python -m pytest bench/bench_fault_check.py --benchmark-min-rounds=20 \
+          --benchmark-json bench/results/fault-check-cpu-2core.json
 
 `runtime.executor.check_backend_output` runs after every backend call of the generic path: metadata checks
 (type, shape, dtype, device) and one `isfinite(out).all()` reduction read back as a bool. Timed here: the check

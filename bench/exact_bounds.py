@@ -44,7 +44,8 @@ plan = heteromoe.schedule(counts, policy=ExactPolicy(time_limit_s=limit), **kw)
 elapsed = time.perf_counter() - start
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"experts": experts, "gpus": gpus, "counts": kind, "max_count": int(counts.max()),
-                  "time_limit_s": limit, "ortools_import_s": import_s, "wall_s": elapsed, "over_limit_s": elapsed - limit,
+                  "time_limit_s": limit, "ortools_import_s": import_s, "wall_s": elapsed,
+                  "over_limit_s": elapsed - limit,
                   "rss_before_mib": before / 1024, "peak_rss_mib": after / 1024,
                   "peak_rss_growth_mib": (after - before) / 1024, "statuses": plan.info["statuses"],
                   "granularity": [g["granularity"] for g in plan.info["exact"]]}))

@@ -236,15 +236,17 @@ class BackendRegistry:
         try:
             return _import_qualname(entry.target)
         except Exception as exc:  # noqa: BLE001 - the plug-in's own import (a missing dependency): name it
-            entry.target, entry.reason = None, f"importing its class {entry.target} failed ({type(exc).__name__}: {exc})"
+            reason = f"importing its class {entry.target} failed ({type(exc).__name__}: {exc})"
+            entry.target, entry.reason = None, reason
             raise BackendUnavailable(f"backend {name!r} ({entry.origin}) cannot run here: {entry.reason}; "
                                      f"available: {self.available_names(check=True)}") from None
 
     def _entry(self, name: str) -> BackendEntry:
         self.load_plugins()
         if name not in self._entries:
-            raise UnknownBackendError(f"unknown backend {name!r}; known backends: {', '.join(self.names())} "
-                                      f"(install a plugin that declares it under the '{ENTRY_POINT_GROUP}' entry points)")
+            raise UnknownBackendError(
+                f"unknown backend {name!r}; known backends: {', '.join(self.names())} "
+                f"(install a plugin that declares it under the '{ENTRY_POINT_GROUP}' entry points)")
         return self._entries[name]
 
     def availability(self, name: str) -> tuple[bool, str]:
@@ -265,7 +267,8 @@ class BackendRegistry:
         return [n for n in names if self.availability(n)[0]] if check else names
 
     def get(self, name: str) -> Backend:
-        """The backend instance; raises BackendUnavailable / KeyError naming the problem and the alternatives."""
+        """The backend instance; raises BackendUnavailable / UnknownBackendError naming the problem and the
+        alternatives."""
         if name in self._instances:
             return self._instances[name]
         cls = self.backend_class(name)

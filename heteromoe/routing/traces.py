@@ -49,7 +49,8 @@ class RoutingTrace:
 
     def __post_init__(self) -> None:
         if self.top_k_index.ndim != 3:
-            raise TraceError(f"trace {self.source}: top_k_index must be [layers, tokens, k], got {self.top_k_index.shape}")
+            raise TraceError(f"trace {self.source}: top_k_index must be [layers, tokens, k], "
+                             f"got {self.top_k_index.shape}")
         if self.top_k_index.size and (self.top_k_index.min() < 0 or self.top_k_index.max() >= self.num_experts):
             raise TraceError(f"trace {self.source}: expert ids outside [0, {self.num_experts})")
 
@@ -79,7 +80,8 @@ def load_dynande(folder, phase: str = "decode") -> RoutingTrace:
     folder = Path(folder)
     ids = _load_npy(folder / f"{phase}_topk_ids.npy")
     if phase == "decode" and ids.ndim != 4:
-        raise TraceError(f"trace {folder / 'decode_topk_ids.npy'}: expected [positions, layers, seqs, k], got {ids.shape}")
+        raise TraceError(f"trace {folder / 'decode_topk_ids.npy'}: expected [positions, layers, seqs, k], "
+                         f"got {ids.shape}")
     if phase == "decode":  # a decode step = one position of all 64 sequences: keep steps consecutive
         ids = ids.transpose(1, 0, 2, 3).reshape(ids.shape[1], -1, ids.shape[-1])
     return RoutingTrace(ids, 64, str(folder), "FLAME-MoE-290M")
@@ -154,4 +156,5 @@ def load_trace(path) -> RoutingTrace:
         return load_jsonl(path)
     if path.suffix == ".npy":
         return load_exflow(path)
-    raise TraceError(f"unrecognised trace {path}: expected a DynaNDE folder, a vLLM .jsonl route log or an ExFlow trace.npy")
+    raise TraceError(f"unrecognised trace {path}: expected a DynaNDE folder, a vLLM .jsonl route log or an ExFlow "
+                     "trace.npy")

@@ -37,7 +37,8 @@ from heteromoe.sched.policy import Policy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BackendOutputError", "MoEExecutor", "check_backend_output", "check_inputs", "split_work", "token_origins"]
+__all__ = ["BackendOutputError", "MoEExecutor", "check_backend_output", "check_inputs", "split_work",
+           "token_origins"]
 
 
 def check_inputs(layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
