@@ -114,7 +114,6 @@ class PlacementContext:
         return (slot_counts, self.slot_gpu, self.num_gpus, self.cost.gpu.read_s_per_expert, flop_tab, pim_tab,
                 self.comm_s if comm_s is None else comm_s, self.gpu_fixed_s, self.cost.gpu.launch_s, self.pim_fixed_s)
 
-
     def fast_path(self, rule: str, slot_counts: np.ndarray | None = None,
                   comm_s: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(gpu_tokens [P], t_gpu [G], t_pim [G]) of the fast-path kernel of `rule` ("sieve": `_ext.sieve_plan`,
