@@ -25,6 +25,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from heteromoe.errors import UserError
 from heteromoe.runtime.layer import ExpertLayer
 from heteromoe.runtime.work import WorkSlice
 
@@ -37,6 +38,7 @@ __all__ = [
     "BackendEntry",
     "BackendRegistry",
     "BackendUnavailable",
+    "UnknownBackendError",
     "get_backend",
     "registry",
 ]
@@ -46,8 +48,16 @@ ENTRY_POINT_GROUP = "heteromoe.backends"
 DEFAULT_PRIORITY: dict[str, list[str]] = {"gpu": ["torch", "numba-cpu"], "pim": ["pim-emulator"]}
 
 
-class BackendUnavailable(RuntimeError):
-    """A requested backend cannot run here; the message says why and what to use instead."""
+class BackendUnavailable(UserError, RuntimeError):
+    """A requested backend cannot run here; the message says why and what to use instead (one line)."""
+
+
+class UnknownBackendError(UserError, KeyError):
+    """A backend name no plug-in declares; the message lists the known ones. A ValueError (the project's
+    UserError) and, for older callers, a KeyError, printed unquoted."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class Backend(ABC):
@@ -166,10 +176,18 @@ class BackendRegistry:
         """Load the `heteromoe.backends` entry points once per process (`force` reloads)."""
         if self._plugins_loaded and not force:
             return
-        self._plugins_loaded = True
         allowed = os.environ.get("HETEROMOE_BACKENDS")
         allowed_set = {a.strip() for a in allowed.split(",") if a.strip()} if allowed else None
-        for ep in _entry_points():
+        points = list(_entry_points())
+        if allowed_set is not None:
+            declared = {ep.name for ep in points} | set(self._entries)
+            unknown = sorted(allowed_set - declared)
+            if unknown:
+                raise UnknownBackendError(
+                    f"HETEROMOE_BACKENDS={allowed} names unknown backend(s) {', '.join(map(repr, unknown))}; known "
+                    f"backends: {', '.join(sorted(declared))}")
+        self._plugins_loaded = True
+        for ep in points:
             if allowed_set is not None and ep.name not in allowed_set:
                 logger.info("backend plugin %s skipped: not in HETEROMOE_BACKENDS=%s", ep.name, allowed)
                 continue
@@ -214,14 +232,21 @@ class BackendRegistry:
             return entry.factory
         if entry.target is None:
             raise BackendUnavailable(f"backend {name!r} cannot run here: {entry.reason}; "
-                                     f"available: {self.available_names()}")
-        return _import_qualname(entry.target)
+                                     f"available: {self.available_names(check=True)}")
+        try:
+            return _import_qualname(entry.target)
+        except Exception as exc:  # noqa: BLE001 - the plug-in's own import (a missing dependency): name it
+            reason = f"importing its class {entry.target} failed ({type(exc).__name__}: {exc})"
+            entry.target, entry.reason = None, reason
+            raise BackendUnavailable(f"backend {name!r} ({entry.origin}) cannot run here: {entry.reason}; "
+                                     f"available: {self.available_names(check=True)}") from None
 
     def _entry(self, name: str) -> BackendEntry:
         self.load_plugins()
         if name not in self._entries:
-            raise KeyError(f"unknown backend {name!r}; known backends: {', '.join(self.names())} "
-                           f"(install a plugin that declares it under the '{ENTRY_POINT_GROUP}' entry points)")
+            raise UnknownBackendError(
+                f"unknown backend {name!r}; known backends: {', '.join(self.names())} "
+                f"(install a plugin that declares it under the '{ENTRY_POINT_GROUP}' entry points)")
         return self._entries[name]
 
     def availability(self, name: str) -> tuple[bool, str]:
@@ -234,11 +259,16 @@ class BackendRegistry:
         except Exception as exc:  # noqa: BLE001
             return False, str(exc)
 
-    def available_names(self) -> list[str]:
-        return [n for n in sorted(self._entries) if self._entries[n].target is not None]
+    def available_names(self, check: bool = False) -> list[str]:
+        """Backends whose probe found them runnable; with `check` (error messages), only those whose class
+        also imports and says it is available (this imports each one's module)."""
+        self.load_plugins()
+        names = [n for n in sorted(self._entries) if self._entries[n].target is not None]
+        return [n for n in names if self.availability(n)[0]] if check else names
 
     def get(self, name: str) -> Backend:
-        """The backend instance; raises BackendUnavailable / KeyError naming the problem and the alternatives."""
+        """The backend instance; raises BackendUnavailable / UnknownBackendError naming the problem and the
+        alternatives."""
         if name in self._instances:
             return self._instances[name]
         cls = self.backend_class(name)
@@ -246,7 +276,7 @@ class BackendRegistry:
             try:
                 cls.is_available(raise_error=True)
             except BackendUnavailable as exc:
-                others = [n for n in self.available_names() if n != name]
+                others = [n for n in self.available_names(check=True) if n != name]
                 raise BackendUnavailable(f"backend {name!r} was requested but cannot run: {exc}; alternatives: {others}") from None
         instance = cls()
         if not isinstance(instance, Backend):

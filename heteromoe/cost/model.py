@@ -14,7 +14,12 @@ from heteromoe.cost.pim_bank import BankPimCost
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
 
-__all__ = ["CostModel", "StepTimes", "default_gpu_cost", "default_pim_cost"]
+__all__ = ["TABLE_MAX_COUNT", "CostModel", "StepTimes", "default_gpu_cost", "default_pim_cost"]
+
+#: The largest token count per slot that the planners' dense per-count tables (`CostModel.tables`) are built
+#: for: above it the fast path plans on a coarser grid (`sched.policy.PlacementContext.fast_path`) and every
+#: other lookup evaluates the cost functions at the counts themselves, so no lookup scales with the count.
+TABLE_MAX_COUNT = 1 << 16
 
 
 def default_gpu_cost(system: SystemSpec, model: MoEModelSpec) -> GpuRoofline | GpuCostTable:
@@ -91,7 +96,9 @@ class CostModel:
     def tables(self, max_count: int) -> tuple[np.ndarray, np.ndarray]:
         """(flop_tab, pim_tab): GPU compute and PIM seconds of one expert for n = 0..max_count tokens.
 
-        Cached and grown by doubling: the fast path looks costs up by token count.
+        Cached and grown by doubling: the fast-path kernels look costs up by token count. The planners ask
+        for at most TABLE_MAX_COUNT tokens (`PlacementContext.fast_path`); lookups at given counts are
+        `gpu_flop_s` / `pim_time_s`.
         """
         version = getattr(self.pim, "version", None)  # a learned table changes with what it observes
         if self._tables[0].shape[0] <= max_count or version != self._tables_version:
@@ -100,6 +107,15 @@ class CostModel:
             n = np.arange(size)
             self._tables = (self.gpu.flop_s(n), np.asarray(self.pim.times_s(n), dtype=np.float64))
         return self._tables
+
+    def gpu_flop_s(self, tokens) -> np.ndarray:
+        """[n] GPU compute seconds of one expert for each entry of `tokens`: the values `tables()` holds,
+        computed at the counts given (O(len(tokens)), whatever the counts)."""
+        return np.asarray(self.gpu.flop_s(np.asarray(tokens, dtype=np.int64)), dtype=np.float64)
+
+    def pim_time_s(self, tokens) -> np.ndarray:
+        """[n] PIM seconds of one expert for each entry of `tokens` (the values `tables()` holds)."""
+        return np.asarray(self.pim.times_s(np.asarray(tokens, dtype=np.int64)), dtype=np.float64)
 
     def fixed_arrays(self, num_gpus: int, attention_on_pim: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """`fixed_s` as [G] arrays (cached and read-only: the planners take them on every layer call)."""

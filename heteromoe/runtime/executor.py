@@ -9,8 +9,11 @@ everything else and as the fallback when the fused path fails.
 
 The combine follows transformers' own implementations: each pair's weighted output is kept in the
 promoted dtype of hidden states and routing weights, then summed over the k slots of each token and
-cast back, so wrapped and unwrapped models agree to rounding. A backend that raises mid-batch is
-logged and its slice re-runs on the fallback backend: no token is lost.
+cast back, so wrapped and unwrapped models agree to rounding. A backend that raises mid-batch, or whose
+output fails `check_backend_output` (form, dtype, device, non-finite values from finite inputs), is logged
+and its slice re-runs on the fallback backend: no token is lost. The fused path runs only the built-in
+backends' own kernels (no plug-in code) and is not checked per call: a check would cost a host sync per call
+there; its kernels are tested against the generic path instead.
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ from heteromoe.sched.policy import Policy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MoEExecutor", "check_inputs", "split_work", "token_origins"]
+__all__ = ["BackendOutputError", "MoEExecutor", "check_backend_output", "check_inputs", "split_work",
+           "token_origins"]
 
 
 def check_inputs(layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
@@ -364,17 +368,70 @@ class MoEExecutor:
 
     def _run_with_fallback(self, backend: Backend, layer: ExpertLayer, hidden: torch.Tensor,
                            top_k_weights: torch.Tensor, work: WorkSlice, stats: LayerStats) -> tuple[torch.Tensor, Backend]:
-        """The slice's outputs and the backend that produced them."""
-        expected = (work.num_pairs, hidden.shape[-1])
+        """The slice's outputs and the backend that produced them.
+
+        A backend is a plug-in, possibly driving real hardware: its output is checked like any untrusted
+        input (`check_backend_output`). An exception or a failed check is logged naming the backend and the
+        layer, counted in the layer's `fallbacks`, and the slice re-runs on the fallback backend. The
+        fallback's own output is checked for its form only: it is the reference (where the layer's inputs
+        or weights make non-finite values, it makes them as the unwrapped model does).
+        """
+        out_dtype = torch.promote_types(hidden.dtype, top_k_weights.dtype)
         try:
             out = backend.run_experts(layer, hidden, top_k_weights, work)
-            if tuple(out.shape) != expected:
-                raise RuntimeError(f"returned shape {tuple(out.shape)}, expected {expected}")
-            return out, backend
+            problem = check_backend_output(out, work, hidden, top_k_weights, out_dtype,
+                                           finite=backend is not self.fallback_backend)
+            if problem is None:
+                return out, backend
+            failure = f"returned {problem}"
         except Exception as exc:
             if backend is self.fallback_backend:
                 raise
-            stats.fallbacks += 1
-            logger.warning("layer %s: backend %r failed on %d pairs (%s: %s); re-running them on %r",
-                           layer.name, backend.name, work.num_pairs, type(exc).__name__, exc, self.fallback_backend.name)
-            return self.fallback_backend.run_experts(layer, hidden, top_k_weights, work), self.fallback_backend
+            failure = f"raised {type(exc).__name__}: {exc}"
+        if backend is self.fallback_backend:
+            raise BackendOutputError(f"layer {layer.name}: fallback backend {backend.name!r} {failure}")
+        stats.fallbacks += 1
+        logger.warning("layer %s: backend %r %s on %d pairs; re-running them on %r",
+                       layer.name, backend.name, failure, work.num_pairs, self.fallback_backend.name)
+        out = self.fallback_backend.run_experts(layer, hidden, top_k_weights, work)
+        problem = check_backend_output(out, work, hidden, top_k_weights, out_dtype, finite=False)
+        if problem is not None:
+            raise BackendOutputError(f"layer {layer.name}: fallback backend {self.fallback_backend.name!r} "
+                                     f"returned {problem}")
+        return out, self.fallback_backend
+
+
+class BackendOutputError(RuntimeError):
+    """The fallback backend itself returned an output of the wrong form: nothing trusted is left to run on."""
+
+
+def check_backend_output(out, work: WorkSlice, hidden: torch.Tensor, top_k_weights: torch.Tensor,
+                         out_dtype: torch.dtype, finite: bool = True) -> str | None:
+    """What is wrong with a backend's output for `work`, in words, or None when it is sound.
+
+    Sound: a tensor of shape [P, d] in `out_dtype` on the hidden states' device and, with `finite`, no
+    non-finite value in a row whose inputs (the token's hidden state and the pair's routing weight) are
+    finite: such a row's NaN / Inf comes from the layer's inputs and is the unwrapped model's too.
+
+    Cost: the form checks read metadata only; the finiteness check is one sum over the output (NaN or Inf
+    anywhere makes it non-finite) and one host read of the result; only when that sum is not finite (a
+    non-finite value, or a sum that overflows) are the rows and their inputs looked at.
+    """
+    if not isinstance(out, torch.Tensor):
+        return f"a {type(out).__name__}, not a torch.Tensor"
+    expected = (work.num_pairs, hidden.shape[-1])
+    if tuple(out.shape) != expected:
+        return f"shape {tuple(out.shape)}, expected {expected}"
+    if out.dtype != out_dtype:
+        return f"dtype {out.dtype}, expected {out_dtype}"
+    if out.device != hidden.device:
+        return f"a tensor on {out.device}, expected {hidden.device}"
+    if not finite or bool(torch.isfinite(out.sum())):
+        return None
+    bad_rows = ~torch.isfinite(out).all(dim=1)
+    tokens = work.token_index(hidden.device)
+    inputs_finite = torch.isfinite(hidden[tokens]).all(dim=1) & torch.isfinite(work.pair_weights(top_k_weights))
+    unexplained = bad_rows & inputs_finite
+    if bool(unexplained.any()):
+        return f"non-finite values in {int(unexplained.sum())} of {work.num_pairs} rows whose inputs are finite"
+    return None

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from heteromoe.cost.model import CostModel
+from heteromoe import _ext
+from heteromoe.cost.model import TABLE_MAX_COUNT, CostModel
 from heteromoe.sched.placement import Placement
 from heteromoe.sched.plan import Plan
 
@@ -112,6 +113,65 @@ class PlacementContext:
         flop_tab, pim_tab = self.cost.tables(int(slot_counts.max()) if slot_counts.size else 0)
         return (slot_counts, self.slot_gpu, self.num_gpus, self.cost.gpu.read_s_per_expert, flop_tab, pim_tab,
                 self.comm_s if comm_s is None else comm_s, self.gpu_fixed_s, self.cost.gpu.launch_s, self.pim_fixed_s)
+
+    def fast_path(self, rule: str, slot_counts: np.ndarray | None = None,
+                  comm_s: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(gpu_tokens [P], t_gpu [G], t_pim [G]) of the fast-path kernel of `rule` ("sieve": `_ext.sieve_plan`,
+        "heteromoe": `_ext.heteromoe_plan`) on `slot_counts`, with cost lookups that do not grow with the counts.
+
+        Up to TABLE_MAX_COUNT tokens per slot the kernel gets the cost model's dense per-count tables (the
+        plan the kernel always made). Above it:
+        - `sieve_plan` looks costs up only at each slot's own count (all or nothing per slot), so it runs on
+          the ranks of the distinct counts with tables of their costs: the same plan and times, exactly;
+        - `heteromoe_plan` also tries every split point of one slot, so it plans on counts in units of
+          `s = ceil(max count / COARSE_TABLE_COUNT)` tokens (rounded up; its split points are multiples of
+          s tokens), and the plan's times are then evaluated at the real counts; per GPU, Sieve's exact plan
+          replaces it where that is faster (so `heteromoe` stays no worse than `sieve`).
+        """
+        if rule not in ("sieve", "heteromoe"):
+            raise ValueError(f"unknown fast-path rule {rule!r}; known: sieve, heteromoe")
+        kernel = getattr(_ext, f"{rule}_plan")
+        slot_counts = self.slot_counts if slot_counts is None else slot_counts
+        comm_s = self.comm_s if comm_s is None else comm_s
+        max_count = int(slot_counts.max()) if slot_counts.size else 0
+        if max_count <= TABLE_MAX_COUNT:
+            return kernel(*self.fast_path_args(slot_counts, comm_s))
+        cost = self.cost
+        rest = (self.slot_gpu, self.num_gpus, cost.gpu.read_s_per_expert)
+        fixed = (comm_s, self.gpu_fixed_s, cost.gpu.launch_s, self.pim_fixed_s)
+        if rule == "sieve":
+            values = np.unique(np.concatenate([[0], slot_counts]))  # rank 0 is 0 tokens
+            ranks = np.searchsorted(values, slot_counts)
+            gpu_ranks, t_gpu, t_pim = kernel(ranks, *rest, cost.gpu_flop_s(values), cost.pim_time_s(values), *fixed)
+            return values[gpu_ranks], t_gpu, t_pim
+        step = -(-max_count // COARSE_TABLE_COUNT)
+        coarse = -(-slot_counts // step)  # ceil: a slot with tokens keeps at least one unit
+        grid = np.arange(int(coarse.max()) + 1) * step
+        gpu_units, _, _ = kernel(coarse, *rest, cost.gpu_flop_s(grid), cost.pim_time_s(grid), *fixed)
+        gpu_tokens = np.where(gpu_units >= coarse, slot_counts, np.minimum(gpu_units * step, slot_counts))
+        t_gpu, t_pim = self.evaluate(gpu_tokens, slot_counts)
+        sieve_tokens, sieve_gpu, sieve_pim = self.fast_path("sieve", slot_counts, comm_s)
+        sieve_better = np.maximum(sieve_gpu, sieve_pim) < np.maximum(t_gpu, t_pim)  # [G]; comm is the same
+        if sieve_better.any():
+            gpu_tokens = np.where(sieve_better[self.slot_gpu], sieve_tokens, gpu_tokens)
+            t_gpu, t_pim = np.where(sieve_better, sieve_gpu, t_gpu), np.where(sieve_better, sieve_pim, t_pim)
+        return gpu_tokens, t_gpu, t_pim
+
+    def evaluate(self, gpu_tokens: np.ndarray, slot_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """([G] T_GPU, [G] T_PIM) of a split, as the fast-path kernels evaluate it (the "tp" PIM layout), from
+        cost lookups at the counts themselves."""
+        cost, G = self.cost, self.num_gpus
+        busy = gpu_tokens > 0
+        read = np.bincount(self.slot_gpu, weights=busy * cost.gpu.read_s_per_expert, minlength=G)
+        flop = np.bincount(self.slot_gpu, weights=cost.gpu_flop_s(gpu_tokens), minlength=G)
+        launch = np.where(np.bincount(self.slot_gpu, weights=busy, minlength=G) > 0, cost.gpu.launch_s, 0.0)
+        t_gpu = np.maximum(read, flop) + launch + self.gpu_fixed_s
+        t_pim = np.bincount(self.slot_gpu, weights=cost.pim_time_s(slot_counts - gpu_tokens), minlength=G)
+        return t_gpu, t_pim + self.pim_fixed_s
+
+
+#: Entries of the per-count tables `heteromoe_plan` gets above TABLE_MAX_COUNT tokens per slot.
+COARSE_TABLE_COUNT = 1 << 14
 
 
 @dataclass(frozen=True, eq=False)

@@ -57,3 +57,13 @@ def test_pim_beats_gpu_for_one_token_and_loses_for_many():
     assert cost.pim.times_s(one).sum() < cost.gpu.time_s(one)
     many = one * 64
     assert cost.pim.times_s(many).sum() > cost.gpu.time_s(many)
+
+
+@pytest.mark.parametrize("system", ["h100-hbm3-pim", "b200-hbm3e-pim", "h100-logic-pim"])
+def test_lookups_at_the_counts_equal_the_dense_tables(system):
+    """`gpu_flop_s` / `pim_time_s` give the tables' values bit for bit, computed at the counts only."""
+    cost = CostModel(heteromoe.systems.get(system), MODEL)
+    counts = np.array([0, 1, 2, 3, 17, 255, 4096, 65535])
+    flop_tab, pim_tab = cost.tables(int(counts.max()))
+    assert np.array_equal(cost.gpu_flop_s(counts), flop_tab[counts])
+    assert np.array_equal(cost.pim_time_s(counts), pim_tab[counts])

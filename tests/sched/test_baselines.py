@@ -73,7 +73,9 @@ def test_exact_matches_hand_optimum_and_reports_gap():
     p = plan([6, 2, 1, 0], ExactPolicy(time_limit_s=5.0))
     assert p.predicted_time_s == pytest.approx(1.5)
     info = p.info["exact"][0]
-    assert info["status"] == "OPTIMAL" and info["gap"] == 0.0 and info["objective_s"] == pytest.approx(1.5)
+    assert info["status"] == "optimal" and info["solver"] == "OPTIMAL" and info["used"] == "solver"
+    assert info["gap"] == 0.0 and info["objective_s"] == pytest.approx(1.5) and info["granularity"] == 1
+    assert p.info["statuses"] == {"optimal": 1} and p.info["max_gap"] == 0.0
 
 
 # A compute-bound toy: GPU compute 1 s per token, weight reads free; PIM 1 s per token.
@@ -102,15 +104,60 @@ def test_heteromoe_beats_sieve_by_splitting_when_the_gpu_is_compute_bound():
     assert no_split.predicted_time_s == pytest.approx(10.0)
 
 
-def test_exact_time_out_falls_back_with_warning(caplog, monkeypatch):
+@pytest.mark.parametrize("result,status,gap", [
+    (("UNKNOWN", None, float("inf"), 0.0), "timed-out", None),  # nothing found, nothing proved
+    (("UNKNOWN", None, float("inf"), 1.2), "timed-out", 0.2),  # nothing found; a bound of 1.2 s was proved
+    (("MODEL_INVALID", None, float("inf"), 0.0), "failed", None),
+    (("INFEASIBLE", None, float("inf"), 0.0), "failed", None),
+])
+def test_exact_without_a_solution_uses_the_fast_path_and_says_so(caplog, monkeypatch, result, status, gap):
     import heteromoe.sched.policies.exact as exact_mod
     from heteromoe.sched.exact import SolveResult
 
-    monkeypatch.setattr(exact_mod, "solve", lambda *a, **k: SolveResult("UNKNOWN", None, float("inf"), 0.0))
+    monkeypatch.setattr(exact_mod, "solve", lambda *a, **k: SolveResult(*result))
     with caplog.at_level("WARNING"):
         p = plan([6, 2, 1, 0], ExactPolicy())
-    assert "CP-SAT returned UNKNOWN" in caplog.text
+    info = p.info["exact"][0]
+    assert info["status"] == status and info["used"] == "fast path" and info["solver"] == result[0]
+    assert info["gap"] == (None if gap is None else pytest.approx(gap))
+    assert p.info["statuses"] == {status: 1} and p.info["max_gap"] == info["gap"]
+    assert f"GPU 0 {status} (CP-SAT {result[0]}" in caplog.text
     assert p.gpu_tokens.tolist() == plan([6, 2, 1, 0], "heteromoe").gpu_tokens.tolist()
+
+
+def test_exact_feasible_keeps_its_plan_with_the_proved_gap(monkeypatch):
+    import heteromoe.sched.policies.exact as exact_mod
+    from heteromoe.sched.exact import SolveResult
+
+    # the hand optimum (1.5 s), found but not proved: bound 1.2 s
+    monkeypatch.setattr(exact_mod, "solve", lambda *a, **k: SolveResult("FEASIBLE", np.array([6, 0, 0]), 1.5, 1.2))
+    p = plan([6, 2, 1, 0], ExactPolicy())
+    info = p.info["exact"][0]
+    assert info["status"] == "feasible" and info["used"] == "solver" and info["gap"] == pytest.approx(0.2)
+    assert p.predicted_time_s == pytest.approx(1.5)
+
+
+def test_exact_time_limit_is_shared_by_the_gpus(monkeypatch):
+    """Each GPU's solve gets what is left of the call's limit over the GPUs left: a solver that uses all of its
+    time on every GPU keeps the whole call within the limit."""
+    import time
+
+    import heteromoe.sched.policies.exact as exact_mod
+    from heteromoe.sched.exact import SolveResult
+
+    limits = []
+
+    def slow_solve(model, limit, workers):
+        limits.append(limit)
+        time.sleep(limit)
+        return SolveResult("UNKNOWN", None, float("inf"), 0.0)
+
+    monkeypatch.setattr(exact_mod, "solve", slow_solve)
+    p = heteromoe.schedule(np.arange(16), model=heteromoe.MoEModelSpec(
+        name="m16", hidden_size=256, moe_intermediate_size=128, num_experts=16, top_k=2, num_layers=1),
+        system="h100-hbm3-pim", gpus=4, policy=ExactPolicy(time_limit_s=0.2))
+    assert len(limits) == 4 and limits[0] <= 0.05 and sum(limits) <= 0.2
+    assert p.info["statuses"] == {"timed-out": 4} and p.info["max_gap"] is None
 
 
 def test_exact_rejects_bad_time_limit():

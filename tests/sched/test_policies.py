@@ -193,8 +193,47 @@ def test_exact_is_a_lower_bound_for_every_policy(counts, gpus):
     counts = np.array(counts)
     kw = dict(model=model, system="h100-hbm3-pim", gpus=gpus, attn_kv_bytes=5e6)
     exact = heteromoe.schedule(counts, policy=ExactPolicy(time_limit_s=5.0), **kw)
-    assert all(info["status"] in ("OPTIMAL", "EMPTY") for info in exact.info["exact"])
+    assert all(info["status"] in ("optimal", "empty") for info in exact.info["exact"])
     for policy in ("no-exp", "all-exp", "duplex", "sieve", "heteromoe"):
         other = heteromoe.schedule(counts, policy=policy, **kw)
         # CP-SAT works in 0.1 ns units: allow that rounding over a handful of terms
         assert exact.predicted_time_s <= other.predicted_time_s + 1e-9, policy
+
+
+def _beyond_the_tables(seed: int, gpus: int):
+    from heteromoe.cost.model import TABLE_MAX_COUNT
+
+    rng = np.random.default_rng(seed)
+    spec = heteromoe.models.get("qwen3-30b-a3b")
+    counts = rng.poisson(rng.dirichlet(np.full(spec.num_experts, 0.3)) * 40 * TABLE_MAX_COUNT)
+    counts[0] = 3 * TABLE_MAX_COUNT + 1
+    return counts, dict(model=spec, system="h100-hbm3-pim", gpus=gpus, attn_kv_bytes=1e7)
+
+
+@pytest.mark.parametrize("gpus", [1, 4])
+def test_sieve_beyond_the_tables_is_the_dense_table_plan(gpus, monkeypatch):
+    """Above TABLE_MAX_COUNT tokens per slot Sieve runs on the ranks of the distinct counts: the same plan and
+    times the kernel makes on dense tables."""
+    from heteromoe import _ext
+    from heteromoe.sched.policy import PlacementContext
+
+    counts, kw = _beyond_the_tables(gpus, gpus)
+    ranked = heteromoe.schedule(counts, policy="sieve", **kw)
+    monkeypatch.setattr(PlacementContext, "fast_path", lambda ctx, rule, *a: getattr(_ext, f"{rule}_plan")(
+        *ctx.fast_path_args(*a)))
+    dense = heteromoe.schedule(counts, policy="sieve", **kw)
+    assert ranked.gpu_tokens.tolist() == dense.gpu_tokens.tolist()
+    assert ranked.per_gpu_t_gpu_s.tolist() == dense.per_gpu_t_gpu_s.tolist()
+    assert ranked.per_gpu_t_pim_s.tolist() == dense.per_gpu_t_pim_s.tolist()
+
+
+@pytest.mark.parametrize("gpus", [1, 4])
+def test_heteromoe_beyond_the_tables_is_valid_exactly_timed_and_no_worse_than_sieve(gpus):
+    counts, kw = _beyond_the_tables(10 + gpus, gpus)
+    ours = heteromoe.schedule(counts, policy="heteromoe", **kw)
+    sieve = heteromoe.schedule(counts, policy="sieve", **kw)
+    assert ours.predicted_time_s <= sieve.predicted_time_s
+    cost = CostModel(heteromoe.systems.get("h100-hbm3-pim"), kw["model"], attn_kv_bytes=1e7)
+    times = cost.times(counts, ours.gpu_tokens, ours.pim_tokens, ours.slot_gpu, gpus)
+    np.testing.assert_allclose(ours.per_gpu_t_gpu_s, times.t_gpu_s, rtol=1e-12)
+    np.testing.assert_allclose(ours.per_gpu_t_pim_s, times.t_pim_s, rtol=1e-12)

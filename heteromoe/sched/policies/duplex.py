@@ -17,7 +17,6 @@ class DuplexPolicy(Policy):
 
     def _place(self, ctx: PlacementContext) -> np.ndarray:
         counts, cost = ctx.slot_counts, ctx.cost
-        flop_tab, pim_tab = cost.tables(int(counts.max()) if counts.size else 0)
         gpu_tokens = counts.copy()
         for g in range(ctx.num_gpus):
             mine = np.flatnonzero((ctx.slot_gpu == g) & (counts > 0))
@@ -27,10 +26,10 @@ class DuplexPolicy(Policy):
             n = counts[order]
             # m = number moved to PIM (0..A): the GPU keeps order[m:], PIM has order[:m]
             read_rest = cost.gpu.read_s_per_expert * np.arange(order.size, -1, -1, dtype=np.float64)
-            flop_rest = np.concatenate([np.cumsum(flop_tab[n][::-1])[::-1], [0.0]])
+            flop_rest = np.concatenate([np.cumsum(cost.gpu_flop_s(n)[::-1])[::-1], [0.0]])
             launch = np.where(np.arange(order.size + 1) < order.size, cost.gpu.launch_s, 0.0)
             t_gpu = np.maximum(read_rest, flop_rest) + launch + ctx.gpu_fixed_s[g]
-            t_pim = np.concatenate([[0.0], np.cumsum(pim_tab[n])]) + ctx.pim_fixed_s[g]
+            t_pim = np.concatenate([[0.0], np.cumsum(cost.pim_time_s(n))]) + ctx.pim_fixed_s[g]
             f = np.maximum(np.maximum(ctx.comm_s[g], t_gpu), t_pim)
             stops = np.flatnonzero(~(f[1:] < f[:-1]))
             moved = int(stops[0]) if stops.size else order.size

@@ -16,7 +16,6 @@ replicated experts routed to their least-loaded GPU; the better plan wins. So it
 """
 from __future__ import annotations
 
-from heteromoe import _ext
 from heteromoe.sched.policy import PlacementContext, Policy, Split
 from heteromoe.sched.replicas import route_to_replicas
 
@@ -26,13 +25,13 @@ class HeteromoePolicy(Policy):
     summary = "best prefix of Sieve's order on the GPU, one expert split between GPU and PIM, replica routing"
 
     def _place(self, ctx: PlacementContext) -> Split:
-        gpu_tokens, t_gpu, t_pim = _ext.heteromoe_plan(*ctx.fast_path_args())
+        gpu_tokens, t_gpu, t_pim = ctx.fast_path("heteromoe")
         best = Split(gpu_tokens, t_gpu_s=t_gpu, t_pim_s=t_pim)
         if not ctx.placement.has_replicas:
             return best
         routed = route_to_replicas(ctx.counts, ctx.placement)
         comm = ctx.comm_for(routed)
-        r_tokens, r_gpu, r_pim = _ext.heteromoe_plan(*ctx.fast_path_args(routed, comm))
+        r_tokens, r_gpu, r_pim = ctx.fast_path("heteromoe", routed, comm)
         if _makespan(comm, r_gpu, r_pim) < _makespan(ctx.comm_s, t_gpu, t_pim):
             return Split(r_tokens, slot_counts=routed, t_comm_s=comm, t_gpu_s=r_gpu, t_pim_s=r_pim)
         return best

@@ -26,7 +26,7 @@ class PimoePolicy(Policy):
         counts, cost = ctx.slot_counts, ctx.cost
         group, share, _ = channel_groups(ctx.slot_gpu, ctx.num_gpus, cost.channels_per_gpu)
         pim_time = cost.pim.times_s(counts, share)  # [P] each expert's time in its own channel group
-        flop_tab, _ = cost.tables(int(counts.max()) if counts.size else 0)
+        slot_flop = cost.gpu_flop_s(counts)  # [P] GPU compute seconds of each slot's tokens
         gpu_tokens = np.zeros_like(counts)
         read_s, launch_s = cost.gpu.read_s_per_expert, cost.gpu.launch_s
         for g in range(ctx.num_gpus):
@@ -35,26 +35,26 @@ class PimoePolicy(Policy):
                 continue
             groups, gid = np.unique(group[mine], return_inverse=True)
             if groups.size == mine.size and not self.force_loop:
-                moved = self._one_expert_per_group(mine, gid, pim_time, counts, flop_tab, read_s, launch_s)
+                moved = self._one_expert_per_group(mine, gid, pim_time, counts, slot_flop, read_s, launch_s)
             else:
-                moved = self._loop(mine, groups, gid, group, pim_time, counts, flop_tab, read_s, launch_s)
+                moved = self._loop(mine, groups, gid, group, pim_time, counts, slot_flop, read_s, launch_s)
             gpu_tokens[moved] = counts[moved]
         return gpu_tokens
 
     @staticmethod
-    def _one_expert_per_group(mine, gid, pim_time, counts, flop_tab, read_s, launch_s) -> np.ndarray:
+    def _one_expert_per_group(mine, gid, pim_time, counts, slot_flop, read_s, launch_s) -> np.ndarray:
         """Each group holds one expert: the busiest group's hottest expert is the next one by PIM time
         (ties: the lower group), so the rule is a prefix of that order; stop at the first expert whose PIM
         time is below the GPU time so far."""
         order = mine[np.lexsort((gid, -pim_time[mine]))]
         n = np.arange(1, order.size + 1)
-        t_gpu = np.maximum(n * read_s, np.cumsum(flop_tab[counts[order]])) + launch_s
+        t_gpu = np.maximum(n * read_s, np.cumsum(slot_flop[order])) + launch_s
         t_before = np.concatenate([[0.0], t_gpu[:-1]])  # GPU time when the i-th move is considered
         stops = np.flatnonzero(t_before > pim_time[order])
         return order[: stops[0] if stops.size else order.size]
 
     @staticmethod
-    def _loop(mine, groups, gid, group, pim_time, counts, flop_tab, read_s, launch_s) -> np.ndarray:
+    def _loop(mine, groups, gid, group, pim_time, counts, slot_flop, read_s, launch_s) -> np.ndarray:
         """The general rule, one move at a time."""
         # each group's experts, hottest first (ties: lower id): one flat queue sorted by (group, -count, id)
         queue = mine[np.lexsort((mine, -counts[mine], gid))]
@@ -73,6 +73,6 @@ class PimoePolicy(Policy):
             load[busiest] -= pim_time[e]
             moved.append(e)
             read += read_s
-            flop += float(flop_tab[counts[e]])
+            flop += float(slot_flop[e])
             t_gpu = max(read, flop) + launch_s
         return np.array(moved, dtype=np.int64)

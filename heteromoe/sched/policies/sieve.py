@@ -8,7 +8,6 @@ The decision runs in the C++ fast path (`heteromoe._C.sieve_plan`) or its numba 
 """
 from __future__ import annotations
 
-from heteromoe import _ext
 from heteromoe.sched.policy import PlacementContext, Policy, Split
 
 
@@ -17,5 +16,5 @@ class SievePolicy(Policy):
     summary = "Sieve: hottest experts move from PIM to GPU while the max of comm/GPU/PIM time falls"
 
     def _place(self, ctx: PlacementContext) -> Split:
-        gpu_tokens, t_gpu, t_pim = _ext.sieve_plan(*ctx.fast_path_args())
+        gpu_tokens, t_gpu, t_pim = ctx.fast_path("sieve")
         return Split(gpu_tokens, t_gpu_s=t_gpu, t_pim_s=t_pim)

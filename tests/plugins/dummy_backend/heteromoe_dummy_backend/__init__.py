@@ -28,3 +28,8 @@ class DummyBackend(Backend):
     def run_experts(self, layer, hidden, top_k_weights, work):
         type(self).pairs_run += work.num_pairs
         return self._run_per_expert(layer, hidden, top_k_weights, work, lambda e, x: expert_forward(layer, e, x))
+
+
+def import_broken_probe() -> str | None:
+    """The probe loads, the backend's class does not: its module needs a package that is not installed."""
+    return "heteromoe_dummy_backend.needs_missing.MissingDependencyBackend"
