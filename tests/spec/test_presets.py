@@ -82,6 +82,8 @@ def test_impossible_configs_raise():
 def test_host_pim_preset_has_no_gpu():
     s = heteromoe.systems.get("samsung-hbm2-pim")
     assert isinstance(s, SystemSpec) and s.gpu is None
-    assert s.pim.flops_per_s == pytest.approx(1.2e12)
+    assert s.pim.flops_per_stack_per_s == pytest.approx(1.2e12)
+    assert s.pim.flops_per_s == pytest.approx(4 * 1.2e12)  # PIMSimulator's benchmark system: 4 stacks, 64 pCH
+    assert s.pim.stacks_per_gpu * s.pim.pseudo_channels_per_stack == 64
     with pytest.raises(ValueError, match="has no GPU"):
         heteromoe.schedule([1] * 128, model="qwen3-30b-a3b", system="samsung-hbm2-pim")
