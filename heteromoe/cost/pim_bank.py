@@ -313,6 +313,7 @@ class BankPimCost:
         self.model = model
         self._costs: dict[float, tuple[float, float]] = {}
         self._call_all_channels, self._per_token_all_channels = self._call_and_token_s(1.0)
+        self._table = np.zeros(0)  # tile flow, all channels: seconds by integer token count, grown on demand
 
     def _gemvs_s(self, tokens: int, share: float) -> float:
         m, t = self.model, self.timing
@@ -340,6 +341,16 @@ class BankPimCost:
         return self._call_and_token_s(share)[0]
 
     def times_s(self, tokens: np.ndarray, share=1.0) -> np.ndarray:
+        if self.timing.tile is not None and isinstance(share, float) and share == 1.0:
+            counts = np.asarray(tokens)
+            if counts.dtype.kind in "iu":  # integer counts: one lookup in call_s + n * per_token_s
+                try:
+                    return self._table.take(counts)
+                except IndexError:
+                    top = max(1024, 2 * int(counts.max(initial=0)))
+                    k = np.arange(top + 1, dtype=np.float64)
+                    self._table = np.where(k > 0, self._call_all_channels + k * self._per_token_all_channels, 0.0)
+                    return self._table.take(counts)
         n = np.asarray(tokens, dtype=np.float64)
         if isinstance(share, float) and share == 1.0:  # Sieve's layout: the per-layer hot path
             call, per = self._call_all_channels, self._per_token_all_channels

@@ -196,6 +196,8 @@ def test_tile_flow_expert_cost_pays_the_call_once():
     cost = BankPimCost(heteromoe.systems.get("samsung-hbm2-pim").pim, spec)
     times = cost.times_s(np.array([0, 1, 2, 5]))
     assert times[0] == 0.0 and cost.call_s() > 0
+    np.testing.assert_allclose(cost.times_s(np.array([0.0, 1.0, 2.0, 5.0])), times)  # float counts: same times
+    assert cost.times_s(np.array([3000]))[0] == pytest.approx(cost.call_s() + 3000 * cost.per_token_s())
     np.testing.assert_allclose(times[1:], cost.call_s() + np.array([1, 2, 5]) * cost.per_token_s())
     m, t = spec, cost.timing
     direct = float(t.gemv_s(m.hidden_size, 2 * m.moe_intermediate_size, 5) + t.gemv_s(m.moe_intermediate_size,
