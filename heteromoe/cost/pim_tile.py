@@ -158,10 +158,12 @@ class TileWalk:
         """Issue `count` column commands (reads or writes) to one row of one bank, in order."""
         if new_group:
             self.visible = self.penult + 1  # the previous group's barrier command has reached the queue head
-            # A row closes once the commands up to the next barrier do not need it: by the end of the previous
-            # group if its precharge could issue by then; later ones wait and see whether a group needs the row.
+            # The controller closes a row once no command up to the next barrier needs it. A row whose
+            # precharge could issue before the previous group's last command did is closed then (that group's
+            # barrier hid this one); a later one stays open for this group if it needs the row, and otherwise
+            # is decided at the next group.
             for b in range(self.banks):
-                if self.row[b] is not None and (b != bank or self.row[b] != row):
+                if self.row[b] is not None:
                     ready = max(self.next_pre[b], self.last_use[b] + 1)
                     if ready <= self.last_cmd:
                         self._precharge(b, ready)
@@ -221,7 +223,7 @@ def walk_tile_gemv(pim: PimSpec, n_in: int, n_out: int, vectors: int, refresh_ph
             w.run(0, "pim-reg", True, 1)  # all-bank -> all-bank-PIM mode
             w.account("mode")
             for parity in (0, 1):  # even banks hold the even input tiles, odd banks the odd ones
-                for k, tile in enumerate(range(parity, n_in, 2)):
+                for k, _ in enumerate(range(parity, n_in, 2)):
                     w.run(1, "pim-reg", True, pim.grf_a_registers)  # input chunk into GRF_A
                     w.account("input")
                     col = (j * (n_in // 2) + k) * macs  # the tile's MACs, split at row ends

@@ -102,3 +102,17 @@ def test_closed_form_is_the_walks_arithmetic(pim):
     arrays = costs.cycles(np.array([1, 4, 9]), np.array([2, 2, 5]))
     assert arrays.shape == (3, 5)
     np.testing.assert_allclose(arrays[2], costs.cycles(9, 5))
+
+
+def test_pim_time_reports_the_stock_run(capsys):
+    import json
+
+    from heteromoe.cli import main
+
+    assert main(["pim-time", "--system", "samsung-hbm2-pim", "--d-in", "4096", "--d-out", "4096", "--dtype", "fp16",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stacks"] == 4  # the preset's default: PIMSimulator's 64 pseudo-channels
+    assert out["pim_ns"] == pytest.approx(STOCK_PIM_CYCLES, rel=0.10)
+    assert out["hbm_read_ns"] == pytest.approx(STOCK_PLAIN_CYCLES, rel=0.10)
+    assert out["speedup"] == pytest.approx(STOCK_PLAIN_CYCLES / STOCK_PIM_CYCLES, rel=0.10)
