@@ -260,12 +260,14 @@ class BankPimTiming:
         """The command-level time averaged over evenly spaced refresh phases (the closed form's expectation).
 
         By default the phases are spaced at most a 32nd of the GEMV's own length apart, so that short
-        GEMVs, which a refresh hits only at some phases, are averaged finely enough.
+        GEMVs, which a refresh hits only at some phases, are averaged finely enough; a GEMV longer than 16
+        refresh periods sees nearly the same number of refreshes at every phase, and 4 phases suffice.
         """
         period = self.t.t_refi_ns
         if phases is None:
             length_ns = float(self.gemv_s(d_in, d_out, tokens, bytes_w, bytes_a)) * 1e9
-            phases = int(min(4096, max(16, math.ceil(32 * period / max(length_ns, 1e-9)))))
+            fewest = 4 if length_ns > 16 * period else 16
+            phases = int(min(4096, max(fewest, math.ceil(32 * period / max(length_ns, 1e-9)))))
         return float(np.mean([self.gemv_commands(d_in, d_out, tokens, bytes_w, bytes_a,
                                                  refresh_phase_ns=period * (i + 0.5) / phases).total_s
                               for i in range(phases)]))
