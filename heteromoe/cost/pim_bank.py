@@ -2,7 +2,9 @@
 
 A GEMV `[n tokens x d_in] x [d_in x d_out]` on the PIM stacks of one GPU, weights sharded evenly over every
 pseudo-channel (Sieve's layout: identical bank and row indices everywhere, so every channel runs the same
-command sequence and one channel's timeline is the GEMV's). Each token is a serialized GEMV:
+command sequence and one channel's timeline is the GEMV's). The command flow is the preset's
+(`PimSpec.flow`): `"tile"` is Samsung HBM-PIM's per-tile flow, walked and derived in `cost.pim_tile`;
+`"stream"` is the flow below, AttAcc's and NeuPIMs' (as Sieve uses it). In it each token is a serialized GEMV:
 
 1. enter all-bank PIM mode (`mode_switch_cycles`);
 2. write the input vector to the channel's buffers: one column write per `column_bytes`, tCCD_S apart,
@@ -24,9 +26,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
+from heteromoe.cost.pim_tile import TileFlowCosts, tile_counts, walk_tile_gemv
 from heteromoe.spec.hardware import PimSpec
 from heteromoe.spec.model import MoEModelSpec
 
@@ -49,8 +53,18 @@ class GemvTiming:
         return self.mode_s + self.input_s + self.stream_s + self.output_s + self.refresh_s
 
 
+@lru_cache(maxsize=32)
+def _tile_costs(pim: PimSpec) -> TileFlowCosts:
+    return TileFlowCosts.from_walks(pim)
+
+
 class BankPimTiming:
-    """Timing of GEMVs on the bank-level PIM stacks of one GPU (or `stacks` of them)."""
+    """Timing of GEMVs on the bank-level PIM stacks of one GPU (or `stacks` of them).
+
+    `gemv` / `gemv_s`: a GEMV's closed form; `gemv_commands`: the command walk it is derived from;
+    `attention_s`: decode attention's score and value GEMVs through the same flow; `hbm_read_s`: the same
+    GEMV as a plain read of the weights.
+    """
 
     def __init__(self, pim: PimSpec, stacks: int | None = None) -> None:
         if pim.kind != "bank":
@@ -77,6 +91,7 @@ class BankPimTiming:
         self.issue_cycles = (groups - 1) * self.t.t_faw_cycles
         self.cols_per_step = pim.banks_per_pim_unit * pim.page_bytes // pim.column_bytes
         self.refresh_factor = self.t.t_refi_ns / (self.t.t_refi_ns - self.t.t_rfc_ns)
+        self.tile = _tile_costs(pim) if pim.flow == "tile" else None
 
     # -- shared pieces -------------------------------------------------------------------------------
     def _row_step(self, cols):
@@ -101,7 +116,10 @@ class BankPimTiming:
 
     # -- closed form ---------------------------------------------------------------------------------
     def gemv(self, d_in, d_out, tokens=1, bytes_w: float = 2.0, bytes_a: float = 2.0, share=1.0) -> GemvTiming:
-        """Closed-form timing; `tokens` and `share` (fraction of the channels used) may be arrays."""
+        """Closed-form timing; `tokens` (input vectors sharing the weights, serialized) and `share` (fraction
+        of the channels used) may be arrays."""
+        if self.tile is not None:
+            return self._gemv_tile(d_in, d_out, tokens, bytes_w, bytes_a, share)
         t = self.t
         channels = self.channels * np.asarray(share, dtype=np.float64)
         in_cols, unit_cols, partial_cols, out_cols = self._shape(d_in, d_out, bytes_w, bytes_a, channels)
@@ -118,18 +136,55 @@ class BankPimTiming:
         return GemvTiming(mode_s=mode, input_s=inp, stream_s=stream_s, output_s=out,
                           refresh_s=busy * (self.refresh_factor - 1.0))
 
+    def _gemv_tile(self, d_in, d_out, tokens, bytes_w, bytes_a, share) -> GemvTiming:
+        """Samsung's flow: the fixed part once, one pass per (output tile, input vector); see `cost.pim_tile`."""
+        channels = self.channels * np.asarray(share, dtype=np.float64)
+        n_in, n_out = tile_counts(self.pim, d_in, d_out, channels, bytes_w, bytes_a)
+        cycles = self.tile.cycles(n_in, n_out * np.asarray(tokens, dtype=np.float64)) * self.tck_s
+        return GemvTiming(mode_s=cycles[..., 0], input_s=cycles[..., 1], stream_s=cycles[..., 2],
+                          output_s=cycles[..., 3], refresh_s=cycles[..., 4])
+
     def gemv_s(self, d_in, d_out, tokens=1, bytes_w: float = 2.0, bytes_a: float = 2.0, share=1.0):
         """Closed-form seconds (array-friendly)."""
         return self.gemv(d_in, d_out, tokens, bytes_w, bytes_a, share).total_s
+
+    def attention_s(self, context, head_dim: int, kv_heads: int = 1, q_per_kv=1, bytes_kv: float = 2.0,
+                    bytes_a: float = 2.0):
+        """Seconds of decode attention's two GEMVs on PIM for `kv_heads` KV heads of `context` tokens each.
+
+        Per KV head: the score GEMV `q K^T` (d_in = head_dim, d_out = context) and the value GEMV `p V`
+        (d_in = context, d_out = head_dim), each with `q_per_kv` input vectors (the query heads of a GQA group,
+        serialized like an expert's tokens). `kv_heads` counts every KV head to serve (requests x KV heads per
+        layer). Heads are laid out head-parallel over the channels, as AttAcc maps heads to channels: with fewer
+        heads than channels each head gets an equal group of channels and all run at once; with more, heads
+        run in rounds of one head per channel. The softmax between the two GEMVs is not counted.
+        """
+        if not isinstance(kv_heads, (int, np.integer)) or kv_heads < 1:
+            raise ValueError(f"kv_heads must be a positive integer, got {kv_heads!r}")
+        per_head = max(1, self.channels // kv_heads)
+        rounds = math.ceil(kv_heads / (self.channels // per_head))
+        share = per_head / self.channels
+        score = self.gemv_s(head_dim, context, q_per_kv, bytes_kv, bytes_a, share)
+        value = self.gemv_s(context, head_dim, q_per_kv, bytes_kv, bytes_a, share)
+        return rounds * (score + value)
 
     # -- command level --------------------------------------------------------------------------------
     def gemv_commands(self, d_in: int, d_out: int, tokens: int = 1, bytes_w: float = 2.0, bytes_a: float = 2.0,
                       refresh_phase_ns: float = 0.0, trace: bool = False) -> GemvTiming:
         """Walk the command sequence of one channel; `trace` keeps (command, cycle) pairs.
 
-        `refresh_phase_ns` is when, within a tREFI period, the first refresh falls after the start.
+        `refresh_phase_ns` is when, within a tREFI period, the first refresh falls after the start (0: one
+        whole tREFI after it). Traced commands of the tile flow are (command, cycle, bank) triples.
         """
         t, tck_ns = self.t, self.t.tck_ns
+        if self.tile is not None:
+            n_in, n_out = (int(v) for v in tile_counts(self.pim, d_in, d_out, self.channels, bytes_w, bytes_a))
+            first = (refresh_phase_ns % t.t_refi_ns) / tck_ns if refresh_phase_ns else t.t_refi_ns / tck_ns
+            w = walk_tile_gemv(self.pim, n_in, n_out, int(tokens), first, trace)
+            s = self.tck_s
+            return GemvTiming(mode_s=w.spent["mode"] * s, input_s=w.spent["input"] * s,
+                              stream_s=w.spent["stream"] * s, output_s=w.spent["output"] * s,
+                              refresh_s=w.spent["refresh"] * s, commands=w.log or [])
         in_cols, unit_cols, partial_cols, out_cols = (int(v) for v in self._shape(d_in, d_out, bytes_w, bytes_a,
                                                                                    self.channels))
         refi, rfc = t.t_refi_ns / tck_ns, t.t_rfc_ns / tck_ns
@@ -205,32 +260,42 @@ class BankPimTiming:
         """The command-level time averaged over evenly spaced refresh phases (the closed form's expectation).
 
         By default the phases are spaced at most a 32nd of the GEMV's own length apart, so that short
-        GEMVs, which a refresh hits only at some phases, are averaged finely enough.
+        GEMVs, which a refresh hits only at some phases, are averaged finely enough; a GEMV longer than 16
+        refresh periods sees nearly the same number of refreshes at every phase, and 4 phases suffice.
         """
         period = self.t.t_refi_ns
         if phases is None:
             length_ns = float(self.gemv_s(d_in, d_out, tokens, bytes_w, bytes_a)) * 1e9
-            phases = int(min(4096, max(16, math.ceil(32 * period / max(length_ns, 1e-9)))))
+            fewest = 4 if length_ns > 16 * period else 16
+            phases = int(min(4096, max(fewest, math.ceil(32 * period / max(length_ns, 1e-9)))))
         return float(np.mean([self.gemv_commands(d_in, d_out, tokens, bytes_w, bytes_a,
                                                  refresh_phase_ns=period * (i + 0.5) / phases).total_s
                               for i in range(phases)]))
 
     # -- plain HBM reference ----------------------------------------------------------------------------
-    def hbm_read_s(self, d_in, d_out, tokens=1, bytes_w: float = 2.0, gpu=None) -> float:
+    def hbm_read_s(self, d_in, d_out, tokens=1, bytes_w: float = 2.0, gpu=None, bytes_a: float = 2.0) -> float:
         """The same GEMV with the weights read once by the GPU from these stacks (see `hbm_read_s`)."""
-        return hbm_read_s(self.pim, self.stacks, d_in, d_out, tokens, bytes_w, gpu)
+        return hbm_read_s(self.pim, self.stacks, d_in, d_out, tokens, bytes_w, gpu, bytes_a)
 
 
-def hbm_read_s(pim: PimSpec, stacks: int, d_in, d_out, tokens=1, bytes_w: float = 2.0, gpu=None) -> float:
+def hbm_read_s(pim: PimSpec, stacks: int, d_in, d_out, tokens=1, bytes_w: float = 2.0, gpu=None,
+               bytes_a: float = 2.0) -> float:
     """Plain-HBM reference: a GEMV with the weights read once by the GPU from `stacks` stacks (roofline).
 
-    With a GPU spec: max(W / (eta_bw * BW), 2 n d_in d_out / (eta_fl * F)); without (host-attached PIM):
-    W / BW at the stacks' external peak.
+    With a GPU spec: max(W / (eta_bw * BW), 2 n d_in d_out / (eta_fl * F)). Without (host-attached PIM):
+    the weights, the inputs and the outputs streamed at the stacks' external peak, less refresh: every tREFI
+    the stack stops for tRFC and the interrupted rows reopen (tRCD), as in PIMSimulator's plain runs.
     """
     bw = stacks * pim.ext_bw_per_stack_bytes_per_s
     weights = d_in * d_out * bytes_w
     if gpu is None:
-        return weights / bw
+        moved = weights + np.asarray(tokens, dtype=np.float64) * (d_in + d_out) * bytes_a
+        seconds = moved / bw
+        t = pim.timings
+        if t is not None:
+            lost_ns = t.t_rfc_ns + t.t_rcd_cycles * t.tck_ns
+            seconds = seconds * t.t_refi_ns / (t.t_refi_ns - lost_ns)
+        return float(seconds) if np.ndim(seconds) == 0 else seconds
     return float(max(weights / (gpu.eta_bw * bw),
                      2.0 * np.asarray(tokens) * d_in * d_out / (gpu.eta_fl * gpu.peak_flops_per_s)))
 
@@ -239,29 +304,65 @@ class BankPimCost:
     """PIM cost model of one MoE layer on bank-level PIM: per token, the experts' two GEMVs.
 
     An expert on PIM runs gate+up as one GEMV (d -> 2f) and down as another (f -> d) for each of its
-    tokens, serialized. Implements `times_s(tokens, share)` of `cost.pim.PimCostModel`.
+    tokens, serialized. An expert with n > 0 tokens costs `call_s + n * per_token_s`: in the streaming flow
+    every token pays its own mode changes (call_s = 0); in Samsung's tile flow park-in, the mode changes
+    and the CRF programming are paid once per GEMV call. Implements `times_s(tokens, share)` of
+    `cost.pim.PimCostModel`.
     """
 
     def __init__(self, pim: PimSpec, model: MoEModelSpec) -> None:
         self.timing = BankPimTiming(pim)
         self.model = model
-        self._per_token: dict[float, float] = {}
-        self._per_token_all_channels = self.per_token_s(1.0)
+        self._costs: dict[float, tuple[float, float]] = {}
+        self._call_all_channels, self._per_token_all_channels = self._call_and_token_s(1.0)
+        self._table = np.zeros(0)  # tile flow, all channels: seconds by integer token count, grown on demand
+
+    def _gemvs_s(self, tokens: int, share: float) -> float:
+        m, t = self.model, self.timing
+        return float(t.gemv_s(m.hidden_size, 2 * m.moe_intermediate_size, tokens, m.bytes_per_weight,
+                              m.bytes_per_activation, share)
+                     + t.gemv_s(m.moe_intermediate_size, m.hidden_size, tokens, m.bytes_per_weight,
+                                m.bytes_per_activation, share))
+
+    def _call_and_token_s(self, share: float) -> tuple[float, float]:
+        if share not in self._costs:
+            one = self._gemvs_s(1, share)
+            if self.timing.tile is None:
+                self._costs[share] = (0.0, one)
+            else:
+                per = self._gemvs_s(2, share) - one
+                self._costs[share] = (one - per, per)
+        return self._costs[share]
 
     def per_token_s(self, share: float = 1.0) -> float:
-        if share not in self._per_token:
-            m, t = self.model, self.timing
-            self._per_token[share] = float(
-                t.gemv_s(m.hidden_size, 2 * m.moe_intermediate_size, 1, m.bytes_per_weight, m.bytes_per_activation, share)
-                + t.gemv_s(m.moe_intermediate_size, m.hidden_size, 1, m.bytes_per_weight, m.bytes_per_activation, share))
-        return self._per_token[share]
+        """Seconds each further token adds to an expert on PIM."""
+        return self._call_and_token_s(share)[1]
+
+    def call_s(self, share: float = 1.0) -> float:
+        """Seconds an expert's PIM call costs once, whatever its token count (0 in the streaming flow)."""
+        return self._call_and_token_s(share)[0]
 
     def times_s(self, tokens: np.ndarray, share=1.0) -> np.ndarray:
+        if self.timing.tile is not None and isinstance(share, float) and share == 1.0:
+            counts = np.asarray(tokens)
+            if counts.dtype.kind in "iu":  # integer counts: one lookup in call_s + n * per_token_s
+                try:
+                    return self._table.take(counts)
+                except IndexError:
+                    top = max(1024, 2 * int(counts.max(initial=0)))
+                    k = np.arange(top + 1, dtype=np.float64)
+                    self._table = np.where(k > 0, self._call_all_channels + k * self._per_token_all_channels, 0.0)
+                    return self._table.take(counts)
         n = np.asarray(tokens, dtype=np.float64)
         if isinstance(share, float) and share == 1.0:  # Sieve's layout: the per-layer hot path
-            return n * self._per_token_all_channels
-        if np.ndim(share) == 0:
-            return n * self.per_token_s(float(share))
-        share = np.asarray(share, dtype=np.float64)
-        per = np.array([self.per_token_s(float(v)) for v in np.unique(share)])
-        return n * per[np.searchsorted(np.unique(share), share)]
+            call, per = self._call_all_channels, self._per_token_all_channels
+        elif np.ndim(share) == 0:
+            call, per = self._call_and_token_s(float(share))
+        else:
+            share = np.asarray(share, dtype=np.float64)
+            values = np.unique(share)
+            costs = np.array([self._call_and_token_s(float(v)) for v in values])[np.searchsorted(values, share)]
+            call, per = costs[:, 0], costs[:, 1]
+        if self.timing.tile is None:
+            return n * per
+        return np.where(n > 0, call + n * per, 0.0)

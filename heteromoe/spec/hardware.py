@@ -16,7 +16,14 @@ __all__ = ["DramTimings", "GpuSpec", "LinkSpec", "PimSpec", "SystemSpec"]
 
 @dataclass(frozen=True)
 class DramTimings:
-    """DRAM timing parameters in clock cycles at `tck_ns` (JEDEC names); refresh in ns."""
+    """DRAM timing parameters in clock cycles at `tck_ns` (JEDEC names); refresh in ns.
+
+    `t_rcd_cycles` is the activate-to-read delay (tRCDRD); `t_rcd_wr_cycles` the activate-to-write delay
+    (tRCDWR, 0: same as tRCD). `t_rrd_cycles` is tRRD_L (same bank group) and `t_rrd_s_cycles` tRRD_S (0: same
+    as tRRD_L); `t_faw_cycles` is the window in which at most four activations issue. `t_wl_cycles` (write
+    latency), `t_wtr_cycles` (tWTR_L), `t_rtp_cycles` (tRTP_L), `t_rtrs_cycles` and `t_burst_cycles` (BL/2)
+    are the further constraints of a command-level walk (see `cost.pim_tile`); the streaming flow does not use them.
+    """
 
     tck_ns: float
     t_rcd_cycles: int
@@ -31,9 +38,20 @@ class DramTimings:
     t_faw_cycles: int = 0
     t_refi_ns: float = 3900.0
     t_rfc_ns: float = 350.0
+    t_rcd_wr_cycles: int = 0
+    t_rrd_s_cycles: int = 0
+    t_wl_cycles: int = 0
+    t_wtr_cycles: int = 0
+    t_rtp_cycles: int = 0
+    t_rtrs_cycles: int = 0
+    t_burst_cycles: int = 2
 
     def __post_init__(self) -> None:
         require_positive(self, "tck_ns", "t_rcd_cycles", "t_rp_cycles", "t_ccd_l_cycles", "t_refi_ns")
+        for name in ("t_rcd_wr_cycles", "t_rrd_s_cycles", "t_wl_cycles", "t_wtr_cycles", "t_rtp_cycles",
+                     "t_rtrs_cycles", "t_burst_cycles"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DramTimings.{name} must be >= 0, got {getattr(self, name)}")
         if self.t_rfc_ns >= self.t_refi_ns:
             raise ValueError(f"t_rfc_ns={self.t_rfc_ns} must be below t_refi_ns={self.t_refi_ns}: the stack would never be free")
 
@@ -71,6 +89,18 @@ class PimSpec:
     model (`cost.pim_bank`) treats it as a power cap on the internal streaming bandwidth.
     `banks_per_pim_unit`: banks sharing one processing unit (2 for Samsung HBM2-PIM, 1 for bank-level PIM
     with a unit per bank). `mode_switch_cycles`: cost of entering (and, again, leaving) all-bank PIM mode.
+
+    `flow` is the command flow of one GEMV, stated per preset with its source in `flow_source`:
+    `"stream"`: per input vector, enter PIM mode, broadcast the vector once, sweep every row of the
+    channel's share with all-bank MACs, write back and read the results, leave PIM mode (AttAcc's
+    WR_GB / MAC_AB / MV_SB; NeuPIMs' PIM_GWRITE / PIM_GEMV as Sieve uses them). `"tile"`: Samsung
+    HBM-PIM's flow (PIMSimulator `executeGemv`): per output tile of `grf_b_registers` rows per unit and per
+    input vector, a mode change into all-bank-PIM mode, then for every input tile of `grf_a_registers`
+    bursts a GRF write and 8 x 8 MACs over the even banks, then the odd banks, the GRF_B write-back and a
+    mode change back; park-in, the single-bank/all-bank changes and the CRF programming once per GEMV.
+    `dual_row_buffers`: NeuPIMs-style dual row buffers with a PIM command path separate from the DRAM one,
+    so that the GPU's own reads of these stacks proceed while the PIM units compute (Sieve section 7.1);
+    without them a PIM GEMV holds the channels it runs on. The GEMV time itself is the same either way.
     """
 
     kind: Literal["bank", "logic"]
@@ -89,10 +119,22 @@ class PimSpec:
     banks_per_pim_unit: int = 1
     mode_switch_cycles: int = 0
     timings: DramTimings | None = None
+    flow: Literal["stream", "tile"] = "stream"
+    grf_a_registers: int = 8
+    grf_b_registers: int = 8
+    dual_row_buffers: bool = False
+    flow_source: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in ("bank", "logic"):
             raise ValueError(f"PimSpec.kind must be 'bank' or 'logic', got {self.kind!r}")
+        if self.flow not in ("stream", "tile"):
+            raise ValueError(f"PimSpec.flow must be 'stream' or 'tile', got {self.flow!r}")
+        require_positive(self, "grf_a_registers", "grf_b_registers")
+        if self.flow == "tile" and (self.banks_per_pim_unit != 2 or self.timings is None):
+            raise ValueError("PimSpec.flow='tile' (Samsung's even/odd-bank flow) needs banks_per_pim_unit=2 and "
+                             f"DRAM timings ([pim.timing]), got banks_per_pim_unit={self.banks_per_pim_unit}, "
+                             f"timings={'set' if self.timings else 'none'}")
         require_positive(self, "stacks_per_gpu", "ext_bw_per_stack_bytes_per_s", "pseudo_channels_per_stack",
                          "banks_per_pseudo_channel", "page_bytes", "column_bytes", "flops_per_byte",
                          "banks_per_pim_unit")
@@ -114,12 +156,14 @@ class PimSpec:
 
         All banks open one row: the all-bank activation is power-limited to four banks per tFAW window,
         then tRCD; every processing unit streams its banks' rows, `column_bytes` per tCCD_L; then tRP.
-        The row stays open at least tRAS and a bank's activations are at least tRC apart.
+        The row stays open at least tRAS and a bank's activations are at least tRC apart. In Samsung's
+        tile flow one all-bank activation command opens the row of every even (or odd) bank at once
+        (PIMSimulator's controller issues and paces it as one ACT), so no tFAW groups apply there.
         """
         t = self.timings
         if t is None:
             raise ValueError("no DRAM timings: the bank-level model needs them")
-        groups = -(-self.banks_per_pseudo_channel // 4)
+        groups = 1 if self.flow == "tile" else -(-self.banks_per_pseudo_channel // 4)
         issue = (groups - 1) * t.t_faw_cycles
         stream = self.banks_per_pim_unit * (self.page_bytes / self.column_bytes) * t.t_ccd_l_cycles
         open_cycles = max(t.t_ras_cycles, t.t_rcd_cycles + stream)

@@ -82,6 +82,26 @@ def test_impossible_configs_raise():
 def test_host_pim_preset_has_no_gpu():
     s = heteromoe.systems.get("samsung-hbm2-pim")
     assert isinstance(s, SystemSpec) and s.gpu is None
-    assert s.pim.flops_per_s == pytest.approx(1.2e12)
+    assert s.pim.flops_per_stack_per_s == pytest.approx(1.2e12)
+    assert s.pim.flops_per_s == pytest.approx(4 * 1.2e12)  # PIMSimulator's benchmark system: 4 stacks, 64 pCH
+    assert s.pim.stacks_per_gpu * s.pim.pseudo_channels_per_stack == 64
     with pytest.raises(ValueError, match="has no GPU"):
         heteromoe.schedule([1] * 128, model="qwen3-30b-a3b", system="samsung-hbm2-pim")
+
+
+@pytest.mark.parametrize("name", ["b200-hbm3e-pim", "h100-hbm3-pim", "h200-hbm3e-pim", "samsung-hbm2-pim"])
+def test_bank_presets_state_their_pim_flow_and_its_source(name):
+    pim = heteromoe.systems.get(name).pim
+    assert pim.flow in ("stream", "tile") and len(pim.flow_source) > 40
+    if pim.flow == "tile":
+        assert pim.banks_per_pim_unit == 2 and pim.timings.t_rcd_wr_cycles and pim.timings.t_wl_cycles
+
+
+def test_bad_flow_is_named():
+    base = heteromoe.systems.get("h100-hbm3-pim").pim
+    with pytest.raises(ValueError, match="PimSpec.flow must be 'stream' or 'tile', got 'tiles'"):
+        dataclasses.replace(base, flow="tiles")
+    with pytest.raises(ValueError, match="flow='tile'.*needs banks_per_pim_unit=2"):
+        dataclasses.replace(base, flow="tile")
+    with pytest.raises(ValueError, match="t_wl_cycles must be >= 0, got -1"):
+        dataclasses.replace(base.timings, t_wl_cycles=-1)
