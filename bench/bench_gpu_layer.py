@@ -182,7 +182,7 @@ def test_heteromoe_gpu_only_split_k(benchmark, bandwidth, model, batch, setting)
     splits launched and the kernel that runs the batch are in extra_info."""
     if not SPLIT_SETTINGS:
         pytest.skip("set HETEROMOE_BENCH_SPLIT_K (e.g. 1,2,4,8) to sweep split-K")
-    from heteromoe.kernels.splitk import SplitKRule
+    from heteromoe.kernels.splitk import SplitKRule, down_warps, expected_experts
 
     rule = SplitKRule.from_env(setting)
     experts = layer(model)
@@ -194,10 +194,18 @@ def test_heteromoe_gpu_only_split_k(benchmark, bandwidth, model, batch, setting)
     kernel = "gemv" if batch <= fused.gemv_batch_tokens else "mma" if mma else "grouped_mm + gemv"
     splits = 1 if kernel == "grouped_mm + gemv" else fused.down_k_splits(view, batch, batch * k, hidden.device,
                                                                           "mma" if mma else "gemv")
+    # the rule's input: the unsplit down projection's warps per SM (on the kernel S >= 2 would run, over the
+    # experts a call of this batch touches under uniform routing), and the warps this routing gives
+    rule_kernel = "gemv" if batch <= fused.gemv_batch_tokens else "mma"
+    sms = torch.cuda.get_device_properties(hidden.device).multi_processor_count
+    warps_per_sm = down_warps(rule_kernel, d, expected_experts(E, k, batch), batch) / sms
+    touched_warps_per_sm = down_warps(rule_kernel, d, touched // (3 * d * f * 2), batch) / sms
     with torch.no_grad():
         check(run(hidden, ids, weights), experts(hidden, ids, weights))
         bench_graph(benchmark, lambda: run(hidden, ids, weights), touched, bandwidth, model=model, batch=batch,
-                    path="heteromoe gpu-only", split_k=setting, down_k_splits=splits, kernel=kernel)
+                    path="heteromoe gpu-only", split_k=setting, down_k_splits=splits, kernel=kernel,
+                    rule_kernel=rule_kernel, unsplit_warps_per_sm=warps_per_sm,
+                    touched_unsplit_warps_per_sm=touched_warps_per_sm)
     assert executor._fused_off == {}, executor._fused_off
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from heteromoe import kernels
-from heteromoe.kernels.splitk import SplitKRule, launched_splits
+from heteromoe.kernels.splitk import SplitKRule, expected_experts, launched_splits
 from heteromoe.runtime.layer import ExpertLayer
 
 logger = logging.getLogger(__name__)
@@ -312,15 +312,16 @@ class FusedLayerPath:
     def down_k_splits(self, layer: ExpertLayer, num_tokens: int, num_pairs: int, device: torch.device,
                       kernel: str) -> int:
         """K splits of the down projection of a call of `num_tokens` tokens on `kernel` ("gemv" or "mma"), by
-        `split_k` from the launch's shape: rows of intermediate_size elements, hidden_size rows per expert, at
-        most min(experts, pairs) experts of at most num_tokens tokens each (1 off CUDA: the CPU kernels do not
-        split)."""
+        `split_k` from the launch's shape: rows of intermediate_size elements, hidden_size rows per expert, the
+        experts such a call touches under uniform routing (`expected_experts`; the counts stay on the device),
+        at most num_tokens tokens each (1 off CUDA: the CPU kernels do not split)."""
         if device.type != "cuda" or not self.split_k.splits_ever:
             return 1
+        top_k = num_pairs // num_tokens if num_tokens else 0
+        experts = expected_experts(layer.num_experts, top_k, num_tokens)
         return launched_splits(
-            self.split_k.splits(kernel, k_dim=layer.intermediate_size, out_rows=layer.hidden_size,
-                                experts=min(layer.num_experts, num_pairs), tokens=num_tokens,
-                                sms=self._sm_count(device)), layer.intermediate_size)
+            self.split_k.splits(kernel, k_dim=layer.intermediate_size, out_rows=layer.hidden_size, experts=experts,
+                                tokens=num_tokens, sms=self._sm_count(device)), layer.intermediate_size)
 
     def _sm_count(self, device: torch.device) -> int:
         if device not in self._sms:

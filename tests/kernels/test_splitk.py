@@ -9,7 +9,7 @@ import torch
 
 from heteromoe import kernels
 from heteromoe.kernels import reference
-from heteromoe.kernels.splitk import SPLIT_K_GRAIN, SplitKRule, down_warps, launched_splits
+from heteromoe.kernels.splitk import SPLIT_K_GRAIN, SplitKRule, down_warps, expected_experts, launched_splits
 
 gpu = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.HAS_CUDA_KERNELS),
                          reason="needs a CUDA GPU and heteromoe._cuda (run `pytest -m gpu` on one)")
@@ -39,6 +39,18 @@ def test_launched_splits_rejects_zero():
         launched_splits(0, 1024)
 
 
+def test_expected_experts_is_exact_for_one_token_and_grows_to_all():
+    assert expected_experts(8, 2, 1) == pytest.approx(2)
+    assert expected_experts(128, 8, 1) == pytest.approx(8)
+    grown = [expected_experts(8, 2, t) for t in (1, 2, 4, 16, 256)]
+    assert all(a < b for a, b in zip(grown, grown[1:])) and grown[-1] == pytest.approx(8)
+    # against the mean over uniform random routings
+    rng = np.random.default_rng(2)
+    touched = [len(np.unique(np.stack([rng.choice(8, 2, replace=False) for _ in range(4)]))) for _ in range(4000)]
+    assert expected_experts(8, 2, 4) == pytest.approx(np.mean(touched), abs=0.1)
+    assert expected_experts(8, 2, 0) == 0.0
+
+
 def test_default_rule_never_splits():
     rule = SplitKRule()
     assert not rule.splits_ever
@@ -48,7 +60,7 @@ def test_default_rule_never_splits():
 
 
 def test_warps_rule_splits_few_experts_with_long_rows_only():
-    rule = SplitKRule(min_warps_per_sm=32)
+    rule = SplitKRule(gemv_warps_per_sm=32, mma_warps_per_sm=32)
     # Mixtral on the tensor cores: 8 experts x 256 warps of 16 rows = 2048 warps, 15.5 per SM on 132 SMs
     assert down_warps("mma", 4096, 8, 64) == 2048
     assert rule.splits("mma", **MIXTRAL_DOWN, tokens=64, sms=132) == 3  # ceil(32 x 132 / 2048)
@@ -60,9 +72,14 @@ def test_warps_rule_splits_few_experts_with_long_rows_only():
     assert rule.splits("mma", **QWEN3_DOWN, tokens=64, sms=132) == 1
     assert rule.splits("gemv", **{**QWEN3_DOWN, "experts": 8}, tokens=1, sms=132) == 1
     # capped by max_splits and by K / min_k_per_split
-    assert SplitKRule(min_warps_per_sm=1000).splits("mma", **MIXTRAL_DOWN, tokens=64, sms=132) == 8
-    assert SplitKRule(min_warps_per_sm=1000, min_k_per_split=4096).splits("mma", **MIXTRAL_DOWN, tokens=64,
+    big = SplitKRule(gemv_warps_per_sm=1000, mma_warps_per_sm=1000)
+    assert big.splits("mma", **MIXTRAL_DOWN, tokens=64, sms=132) == 8
+    assert SplitKRule(mma_warps_per_sm=1000, min_k_per_split=4096).splits("mma", **MIXTRAL_DOWN, tokens=64,
                                                                            sms=132) == 3
+    # each kernel its own target
+    only_mma = SplitKRule(mma_warps_per_sm=32)
+    assert only_mma.splits("mma", **MIXTRAL_DOWN, tokens=64, sms=132) == 3
+    assert only_mma.splits("gemv", **MIXTRAL_DOWN, tokens=4, sms=132) == 1
 
 
 def test_fixed_rule_is_capped_by_k():
@@ -72,18 +89,19 @@ def test_fixed_rule_is_capped_by_k():
 
 
 @pytest.mark.parametrize("value, rule", [(None, SplitKRule()), ("", SplitKRule()), ("3", SplitKRule(fixed=3)),
-                                         ("warps:24", SplitKRule(min_warps_per_sm=24.0))])
+                                         ("warps:24", SplitKRule(gemv_warps_per_sm=24.0, mma_warps_per_sm=24.0)),
+                                         ("warps:40/12.5", SplitKRule(gemv_warps_per_sm=40.0, mma_warps_per_sm=12.5))])
 def test_rule_from_the_environment_setting(value, rule):
     assert SplitKRule.from_env(value) == rule
 
 
-@pytest.mark.parametrize("value", ["four", "warps:", "0"])
+@pytest.mark.parametrize("value", ["four", "warps:", "warps:1/2/3", "0"])
 def test_bad_settings_name_the_value(value):
     with pytest.raises(ValueError, match=repr(value) if value != "0" else "fixed must be >= 1"):
         SplitKRule.from_env(value)
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(min_warps_per_sm=-1), "min_warps_per_sm must be >= 0, got -1"),
+@pytest.mark.parametrize("kwargs, match", [(dict(mma_warps_per_sm=-1), "mma_warps_per_sm must be >= 0, got -1"),
                                            (dict(min_k_per_split=100), "min_k_per_split must be >= 256, got 100"),
                                            (dict(max_splits=0), "max_splits must be >= 1, got 0")])
 def test_rule_arguments_are_checked(kwargs, match):
