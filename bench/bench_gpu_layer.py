@@ -10,7 +10,8 @@ Two clocks, both recorded:
          events (what a serving engine that graphs its decode step pays; no launch or Python cost);
   eager: wall time of one call from Python, synchronized (launches and host work included).
 test_heteromoe_gpu_only_split_k sweeps split-K of the down projection (HETEROMOE_BENCH_SPLIT_K, see there;
-bench/gpu_splitk.sh). extra_info holds the bytes of the weights the routing touches, the read bandwidth measured in the same
+bench/gpu_splitk.sh).
+extra_info holds the bytes of the weights the routing touches, the read bandwidth measured in the same
 run (summing a 4 GiB tensor), and the share of it each path reaches. `heteromoe` (the policy with a
 GPU/PIM plan) needs the counts on the host, so it has only the eager clock; its host time is recorded.
 Skipped without a CUDA GPU.

@@ -8,7 +8,7 @@
 #   tests   python -m pytest -m gpu tests/kernels (the split kernels against the reference, the kernels' own
 #           GPU tests)                                                         -> $OUT/pytest-splitk.log
 #   sweep   bench/bench_gpu_layer.py, graph clock: transformers' grouped_mm, and gpu-only with the down
-#           projection cut into S = 1 2 4 8 K ranges (HETEROMOE_BENCH_SPLIT_K; SPLITS overrides the list),
+#           projection cut into S = 1 2 3 4 6 8 K ranges (HETEROMOE_BENCH_SPLIT_K; SPLITS overrides the list),
 #           Qwen3-30B-A3B- and Mixtral-8x7B-shaped layers, batch 1 2 4 16 64 256
 #           (one pytest process per shape)                                     -> $OUT/gpu-splitk-<model>.json, .log
 #   table   bench/show_splitk_results.py on the sweep (printed last)           -> $OUT/gpu-splitk.txt
@@ -17,7 +17,7 @@
 # never split: its columns must not move.
 set -u
 OUT=${OUT:-/tmp/heteromoe-gpu-splitk}
-SPLITS=${SPLITS:-1,2,4,8}
+SPLITS=${SPLITS:-1,2,3,4,6,8}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 [ -d .whl/site ] && export PYTHONPATH=$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH}
@@ -26,7 +26,9 @@ say() { echo "== $1 $(date -u +%H:%M:%S)"; }
 
 say build
 if ! bash bench/gpu_check.sh build; then echo "build FAILED (tail of $OUT/build.log above)"; status=1; fi
-[ -d .whl/site ] && case ":${PYTHONPATH:-}:" in *":$PWD/.whl/site:"*) ;; *) export PYTHONPATH=$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH} ;; esac
+if [ -d .whl/site ]; then  # the build stage ran in a child shell: its PYTHONPATH did not come back
+  case ":${PYTHONPATH:-}:" in *":$PWD/.whl/site:"*) ;; *) export PYTHONPATH=$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH} ;; esac
+fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv,noheader 2>&1 | head -2
 
 say tests
@@ -44,7 +46,11 @@ for model in mixtral-8x7b qwen3-30b-a3b; do
     --benchmark-json "$OUT/gpu-splitk-$model.json" > "$OUT/gpu-splitk-$model.log" 2>&1
   rc=$?
   grep -E "passed|failed|FAILED|ERROR" "$OUT/gpu-splitk-$model.log" | tail -8
-  [ $rc -eq 0 ] || { echo "sweep $model FAILED (rc $rc; $OUT/gpu-splitk-$model.log)"; grep -E "^E " "$OUT/gpu-splitk-$model.log" | head -12; status=1; }
+  if [ $rc -ne 0 ]; then
+    echo "sweep $model FAILED (rc $rc; $OUT/gpu-splitk-$model.log)"
+    grep -E "^E " "$OUT/gpu-splitk-$model.log" | head -12
+    status=1
+  fi
 done
 
 say table

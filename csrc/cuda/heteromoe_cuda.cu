@@ -884,7 +884,8 @@ static void run_gemv(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int t
                      const GemvLists& lists, int out_rows, int k_dim, bool silu_chunk, int max_tokens, bool lists_ready,
                      std::uintptr_t out, std::uintptr_t stream, const SplitK& split = SplitK{}) {
   if (lists.entries <= 0) return;
-  if (split.on() && silu_chunk) throw std::invalid_argument("expert_gemv: split-K is for projections without the SiLU gate");
+  if (split.on() && silu_chunk)
+    throw std::invalid_argument("expert_gemv: split-K is for projections without the SiLU gate");
   const int vec = dtype == kF32 ? 4 : 8;
   if (k_dim % vec != 0 || x % 16 || weight % 16)
     throw std::invalid_argument("expert_gemv: K = " + std::to_string(k_dim) + " must be a multiple of " +
@@ -1082,7 +1083,8 @@ __device__ __forceinline__ void mma_store_partial(const float (&acc)[kTiles][kFr
         for (int i = 0; i < 4; ++i) {
           const int tok = j * 8 + 2 * q + (i & 1);
           const int row = row0 + 16 * fr + g + 8 * (i >> 1);
-          if (tok < nt && row < out_rows) partial[static_cast<i64>(it.begin + it.t0 + tok) * out_rows + row] = acc[j][fr][i];
+          if (tok < nt && row < out_rows)
+            partial[static_cast<i64>(it.begin + it.t0 + tok) * out_rows + row] = acc[j][fr][i];
         }
     }
   }
@@ -1454,7 +1456,8 @@ static void launch_mma_split(MmaSplitKernel<T> kernel, int warps, const MmaLaunc
 template <typename T, int kTiles, bool kSilu, int kWarps, int kFrags>
 static void launch_mma_kernel(const MmaLaunch& m) {
   if constexpr (!kSilu)
-    if (m.partial) return launch_mma_split<T>(expert_mma_split_kernel<T, kTiles, kWarps, kFrags, 4 / kFrags>, kWarps, m);
+    if (m.partial)
+      return launch_mma_split<T>(expert_mma_split_kernel<T, kTiles, kWarps, kFrags, 4 / kFrags>, kWarps, m);
   launch_mma<T>(expert_mma_kernel<T, kTiles, kSilu, kWarps, kFrags, 4 / kFrags>, kWarps, m);
 }
 
@@ -1507,7 +1510,8 @@ static void expert_mma(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int
                        int max_tokens, bool lists_ready, std::uintptr_t out, std::uintptr_t stream,
                        const SplitK& split = SplitK{}) {
   if (lists == 0 || max_tokens <= 0 || rows <= 0) return;
-  if (split.on() && silu_chunk) throw std::invalid_argument("expert_mma: split-K is for projections without the SiLU gate");
+  if (split.on() && silu_chunk)
+    throw std::invalid_argument("expert_mma: split-K is for projections without the SiLU gate");
   if (!mma_supported(dtype, k_dim))
     throw std::invalid_argument("expert_mma: bf16/fp16 with K a multiple of 8 only (dtype code " +
                                 std::to_string(dtype) + ", K = " + std::to_string(k_dim) + ")");
@@ -1806,7 +1810,8 @@ static void one_token_tail(int dtype, int w_dtype, std::uintptr_t hidden, std::u
 
 // down_k_splits > 1: room for the down projection's split-K partial sums (fp32 [splits][P][d]) after y
 static size_t gemv_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes, int down_k_splits) {
-  const size_t partial = down_k_splits > 1 ? align16(static_cast<size_t>(down_k_splits) * n_pairs * d * sizeof(float)) : 0;
+  const size_t partial =
+      down_k_splits > 1 ? align16(static_cast<size_t>(down_k_splits) * n_pairs * d * sizeof(float)) : 0;
   return LayerLists::bytes(n_pairs, num_experts) + align16(static_cast<size_t>(n_pairs) * f * elem_bytes) +
          align16(static_cast<size_t>(n_pairs) * d * elem_bytes) + partial;
 }
@@ -1818,7 +1823,8 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
                        int down_k_splits) {
   const int n = tokens * top_k;
   if (n == 0) return;
-  if (down_k_splits < 1) throw std::invalid_argument("gemv_layer: down_k_splits must be >= 1, got " + std::to_string(down_k_splits));
+  if (down_k_splits < 1)
+    throw std::invalid_argument("gemv_layer: down_k_splits must be >= 1, got " + std::to_string(down_k_splits));
   const int elem = dtype == kF32 ? 4 : 2;
   if (direct) {
     if (tokens != 1) throw std::invalid_argument("gemv_layer: direct is for one token, got " + std::to_string(tokens));

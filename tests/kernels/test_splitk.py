@@ -147,16 +147,18 @@ def test_split_arguments_are_checked_everywhere():
 
 # -- CUDA: the split kernels ------------------------------------------------------------------------------
 def split_routings():
-    """(name, ids, E): a decode batch, a bimodal batch, an expert of 150 tokens (several tensor-core passes)
-    beside cold ones, and experts of 41 / 35 tokens (the shared-memory kernel, last tile part full)."""
+    """(name, ids, E): a decode batch (tensor cores: one 8-token tile), 12 tokens (two tiles), a bimodal batch,
+    an expert of 150 tokens (several passes of the shared-memory kernel) beside cold ones, and experts of
+    41 / 35 tokens (the shared-memory kernel, last tile part full)."""
     rng = np.random.default_rng(11)
     decode = np.array([[3, 0], [5, 3], [1, 0], [3, 6]])
+    twelve = np.stack([rng.choice(6, 2, replace=False) for _ in range(12)])
     bimodal = np.stack([rng.choice(16, 4, replace=False, p=np.r_[np.full(2, 0.3), np.full(14, 0.4 / 14)])
                         for _ in range(37)])
     heavy = np.stack([np.r_[0, rng.choice(np.arange(1, 12), 2, replace=False)] for _ in range(150)])
     mid = np.stack([np.r_[0, 1 + (t < 35), rng.choice(np.arange(3, 12))] for t in range(41)])
-    return [("decode-4", decode, 8), ("bimodal-37", bimodal, 16), ("one-expert-150", heavy, 12),
-            ("experts-41-35", mid, 12)]
+    return [("decode-4", decode, 8), ("batch-12", twelve, 6), ("bimodal-37", bimodal, 16),
+            ("one-expert-150", heavy, 12), ("experts-41-35", mid, 12)]
 
 
 ROUTINGS = split_routings()
@@ -211,7 +213,7 @@ def test_split_down_projection_matches_reference(kernel, routing, dims, dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_split_hot_side_and_pair_lists(dtype):
     """The hot side's lists (hot_offs) split too; a row whose split sums are reduced is rounded once."""
-    _, ids, E = ROUTINGS[2]
+    _, ids, E = ROUTINGS[3]  # one expert of 150 tokens beside cold ones
     T, k = ids.shape
     out_rows, k_dim = 48, 1536
     gen = torch.Generator().manual_seed(3)
