@@ -1864,9 +1864,12 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
 // gemv_layer's one-token tail, three kernels. The workspace holds gemv_layer's lists, then h and y for each side
 // (plan_layer_workspace). The fork and the join are event record / wait pairs, so the call also captures in
 // a CUDA graph.
-static size_t plan_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes) {
+// down_k_splits > 1: room for the GPU set's down projection split-K partial sums (fp32 [splits][P][d]) at the end
+static size_t plan_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes, int down_k_splits) {
+  const size_t partial =
+      down_k_splits > 1 ? align16(static_cast<size_t>(down_k_splits) * n_pairs * d * sizeof(float)) : 0;
   return LayerLists::bytes(n_pairs, num_experts) + 2 * align16(static_cast<size_t>(n_pairs) * f * elem_bytes) +
-         2 * align16(static_cast<size_t>(n_pairs) * d * elem_bytes);
+         2 * align16(static_cast<size_t>(n_pairs) * d * elem_bytes) + partial;
 }
 
 struct ForkJoin {  // one pair of events per device, made once (disable timing: record / wait only)
@@ -1892,9 +1895,11 @@ static void plan_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
                        std::uintptr_t weights, bool round_products, int rule, std::uintptr_t flop, std::uintptr_t pim,
                        int table_len, double read_s, double launch_s, double comm, double gfix, double pfix,
                        std::uintptr_t plan_out, bool hot_mma, std::uintptr_t workspace, std::uintptr_t out,
-                       std::uintptr_t err_out, std::uintptr_t stream, std::uintptr_t side) {
+                       std::uintptr_t err_out, std::uintptr_t stream, std::uintptr_t side, int down_k_splits) {
   const int n = tokens * top_k;
   if (n == 0) return;
+  if (down_k_splits < 1)
+    throw std::invalid_argument("plan_layer: down_k_splits must be >= 1, got " + std::to_string(down_k_splits));
   if (hot_mma && (!mma_supported(dtype, d) || !mma_supported(dtype, f)))
     throw std::invalid_argument("plan_layer: the GPU set runs on expert_mma: bf16/fp16 with d, f multiples of 8");
   const int elem = dtype == kF32 ? 4 : 2;
@@ -1930,8 +1935,9 @@ static void plan_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
   // the GPU set: every expert's hot rows (hot_offs), read through hot_pairs
   expert_mma(dtype, hidden, l.hot_pairs, top_k, up_weight, 0, 0, 0, l.hot_offs, num_experts, n, f, d, true, tokens,
              false, h_hot, stream);
+  const SplitK hot_split = SplitK::make(down_k_splits, f, n, y_cold + yd);  // split-K's sums after y_cold
   expert_mma(dtype, h_hot, 0, top_k, down_weight, 0, 0, 0, l.hot_offs, num_experts, n, d, f, false, tokens, true,
-             y_hot, stream);
+             y_hot, stream, hot_split);
   check(cudaEventRecord(ev.join, as_stream(side)), "plan_layer: join");
   check(cudaStreamWaitEvent(as_stream(stream), ev.join, 0), "plan_layer: join");
   unpermute(dtype, w_dtype, y_hot, y_cold, l.pair_row, weights, tokens, top_k, d, round_products, out, stream);
@@ -1968,13 +1974,13 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("direct"), py::arg("workspace"), py::arg("out"), py::arg("err_out"), py::arg("stream"),
         py::arg("down_k_splits") = 1);
   m.def("plan_layer_workspace", &plan_layer_workspace, py::arg("n_pairs"), py::arg("num_experts"), py::arg("d"),
-        py::arg("f"), py::arg("elem_bytes"));
+        py::arg("f"), py::arg("elem_bytes"), py::arg("down_k_splits") = 1);
   m.def("plan_layer", &plan_layer, py::arg("dtype"), py::arg("w_dtype"), py::arg("hidden"), py::arg("ids"),
         py::arg("tokens"), py::arg("top_k"), py::arg("num_experts"), py::arg("up_weight"), py::arg("down_weight"),
         py::arg("d"), py::arg("f"), py::arg("weights"), py::arg("round_products"), py::arg("rule"), py::arg("flop"),
         py::arg("pim"), py::arg("table_len"), py::arg("read_s"), py::arg("launch_s"), py::arg("comm"), py::arg("gfix"),
         py::arg("pfix"), py::arg("plan_out"), py::arg("hot_mma"), py::arg("workspace"), py::arg("out"),
-        py::arg("err_out"), py::arg("stream"), py::arg("side"));
+        py::arg("err_out"), py::arg("stream"), py::arg("side"), py::arg("down_k_splits") = 1);
   m.def("expert_mma", &expert_mma_entry, py::arg("dtype"), py::arg("x"), py::arg("in_pairs"), py::arg("top_k"),
         py::arg("weight"), py::arg("list_expert"), py::arg("list_begin"), py::arg("list_count"), py::arg("offs"),
         py::arg("lists"), py::arg("rows"), py::arg("out_rows"), py::arg("k_dim"), py::arg("silu_chunk"), py::arg("max_tokens"),

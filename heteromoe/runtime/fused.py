@@ -134,19 +134,15 @@ class _OneCall:
         return splits
 
     def workspace_bytes(self, num_pairs: int, elem_bytes: int, planned: bool = False, down_k_splits: int = 1) -> int:
-        """Bytes of `_cuda.gemv_layer`'s workspace (`_cuda.plan_layer`'s with `planned`; gemv_layer's holds the
-        down projection's split-K partial sums too)."""
+        """Bytes of `_cuda.gemv_layer`'s workspace (`_cuda.plan_layer`'s with `planned`), with room for the down
+        projection's split-K partial sums where down_k_splits > 1."""
         key = (num_pairs, elem_bytes, planned, down_k_splits)
         nbytes = self._ws_bytes.get(key)
         if nbytes is None:
             layer = self.layer
             dims = (num_pairs, layer.num_experts, layer.hidden_size, layer.intermediate_size, elem_bytes)
-            if planned:
-                nbytes = kernels._cuda.plan_layer_workspace(*dims)
-            elif down_k_splits > 1:
-                nbytes = kernels._cuda.gemv_layer_workspace(*dims, down_k_splits)
-            else:
-                nbytes = kernels._cuda.gemv_layer_workspace(*dims)
+            size = kernels._cuda.plan_layer_workspace if planned else kernels._cuda.gemv_layer_workspace
+            nbytes = size(*dims, down_k_splits) if down_k_splits > 1 else size(*dims)
             self._ws_bytes[key] = nbytes
         return nbytes
 
@@ -362,13 +358,16 @@ class FusedLayerPath:
         has planned (three kernels). The general path below does the same in some twenty torch calls, most of a
         layer's host time."""
         plan_args = plan.kernel_args
-        a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=True)
+        tokens, top_k = top_k_index.shape
+        splits = call.down_k_splits(self, tokens, tokens * top_k) if hot_mma and self.split_k.splits_ever else 1
+        a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=True, down_k_splits=splits)
         kernels._cuda.plan_layer(call.dtype, call.weights_dtype, a.hidden.data_ptr(), a.ids.data_ptr(), a.tokens,
                                  a.top_k, layer.num_experts, a.up.data_ptr(), a.down.data_ptr(), layer.hidden_size,
                                  layer.intermediate_size, a.weights.data_ptr(), call.round_products, *plan_args,
                                  plan_out.data_ptr(), hot_mma, a.workspace.data_ptr(), a.out.data_ptr(),
                                  call.err_word.data_ptr(), a.stream,
-                                 self._side_stream(call.device).cuda_stream if hot_mma else 0)  # fork only with hot_mma
+                                 self._side_stream(call.device).cuda_stream if hot_mma else 0,  # fork only with hot_mma
+                                 *((splits,) if splits > 1 else ()))
         self._last_ws = (a.workspace, layer.num_experts)
         return a.out
 

@@ -287,3 +287,51 @@ def test_layer_with_split_down_projection_matches_the_module(batch, dtype):
             graph.replay()
             torch.cuda.synchronize()
             assert torch.equal(captured, out)
+
+
+@pytest.mark.gpu
+@gpu
+def test_device_planned_call_splits_the_gpu_sets_down_projection():
+    """A heteromoe-policy call planned on the device (`_cuda.plan_layer`, the GPU set on the tensor cores beside
+    the PIM set's GEMV) with the GPU set's down projection split: the module's output, as unsplit."""
+    import dataclasses
+
+    import heteromoe
+    from heteromoe.calibrate import expert_layer
+    from heteromoe.cost.model import CostModel
+    from heteromoe.device import registry
+    from heteromoe.runtime.executor import MoEExecutor
+    from heteromoe.runtime.fused import FusedLayerPath
+    from heteromoe.runtime.layer import ExpertLayer
+    from heteromoe.sched import get_policy
+    from heteromoe.sched.placement import Placement
+
+    E, k, d, f = 8, 2, 256, 1064
+    module = expert_layer(E, k, d, f)
+    layer = ExpertLayer.from_module("layer0", module)
+    # the routing and cost model of test_device_plan_captures_in_a_cuda_graph_and_settles_stats: a plan with
+    # experts on both sides
+    spec = dataclasses.replace(heteromoe.models.get("qwen3-30b-a3b"), num_experts=E, top_k=k)
+    cost = CostModel(heteromoe.systems.get("h100-hbm3-pim"), spec)
+    placement = Placement.from_homes(np.zeros(E, dtype=np.int64), 1)
+    gen = torch.Generator("cuda").manual_seed(7)
+    ids = torch.stack([torch.randperm(E, device="cuda", generator=gen)[:k] for _ in range(24)])
+    hidden = torch.randn(24, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    weights = torch.rand(24, k, device="cuda", generator=gen).to(torch.bfloat16)
+    torch_backend = registry.get("torch")
+    outs = {}
+    with torch.no_grad():
+        for splits in (1, 3):
+            fused = FusedLayerPath(mma_min_warps_per_sm=0, split_k=SplitKRule(fixed=splits, min_k_per_split=256))
+            executor = MoEExecutor(get_policy("heteromoe"), torch_backend, registry.get("pim-emulator"), torch_backend,
+                                   fused=fused, plan_on_device=True)
+            outs[splits] = executor.run(layer, cost, placement, hidden, ids, weights)
+            assert executor.fused._last_ws is not None  # the one call ran
+            executor.flush()
+            plan = executor.last_plans["layer0"]
+            assert plan.gpu_tokens.any()
+            assert torch.equal(outs[splits], executor.run(layer, cost, placement, hidden, ids, weights))
+        ref = module(hidden, ids, weights)
+    for splits, out in outs.items():
+        torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item(),
+                                   msg=f"{splits} splits")
