@@ -172,11 +172,14 @@ def _down_case(routing, out_rows, k_dim, dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     h = torch.randn(T * k, k_dim, generator=gen).to(dtype)
     down = (torch.randn(E, out_rows, k_dim, generator=gen) / 16).to(dtype)
-    prep = reference.route_prep(torch.from_numpy(ids), E)
-    cprep = kernels.route_prep(torch.from_numpy(ids).cuda(), E)
+    nothing_hot = ids.size  # no expert has more pairs: every row on the list (cold) side
+    prep = reference.route_prep(torch.from_numpy(ids), E, threshold=nothing_hot)
+    cprep = kernels.route_prep(torch.from_numpy(ids).cuda(), E, threshold=nothing_hot)
     ref = reference.expert_gemv(h.float(), down.float(), prep, in_pairs=None, top_k=k, out_rows=out_rows,
                                 silu_chunk=False)
-    return h.cuda(), down.cuda(), cprep, ref, int(prep.meta[1]), T, k
+    rows = int(prep.meta[1])
+    assert rows == T * k
+    return h.cuda(), down.cuda(), cprep, ref, rows, T, k
 
 
 @pytest.mark.gpu
@@ -222,6 +225,7 @@ def test_split_hot_side_and_pair_lists(dtype):
     prep = reference.route_prep(torch.from_numpy(ids), E, threshold=2)
     cprep = kernels.route_prep(torch.from_numpy(ids).cuda(), E, threshold=2)
     hot_rows = int(prep.meta[0])
+    assert hot_rows >= 150
     ref = reference.expert_hot_rows(h.float(), down.float(), prep, in_pairs=None, top_k=k, out_rows=out_rows,
                                     silu_chunk=False)[:hot_rows]
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
