@@ -12,6 +12,7 @@ target measured on the device (`bench/gpu_splitk.sh` sweeps S). The default rule
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -94,9 +95,9 @@ class SplitKRule:
         if self.fixed is not None and self.fixed < 1:
             raise ValueError(f"fixed must be >= 1 (or None), got {self.fixed}")
 
-    @property
+    @functools.cached_property
     def splits_ever(self) -> bool:
-        """Whether this rule can split at all (the default cannot)."""
+        """Whether this rule can split at all (the default cannot; read on every layer call, so cached)."""
         targets = self.gemv_warps_per_sm > 0 or self.mma_warps_per_sm > 0
         return (self.fixed or 1) > 1 or (targets and self.max_splits > 1)
 

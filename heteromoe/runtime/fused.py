@@ -164,8 +164,8 @@ class FusedLayerPath:
             703 / 1239 us, gpu-layer-h100.json; Qwen3-30B-A3B 240.5 / 466.5 vs 262.5 / 489.0 us, the latter).
             With split-K the down projection's warps count once per split.
         streams: run the cold side on a second CUDA stream when both sides have work.
-        split_k: how many K ranges the down projection of gpu-only calls is cut into (`heteromoe.kernels.splitk`;
-            None: from HETEROMOE_SPLIT_K, unset: never split).
+        split_k: how many K ranges the down projection is cut into (`heteromoe.kernels.splitk`: gpu-only calls,
+            and a plan's GPU set on the tensor cores; None: from HETEROMOE_SPLIT_K, unset: never split).
     """
 
     def __init__(self, gemv_max_tokens: int = 2, streams: bool = True, gemv_batch_tokens: int = 4,
