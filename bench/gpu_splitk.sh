@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Split-K of the down projection on a GPU, in one device call (about 5 minutes on a fresh H100):
+# Split-K of the down projection on a GPU, in one device call on a fresh H100 / H200 (sized for 7 minutes: the
+# build, then stage timeouts of 90 s for the tests and 150 s + 60 s for the two sweeps):
 #
 #   bash bench/gpu_splitk.sh          results under $OUT (the device machine's return folder)
 #
