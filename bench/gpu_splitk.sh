@@ -13,7 +13,7 @@
 #           Qwen3-30B-A3B- and Mixtral-8x7B-shaped layers, batch 1 2 4 16 64 256
 #           (one pytest process per shape)                                     -> $OUT/gpu-splitk-<model>.json, .log
 #   table   bench/show_splitk_results.py on the sweep (printed last)           -> $OUT/gpu-splitk.txt
-# S = 1 is the default path (no split: Mixtral above 4 tokens on grouped_mm + GEMV, as today); with S >= 2
+# S = 1 is the default path (no split: Mixtral above 4 tokens on grouped_mm + GEMV); with S >= 2
 # the Mixtral layer's down projection has enough warps for the tensor-core kernel. Qwen3's rows (K = 768) are
 # never split: its columns must not move.
 set -u
