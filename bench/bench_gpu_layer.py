@@ -9,6 +9,8 @@ Two clocks, both recorded:
   graph: device time of one layer call, the call captured in a CUDA graph and replayed 50 times between
          events (what a serving engine that graphs its decode step pays; no launch or Python cost);
   eager: wall time of one call from Python, synchronized (launches and host work included).
+test_heteromoe_gpu_only_split_k sweeps split-K of the down projection (HETEROMOE_BENCH_SPLIT_K, see there;
+bench/gpu_splitk.sh).
 extra_info holds the bytes of the weights the routing touches, the read bandwidth measured in the same
 run (summing a 4 GiB tensor), and the share of it each path reaches. `heteromoe` (the policy with a
 GPU/PIM plan) needs the counts on the host, so it has only the eager clock; its host time is recorded.
@@ -38,6 +40,7 @@ def bandwidth():
 
 
 _LAYERS: dict = {}
+executor_views: dict = {}  # model -> the ExpertLayer view of the last executor_for
 
 
 def layer(model: str):
@@ -65,7 +68,7 @@ def routing(model: str, batch: int):
 
 
 def executor_for(model: str, policy: str, plan_ahead: bool = False, plan_on_device: bool = False,
-                 mma_max_tokens: int = 256):
+                 mma_max_tokens: int = 256, split_k=None):
     import heteromoe
     from heteromoe.cost.model import CostModel
     from heteromoe.device import registry
@@ -79,8 +82,9 @@ def executor_for(model: str, policy: str, plan_ahead: bool = False, plan_on_devi
     cost = CostModel(heteromoe.systems.get("h100-hbm3-pim"), heteromoe.models.get(model))
     torch_backend = registry.get("torch")
     executor = MoEExecutor(get_policy(policy), torch_backend, registry.get("pim-emulator"), torch_backend,
-                           fused=FusedLayerPath(mma_max_tokens=mma_max_tokens), plan_ahead=plan_ahead, plan_on_device=plan_on_device)
-    view = ExpertLayer.from_module("layer", layer(model))
+                           fused=FusedLayerPath(mma_max_tokens=mma_max_tokens, split_k=split_k), plan_ahead=plan_ahead,
+                           plan_on_device=plan_on_device)
+    view = executor_views[model] = ExpertLayer.from_module("layer", layer(model))
     placement = Placement.from_homes(np.zeros(E, dtype=np.int64), 1)
     return lambda h, i, w: executor.run(view, cost, placement, h, i, w), executor
 
@@ -162,6 +166,47 @@ def test_heteromoe_gpu_only(benchmark, bandwidth, model, batch, clock, hot):
         check(run(hidden, ids, weights), experts(hidden, ids, weights))
         (bench_graph if clock == "graph" else bench_eager)(benchmark, lambda: run(hidden, ids, weights), touched,
                                                            bandwidth, model=model, batch=batch, path=path)
+    assert executor._fused_off == {}, executor._fused_off
+
+
+# Split-K sweep (bench/gpu_splitk.sh): HETEROMOE_BENCH_SPLIT_K="1,2,4,8" runs gpu-only once per setting, each
+# a fixed number of down-projection splits (heteromoe.kernels.splitk.SplitKRule(fixed=S); "warps:W" for the
+# warps-per-SM rule); unset, the test is skipped.
+SPLIT_SETTINGS = [v for v in os.environ.get("HETEROMOE_BENCH_SPLIT_K", "").split(",") if v]
+
+
+@pytest.mark.parametrize("setting", SPLIT_SETTINGS or ["unset"])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("model", list(SHAPES))
+def test_heteromoe_gpu_only_split_k(benchmark, bandwidth, model, batch, setting):
+    """gpu-only (graph clock) with the down projection cut into a fixed number of K ranges (split-K); the
+    splits launched and the kernel that runs the batch are in extra_info."""
+    if not SPLIT_SETTINGS:
+        pytest.skip("set HETEROMOE_BENCH_SPLIT_K (e.g. 1,2,4,8) to sweep split-K")
+    from heteromoe.kernels.splitk import SplitKRule, down_warps, expected_experts
+
+    rule = SplitKRule.from_env(setting)
+    experts = layer(model)
+    hidden, ids, weights, touched = routing(model, batch)
+    run, executor = executor_for(model, "gpu-only", split_k=rule)
+    fused, view = executor.fused, executor_views[model]
+    E, k, d, f = SHAPES[model]
+    mma = batch > fused.gemv_batch_tokens and fused.mma_ok(view, batch, batch * k, hidden.device)
+    kernel = "gemv" if batch <= fused.gemv_batch_tokens else "mma" if mma else "grouped_mm + gemv"
+    splits = 1 if kernel == "grouped_mm + gemv" else fused.down_k_splits(view, batch, batch * k, hidden.device,
+                                                                          "mma" if mma else "gemv")
+    # the rule's input: the unsplit down projection's warps per SM (on the kernel S >= 2 would run, over the
+    # experts a call of this batch touches under uniform routing), and the warps this routing gives
+    rule_kernel = "gemv" if batch <= fused.gemv_batch_tokens else "mma"
+    sms = torch.cuda.get_device_properties(hidden.device).multi_processor_count
+    warps_per_sm = down_warps(rule_kernel, d, expected_experts(E, k, batch), batch) / sms
+    touched_warps_per_sm = down_warps(rule_kernel, d, touched // (3 * d * f * 2), batch) / sms
+    with torch.no_grad():
+        check(run(hidden, ids, weights), experts(hidden, ids, weights))
+        bench_graph(benchmark, lambda: run(hidden, ids, weights), touched, bandwidth, model=model, batch=batch,
+                    path="heteromoe gpu-only", split_k=setting, down_k_splits=splits, kernel=kernel,
+                    rule_kernel=rule_kernel, unsplit_warps_per_sm=warps_per_sm,
+                    touched_unsplit_warps_per_sm=touched_warps_per_sm)
     assert executor._fused_off == {}, executor._fused_off
 
 

@@ -553,16 +553,17 @@ __host__ __device__ constexpr int rows_per_warp(int max_t) { return max_t >= 4 ?
 
 // The GEMV's sums: acc[r][t] = each lane's part of row r of the weights . token t (lanes stream 16-byte vectors
 // of the weights, read once, and of the tokens); warp_sum then adds the lanes' parts.
+// K range [k_begin, k_end) (split-K: one split's range; else the whole row).
 template <typename T, int kMaxT, int kW>
-__device__ __forceinline__ void gemv_dot(const T* const (&w_row)[kW], const T* const (&x_row)[kMaxT], int nt, int k_dim,
-                                         float (&acc)[kW][kMaxT]) {
+__device__ __forceinline__ void gemv_dot(const T* const (&w_row)[kW], const T* const (&x_row)[kMaxT], int nt,
+                                         int k_begin, int k_end, float (&acc)[kW][kMaxT]) {
   constexpr int kVec = 16 / sizeof(T);
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int r = 0; r < kW; ++r)
 #pragma unroll
     for (int t = 0; t < kMaxT; ++t) acc[r][t] = 0.f;
-  for (int k = lane * kVec; k < k_dim; k += 32 * kVec) {
+  for (int k = k_begin + lane * kVec; k < k_end; k += 32 * kVec) {
     uint4 wv[kW];
 #pragma unroll
     for (int r = 0; r < kW; ++r) wv[r] = __ldcs(reinterpret_cast<const uint4*>(w_row[r] + k));
@@ -605,11 +606,21 @@ __device__ void gemv_report_bad_pair(const i64* pair_ids, int c, int num_experts
   __threadfence_system();
 }
 
-template <typename T, int kMaxT, bool kSiluChunk>
-__global__ void __launch_bounds__(kGemvWarps * 32)
-expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* cold_expert,
-                   const int* cold_begin, const int* cold_count, const int* offs, const i64* pair_ids, int lists,
-                   long long* err_out, int out_rows, int k_dim, bool lists_ready, bool prefetch, T* out) {
+// The GEMV's body; kSplit: split-K (blockIdx.z: the split; K range [z k_split, (z + 1) k_split) of k_dim), each
+// row's fp32 partial sum into partial[z][row of out][out_rows] (rows_out rows per split) instead of `out`.
+template <typename T, int kMaxT, bool kSiluChunk, bool kSplit>
+__device__ __forceinline__ void expert_gemv_body(const T* x, const int* in_pairs, int top_k, const T* weight,
+                                                 const int* cold_expert, const int* cold_begin, const int* cold_count,
+                                                 const int* offs, const i64* pair_ids, int lists, long long* err_out,
+                                                 int out_rows, int k_dim, bool lists_ready, bool prefetch, T* out,
+                                                 int k_split, int rows_out, float* partial) {
+  static_assert(!(kSplit && kSiluChunk), "split-K sums need the whole row before the SiLU gate");
+  int k_begin = 0, k_end = k_dim;
+  if constexpr (kSplit) {
+    k_begin = blockIdx.z * k_split;
+    k_end = min(k_dim, k_begin + k_split);
+    partial += static_cast<i64>(blockIdx.z) * rows_out * out_rows;
+  }
   constexpr int kRows = rows_per_warp(kMaxT);
   constexpr int kW = kSiluChunk ? 2 * kRows : kRows;
   const int c = blockIdx.y;
@@ -620,8 +631,12 @@ expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, 
   if (pair_ids) {
     const i64 id = pair_ids[c];
     if (id < 0 || id >= lists) {  // zero rows (the combine adds nothing for it) and the first bad pair reported
-      if (lane < kRows && row0 + lane < out_rows) out[static_cast<i64>(c) * out_rows + row0 + lane] = from_f<T>(0.f);
-      if (err_out && blockIdx.x == 0 && threadIdx.x == 0) gemv_report_bad_pair(pair_ids, c, lists, err_out);
+      if (lane < kRows && row0 + lane < out_rows) {
+        if constexpr (kSplit) partial[static_cast<i64>(c) * out_rows + row0 + lane] = 0.f;
+        else out[static_cast<i64>(c) * out_rows + row0 + lane] = from_f<T>(0.f);
+      }
+      if (err_out && blockIdx.x == 0 && (!kSplit || blockIdx.z == 0) && threadIdx.x == 0)
+        gemv_report_bad_pair(pair_ids, c, lists, err_out);
       return;
     }
     expert = static_cast<int>(id);
@@ -658,7 +673,7 @@ expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, 
     constexpr int kLine = 128 / sizeof(T);
 #pragma unroll
     for (int r = 0; r < kW; ++r)
-      for (int k = lane * kLine; k < k_dim; k += 32 * kLine) prefetch_l2(w_row[r] + k);
+      for (int k = k_begin + lane * kLine; k < k_end; k += 32 * kLine) prefetch_l2(w_row[r] + k);
   }
   if (lists_ready) pdl_wait();
   pdl_trigger();
@@ -672,7 +687,7 @@ expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, 
       x_row[t] = x + static_cast<i64>(src) * k_dim;
     }
     float acc[kW][kMaxT];
-    gemv_dot<T, kMaxT, kW>(w_row, x_row, nt, k_dim, acc);
+    gemv_dot<T, kMaxT, kW>(w_row, x_row, nt, k_begin, k_end, acc);
 #pragma unroll
     for (int t = 0; t < kMaxT; ++t) {
       if (t < nt) {
@@ -694,12 +709,35 @@ expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, 
             } else {
               v = g;
             }
-            out[static_cast<i64>(begin + t0 + t) * out_rows + row] = from_f<T>(v);
+            if constexpr (kSplit) partial[static_cast<i64>(begin + t0 + t) * out_rows + row] = v;
+            else out[static_cast<i64>(begin + t0 + t) * out_rows + row] = from_f<T>(v);
           }
         }
       }
     }
   }
+}
+
+template <typename T, int kMaxT, bool kSiluChunk>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+expert_gemv_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* cold_expert,
+                   const int* cold_begin, const int* cold_count, const int* offs, const i64* pair_ids, int lists,
+                   long long* err_out, int out_rows, int k_dim, bool lists_ready, bool prefetch, T* out) {
+  expert_gemv_body<T, kMaxT, kSiluChunk, false>(x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, offs,
+                                                pair_ids, lists, err_out, out_rows, k_dim, lists_ready, prefetch, out,
+                                                0, 0, nullptr);
+}
+
+// expert_gemv_kernel split along K (grid.z splits; no SiLU gate): fp32 partial sums, reduced by splitk_reduce.
+template <typename T, int kMaxT>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+expert_gemv_split_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* cold_expert,
+                         const int* cold_begin, const int* cold_count, const int* offs, const i64* pair_ids, int lists,
+                         long long* err_out, int out_rows, int k_dim, bool lists_ready, bool prefetch, int k_split,
+                         int rows_out, float* partial) {
+  expert_gemv_body<T, kMaxT, false, true>(x, in_pairs, top_k, weight, cold_expert, cold_begin, cold_count, offs,
+                                          pair_ids, lists, err_out, out_rows, k_dim, lists_ready, prefetch, nullptr,
+                                          k_split, rows_out, partial);
 }
 
 // The list entries of one GEMV launch (see expert_gemv_kernel): the compacted cold lists, `entries` long; or
@@ -726,7 +764,79 @@ struct GemvLists {
   }
 };
 
-// One expert_gemv launch's arguments (host side).
+// ---------------------------------------------------------------------------------------------------------
+// Split-K for long rows (the down projection of experts with a large intermediate size): a projection's K is
+// cut into `splits` ranges, each a grid.z slice of the launch, so a layer with few experts and long rows puts
+// `splits` times the warps in flight, each streaming a shorter stretch of its rows. Every split writes its fp32
+// partial sums into partial [splits][rows][out_rows]; splitk_reduce adds them in split order (fp32, no
+// atomics: deterministic, the same bits on every run) and rounds once to the output dtype, as the unsplit
+// kernel rounds its fp32 sum. Only the order of the fp32 additions differs from the unsplit kernel.
+// K per split is a multiple of kSplitKGrain (every kernel's K step divides it); no split is empty.
+constexpr int kSplitKGrain = 256;
+struct SplitK {
+  int splits = 1;   // splits launched (1: none)
+  int k_split = 0;  // K elements per split
+  int rows = 0;     // rows of the projection's output (the partials' rows per split)
+  std::uintptr_t partial = 0;
+
+  // `requested` splits of K (capped where a split would be shorter than kSplitKGrain); partial: fp32, at least
+  // requested x rows x out_rows elements
+  static SplitK make(int requested, int k_dim, int rows, std::uintptr_t partial) {
+    SplitK s;
+    if (requested < 1) throw std::invalid_argument("k_splits must be >= 1, got " + std::to_string(requested));
+    if (requested == 1 || k_dim <= kSplitKGrain) return s;
+    const int per = (k_dim + requested - 1) / requested;
+    const int k_split = (per + kSplitKGrain - 1) / kSplitKGrain * kSplitKGrain;
+    if (k_split >= k_dim) return s;
+    if (!partial) throw std::invalid_argument("split-K needs a partial-sum buffer");
+    s.k_split = k_split;
+    s.splits = (k_dim + k_split - 1) / k_split;
+    s.rows = rows;
+    s.partial = partial;
+    return s;
+  }
+  bool on() const { return splits > 1; }
+};
+
+// out[i] = sum over s in order of partial[s][i] (fp32), rounded once to T; 4 elements per thread where aligned.
+template <typename T>
+__global__ void splitk_reduce_kernel(const float* partial, int splits, i64 n, T* out) {
+  pdl_wait();  // the partial sums come from the kernel just before
+  pdl_trigger();
+  const i64 i = (static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+  if (i >= n) return;
+  if (i + 4 <= n && n % 4 == 0) {
+    float4 acc = *reinterpret_cast<const float4*>(partial + i);
+    for (int s = 1; s < splits; ++s) {
+      const float4 v = *reinterpret_cast<const float4*>(partial + static_cast<i64>(s) * n + i);
+      acc.x = __fadd_rn(acc.x, v.x), acc.y = __fadd_rn(acc.y, v.y), acc.z = __fadd_rn(acc.z, v.z),
+      acc.w = __fadd_rn(acc.w, v.w);
+    }
+    out[i] = from_f<T>(acc.x), out[i + 1] = from_f<T>(acc.y), out[i + 2] = from_f<T>(acc.z),
+    out[i + 3] = from_f<T>(acc.w);
+    return;
+  }
+  for (i64 j = i; j < min(n, i + 4); ++j) {
+    float acc = partial[j];
+    for (int s = 1; s < splits; ++s) acc = __fadd_rn(acc, partial[static_cast<i64>(s) * n + j]);
+    out[j] = from_f<T>(acc);
+  }
+}
+
+static void splitk_reduce(int dtype, const SplitK& split, int out_rows, std::uintptr_t out, cudaStream_t stream) {
+  const i64 n = static_cast<i64>(split.rows) * out_rows;
+  if (n == 0) return;
+  const int threads = 256;
+  const dim3 grid(static_cast<unsigned>((n + 4 * threads - 1) / (4 * threads)));
+  with_dtype(dtype, "splitk_reduce: unknown dtype code ", [&](auto t) {
+    using T = decltype(t);
+    launch(splitk_reduce_kernel<T>, grid, dim3(threads), 0, stream, ptr<const float>(split.partial), split.splits, n,
+           ptr<T>(out));
+  });
+  check(cudaGetLastError(), "splitk_reduce launch");
+}
+
+// One expert_gemv launch's arguments (host side); split-K where `partial` is set (grid.z splits of k_split).
 struct GemvLaunch {
   dim3 grid;
   cudaStream_t stream;
@@ -734,6 +844,8 @@ struct GemvLaunch {
   GemvLists lists;
   int top_k, out_rows, k_dim;
   bool lists_ready;
+  int k_split = 0, rows_out = 0;
+  std::uintptr_t partial = 0;
 };
 
 template <typename T, int kMaxT>
@@ -745,6 +857,14 @@ static void launch_gemv_t(bool silu, const GemvLaunch& g) {
            ptr<const int>(l.offs), ptr<const i64>(l.pair_ids), l.num_experts, ptr<long long>(l.err_out), g.out_rows,
            g.k_dim, g.lists_ready, gemv_prefetch(), ptr<T>(g.out));
   };
+  if (g.partial) {
+    launch(expert_gemv_split_kernel<T, kMaxT>, g.grid, dim3(kGemvWarps * 32), 0, g.stream, ptr<const T>(g.x),
+           ptr<const int>(g.in_pairs), g.top_k, ptr<const T>(g.weight), ptr<const int>(l.expert),
+           ptr<const int>(l.begin), ptr<const int>(l.count), ptr<const int>(l.offs), ptr<const i64>(l.pair_ids),
+           l.num_experts, ptr<long long>(l.err_out), g.out_rows, g.k_dim, g.lists_ready, gemv_prefetch(), g.k_split,
+           g.rows_out, ptr<float>(g.partial));
+    return;
+  }
   if (silu) go(expert_gemv_kernel<T, kMaxT, true>);
   else go(expert_gemv_kernel<T, kMaxT, false>);
 }
@@ -762,19 +882,26 @@ static void launch_gemv_dtype(int max_tokens, bool silu, const GemvLaunch& g) {
 // max_tokens: the most tokens an expert can have here (picks the per-pass token tile; more tokens loop).
 static void run_gemv(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int top_k, std::uintptr_t weight,
                      const GemvLists& lists, int out_rows, int k_dim, bool silu_chunk, int max_tokens, bool lists_ready,
-                     std::uintptr_t out, std::uintptr_t stream) {
+                     std::uintptr_t out, std::uintptr_t stream, const SplitK& split = SplitK{}) {
   if (lists.entries <= 0) return;
+  if (split.on() && silu_chunk)
+    throw std::invalid_argument("expert_gemv: split-K is for projections without the SiLU gate");
   const int vec = dtype == kF32 ? 4 : 8;
   if (k_dim % vec != 0 || x % 16 || weight % 16)
     throw std::invalid_argument("expert_gemv: K = " + std::to_string(k_dim) + " must be a multiple of " +
                                 std::to_string(vec) + " and x, weight 16-byte aligned");
   const int tile = max_tokens <= 1 ? 1 : max_tokens <= 2 ? 2 : max_tokens <= 4 ? 4 : 8;
   const int rows_per_block = kGemvWarps * rows_per_warp(tile);
-  const GemvLaunch g{dim3((out_rows + rows_per_block - 1) / rows_per_block, lists.entries), as_stream(stream), x,
-                     in_pairs, weight, out, lists, top_k, out_rows, k_dim, lists_ready};
+  GemvLaunch g{dim3((out_rows + rows_per_block - 1) / rows_per_block, lists.entries), as_stream(stream), x,
+               in_pairs, weight, out, lists, top_k, out_rows, k_dim, lists_ready};
+  if (split.on()) {
+    g.grid.z = split.splits;
+    g.k_split = split.k_split, g.rows_out = split.rows, g.partial = split.partial;
+  }
   with_dtype(dtype, "expert_gemv: unknown dtype code ",
              [&](auto t) { launch_gemv_dtype<decltype(t)>(max_tokens, silu_chunk, g); });
   check(cudaGetLastError(), "expert_gemv launch");
+  if (split.on()) splitk_reduce(dtype, split, out_rows, out, as_stream(stream));
 }
 
 // The Python entry point, expert_mma's list arguments: (cold_expert, cold_begin, cold_count) of length
@@ -782,9 +909,11 @@ static void run_gemv(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int t
 static void expert_gemv(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int top_k, std::uintptr_t weight,
                         std::uintptr_t cold_expert, std::uintptr_t cold_begin, std::uintptr_t cold_count,
                         std::uintptr_t offs, int lists, int rows, int out_rows, int k_dim, bool silu_chunk,
-                        int max_tokens, bool lists_ready, std::uintptr_t out, std::uintptr_t stream) {
+                        int max_tokens, bool lists_ready, std::uintptr_t out, std::uintptr_t stream, int k_splits,
+                        std::uintptr_t partial) {
   const GemvLists l = offs ? GemvLists::hot(offs, lists, rows) : GemvLists::cold(cold_expert, cold_begin, cold_count, lists);
-  run_gemv(dtype, x, in_pairs, top_k, weight, l, out_rows, k_dim, silu_chunk, max_tokens, lists_ready, out, stream);
+  run_gemv(dtype, x, in_pairs, top_k, weight, l, out_rows, k_dim, silu_chunk, max_tokens, lists_ready, out, stream,
+           SplitK::make(k_splits, k_dim, rows, partial));
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -940,6 +1069,27 @@ __device__ __forceinline__ void mma_store(const float (&acc)[kTiles][kFrags][4],
   }
 }
 
+// split-K (no gate): the fp32 sums of this split into partial [row of out][out_rows] (mma_store's layout)
+template <int kTiles, int kFrags>
+__device__ __forceinline__ void mma_store_partial(const float (&acc)[kTiles][kFrags][4], const MmaItem& it, int nt,
+                                                  int row0, int out_rows, int g, int q, float* partial) {
+  const int tiles = (nt + 7) >> 3;
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+    if (j < tiles) {
+#pragma unroll
+      for (int fr = 0; fr < kFrags; ++fr)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int tok = j * 8 + 2 * q + (i & 1);
+          const int row = row0 + 16 * fr + g + 8 * (i >> 1);
+          if (tok < nt && row < out_rows)
+            partial[static_cast<i64>(it.begin + it.t0 + tok) * out_rows + row] = acc[j][fr][i];
+        }
+    }
+  }
+}
+
 template <typename T, int kTiles, bool kSiluChunk, int kWarps, int kFrags, int kSteps>
 __global__ void __launch_bounds__(kWarps * 32)
 expert_mma_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* list_expert,
@@ -996,6 +1146,83 @@ expert_mma_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, c
   mma_store<T, kTiles, kSiluChunk, kFrags>(acc, it, nt, row0, out_rows, g, q, out);
 }
 
+// expert_mma_kernel's loop over one split's K range (kept apart so that expert_mma_kernel's own code stays as
+// measured; the two differ only in the K range and the store)
+template <typename T, int kTiles, bool kSiluChunk, int kWarps, int kFrags, int kSteps, bool kSplit>
+__device__ __forceinline__ void expert_mma_body(const T* x, const int* in_pairs, int top_k, const T* weight,
+                                                const int* list_expert, const int* list_begin, const int* list_count,
+                                                const int* offs, int lists, bool passes, int out_rows, int k_dim,
+                                                bool lists_ready, T* out, int k_split, int rows_out, float* partial) {
+  static_assert(!(kSplit && kSiluChunk), "split-K sums need the whole row before the SiLU gate");
+  int k_begin = 0, k_end = k_dim;
+  if constexpr (kSplit) {
+    k_begin = blockIdx.z * k_split;
+    k_end = min(k_dim, k_begin + k_split);
+    partial += static_cast<i64>(blockIdx.z) * rows_out * out_rows;
+  }
+  constexpr int kPass = kTiles * 8;
+  constexpr int kRows = mma_warp_rows(kSiluChunk, kFrags);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row0 = (blockIdx.y * kWarps + warp) * kRows;
+  if (row0 >= out_rows) return;
+  if (!lists_ready) pdl_wait();  // the lists come from the kernel just before
+  MmaItem it;
+  if (!mma_item(kPass, list_expert, list_begin, list_count, offs, lists, passes, it)) return;
+  const int g = lane >> 2, q = lane & 3;
+  const T* wp[kFrags][2];
+  mma_weight_rows<T, kSiluChunk, kFrags>(wp, weight, it.expert, row0, out_rows, k_dim, g, q);
+  uint4 a[kSteps][kFrags][2];
+  const std::uint64_t policy = evict_first_policy();
+  mma_load_a<T, kSteps, kFrags>(a, wp, k_begin, k_end, q, policy);  // weights do not depend on the kernel before
+  if (lists_ready) pdl_wait();
+  pdl_trigger();
+  const int nt = min(kPass, it.count - it.t0);
+  const int tiles = (nt + 7) >> 3;
+  const T* xp[kTiles];
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+    const int pos = it.begin + it.t0 + min(j * 8 + g, nt - 1);
+    const int src = in_pairs ? in_pairs[pos] / top_k : pos;
+    xp[j] = x + static_cast<i64>(src) * k_dim + 8 * q;
+  }
+  float acc[kTiles][kFrags][4] = {};  // zeros
+  for (int k = k_begin; k < k_end; k += 32 * kSteps) {
+    uint4 b[kSteps][kTiles];  // this iteration's token vectors (L1 / L2), all in flight at once
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+        b[s][j] = j < tiles && k + 32 * s + 8 * q < k_end ? __ldg(reinterpret_cast<const uint4*>(xp[j] + k + 32 * s))
+                                                          : make_uint4(0, 0, 0, 0);
+    uint4 next[kSteps][kFrags][2];  // the next iteration's weights (HBM), in flight during this one's MMAs
+    mma_load_a<T, kSteps, kFrags>(next, wp, k + 32 * kSteps, k_end, q, policy);
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+        if (j < tiles) mma_step<T, kSteps, kFrags>(acc[j], a, s, b[s][j]);
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+      for (int fr = 0; fr < kFrags; ++fr)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) a[s][fr][h] = next[s][fr][h];
+  }
+  if constexpr (kSplit) mma_store_partial<kTiles, kFrags>(acc, it, nt, row0, out_rows, g, q, partial);
+  else mma_store<T, kTiles, kSiluChunk, kFrags>(acc, it, nt, row0, out_rows, g, q, out);
+}
+
+// expert_mma_kernel split along K (grid.z splits; no gate): fp32 partial sums, reduced by splitk_reduce
+template <typename T, int kTiles, int kWarps, int kFrags, int kSteps>
+__global__ void __launch_bounds__(kWarps * 32)
+expert_mma_split_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* list_expert,
+                        const int* list_begin, const int* list_count, const int* offs, int lists, bool passes,
+                        int out_rows, int k_dim, bool lists_ready, int k_split, int rows_out, float* partial) {
+  expert_mma_body<T, kTiles, false, kWarps, kFrags, kSteps, true>(
+      x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim,
+      lists_ready, nullptr, k_split, rows_out, partial);
+}
+
 // expert_mma_smem: expert_mma for batches above 16 tokens, with the token tile in shared memory and the
 // weights two K chunks deep. The block's threads copy each K chunk (kSteps x 32 elements) of its pass's token
 // rows into shared memory with cp.async (L2 -> shared, no registers, kStages chunks in flight), and every
@@ -1026,11 +1253,19 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
-template <typename T, int kTiles, bool kSiluChunk, int kWarps, int kFrags, int kSteps>
-__global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)  // 16 warps per SM: at most 128 registers
-expert_mma_smem_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* list_expert,
-                       const int* list_begin, const int* list_count, const int* offs, int lists, bool passes,
-                       int out_rows, int k_dim, bool lists_ready, T* out) {
+template <typename T, int kTiles, bool kSiluChunk, int kWarps, int kFrags, int kSteps, bool kSplit>
+__device__ __forceinline__ void expert_mma_smem_body(const T* x, const int* in_pairs, int top_k, const T* weight,
+                                                     const int* list_expert, const int* list_begin,
+                                                     const int* list_count, const int* offs, int lists, bool passes,
+                                                     int out_rows, int k_dim, bool lists_ready, T* out, int k_split,
+                                                     int rows_out, float* partial) {
+  static_assert(!(kSplit && kSiluChunk), "split-K sums need the whole row before the SiLU gate");
+  int k_begin = 0, k_end = k_dim;
+  if constexpr (kSplit) {
+    k_begin = blockIdx.z * k_split;
+    k_end = min(k_dim, k_begin + k_split);
+    partial += static_cast<i64>(blockIdx.z) * rows_out * out_rows;
+  }
   constexpr int kChunk = 32 * kSteps, kVecs = 4 * kSteps;  // K elements per chunk: kVecs vectors of 8
   constexpr int kPass = kTiles * 8;
   constexpr int kRows = mma_warp_rows(kSiluChunk, kFrags);
@@ -1051,8 +1286,8 @@ expert_mma_smem_kernel(const T* x, const int* in_pairs, int top_k, const T* weig
   // its MMAs are issued, so the loads stay in flight through the MMAs, the barrier and the next chunk
   uint4 a[2][kSteps][kFrags][2];
   const std::uint64_t policy = evict_first_policy();
-  mma_load_a<T, kSteps, kFrags>(a[0], wp, 0, k_dim, q, policy);  // weights do not depend on the kernel before
-  mma_load_a<T, kSteps, kFrags>(a[1], wp, kChunk, k_dim, q, policy);
+  mma_load_a<T, kSteps, kFrags>(a[0], wp, k_begin, k_end, q, policy);  // weights do not depend on the kernel before
+  mma_load_a<T, kSteps, kFrags>(a[1], wp, k_begin + kChunk, k_end, q, policy);
   if (lists_ready) pdl_wait();
   pdl_trigger();
   const int nt = min(kPass, it.count - it.t0);
@@ -1067,10 +1302,10 @@ expert_mma_smem_kernel(const T* x, const int* in_pairs, int top_k, const T* weig
   }
   __syncthreads();
   const int v = threadIdx.x % kVecs;
-  const int chunks = (k_dim + kChunk - 1) / kChunk;
+  const int chunks = (k_end - k_begin + kChunk - 1) / kChunk;
   auto copy_chunk = [&](int chunk) {
-    const int k = chunk * kChunk + 8 * v;
-    const bool valid = k < k_dim;  // K's tail: zeros (the weights' tail is zero too)
+    const int k = k_begin + chunk * kChunk + 8 * v;
+    const bool valid = k < k_end;  // K's tail: zeros (the weights' tail is zero too)
 #pragma unroll
     for (int i = 0; i < kCopies; ++i) {
       const int r = (threadIdx.x + i * kThreads) / kVecs;
@@ -1092,7 +1327,7 @@ expert_mma_smem_kernel(const T* x, const int* in_pairs, int top_k, const T* weig
     if (c + kStages - 1 < chunks) copy_chunk(c + kStages - 1);
     cp_async_commit();
     const uint4(&stage)[kPass][kVecs] = tok[c % kStages];
-    const int k_next = (c + 2) * kChunk;
+    const int k_next = k_begin + (c + 2) * kChunk;
 #pragma unroll
     for (int s = 0; s < kSteps; ++s) {
 #pragma unroll
@@ -1102,7 +1337,7 @@ expert_mma_smem_kernel(const T* x, const int* in_pairs, int top_k, const T* weig
       for (int fr = 0; fr < kFrags; ++fr)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
-          a[buf][s][fr][h] = k_next + 32 * s + 8 * q < k_dim ? ld_weight(wp[fr][h] + k_next + 32 * s, policy)
+          a[buf][s][fr][h] = k_next + 32 * s + 8 * q < k_end ? ld_weight(wp[fr][h] + k_next + 32 * s, policy)
                                                              : make_uint4(0, 0, 0, 0);
     }
   };
@@ -1111,7 +1346,29 @@ expert_mma_smem_kernel(const T* x, const int* in_pairs, int top_k, const T* weig
     if (c + 1 < chunks) run_chunk(std::integral_constant<int, 1>{}, c + 1);
   }
   cp_async_wait<0>();
-  mma_store<T, kTiles, kSiluChunk, kFrags>(acc, it, nt, row0, out_rows, g, q, out);
+  if constexpr (kSplit) mma_store_partial<kTiles, kFrags>(acc, it, nt, row0, out_rows, g, q, partial);
+  else mma_store<T, kTiles, kSiluChunk, kFrags>(acc, it, nt, row0, out_rows, g, q, out);
+}
+
+template <typename T, int kTiles, bool kSiluChunk, int kWarps, int kFrags, int kSteps>
+__global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)  // 16 warps per SM: at most 128 registers
+expert_mma_smem_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* list_expert,
+                       const int* list_begin, const int* list_count, const int* offs, int lists, bool passes,
+                       int out_rows, int k_dim, bool lists_ready, T* out) {
+  expert_mma_smem_body<T, kTiles, kSiluChunk, kWarps, kFrags, kSteps, false>(
+      x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim,
+      lists_ready, out, 0, 0, nullptr);
+}
+
+// expert_mma_smem_kernel split along K (grid.z splits; no gate): fp32 partial sums, reduced by splitk_reduce
+template <typename T, int kTiles, int kWarps, int kFrags, int kSteps>
+__global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)
+expert_mma_smem_split_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* list_expert,
+                             const int* list_begin, const int* list_count, const int* offs, int lists, bool passes,
+                             int out_rows, int k_dim, bool lists_ready, int k_split, int rows_out, float* partial) {
+  expert_mma_smem_body<T, kTiles, false, kWarps, kFrags, kSteps, true>(
+      x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim,
+      lists_ready, nullptr, k_split, rows_out, partial);
 }
 
 // Launch choices. Defaults: the best of H100 sweeps of the Qwen3-30B-A3B layer, gpu-only, graph clock
@@ -1170,6 +1427,8 @@ struct MmaLaunch {
   std::uintptr_t x, in_pairs, weight, list_expert, list_begin, list_count, offs, out;
   int top_k, lists, out_rows, k_dim;
   bool passes, lists_ready;
+  int k_split = 0, rows_out = 0;  // split-K where partial is set (grid.z splits)
+  std::uintptr_t partial = 0;
 };
 
 // expert_mma_kernel and expert_mma_smem_kernel take the same arguments
@@ -1183,8 +1442,22 @@ static void launch_mma(MmaKernel<T> kernel, int warps, const MmaLaunch& m) {
          ptr<const int>(m.list_count), ptr<const int>(m.offs), m.lists, m.passes, m.out_rows, m.k_dim, m.lists_ready,
          ptr<T>(m.out));
 }
+// the split kernels take the same arguments but `out`, then (k_split, rows_out, partial)
+template <typename T>
+using MmaSplitKernel = void (*)(const T*, const int*, int, const T*, const int*, const int*, const int*, const int*,
+                                int, bool, int, int, bool, int, int, float*);
+template <typename T>
+static void launch_mma_split(MmaSplitKernel<T> kernel, int warps, const MmaLaunch& m) {
+  launch(kernel, m.grid, dim3(warps * 32), 0, m.stream, ptr<const T>(m.x), ptr<const int>(m.in_pairs), m.top_k,
+         ptr<const T>(m.weight), ptr<const int>(m.list_expert), ptr<const int>(m.list_begin),
+         ptr<const int>(m.list_count), ptr<const int>(m.offs), m.lists, m.passes, m.out_rows, m.k_dim, m.lists_ready,
+         m.k_split, m.rows_out, ptr<float>(m.partial));
+}
 template <typename T, int kTiles, bool kSilu, int kWarps, int kFrags>
 static void launch_mma_kernel(const MmaLaunch& m) {
+  if constexpr (!kSilu)
+    if (m.partial)
+      return launch_mma_split<T>(expert_mma_split_kernel<T, kTiles, kWarps, kFrags, 4 / kFrags>, kWarps, m);
   launch_mma<T>(expert_mma_kernel<T, kTiles, kSilu, kWarps, kFrags, 4 / kFrags>, kWarps, m);
 }
 
@@ -1215,6 +1488,8 @@ static void launch_mma_dtype(int tiles, bool silu, int warps, int frags, const M
 
 template <typename T, int kTiles, bool kSilu, int kWarps>
 static void launch_mma_smem_kernel(const MmaLaunch& m) {
+  if constexpr (!kSilu)
+    if (m.partial) return launch_mma_split<T>(expert_mma_smem_split_kernel<T, kTiles, kWarps, 1, 4>, kWarps, m);
   launch_mma<T>(expert_mma_smem_kernel<T, kTiles, kSilu, kWarps, 1, 4>, kWarps, m);
 }
 template <typename T>
@@ -1232,8 +1507,11 @@ static bool mma_supported(int dtype, int k_dim) { return (dtype == kBF16 || dtyp
 static void expert_mma(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int top_k, std::uintptr_t weight,
                        std::uintptr_t list_expert, std::uintptr_t list_begin, std::uintptr_t list_count,
                        std::uintptr_t offs, int lists, int rows, int out_rows, int k_dim, bool silu_chunk,
-                       int max_tokens, bool lists_ready, std::uintptr_t out, std::uintptr_t stream) {
+                       int max_tokens, bool lists_ready, std::uintptr_t out, std::uintptr_t stream,
+                       const SplitK& split = SplitK{}) {
   if (lists == 0 || max_tokens <= 0 || rows <= 0) return;
+  if (split.on() && silu_chunk)
+    throw std::invalid_argument("expert_mma: split-K is for projections without the SiLU gate");
   if (!mma_supported(dtype, k_dim))
     throw std::invalid_argument("expert_mma: bf16/fp16 with K a multiple of 8 only (dtype code " +
                                 std::to_string(dtype) + ", K = " + std::to_string(k_dim) + ")");
@@ -1246,14 +1524,30 @@ static void expert_mma(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int
   const i64 items = max_passes == 1 ? lists : std::min<i64>(lists * max_passes, lists + (rows + pass - 1) / pass);
   const int warps = smem ? kMmaSmemWarps : mma_warps(tiles), frags = smem ? 1 : mma_frags(tiles);
   const int block_rows = warps * mma_warp_rows(silu_chunk, frags);
-  const MmaLaunch m{dim3(static_cast<unsigned>(items), (out_rows + block_rows - 1) / block_rows), as_stream(stream), x,
-                    in_pairs, weight, list_expert, list_begin, list_count, offs, out, top_k, lists, out_rows, k_dim,
-                    max_passes > 1, lists_ready};
+  MmaLaunch m{dim3(static_cast<unsigned>(items), (out_rows + block_rows - 1) / block_rows), as_stream(stream), x,
+              in_pairs, weight, list_expert, list_begin, list_count, offs, out, top_k, lists, out_rows, k_dim,
+              max_passes > 1, lists_ready};
+  if (split.on()) {
+    m.grid.z = split.splits;
+    m.k_split = split.k_split, m.rows_out = split.rows, m.partial = split.partial;
+  }
   if (smem && dtype == kBF16) launch_mma_smem_dtype<__nv_bfloat16>(silu_chunk, m);
   else if (smem) launch_mma_smem_dtype<__half>(silu_chunk, m);
   else if (dtype == kBF16) launch_mma_dtype<__nv_bfloat16>(tiles, silu_chunk, warps, frags, m);
   else launch_mma_dtype<__half>(tiles, silu_chunk, warps, frags, m);
   check(cudaGetLastError(), "expert_mma launch");
+  if (split.on()) splitk_reduce(dtype, split, out_rows, out, as_stream(stream));
+}
+
+// The Python entry point: expert_mma, its K cut into `k_splits` ranges (1: none) with the fp32 partial sums in
+// `partial` (at least k_splits x rows x out_rows floats; 0 when k_splits is 1).
+static void expert_mma_entry(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int top_k, std::uintptr_t weight,
+                             std::uintptr_t list_expert, std::uintptr_t list_begin, std::uintptr_t list_count,
+                             std::uintptr_t offs, int lists, int rows, int out_rows, int k_dim, bool silu_chunk,
+                             int max_tokens, bool lists_ready, std::uintptr_t out, std::uintptr_t stream, int k_splits,
+                             std::uintptr_t partial) {
+  expert_mma(dtype, x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, rows, out_rows, k_dim,
+             silu_chunk, max_tokens, lists_ready, out, stream, SplitK::make(k_splits, k_dim, rows, partial));
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1393,7 +1687,7 @@ expert_gemv_combine_kernel(const T* h, const T* weight, const i64* pair_ids, int
   pdl_trigger();
   const T* x_row[1] = {h + static_cast<i64>(slot) * k_dim};
   float acc[kRows][1];
-  if (ok) gemv_dot<T, 1, kRows>(w_row, x_row, 1, k_dim, acc);  // ok is the same for the whole warp
+  if (ok) gemv_dot<T, 1, kRows>(w_row, x_row, 1, 0, k_dim, acc);  // ok is the same for the whole warp
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     const float v = ok ? warp_sum(acc[r][0]) : 0.f;
@@ -1496,7 +1790,7 @@ struct LayerLists {
 static void one_token_tail(int dtype, int w_dtype, std::uintptr_t hidden, std::uintptr_t ids, int top_k,
                            int num_experts, std::uintptr_t up_weight, std::uintptr_t down_weight, int d, int f,
                            std::uintptr_t weights, bool round_products, std::uintptr_t workspace, std::uintptr_t out,
-                           std::uintptr_t err_out, std::uintptr_t stream) {
+                           std::uintptr_t err_out, std::uintptr_t stream, int down_k_splits = 1) {
   const int elem = dtype == kF32 ? 4 : 2;
   const std::uintptr_t h = workspace;
   run_gemv(dtype, hidden, 0, top_k, up_weight, GemvLists::pairs(ids, top_k, num_experts, err_out), f, d, true, 1,
@@ -1508,32 +1802,41 @@ static void one_token_tail(int dtype, int w_dtype, std::uintptr_t hidden, std::u
   }
   // h has one row per pair: top_k 1
   const std::uintptr_t y = h + align16(static_cast<size_t>(top_k) * f * elem);
-  run_gemv(dtype, h, 0, 1, down_weight, GemvLists::pairs(ids, top_k, num_experts, 0), d, f, false, 1, true, y, stream);
+  const std::uintptr_t partial = y + align16(static_cast<size_t>(top_k) * d * elem);  // split-K's sums
+  run_gemv(dtype, h, 0, 1, down_weight, GemvLists::pairs(ids, top_k, num_experts, 0), d, f, false, 1, true, y, stream,
+           SplitK::make(down_k_splits, f, top_k, partial));
   unpermute(dtype, w_dtype, y, y, 0, weights, 1, top_k, d, round_products, out, stream);
 }
 
-static size_t gemv_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes) {
+// down_k_splits > 1: room for the down projection's split-K partial sums (fp32 [splits][P][d]) after y
+static size_t gemv_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes, int down_k_splits) {
+  const size_t partial =
+      down_k_splits > 1 ? align16(static_cast<size_t>(down_k_splits) * n_pairs * d * sizeof(float)) : 0;
   return LayerLists::bytes(n_pairs, num_experts) + align16(static_cast<size_t>(n_pairs) * f * elem_bytes) +
-         align16(static_cast<size_t>(n_pairs) * d * elem_bytes);
+         align16(static_cast<size_t>(n_pairs) * d * elem_bytes) + partial;
 }
 
 static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintptr_t ids, int tokens, int top_k,
                        int num_experts, std::uintptr_t up_weight, std::uintptr_t down_weight, int d, int f,
                        std::uintptr_t weights, bool round_products, int mma_min_tokens, bool direct,
-                       std::uintptr_t workspace, std::uintptr_t out, std::uintptr_t err_out, std::uintptr_t stream) {
+                       std::uintptr_t workspace, std::uintptr_t out, std::uintptr_t err_out, std::uintptr_t stream,
+                       int down_k_splits) {
   const int n = tokens * top_k;
   if (n == 0) return;
+  if (down_k_splits < 1)
+    throw std::invalid_argument("gemv_layer: down_k_splits must be >= 1, got " + std::to_string(down_k_splits));
   const int elem = dtype == kF32 ? 4 : 2;
   if (direct) {
     if (tokens != 1) throw std::invalid_argument("gemv_layer: direct is for one token, got " + std::to_string(tokens));
     one_token_tail(dtype, w_dtype, hidden, ids, top_k, num_experts, up_weight, down_weight, d, f, weights,
-                   round_products, workspace, out, err_out, stream);
+                   round_products, workspace, out, err_out, stream, down_k_splits);
     return;
   }
   const int max_cold = std::min(num_experts, n);
   const LayerLists l(workspace, n, num_experts);
   const std::uintptr_t h = l.end;
   const std::uintptr_t y = h + align16(static_cast<size_t>(n) * f * elem);
+  const SplitK down_split = SplitK::make(down_k_splits, f, n, y + align16(static_cast<size_t>(n) * d * elem));
   route_prep(ids, n, num_experts, 0, n /* nothing is hot */, max_cold, l.counts, l.hot_offs, l.hot_pairs, l.cold_pairs,
              l.cold_expert, l.cold_begin, l.cold_count, l.pair_row, l.meta, err_out, stream);
   if (mma_min_tokens > 0 && tokens >= mma_min_tokens && mma_supported(dtype, d) && mma_supported(dtype, f)) {
@@ -1541,12 +1844,12 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
     expert_mma(dtype, hidden, l.cold_pairs, top_k, up_weight, l.cold_expert, l.cold_begin, l.cold_count, 0, max_cold,
                n, f, d, true, tokens, false, h, stream);
     expert_mma(dtype, h, 0, top_k, down_weight, l.cold_expert, l.cold_begin, l.cold_count, 0, max_cold, n, d, f, false,
-               tokens, true, y, stream);
+               tokens, true, y, stream, down_split);
   } else {
     const int max_tokens = std::min(tokens, 8);
     const GemvLists lists = GemvLists::cold(l.cold_expert, l.cold_begin, l.cold_count, max_cold);
     run_gemv(dtype, hidden, l.cold_pairs, top_k, up_weight, lists, f, d, true, max_tokens, false, h, stream);
-    run_gemv(dtype, h, 0, top_k, down_weight, lists, d, f, false, max_tokens, true, y, stream);
+    run_gemv(dtype, h, 0, top_k, down_weight, lists, d, f, false, max_tokens, true, y, stream, down_split);
   }
   unpermute(dtype, w_dtype, y, y, l.pair_row, weights, tokens, top_k, d, round_products, out, stream);
 }
@@ -1561,9 +1864,12 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
 // gemv_layer's one-token tail, three kernels. The workspace holds gemv_layer's lists, then h and y for each side
 // (plan_layer_workspace). The fork and the join are event record / wait pairs, so the call also captures in
 // a CUDA graph.
-static size_t plan_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes) {
+// down_k_splits > 1: room for the GPU set's down projection split-K partial sums (fp32 [splits][P][d]) at the end
+static size_t plan_layer_workspace(int n_pairs, int num_experts, int d, int f, int elem_bytes, int down_k_splits) {
+  const size_t partial =
+      down_k_splits > 1 ? align16(static_cast<size_t>(down_k_splits) * n_pairs * d * sizeof(float)) : 0;
   return LayerLists::bytes(n_pairs, num_experts) + 2 * align16(static_cast<size_t>(n_pairs) * f * elem_bytes) +
-         2 * align16(static_cast<size_t>(n_pairs) * d * elem_bytes);
+         2 * align16(static_cast<size_t>(n_pairs) * d * elem_bytes) + partial;
 }
 
 struct ForkJoin {  // one pair of events per device, made once (disable timing: record / wait only)
@@ -1589,9 +1895,11 @@ static void plan_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
                        std::uintptr_t weights, bool round_products, int rule, std::uintptr_t flop, std::uintptr_t pim,
                        int table_len, double read_s, double launch_s, double comm, double gfix, double pfix,
                        std::uintptr_t plan_out, bool hot_mma, std::uintptr_t workspace, std::uintptr_t out,
-                       std::uintptr_t err_out, std::uintptr_t stream, std::uintptr_t side) {
+                       std::uintptr_t err_out, std::uintptr_t stream, std::uintptr_t side, int down_k_splits) {
   const int n = tokens * top_k;
   if (n == 0) return;
+  if (down_k_splits < 1)
+    throw std::invalid_argument("plan_layer: down_k_splits must be >= 1, got " + std::to_string(down_k_splits));
   if (hot_mma && (!mma_supported(dtype, d) || !mma_supported(dtype, f)))
     throw std::invalid_argument("plan_layer: the GPU set runs on expert_mma: bf16/fp16 with d, f multiples of 8");
   const int elem = dtype == kF32 ? 4 : 2;
@@ -1627,8 +1935,9 @@ static void plan_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
   // the GPU set: every expert's hot rows (hot_offs), read through hot_pairs
   expert_mma(dtype, hidden, l.hot_pairs, top_k, up_weight, 0, 0, 0, l.hot_offs, num_experts, n, f, d, true, tokens,
              false, h_hot, stream);
+  const SplitK hot_split = SplitK::make(down_k_splits, f, n, y_cold + yd);  // split-K's sums after y_cold
   expert_mma(dtype, h_hot, 0, top_k, down_weight, 0, 0, 0, l.hot_offs, num_experts, n, d, f, false, tokens, true,
-             y_hot, stream);
+             y_hot, stream, hot_split);
   check(cudaEventRecord(ev.join, as_stream(side)), "plan_layer: join");
   check(cudaStreamWaitEvent(as_stream(stream), ev.join, 0), "plan_layer: join");
   unpermute(dtype, w_dtype, y_hot, y_cold, l.pair_row, weights, tokens, top_k, d, round_products, out, stream);
@@ -1656,25 +1965,32 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("expert_gemv", &expert_gemv, py::arg("dtype"), py::arg("x"), py::arg("in_pairs"), py::arg("top_k"),
         py::arg("weight"), py::arg("cold_expert"), py::arg("cold_begin"), py::arg("cold_count"), py::arg("offs"),
         py::arg("lists"), py::arg("rows"), py::arg("out_rows"), py::arg("k_dim"), py::arg("silu_chunk"), py::arg("max_tokens"), py::arg("lists_ready"),
-        py::arg("out"), py::arg("stream"));
+        py::arg("out"), py::arg("stream"), py::arg("k_splits") = 1, py::arg("partial") = 0);
   m.def("gemv_layer_workspace", &gemv_layer_workspace, py::arg("n_pairs"), py::arg("num_experts"), py::arg("d"),
-        py::arg("f"), py::arg("elem_bytes"));
+        py::arg("f"), py::arg("elem_bytes"), py::arg("down_k_splits") = 1);
   m.def("gemv_layer", &gemv_layer, py::arg("dtype"), py::arg("w_dtype"), py::arg("hidden"), py::arg("ids"),
         py::arg("tokens"), py::arg("top_k"), py::arg("num_experts"), py::arg("up_weight"), py::arg("down_weight"),
         py::arg("d"), py::arg("f"), py::arg("weights"), py::arg("round_products"), py::arg("mma_min_tokens"),
-        py::arg("direct"), py::arg("workspace"), py::arg("out"), py::arg("err_out"), py::arg("stream"));
+        py::arg("direct"), py::arg("workspace"), py::arg("out"), py::arg("err_out"), py::arg("stream"),
+        py::arg("down_k_splits") = 1);
   m.def("plan_layer_workspace", &plan_layer_workspace, py::arg("n_pairs"), py::arg("num_experts"), py::arg("d"),
-        py::arg("f"), py::arg("elem_bytes"));
+        py::arg("f"), py::arg("elem_bytes"), py::arg("down_k_splits") = 1);
   m.def("plan_layer", &plan_layer, py::arg("dtype"), py::arg("w_dtype"), py::arg("hidden"), py::arg("ids"),
         py::arg("tokens"), py::arg("top_k"), py::arg("num_experts"), py::arg("up_weight"), py::arg("down_weight"),
         py::arg("d"), py::arg("f"), py::arg("weights"), py::arg("round_products"), py::arg("rule"), py::arg("flop"),
         py::arg("pim"), py::arg("table_len"), py::arg("read_s"), py::arg("launch_s"), py::arg("comm"), py::arg("gfix"),
         py::arg("pfix"), py::arg("plan_out"), py::arg("hot_mma"), py::arg("workspace"), py::arg("out"),
-        py::arg("err_out"), py::arg("stream"), py::arg("side"));
-  m.def("expert_mma", &expert_mma, py::arg("dtype"), py::arg("x"), py::arg("in_pairs"), py::arg("top_k"),
+        py::arg("err_out"), py::arg("stream"), py::arg("side"), py::arg("down_k_splits") = 1);
+  m.def("expert_mma", &expert_mma_entry, py::arg("dtype"), py::arg("x"), py::arg("in_pairs"), py::arg("top_k"),
         py::arg("weight"), py::arg("list_expert"), py::arg("list_begin"), py::arg("list_count"), py::arg("offs"),
         py::arg("lists"), py::arg("rows"), py::arg("out_rows"), py::arg("k_dim"), py::arg("silu_chunk"), py::arg("max_tokens"),
-        py::arg("lists_ready"), py::arg("out"), py::arg("stream"));
+        py::arg("lists_ready"), py::arg("out"), py::arg("stream"), py::arg("k_splits") = 1, py::arg("partial") = 0);
+  m.def("split_k", [](int k_splits, int k_dim) {
+          const SplitK s = SplitK::make(k_splits, k_dim, 0, 1);
+          return py::make_tuple(s.splits, s.on() ? s.k_split : k_dim);
+        }, py::arg("k_splits"), py::arg("k_dim"),
+        "(splits launched, K per split) for `k_splits` requested splits of a row of k_dim elements");
+  m.attr("SPLIT_K_GRAIN") = kSplitKGrain;
   m.def("unpermute", &unpermute, py::arg("dtype"), py::arg("w_dtype"), py::arg("y_hot"), py::arg("y_cold"),
         py::arg("pair_row"), py::arg("weights"), py::arg("tokens"), py::arg("top_k"), py::arg("d"),
         py::arg("round_products"), py::arg("out"), py::arg("stream"));

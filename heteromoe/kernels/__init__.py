@@ -248,9 +248,28 @@ def gather_rows(x: torch.Tensor, pairs: torch.Tensor, top_k: int) -> torch.Tenso
     return reference.gather_rows(x, pairs, top_k)
 
 
+def _check_k_splits(k_splits: int, silu_chunk: bool) -> None:
+    if not isinstance(k_splits, (int, np.integer)) or k_splits < 1:
+        raise ValueError(f"k_splits must be an integer >= 1, got {k_splits!r}")
+    if k_splits > 1 and silu_chunk:
+        raise ValueError("k_splits > 1 needs silu_chunk=False: the SiLU gate needs each row's whole sum")
+
+
+def _split_args(k_splits: int, silu_chunk: bool, rows: int, out_rows: int, device: torch.device) -> tuple[int, int]:
+    """(k_splits, partial-sum buffer address) for the CUDA entry points: fp32 [k_splits, rows, out_rows] when
+    K is split (freed to torch's caching allocator on return: its stream-ordered reuse waits for the kernels
+    queued on this stream)."""
+    _check_k_splits(k_splits, silu_chunk)
+    k_splits = int(k_splits)
+    if k_splits == 1:
+        return 1, 0
+    partial = torch.empty(k_splits * rows * out_rows, dtype=torch.float32, device=device)
+    return k_splits, partial.data_ptr()
+
+
 def expert_gemv(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pairs: torch.Tensor | None, top_k: int,
                 out_rows: int, silu_chunk: bool, max_tokens: int, lists_ready: bool = False,
-                side: str = "cold") -> torch.Tensor:
+                side: str = "cold", k_splits: int = 1) -> torch.Tensor:
     """[P, out_rows] cold rows: row begin_c + t = W_e x_t for each cold expert c (rows of other positions unset).
     `side="hot"` runs the hot side's rows instead (`prep.hot_offs`, read through `in_pairs=prep.hot_pairs`):
     a decode-sized batch's GPU set, whose experts have a token or two each.
@@ -262,6 +281,9 @@ def expert_gemv(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pa
         lists_ready: CUDA: the prep's lists were written before the kernel just before this one on the stream
             (true for the down projection after the up one), so the kernel may read them and prefetch its
             weights while that kernel finishes (programmatic dependent launch).
+        k_splits: CUDA: cut K into this many ranges (split-K, `heteromoe.kernels.splitk`; fp32 partial sums
+            reduced in split order, deterministic); needs silu_chunk=False. Elsewhere the result is the same
+            sum in one pass.
     """
     if side not in ("cold", "hot"):
         raise ValueError(f"side must be 'cold' or 'hot', got {side!r}")
@@ -269,10 +291,12 @@ def expert_gemv(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pa
     if _on_cuda_kernels(x) and x.dtype in _DTYPE_CODE and weight.dtype == x.dtype:
         x, weight = x.contiguous(), weight.contiguous()
         out = torch.empty(rows, out_rows, dtype=x.dtype, device=x.device)
+        split = _split_args(k_splits, silu_chunk, rows, out_rows, x.device)
         _cuda.expert_gemv(_DTYPE_CODE[x.dtype], x.data_ptr(), 0 if in_pairs is None else in_pairs.data_ptr(), int(top_k),
                           weight.data_ptr(), *_lists(prep, side), int(out_rows), int(weight.shape[2]),
-                          bool(silu_chunk), int(max_tokens), bool(lists_ready), out.data_ptr(), _stream())
+                          bool(silu_chunk), int(max_tokens), bool(lists_ready), out.data_ptr(), _stream(), *split)
         return out
+    _check_k_splits(k_splits, silu_chunk)  # the same argument checks everywhere
     if side == "hot":
         return reference.expert_hot_rows(x, weight, prep, in_pairs=in_pairs, top_k=top_k, out_rows=out_rows,
                                          silu_chunk=silu_chunk)
@@ -300,10 +324,11 @@ def mma_supported(dtype: torch.dtype, *k_dims: int) -> bool:
 
 def expert_mma(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pairs: torch.Tensor | None, top_k: int,
                out_rows: int, silu_chunk: bool, max_tokens: int, side: str = "cold",
-               lists_ready: bool = False) -> torch.Tensor:
+               lists_ready: bool = False, k_splits: int = 1) -> torch.Tensor:
     """`expert_gemv` on the tensor cores (CUDA, bf16/fp16, K a multiple of 8): the same rows, the same
     roundings, fp32 sums in another order. `side="hot"` runs the hot side's rows instead (`prep.hot_offs`,
-    read through `in_pairs=prep.hot_pairs`), where torch's grouped GEMM would otherwise go.
+    read through `in_pairs=prep.hot_pairs`), where torch's grouped GEMM would otherwise go. `k_splits` as
+    for `expert_gemv` (split-K).
     Elsewhere (CPU, fp32, other K) it is `expert_gemv` for the cold side and the reference for the hot one."""
     if side not in ("cold", "hot"):
         raise ValueError(f"side must be 'cold' or 'hot', got {side!r}")
@@ -311,15 +336,17 @@ def expert_mma(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pai
     if _on_cuda_kernels(x) and weight.dtype == x.dtype and mma_supported(x.dtype, weight.shape[2]):
         x, weight = x.contiguous(), weight.contiguous()
         out = torch.empty(rows, out_rows, dtype=x.dtype, device=x.device)
+        split = _split_args(k_splits, silu_chunk, rows, out_rows, x.device)
         _cuda.expert_mma(_DTYPE_CODE[x.dtype], x.data_ptr(), 0 if in_pairs is None else in_pairs.data_ptr(),
                          int(top_k), weight.data_ptr(), *_lists(prep, side), int(out_rows), int(weight.shape[2]),
-                         bool(silu_chunk), int(max_tokens), bool(lists_ready), out.data_ptr(), _stream())
+                         bool(silu_chunk), int(max_tokens), bool(lists_ready), out.data_ptr(), _stream(), *split)
         return out
     if side == "hot":
+        _check_k_splits(k_splits, silu_chunk)  # the same argument checks everywhere
         return reference.expert_hot_rows(x, weight, prep, in_pairs=in_pairs, top_k=top_k, out_rows=out_rows,
                                          silu_chunk=silu_chunk)
     return expert_gemv(x, weight, prep, in_pairs=in_pairs, top_k=top_k, out_rows=out_rows, silu_chunk=silu_chunk,
-                       max_tokens=max_tokens, lists_ready=lists_ready)
+                       max_tokens=max_tokens, lists_ready=lists_ready, k_splits=k_splits)
 
 
 def unpermute(y_hot: torch.Tensor, y_cold: torch.Tensor, pair_row: torch.Tensor, weights: torch.Tensor, *,

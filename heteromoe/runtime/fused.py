@@ -20,12 +20,14 @@ graph. On CPU (float32) the same path runs the C++ / numba twins.
 from __future__ import annotations
 
 import logging
+import os
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from heteromoe import kernels
+from heteromoe.kernels.splitk import SplitKRule, expected_experts, launched_splits
 from heteromoe.runtime.layer import ExpertLayer
 
 logger = logging.getLogger(__name__)
@@ -94,14 +96,15 @@ class _OneCall:
     the module replaces is seen; its parameter dict is read directly, skipping nn.Module's attribute hook)."""
 
     __slots__ = ("dtype", "weights_dtype", "round_products", "layer", "device", "err_word", "_mma", "_ws_bytes",
-                 "_params", "_up_name")
+                 "_params", "_up_name", "_splits")
 
     def __init__(self, dtype: int, weights_dtype: int, round_products: bool, layer: ExpertLayer,
                  device: torch.device, err_word: torch.Tensor | None) -> None:
         self.dtype, self.weights_dtype, self.round_products = dtype, weights_dtype, round_products
         self.layer, self.device, self.err_word = layer, device, err_word
         self._mma: dict[tuple[int, int], bool] = {}
-        self._ws_bytes: dict[tuple[int, int, bool], int] = {}
+        self._splits: dict[tuple[int, int], int] = {}
+        self._ws_bytes: dict[tuple[int, int, bool, int], int] = {}
         self._up_name = "gate_up_proj" if layer.has_gate else "up_proj"
         params = layer.module._parameters
         self._params = params if self._up_name in params and "down_proj" in params else None
@@ -118,14 +121,29 @@ class _OneCall:
             ok = self._mma[(num_tokens, num_pairs)] = path.mma_ok(self.layer, num_tokens, num_pairs, self.device)
         return ok
 
-    def workspace_bytes(self, num_pairs: int, elem_bytes: int, planned: bool = False) -> int:
-        """Bytes of `_cuda.gemv_layer`'s workspace (`_cuda.plan_layer`'s with `planned`)."""
-        nbytes = self._ws_bytes.get((num_pairs, elem_bytes, planned))
+    def down_k_splits(self, path: FusedLayerPath, num_tokens: int, num_pairs: int) -> int:
+        """`_cuda.gemv_layer`'s down_k_splits for a call of this shape (path.down_k_splits, cached)."""
+        splits = self._splits.get((num_tokens, num_pairs))
+        if splits is None:
+            layer = self.layer
+            mma = num_tokens > path.gemv_batch_tokens and kernels.mma_supported(layer.dtype, layer.hidden_size,
+                                                                                layer.intermediate_size)
+            kernel = "mma" if mma else "gemv"  # as gemv_layer picks
+            splits = self._splits[(num_tokens, num_pairs)] = path.down_k_splits(self.layer, num_tokens, num_pairs,
+                                                                                 self.device, kernel)
+        return splits
+
+    def workspace_bytes(self, num_pairs: int, elem_bytes: int, planned: bool = False, down_k_splits: int = 1) -> int:
+        """Bytes of `_cuda.gemv_layer`'s workspace (`_cuda.plan_layer`'s with `planned`), with room for the down
+        projection's split-K partial sums where down_k_splits > 1."""
+        key = (num_pairs, elem_bytes, planned, down_k_splits)
+        nbytes = self._ws_bytes.get(key)
         if nbytes is None:
             layer = self.layer
+            dims = (num_pairs, layer.num_experts, layer.hidden_size, layer.intermediate_size, elem_bytes)
             size = kernels._cuda.plan_layer_workspace if planned else kernels._cuda.gemv_layer_workspace
-            nbytes = self._ws_bytes[(num_pairs, elem_bytes, planned)] = size(
-                num_pairs, layer.num_experts, layer.hidden_size, layer.intermediate_size, elem_bytes)
+            nbytes = size(*dims, down_k_splits) if down_k_splits > 1 else size(*dims)
+            self._ws_bytes[key] = nbytes
         return nbytes
 
 
@@ -144,11 +162,14 @@ class FusedLayerPath:
             experts x 128 warps, K 14336) keep torch's grouped_mm for the hot experts (H100: Mixtral batch
             16 / 256 on the kernel 879 / 1685 us, bench/results/gpu-mma-sweep-h100.json, on grouped_mm + GEMV
             703 / 1239 us, gpu-layer-h100.json; Qwen3-30B-A3B 240.5 / 466.5 vs 262.5 / 489.0 us, the latter).
+            With split-K the down projection's warps count once per split.
         streams: run the cold side on a second CUDA stream when both sides have work.
+        split_k: how many K ranges the down projection is cut into (`heteromoe.kernels.splitk`: gpu-only calls,
+            and a plan's GPU set on the tensor cores; None: from HETEROMOE_SPLIT_K, unset: never split).
     """
 
     def __init__(self, gemv_max_tokens: int = 2, streams: bool = True, gemv_batch_tokens: int = 4,
-                 mma_max_tokens: int = 256, mma_min_warps_per_sm: int = 8) -> None:
+                 mma_max_tokens: int = 256, mma_min_warps_per_sm: int = 8, split_k: SplitKRule | None = None) -> None:
         if gemv_max_tokens < 1:
             raise ValueError(f"gemv_max_tokens must be >= 1, got {gemv_max_tokens}")
         if gemv_batch_tokens < 0:
@@ -161,6 +182,7 @@ class FusedLayerPath:
         if mma_min_warps_per_sm < 0:
             raise ValueError(f"mma_min_warps_per_sm must be >= 0, got {mma_min_warps_per_sm}")
         self.mma_min_warps_per_sm = int(mma_min_warps_per_sm)
+        self.split_k = split_k if split_k is not None else SplitKRule.from_env(os.environ.get("HETEROMOE_SPLIT_K"))
         self._sms: dict[torch.device, int] = {}
         self.streams = streams
         self._side: dict[torch.device, torch.cuda.Stream] = {}
@@ -278,10 +300,29 @@ class FusedLayerPath:
         if device.type != "cuda" or num_tokens > self.mma_max_tokens or not kernels.mma_supported(
                 layer.dtype, layer.hidden_size, layer.intermediate_size):
             return False
+        warps = min(layer.num_experts, num_pairs) * (layer.hidden_size // 32)
+        if self.split_k.splits_ever:
+            warps *= self.down_k_splits(layer, num_tokens, num_pairs, device, "mma")
+        return warps >= self.mma_min_warps_per_sm * self._sm_count(device)
+
+    def down_k_splits(self, layer: ExpertLayer, num_tokens: int, num_pairs: int, device: torch.device,
+                      kernel: str) -> int:
+        """K splits of the down projection of a call of `num_tokens` tokens on `kernel` ("gemv" or "mma"), by
+        `split_k` from the launch's shape: rows of intermediate_size elements, hidden_size rows per expert, the
+        experts such a call touches under uniform routing (`expected_experts`; the counts stay on the device),
+        at most num_tokens tokens each (1 off CUDA: the CPU kernels do not split)."""
+        if device.type != "cuda" or not self.split_k.splits_ever:
+            return 1
+        top_k = num_pairs // num_tokens if num_tokens else 0
+        experts = expected_experts(layer.num_experts, top_k, num_tokens)
+        return launched_splits(
+            self.split_k.splits(kernel, k_dim=layer.intermediate_size, out_rows=layer.hidden_size, experts=experts,
+                                tokens=num_tokens, sms=self._sm_count(device)), layer.intermediate_size)
+
+    def _sm_count(self, device: torch.device) -> int:
         if device not in self._sms:
             self._sms[device] = torch.cuda.get_device_properties(device).multi_processor_count
-        warps = min(layer.num_experts, num_pairs) * (layer.hidden_size // 32)
-        return warps >= self.mma_min_warps_per_sm * self._sms[device]
+        return self._sms[device]
 
     def _gemv_layer(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
                     top_k_weights: torch.Tensor, mma: bool, call: _OneCall) -> torch.Tensor:
@@ -291,13 +332,16 @@ class FusedLayerPath:
         experts are GPU work) and the GEMV otherwise (a plan's PIM set, whose stand-in is the GEMV).
         One token with `mma` runs without route_prep (`direct`: the GEMVs read the routing itself), so that
         call leaves no counts behind (plan-ahead, which reads them, never takes it)."""
-        a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=False)
+        tokens, top_k = top_k_index.shape
+        splits = call.down_k_splits(self, tokens, tokens * top_k) if mma and self.split_k.splits_ever else 1
+        a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=False, down_k_splits=splits)
         direct = mma and a.tokens == 1
+        extra = (splits,) if splits > 1 else ()
         kernels._cuda.gemv_layer(call.dtype, call.weights_dtype, a.hidden.data_ptr(), a.ids.data_ptr(), a.tokens,
                                  a.top_k, layer.num_experts, a.up.data_ptr(), a.down.data_ptr(), layer.hidden_size,
                                  layer.intermediate_size, a.weights.data_ptr(), call.round_products,
                                  self.gemv_batch_tokens + 1 if mma else 0, direct, a.workspace.data_ptr(),
-                                 a.out.data_ptr(), call.err_word.data_ptr(), a.stream)
+                                 a.out.data_ptr(), call.err_word.data_ptr(), a.stream, *extra)
         if direct:
             self.last_counts = None
         else:
@@ -314,18 +358,22 @@ class FusedLayerPath:
         has planned (three kernels). The general path below does the same in some twenty torch calls, most of a
         layer's host time."""
         plan_args = plan.kernel_args
-        a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=True)
+        tokens, top_k = top_k_index.shape
+        splits = call.down_k_splits(self, tokens, tokens * top_k) if hot_mma and self.split_k.splits_ever else 1
+        a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=True, down_k_splits=splits)
         kernels._cuda.plan_layer(call.dtype, call.weights_dtype, a.hidden.data_ptr(), a.ids.data_ptr(), a.tokens,
                                  a.top_k, layer.num_experts, a.up.data_ptr(), a.down.data_ptr(), layer.hidden_size,
                                  layer.intermediate_size, a.weights.data_ptr(), call.round_products, *plan_args,
                                  plan_out.data_ptr(), hot_mma, a.workspace.data_ptr(), a.out.data_ptr(),
                                  call.err_word.data_ptr(), a.stream,
-                                 self._side_stream(call.device).cuda_stream if hot_mma else 0)  # fork only with hot_mma
+                                 self._side_stream(call.device).cuda_stream if hot_mma else 0,  # fork only with hot_mma
+                                 *((splits,) if splits > 1 else ()))
         self._last_ws = (a.workspace, layer.num_experts)
         return a.out
 
     def _one_call_args(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
-                       top_k_weights: torch.Tensor, call: _OneCall, planned: bool) -> _OneCallArgs:
+                       top_k_weights: torch.Tensor, call: _OneCall, planned: bool,
+                       down_k_splits: int = 1) -> _OneCallArgs:
         """The tensors both one-call entry points take, checked and laid out as the kernels read them, the
         workspace and the output. The host's share of every decode layer: no torch call that is not needed
         (each costs microseconds)."""
@@ -338,7 +386,8 @@ class FusedLayerPath:
         weights = top_k_weights if top_k_weights.is_contiguous() else top_k_weights.contiguous()
         hidden = hidden if hidden.is_contiguous() else hidden.contiguous()
         stream = kernels._stream(call.device)
-        ws = self._workspace(call.device, stream, call.workspace_bytes(tokens * top_k, hidden.element_size(), planned))
+        ws = self._workspace(call.device, stream, call.workspace_bytes(tokens * top_k, hidden.element_size(), planned,
+                                                                       down_k_splits))
         out = torch.empty(tokens, layer.hidden_size, dtype=hidden.dtype, device=call.device)
         return _OneCallArgs(up, down, hidden, ids, weights, tokens, top_k, stream, ws, out)
 
@@ -375,7 +424,9 @@ class FusedLayerPath:
         if hidden.is_cuda and num_tokens <= self.gemv_batch_tokens and kernels.HAS_CUDA_KERNELS:
             return self._projections(kernels.expert_gemv, layer, hidden.to(layer.dtype), prep, top_k, num_tokens, "hot")
         if self.mma_ok(layer, num_tokens, prep.num_pairs, hidden.device):
-            return self._projections(kernels.expert_mma, layer, hidden.to(layer.dtype), prep, top_k, num_tokens, "hot")
+            splits = self.down_k_splits(layer, num_tokens, prep.num_pairs, hidden.device, "mma")
+            return self._projections(kernels.expert_mma, layer, hidden.to(layer.dtype), prep, top_k, num_tokens, "hot",
+                                     down_k_splits=splits)
         x = kernels.gather_rows(hidden.to(layer.dtype), prep.hot_pairs, top_k)
         key = (layer.dtype, hidden.device.type)
         if self._grouped_ok.get(key, True):
@@ -388,7 +439,7 @@ class FusedLayerPath:
         return self._hot_per_expert(layer, x, prep)
 
     def _projections(self, kernel, layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep, top_k: int,
-                     max_tokens: int, side: str) -> torch.Tensor:
+                     max_tokens: int, side: str, down_k_splits: int = 1) -> torch.Tensor:
         """One side's rows through both projections on `kernel` (kernels.expert_gemv or expert_mma), reading the
         tokens through that side's pairs (no gather). The GEMV on the hot side is a decode-sized batch's GPU
         set, as gpu-only runs such a batch (an expert has a token or a few: the tensor cores and the grouped
@@ -402,7 +453,8 @@ class FusedLayerPath:
             h = layer.activate(h)
         # with the gate fused, the up projection is the kernel just before the down one on this stream
         return kernel(h.contiguous(), layer.down_weight, prep, in_pairs=None, top_k=top_k, out_rows=layer.hidden_size,
-                      silu_chunk=False, max_tokens=max_tokens, side=side, lists_ready=fused_gate)
+                      silu_chunk=False, max_tokens=max_tokens, side=side, lists_ready=fused_gate,
+                      k_splits=down_k_splits)
 
     @staticmethod
     def _hot_grouped(layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep) -> torch.Tensor:
