@@ -12,6 +12,7 @@
 #           projection cut into S = 1 2 3 4 6 8 K ranges (HETEROMOE_BENCH_SPLIT_K; SPLITS overrides the list),
 #           Qwen3-30B-A3B- and Mixtral-8x7B-shaped layers, batch 1 2 4 16 64 256
 #           (one pytest process per shape)                                     -> $OUT/gpu-splitk-<model>.json, .log
+#   (SKIP_BUILD=1 / SKIP_TESTS=1 leave out the first two stages when an earlier command of the call ran them)
 #   table   bench/show_splitk_results.py on the sweep (printed last)           -> $OUT/gpu-splitk.txt
 # S = 1 is the default path (no split: Mixtral above 4 tokens on grouped_mm + GEMV); with S >= 2
 # the Mixtral layer's down projection has enough warps for the tensor-core kernel. Qwen3's rows (K = 768) are
@@ -25,18 +26,24 @@ cd "$(dirname "$0")/.."
 status=0
 say() { echo "== $1 $(date -u +%H:%M:%S)"; }
 
-say build
-if ! bash bench/gpu_check.sh build; then echo "build FAILED (tail of $OUT/build.log above)"; status=1; fi
+if [ "${SKIP_BUILD:-0}" = 1 ]; then  # built by an earlier stage of the same device call
+  say "build skipped (SKIP_BUILD=1)"
+else
+  say build
+  if ! bash bench/gpu_check.sh build; then echo "build FAILED (tail of $OUT/build.log above)"; status=1; fi
+fi
 if [ -d .whl/site ]; then  # the build stage ran in a child shell: its PYTHONPATH did not come back
   case ":${PYTHONPATH:-}:" in *":$PWD/.whl/site:"*) ;; *) export PYTHONPATH=$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH} ;; esac
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv,noheader 2>&1 | head -2
 
+if [ "${SKIP_TESTS:-0}" = 1 ]; then say "tests skipped (SKIP_TESTS=1)"; else
 say tests
 timeout 90 python3 -m pytest -q -m gpu tests/kernels -rs -p no:cacheprovider > "$OUT/pytest-splitk.log" 2>&1
 rc=$?
 grep -E "FAILED|ERROR|passed|failed|Timeout" "$OUT/pytest-splitk.log" | tail -15
 [ $rc -eq 0 ] || { echo "tests FAILED (rc $rc; $OUT/pytest-splitk.log)"; tail -30 "$OUT/pytest-splitk.log"; status=1; }
+fi
 
 # one pytest process per layer shape (Mixtral first), so a timeout loses one shape's JSON, not both
 for model in mixtral-8x7b qwen3-30b-a3b; do
