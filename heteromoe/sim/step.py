@@ -1,21 +1,26 @@
-"""sim: one decode step of a model on G GPUs with PIM, layer by layer, with an overlap timeline.
+"""sim: one decode step of a model on G GPUs with PIM, as a dependency graph of operations on per-GPU lanes.
 
-    routing -> loads -> plan (the policy, unchanged) -> timing (this module)
+    routing -> sub-batches -> loads -> plan (the policy, unchanged) -> operations on lanes (`sim.graph`)
 
-Per layer and GPU (DESIGN.md section 2), on three lanes per GPU (SMs, PIM, link):
-  1. QKV projections (SMs);
-  2. the attention core over the local requests' KV cache (PIM for the PIM policies, SMs for `gpu-only`);
-  3. output projection + router (SMs);
-  4. AllGather of routing counts (link; a collective: it starts when every GPU has routed);
-  5. the expert window: the dispatch + combine all-to-all (link) is chunked, so expert compute starts on
-     the first tokens to arrive and overlaps it ("communication overlapped", DESIGN.md section 2); in it
-     the plan's GPU set and the shared experts run on the SMs and its PIM set on PIM, concurrently. The
-     window lasts max(T_comm, T_GPU, T_PIM) on each GPU and ends, as a collective, with the slowest GPU;
-     the next layer starts.
-The step ends when the slowest GPU finishes. Durations come only from `cost/` and `sim.dense`; the plan
-comes from the policy through its public interface (never re-implemented here). The simulator hands the
-policy a cost model of the window it will really run: the shared experts as other GPU work in it, and
-no attention (which the layer has already finished by then).
+Per layer, for each sub-batch in flight (the policy's `sub_batches`, paper §3.4 / Fig. 6a) and GPU, on the
+lanes SMs (gpu), PIM, NVLink (link) and collectives (coll):
+  1. projections (gpu): QKV, or a Gated DeltaNet layer's input projections;
+  2. the attention core: decode attention on PIM (bank-level model) for the PIM policies, on the SMs for
+     `gpu-only`; prefill attention and Gated DeltaNet state on the SMs;
+  3. output projection + router (gpu);
+  4. AllGather of routing counts (coll; a collective: it starts when every GPU has routed);
+  5. the expert window of paper §6.1: shared experts then the plan's GPU experts (gpu), the plan's PIM
+     experts (pim) and the dispatch + combine all-to-all (link), which is chunked and overlaps the expert
+     compute (Eq. 1's max, after Comet [54]); the window closes with a collective combine and the
+     sub-batch's next layer may start.
+With two sub-batches, sub-batch 1's attention runs on PIM while sub-batch 0's experts run on the SMs, and
+the PIM lane holds attention and PIM experts back to back: what Sieve's T_PIM counts (§5.1). The lanes run
+operations in issue order; the issue order is the software pipeline described in docs/step-model.md.
+
+`StepOptions` names each modeling change (`StepOptions.legacy()`: the serialized model this grew from).
+Durations come from `cost/`, `sim.layer_work` (dense work) and `sim.pim_truth` (PIM with refresh at the
+real start time); the plan comes from the policy through its public interface, with the inputs its paper
+says it uses (Sieve: attention in T_PIM, dense GPU work in T_GPU; PIMoE: neither).
 """
 from __future__ import annotations
 
@@ -24,12 +29,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from heteromoe.cost.model import CostModel
+from heteromoe.cost.pim_bank import BankPimTiming
 from heteromoe.routing.loads import loads_from_topk
 from heteromoe.sched.factory import get_policy
 from heteromoe.sched.placement import Placement, as_placement
 from heteromoe.sched.plan import Plan
 from heteromoe.sched.policy import Policy
-from heteromoe.sim.dense import dense_work
+from heteromoe.sim.graph import LaneGraph
+from heteromoe.sim.layer_work import SubBatches, split_requests, sub_batch_work
+from heteromoe.sim.memory import MemoryCheck, memory_check
+from heteromoe.sim.options import StepOptions
+from heteromoe.sim.pim_truth import ExpertPimTruth, with_refresh
 from heteromoe.sim.timeline import Timeline
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
@@ -40,12 +50,27 @@ __all__ = ["StepResult", "StepSimulator"]
 
 @dataclass
 class StepResult:
-    """One simulated decode step."""
+    """One simulated decode step.
 
-    step_time_s: float  # every GPU ends then: each layer closes with a collective combine
+    `estimates`: per MoE layer and sub-batch, (the plan's predicted time, the simulated time per
+    sub-batch of that layer: its span from the previous layer's end, divided by the sub-batches)."""
+
+    step_time_s: float
     timeline: Timeline
     plans: list[Plan] = field(default_factory=list)
-    loads: list[np.ndarray] = field(default_factory=list)  # [E] tokens per expert, per MoE layer
+    loads: list[np.ndarray] = field(default_factory=list)  # [E] tokens per expert, per MoE layer (all sub-batches)
+    estimates: list[tuple[float, float]] = field(default_factory=list)
+    memory: MemoryCheck | None = None
+    sub_batches: int = 1
+
+    @property
+    def estimate_error(self) -> float:
+        """Mean relative error of the planner's estimate against the simulated layer time (signed:
+        negative = the planner expected less)."""
+        if not self.estimates:
+            return 0.0
+        pred, real = np.array(self.estimates).T
+        return float(np.mean((pred - real) / real))
 
 
 class StepSimulator:
@@ -55,105 +80,190 @@ class StepSimulator:
         model, system: presets (names, TOML paths or specs).
         gpus: GPUs in expert parallelism (attention data-parallel).
         policy: a policy name or Policy.
-        context: KV-cache tokens per request: one length for all, or [batch] lengths (one per request).
+        context: KV-cache tokens per decode request: one length for all, or [decode requests] lengths.
         placement: expert placement (default: contiguous blocks); a Placement may carry replicas.
         record: keep the timeline and plans (the sweeps turn it off for speed).
+        options: the modeling switches (default: the physical step model).
+        prefill: (requests, prompt tokens each) of colocated prefill requests in every step (paper §7.3);
+            their tokens are the last rows of the routing, after one row per decode request.
     """
 
-    def __init__(self, model, system, gpus: int = 1, policy: str | Policy = "sieve", context: int = 2048,
-                 placement=None, record: bool = True) -> None:
+    def __init__(self, model, system, gpus: int = 1, policy: str | Policy = "sieve", context=2048,
+                 placement=None, record: bool = True, options: StepOptions | None = None,
+                 prefill: tuple[int, int] = (0, 0)) -> None:
         self.model: MoEModelSpec = models.get(model)
         self.system: SystemSpec = systems.get(system)
         self.system.require_gpu()
         self.system.check_gpus(gpus)
         if np.any(np.asarray(context) < 0):
             raise ValueError(f"context must be >= 0 tokens, got {context}")
+        p_req, p_tok = (int(v) for v in prefill)
+        if p_req < 0 or p_tok < 0 or (p_req > 0) != (p_tok > 0):
+            raise ValueError(f"prefill must be (requests >= 0, tokens each >= 0), both 0 or both > 0, got {prefill}")
+        self.prefill = (p_req, p_tok)
+        self.options = options if options is not None else StepOptions()
         self.gpus = gpus
         self.policy = get_policy(policy)
+        if hasattr(self.policy, "group_by"):
+            self.policy.group_by = "stack" if self.options.pimoe_stack_groups else "channel"
         self.context = context
         self.placement: Placement = as_placement(placement, self.model.num_experts, gpus)
         self.record = record
+        self.sub_batches = max(int(self.policy.sub_batches), 1) if self.options.co_execution else 1
+        pim = self.system.pim
+        self.timing = BankPimTiming(pim) if pim.kind == "bank" and pim.timings is not None else None
+        if self.options.pim_attention == "bank" and self.timing is None:
+            raise ValueError(f"system {self.system.name!r} has no bank-level PIM timings for pim_attention='bank'; "
+                             "use StepOptions(pim_attention='bytes')")
+        self.truth = (ExpertPimTruth(self.timing, self.model)
+                      if self.timing is not None and self.options.pim_truth == "walk" else None)
         # times the plans: expert work only (attention and dense work are laid out by the simulator)
         self.expert_cost = CostModel(self.system, self.model)
-        self._decision_costs: dict[tuple[int, bool], CostModel] = {}
-        self._dense: dict[tuple[int, bool], object] = {}
+        self._decision_costs: dict[tuple, CostModel] = {}
+        self._work: dict[tuple, object] = {}
 
+    # -- per-layer inputs ------------------------------------------------------------------------------
     def _is_full_attention(self, layer: int) -> bool:
         interval = max(self.model.full_attention_interval, 1)
         return (layer + 1) % interval == 0
 
-    def _work(self, batch: int, full: bool):
-        key = (batch, full) if np.ndim(self.context) == 0 else (batch, full, id(self.context))
-        if key not in self._dense:
-            self._dense[key] = dense_work(self.model, self.system, self.gpus, batch, self.context, full)
-        return self._dense[key]
+    def _groups_per_gpu(self) -> int | None:
+        """Expert-parallel PIM groups per GPU of the policy's layout (None: Sieve's, all channels)."""
+        if self.policy.pim_layout != "ep":
+            return None
+        pim = self.system.pim
+        if getattr(self.policy, "group_by", "channel") == "stack":
+            return pim.stacks_per_gpu
+        return pim.stacks_per_gpu * pim.pseudo_channels_per_stack
 
-    def _decision_cost(self, batch: int, full: bool) -> CostModel:
-        """The cost model of the expert window the policy plans: the shared experts share the SMs in it."""
-        key = (batch, full) if np.ndim(self.context) == 0 else (batch, full, id(self.context))
-        if key not in self._decision_costs:
-            work = self._work(batch, full)
-            self._decision_costs[key] = CostModel(self.system, self.model, pim_model=self.expert_cost.pim,
-                                                  gpu_other_s=float(work.shared_s.max()))
-        return self._decision_costs[key]
+    def _sub_work(self, sub: SubBatches, s: int, full: bool, key):
+        k = (key, s, full)
+        if k not in self._work:
+            o = self.options
+            self._work[k] = sub_batch_work(self.model, self.system, self.timing, sub, s, full,
+                                           self.policy.attention_on_pim, linear_attention=o.linear_attention,
+                                           dense_launch=o.dense_launch, pim_attention=o.pim_attention)
+        return self._work[k]
 
+    def _decision_cost(self, work, s: int, full: bool, key) -> CostModel:
+        """The cost model the policy plans with. Without co-execution: the expert window, with the shared
+        experts as other GPU work. With it: what the papers say (Sieve §5.1: T_GPU counts every GPU
+        operation but decode attention and PIM experts, T_PIM counts attention); a policy whose rule ignores
+        a term (PIMoE: attention) does not read it."""
+        k = (key, s, full)
+        if k not in self._decision_costs:
+            if self.options.co_execution:
+                gpu_other = float((work.proj_s + work.core_gpu_s + work.out_router_s + work.shared_s).max())
+                pim_fixed = float(work.attn_pim_closed_s.max()) if self.policy.attention_on_pim else 0.0
+            else:
+                gpu_other, pim_fixed = float(work.shared_s.max()), 0.0
+            self._decision_costs[k] = CostModel(self.system, self.model, pim_model=self.expert_cost.pim,
+                                                gpu_other_s=gpu_other, pim_fixed_s=pim_fixed)
+        return self._decision_costs[k]
+
+    def _pim_op(self, busy_s: np.ndarray, closed_s: np.ndarray):
+        """Duration of a PIM operation: closed form, or busy time with refresh at its real start."""
+        if self.truth is None:
+            return lambda start: closed_s
+        return lambda start: with_refresh(start, busy_s, self.truth.t_refi_s, self.truth.t_rfc_s)
+
+    def _expert_pim(self, plan: Plan, times) -> tuple[np.ndarray, np.ndarray]:
+        """([G] busy, [G] closed-form) seconds of the plan's PIM experts in the policy's layout."""
+        groups = self._groups_per_gpu()
+        if self.truth is None:
+            if groups is not None and groups != self.expert_cost.channels_per_gpu:
+                closed = self._ep_closed(plan.pim_tokens, plan.slot_gpu, groups)
+                return closed, closed
+            return times.t_pim_s, times.t_pim_s
+        busy = self.truth.busy_s(plan.pim_tokens, plan.slot_gpu, self.gpus, groups)
+        return busy, busy
+
+    def _ep_closed(self, pim_tokens, slot_gpu, groups) -> np.ndarray:
+        from heteromoe.cost.layout import channel_groups
+
+        group, share, slots = channel_groups(slot_gpu, self.gpus, groups)
+        per_group = np.bincount(group, weights=self.expert_cost.pim.times_s(pim_tokens, share), minlength=slots)
+        return per_group.reshape(self.gpus, groups).max(axis=1)
+
+    def memory(self, batch: int) -> MemoryCheck:
+        """Weights and KV / state per GPU against the PIM-capable capacity (`sim.memory`)."""
+        return memory_check(self.model, self.system, self.gpus, batch, self.context)
+
+    # -- the step ---------------------------------------------------------------------------------------
     def run(self, top_k_index: np.ndarray) -> StepResult:
-        """Simulate one decode step.
+        """Simulate one step.
 
         Args:
-            top_k_index: [moe_layers, batch, k] routed experts of each MoE layer's tokens.
+            top_k_index: [moe_layers, rows, k] routed experts of each MoE layer's tokens: one row per
+                decode request, then the prefill requests' prompt tokens.
         """
         top_k_index = np.asarray(top_k_index)
-        m = self.model
+        m, G, S = self.model, self.gpus, self.sub_batches
         if top_k_index.ndim != 3 or top_k_index.shape[0] != m.num_moe_layers or top_k_index.shape[2] != m.top_k:
             raise ValueError(f"routing must be [moe_layers={m.num_moe_layers}, batch, k={m.top_k}], "
                              f"got {top_k_index.shape}")
-        batch, G = top_k_index.shape[1], self.gpus
+        p_req, p_tok = self.prefill
+        decode = top_k_index.shape[1] - p_req * p_tok
+        if decode < 0:
+            raise ValueError(f"routing has {top_k_index.shape[1]} rows, fewer than the {p_req} x {p_tok} prefill tokens")
+        if np.ndim(self.context) and np.shape(self.context) != (decode,):
+            raise ValueError(f"context must be one length or {decode} non-negative lengths (one per decode "
+                             f"request), got shape {np.shape(self.context)}")
+        sub = split_requests(decode, G, S, self.context, self.prefill)
+        key = (decode, S) if np.ndim(self.context) == 0 else (decode, S, id(self.context))
         attn_on_pim = self.policy.attention_on_pim
         layout = self.policy.pim_layout
         timeline = Timeline() if self.record else None
-        plans, loads_seen = [], []
+        graph = LaneGraph(G, timeline)
+        plans, loads_seen, estimates = [], [], []
         dense_layers = m.num_layers - m.num_moe_layers  # leading dense layers: attention only here
-        now = 0.0
+        done = [np.zeros(G) for _ in range(S)]  # end of each sub-batch's previous layer
         for layer in range(m.num_layers):
             full = self._is_full_attention(layer)
-            work = self._work(batch, full)
-            t0 = np.full(G, now)
-            qkv_end = t0 + work.qkv_s
-            attn_end = qkv_end + (work.attn_pim_s if attn_on_pim else work.attn_gpu_s)
-            route_end = attn_end + work.out_router_s
-            if timeline is not None:
-                for g in range(G):
-                    timeline.add(g, "gpu", "qkv", layer, t0[g], qkv_end[g])
-                    timeline.add(g, "pim" if attn_on_pim else "gpu", "attention", layer, qkv_end[g], attn_end[g])
-                    timeline.add(g, "gpu", "o_proj+router", layer, attn_end[g], route_end[g])
-            if layer < dense_layers:
-                now = float(route_end.max())
-                continue
+            works = [self._sub_work(sub, s, full, key) for s in range(S)]
+            layer_start = max(float(d.max()) for d in done)
+            pim_attention = attn_on_pim and bool(any(w.attn_pim_busy_s.any() for w in works))
+            # issue order: projections of every sub-batch, then attention, then per sub-batch the rest
+            proj = [graph.op("qkv", "gpu", works[s].proj_s, [done[s]], layer, s) for s in range(S)]
+            attn = proj
+            if pim_attention:
+                attn = [graph.op("attention", "pim", None, [proj[s]], layer, s,
+                                 start_fn=self._pim_op(works[s].attn_pim_busy_s, works[s].attn_pim_closed_s))
+                        for s in range(S)]
             moe_layer = layer - dense_layers
-            loads = loads_from_topk(top_k_index[moe_layer], m.num_experts)
-            plan = self.policy.plan(loads.counts, self.placement, G, self._decision_cost(batch, full))
-            slot_counts = plan.gpu_tokens + plan.pim_tokens
-            times = self.expert_cost.times(slot_counts, plan.gpu_tokens, plan.pim_tokens, plan.slot_gpu, G,
-                                           attention_on_pim=attn_on_pim, pim_layout=layout,
-                                           comm_s=plan.per_gpu_t_comm_s)
-            # AllGather of counts (collective), then the expert window with the all-to-all overlapped
-            ag_start = route_end.max()
-            window = ag_start + work.allgather_s
-            shared_end = window + work.shared_s
-            gpu_end = shared_end + times.t_gpu_s
-            pim_end = window + times.t_pim_s
-            link_end = window + times.t_comm_s
-            combine_end = max(gpu_end.max(), pim_end.max(), link_end.max())
-            if timeline is not None:
-                for g in range(G):
-                    timeline.add(g, "link", "allgather_counts", layer, ag_start, window)
-                    timeline.add(g, "link", "dispatch+combine", layer, window, link_end[g])
-                    timeline.add(g, "gpu", "shared_experts", layer, window, shared_end[g])
-                    timeline.add(g, "gpu", "experts_gpu", layer, shared_end[g], gpu_end[g])
-                    timeline.add(g, "pim", "experts_pim", layer, window, pim_end[g])
-                plans.append(plan)
-                loads_seen.append(loads.counts)
-            now = float(combine_end)
-        return StepResult(step_time_s=now, timeline=timeline or Timeline(),
-                          plans=plans, loads=loads_seen)
+            for s in range(S):
+                w = works[s]
+                core = graph.op("attention" if not pim_attention else "prefill_attention", "gpu", w.core_gpu_s,
+                                [attn[s]], layer, s)
+                route = graph.op("o_proj+router", "gpu", w.out_router_s, [core], layer, s)
+                if layer < dense_layers:
+                    done[s] = graph.op("layer_end", None, 0.0, [route], layer, s, collective=True)
+                    continue
+                rows = sub.rows[s]
+                loads = loads_from_topk(top_k_index[moe_layer][rows], m.num_experts)
+                plan = self.policy.plan(loads.counts, self.placement, G, self._decision_cost(w, s, full, key))
+                slot_counts = plan.gpu_tokens + plan.pim_tokens
+                times = self.expert_cost.times(slot_counts, plan.gpu_tokens, plan.pim_tokens, plan.slot_gpu, G,
+                                               attention_on_pim=attn_on_pim, pim_layout=layout,
+                                               comm_s=plan.per_gpu_t_comm_s)
+                ag_s = 0.0 if G == 1 else self.system.link.latency_s + m.num_experts * 4 * G / self.system.link.bw_bytes_per_s_per_dir
+                window = graph.op("allgather_counts", "coll", ag_s, [route], layer, s, collective=True)
+                shared = graph.op("shared_experts", "gpu", w.shared_s, [window], layer, s)
+                gpu_end = graph.op("experts_gpu", "gpu", times.t_gpu_s, [window, shared], layer, s)
+                busy, closed = self._expert_pim(plan, times)
+                pim_end = graph.op("experts_pim", "pim", None, [window], layer, s, start_fn=self._pim_op(busy, closed))
+                link_end = graph.op("dispatch+combine", "link", times.t_comm_s, [window], layer, s)
+                done[s] = graph.op("combine", None, 0.0, [gpu_end, pim_end, link_end], layer, s, collective=True)
+                if self.record:
+                    plans.append(plan)
+                    if s == 0:
+                        loads_seen.append(loads_from_topk(top_k_index[moe_layer], m.num_experts).counts)
+                estimates.append([float(plan.predicted_time_s), 0.0])
+            if layer >= dense_layers:
+                per_sub = (max(float(d.max()) for d in done) - layer_start) / S
+                for e in estimates[-S:]:
+                    e[1] = per_sub
+        step = max(float(d.max()) for d in done)
+        return StepResult(step_time_s=step, timeline=timeline or Timeline(), plans=plans, loads=loads_seen,
+                          estimates=[tuple(e) for e in estimates], memory=self.memory(decode + p_req),
+                          sub_batches=S)

@@ -14,6 +14,8 @@ from heteromoe.sched.policy import PlacementContext, Policy
 class DuplexPolicy(Policy):
     name = "duplex"
     summary = "Duplex: all on GPU, coldest experts move to PIM while the max falls"
+    #: NeuPIMs' two interleaved sub-batches, which Sieve's evaluation gives every PIM method (§3.4, §7.1)
+    sub_batches = 2
 
     def _place(self, ctx: PlacementContext) -> np.ndarray:
         counts, cost = ctx.slot_counts, ctx.cost

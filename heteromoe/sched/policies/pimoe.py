@@ -1,6 +1,13 @@
-"""`pimoe`: PIMoE's rule, with its expert-parallel layout over PIM channels.
+"""`pimoe`: PIMoE's rule, with its expert-parallel layout over PIM devices.
 
-Experts live in channel groups (`cost.layout`, layout "ep"), so PIM time is the busiest group's. Per GPU:
+Experts live in expert-parallel groups (`cost.layout`, layout "ep"), so PIM time is the busiest group's.
+The group is a PIM stack by default (`group_by="stack"`): PIMoE's NPU-PIM system (DAC 2025) offloads
+experts to PIM *devices*, each expert whole on one device, and Sieve §7.1 reproduces it as "the busiest
+PIM channel"; on a GPU with 8 stacks of 32 pseudo-channels the device is the stack, and within it the
+expert's rows are spread over the stack's channels as every bank-level PIM GEMV is (Sieve §2.2). With
+`group_by="channel"` the groups are pseudo-channels (min(local experts, channels) groups): one expert on
+1/128 of Qwen3-30B's channels is slower on PIM than on the GPU whatever its load, so the rule moves every
+active expert to the GPU at batch 1 (PIMoE = NoExp), against the paper's PIMoE ~ AllExp at B <= 16. Per GPU:
 start with every expert on PIM; while T_GPU <= T_PIM and PIM still holds an expert, move the hottest
 expert of the busiest channel group to the GPU (the loop ends with the first move that makes the GPU the
 slower side, that move kept). As in the paper, the decision ignores decode attention on PIM and
@@ -11,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from heteromoe.cost.layout import channel_groups
-from heteromoe.sched.policy import PlacementContext, Policy
+from heteromoe.sched.policy import PlacementContext, Policy, Split
 
 
 class PimoePolicy(Policy):
@@ -19,12 +26,24 @@ class PimoePolicy(Policy):
     summary = "PIMoE: expert-parallel PIM layout; busiest channel's hottest expert moves to GPU until GPU > PIM"
     pim_layout = "ep"
 
+    #: NeuPIMs' two interleaved sub-batches, which Sieve's evaluation gives every PIM method (§3.4, §7.1)
+    sub_batches = 2
     #: run the general loop even where every channel group holds one expert (tests compare both paths)
     force_loop: bool = False
 
-    def _place(self, ctx: PlacementContext) -> np.ndarray:
+    def __init__(self, group_by: str = "stack") -> None:
+        if group_by not in ("stack", "channel"):
+            raise ValueError(f"group_by must be 'stack' or 'channel', got {group_by!r}")
+        self.group_by = group_by
+
+    def groups_per_gpu(self, cost) -> int:
+        pim = cost.system.pim
+        return pim.stacks_per_gpu if self.group_by == "stack" else cost.channels_per_gpu
+
+    def _place(self, ctx: PlacementContext) -> np.ndarray | Split:
         counts, cost = ctx.slot_counts, ctx.cost
-        group, share, _ = channel_groups(ctx.slot_gpu, ctx.num_gpus, cost.channels_per_gpu)
+        groups_per_gpu = self.groups_per_gpu(cost)
+        group, share, slots = channel_groups(ctx.slot_gpu, ctx.num_gpus, groups_per_gpu)
         pim_time = cost.pim.times_s(counts, share)  # [P] each expert's time in its own channel group
         flop_tab, _ = cost.tables(int(counts.max()) if counts.size else 0)
         gpu_tokens = np.zeros_like(counts)
@@ -39,7 +58,14 @@ class PimoePolicy(Policy):
             else:
                 moved = self._loop(mine, groups, gid, group, pim_time, counts, flop_tab, read_s, launch_s)
             gpu_tokens[moved] = counts[moved]
-        return gpu_tokens
+        if groups_per_gpu == cost.channels_per_gpu:
+            return gpu_tokens  # the cost model's own "ep" layout times the plan
+        pim_tokens = counts - gpu_tokens
+        times = cost.times(counts, gpu_tokens, pim_tokens, ctx.slot_gpu, ctx.num_gpus,
+                           attention_on_pim=self.attention_on_pim, pim_layout="tp", comm_s=ctx.comm_s)
+        per_group = np.bincount(group, weights=cost.pim.times_s(pim_tokens, share), minlength=slots)
+        t_pim = per_group.reshape(ctx.num_gpus, groups_per_gpu).max(axis=1) + ctx.pim_fixed_s
+        return Split(gpu_tokens, t_gpu_s=times.t_gpu_s, t_pim_s=t_pim)
 
     @staticmethod
     def _one_expert_per_group(mine, gid, pim_time, counts, flop_tab, read_s, launch_s) -> np.ndarray:

@@ -15,6 +15,8 @@ from heteromoe.sched.policy import PlacementContext, Policy, Split
 class SievePolicy(Policy):
     name = "sieve"
     summary = "Sieve: hottest experts move from PIM to GPU while the max of comm/GPU/PIM time falls"
+    #: NeuPIMs' two interleaved sub-batches, which Sieve's evaluation gives every PIM method (§3.4, §7.1)
+    sub_batches = 2
 
     def _place(self, ctx: PlacementContext) -> Split:
         gpu_tokens, t_gpu, t_pim = _ext.sieve_plan(*ctx.fast_path_args())

@@ -1,0 +1,69 @@
+"""Modeling switches of the step simulator, one per modeling change, so an ablation can turn each off.
+
+`StepOptions()` is the physical step model (docs/step-model.md); `StepOptions.legacy()` is the serialized
+layer model it grew from (attention as KV bytes over the internal bandwidth, serialized before one expert
+window; every layer charged full-attention projections; no launch cost on dense work; PIMoE's experts in
+channel groups; PIM truth = the planners' closed form). Each field names one change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+__all__ = ["ABLATIONS", "StepOptions"]
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """What the simulator models.
+
+    Attributes:
+        pim_attention: "bank": decode attention on PIM runs through the bank-level timing model, the GQA
+            group's query heads as that many GEMV vectors over the same K / V rows (no row reuse);
+            "bytes": KV bytes over the internal bandwidth.
+        co_execution: each policy runs its own number of sub-batches (`Policy.sub_batches`), the layer is
+            a dependency graph per sub-batch, and each planner sees what its paper says it sees (Sieve:
+            attention in T_PIM and the dense GPU work in T_GPU). Off: one sub-batch, planners see the
+            expert window only.
+        linear_attention: Gated DeltaNet layers of hybrid models get their own projections and recurrent
+            state (GPU); off: every layer is charged full-attention projections and no attention core.
+        dense_launch: every dense GPU kernel (projections, router, attention core on the GPU, shared
+            experts) pays the GPU's launch overhead, as the expert grouped GEMM does.
+        pimoe_stack_groups: PIMoE's expert-parallel groups are the GPU's PIM stacks (one expert's weights
+            over the channels of one stack); off: groups of channels (min(local experts, channels)).
+        pim_truth: "walk": PIM operations take the bank model's busy time with refresh stalls placed at the
+            operation's real start (the command walk's rule); "closed": the closed form with the expected
+            refresh factor (what the planners use).
+    """
+
+    pim_attention: str = "bank"
+    co_execution: bool = True
+    linear_attention: bool = True
+    dense_launch: bool = True
+    pimoe_stack_groups: bool = True
+    pim_truth: str = "walk"
+
+    def __post_init__(self) -> None:
+        if self.pim_attention not in ("bank", "bytes"):
+            raise ValueError(f"pim_attention must be 'bank' or 'bytes', got {self.pim_attention!r}")
+        if self.pim_truth not in ("walk", "closed"):
+            raise ValueError(f"pim_truth must be 'walk' or 'closed', got {self.pim_truth!r}")
+
+    @classmethod
+    def legacy(cls) -> StepOptions:
+        """The serialized layer model (every switch off)."""
+        return cls(pim_attention="bytes", co_execution=False, linear_attention=False, dense_launch=False,
+                   pimoe_stack_groups=False, pim_truth="closed")
+
+    @property
+    def is_legacy(self) -> bool:
+        return self == StepOptions.legacy()
+
+    def without(self, name: str) -> StepOptions:
+        """These options with the change `name` (one of ABLATIONS) turned off."""
+        if name not in ABLATIONS:
+            raise ValueError(f"unknown modeling change {name!r}; known: {', '.join(ABLATIONS)}")
+        off = StepOptions.legacy()
+        return replace(self, **{name: getattr(off, name)})
+
+
+ABLATIONS = tuple(f.name for f in fields(StepOptions))

@@ -1,0 +1,66 @@
+"""What PIM work really takes in the simulator, as opposed to what the planners estimate.
+
+The planners see the bank model's closed form, whose refresh term is an expectation over refresh phases
+(`cost.pim_bank`). The simulator knows when each PIM operation starts, so it applies the command walk's
+own rule: the stacks refresh every tREFI on a clock that starts with the step, and a refresh that comes due
+stalls the command stream for tRFC at the next command boundary (here: added to the operation's busy time,
+the walk's granularity being far finer than an operation). Busy time is the closed form without its
+refresh term, which equals the command walk's busy time (checked in tests/sim/test_pim_truth.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from heteromoe.cost.layout import channel_groups
+from heteromoe.cost.pim_bank import BankPimTiming
+from heteromoe.spec.model import MoEModelSpec
+
+__all__ = ["ExpertPimTruth", "with_refresh"]
+
+
+def with_refresh(start_s: np.ndarray, busy_s: np.ndarray, t_refi_s: float, t_rfc_s: float) -> np.ndarray:
+    """[G] durations of PIM operations that need `busy_s` of commands and start at `start_s`, with a tRFC
+    stall for every tREFI boundary of the global refresh clock they run into."""
+    start_s = np.asarray(start_s, dtype=np.float64)
+    busy_s = np.asarray(busy_s, dtype=np.float64)
+    dur = busy_s.copy()
+    first = np.floor(start_s / t_refi_s)
+    for _ in range(64):  # each pass adds the refreshes the last one's stalls ran into
+        n = np.where(busy_s > 0, np.floor((start_s + dur) / t_refi_s) - first, 0.0)
+        new = busy_s + n * t_rfc_s
+        if np.array_equal(new, dur):
+            break
+        dur = new
+    return dur
+
+
+class ExpertPimTruth:
+    """Busy seconds per token of an expert on PIM (gate+up GEMV then down GEMV), by share of channels."""
+
+    def __init__(self, timing: BankPimTiming, model: MoEModelSpec) -> None:
+        self.timing = timing
+        self.model = model
+        self._per_token: dict[float, float] = {}
+        self.t_refi_s = timing.t.t_refi_ns * 1e-9
+        self.t_rfc_s = timing.t.t_rfc_ns * 1e-9
+
+    def per_token_busy_s(self, share: float = 1.0) -> float:
+        if share not in self._per_token:
+            m, t = self.model, self.timing
+            busy = 0.0
+            for d_in, d_out in ((m.hidden_size, 2 * m.moe_intermediate_size), (m.moe_intermediate_size, m.hidden_size)):
+                g = t.gemv(d_in, d_out, 1, m.bytes_per_weight, m.bytes_per_activation, share)
+                busy += float(g.total_s - g.refresh_s)
+            self._per_token[share] = busy
+        return self._per_token[share]
+
+    def busy_s(self, pim_tokens: np.ndarray, slot_gpu: np.ndarray, gpus: int, groups_per_gpu: int | None) -> np.ndarray:
+        """[G] busy seconds of the PIM experts: the sum (every expert over all channels) or, with
+        `groups_per_gpu` expert-parallel groups, the busiest group's."""
+        if groups_per_gpu is None:
+            return np.bincount(slot_gpu, weights=pim_tokens * self.per_token_busy_s(1.0), minlength=gpus)
+        group, share, slots = channel_groups(slot_gpu, gpus, groups_per_gpu)
+        per = np.array([self.per_token_busy_s(float(v)) for v in np.unique(share)])
+        per_slot = per[np.searchsorted(np.unique(share), share)]
+        per_group = np.bincount(group, weights=pim_tokens * per_slot, minlength=slots)
+        return per_group.reshape(gpus, groups_per_gpu).max(axis=1)
