@@ -218,51 +218,77 @@ class StepSimulator:
         plans, loads_seen, estimates = [], [], []
         dense_layers = m.num_layers - m.num_moe_layers  # leading dense layers: attention only here
         done = [np.zeros(G) for _ in range(S)]  # end of each sub-batch's previous layer
-        for layer in range(m.num_layers):
+        attn: list = [None] * S  # end of each sub-batch's attention core (PIM) in the current layer
+        ag_s = 0.0 if G == 1 else self.system.link.latency_s + m.num_experts * 4 * G / self.system.link.bw_bytes_per_s_per_dir
+
+        def works_of(layer):
             full = self._is_full_attention(layer)
-            works = [self._sub_work(sub, s, full, key) for s in range(S)]
-            layer_start = max(float(d.max()) for d in done)
-            pim_attention = attn_on_pim and bool(any(w.attn_pim_busy_s.any() for w in works))
-            # issue order: projections of every sub-batch, then attention, then per sub-batch the rest
-            proj = [graph.op("qkv", "gpu", works[s].proj_s, [done[s]], layer, s) for s in range(S)]
-            attn = proj
-            if pim_attention:
-                attn = [graph.op("attention", "pim", None, [proj[s]], layer, s,
-                                 start_fn=self._pim_op(works[s].attn_pim_busy_s, works[s].attn_pim_closed_s))
-                        for s in range(S)]
+            return full, [self._sub_work(sub, s, full, key) for s in range(S)]
+
+        def issue_projections(layer, s, works) -> None:
+            """Stage A1: projections, then attention on PIM (where this layer has it)."""
+            w = works[s]
+            proj = graph.op("qkv", "gpu", w.proj_s, [done[s]], layer, s)
+            if attn_on_pim and w.attn_pim_busy_s.any():
+                attn[s] = graph.op("attention", "pim", None, [proj], layer, s,
+                                   start_fn=self._pim_op(w.attn_pim_busy_s, w.attn_pim_closed_s))
+            else:
+                attn[s] = proj
+
+        def issue_routing(layer, s, w, on_pim):
+            """Stage A2: attention core on the SMs, output projection + router."""
+            core = graph.op("prefill_attention" if on_pim else "attention", "gpu", w.core_gpu_s, [attn[s]], layer, s)
+            return graph.op("o_proj+router", "gpu", w.out_router_s, [core], layer, s)
+
+        def issue_experts(layer, s, full, w, route) -> None:
+            """Stage B: AllGather of counts, the plan, the expert window, the combine."""
             moe_layer = layer - dense_layers
+            loads = loads_from_topk(top_k_index[moe_layer][sub.rows[s]], m.num_experts)
+            plan = self.policy.plan(loads.counts, self.placement, G, self._decision_cost(w, s, full, key))
+            slot_counts = plan.gpu_tokens + plan.pim_tokens
+            times = self.expert_cost.times(slot_counts, plan.gpu_tokens, plan.pim_tokens, plan.slot_gpu, G,
+                                           attention_on_pim=attn_on_pim, pim_layout=layout,
+                                           comm_s=plan.per_gpu_t_comm_s)
+            window = graph.op("allgather_counts", "coll", ag_s, [route], layer, s, collective=True)
+            shared = graph.op("shared_experts", "gpu", w.shared_s, [window], layer, s)
+            gpu_end = graph.op("experts_gpu", "gpu", times.t_gpu_s, [window, shared], layer, s)
+            busy, closed = self._expert_pim(plan, times)
+            pim_end = graph.op("experts_pim", "pim", None, [window], layer, s, start_fn=self._pim_op(busy, closed))
+            link_end = graph.op("dispatch+combine", "link", times.t_comm_s, [window], layer, s)
+            done[s] = graph.op("combine", None, 0.0, [gpu_end, pim_end, link_end], layer, s, collective=True)
+            if self.record:
+                plans.append(plan)
+                if s == 0:
+                    loads_seen.append(loads_from_topk(top_k_index[moe_layer], m.num_experts).counts)
+            estimates.append([float(plan.predicted_time_s), 0.0])
+
+        # software pipeline (docs/step-model.md): A1 of every sub-batch; then per layer and sub-batch s:
+        # A2(s), A1 of the next layer for s - 1, B(s); the next layer's A1 for the last sub-batch closes it
+        full, works = works_of(0)
+        for s in range(S):
+            issue_projections(0, s, works)
+        for layer in range(m.num_layers):
+            layer_start = max(float(d.max()) for d in done)
+            on_pim = attn_on_pim and any(w.attn_pim_busy_s.any() for w in works)
+            nxt = works_of(layer + 1) if layer + 1 < m.num_layers else None
             for s in range(S):
-                w = works[s]
-                core = graph.op("attention" if not pim_attention else "prefill_attention", "gpu", w.core_gpu_s,
-                                [attn[s]], layer, s)
-                route = graph.op("o_proj+router", "gpu", w.out_router_s, [core], layer, s)
+                route = issue_routing(layer, s, works[s], on_pim)
+                if s > 0 and nxt is not None and layer >= dense_layers:
+                    issue_projections(layer + 1, s - 1, nxt[1])
                 if layer < dense_layers:
                     done[s] = graph.op("layer_end", None, 0.0, [route], layer, s, collective=True)
+                    if nxt is not None:
+                        issue_projections(layer + 1, s, nxt[1])
                     continue
-                rows = sub.rows[s]
-                loads = loads_from_topk(top_k_index[moe_layer][rows], m.num_experts)
-                plan = self.policy.plan(loads.counts, self.placement, G, self._decision_cost(w, s, full, key))
-                slot_counts = plan.gpu_tokens + plan.pim_tokens
-                times = self.expert_cost.times(slot_counts, plan.gpu_tokens, plan.pim_tokens, plan.slot_gpu, G,
-                                               attention_on_pim=attn_on_pim, pim_layout=layout,
-                                               comm_s=plan.per_gpu_t_comm_s)
-                ag_s = 0.0 if G == 1 else self.system.link.latency_s + m.num_experts * 4 * G / self.system.link.bw_bytes_per_s_per_dir
-                window = graph.op("allgather_counts", "coll", ag_s, [route], layer, s, collective=True)
-                shared = graph.op("shared_experts", "gpu", w.shared_s, [window], layer, s)
-                gpu_end = graph.op("experts_gpu", "gpu", times.t_gpu_s, [window, shared], layer, s)
-                busy, closed = self._expert_pim(plan, times)
-                pim_end = graph.op("experts_pim", "pim", None, [window], layer, s, start_fn=self._pim_op(busy, closed))
-                link_end = graph.op("dispatch+combine", "link", times.t_comm_s, [window], layer, s)
-                done[s] = graph.op("combine", None, 0.0, [gpu_end, pim_end, link_end], layer, s, collective=True)
-                if self.record:
-                    plans.append(plan)
-                    if s == 0:
-                        loads_seen.append(loads_from_topk(top_k_index[moe_layer], m.num_experts).counts)
-                estimates.append([float(plan.predicted_time_s), 0.0])
+                issue_experts(layer, s, full, works[s], route)
             if layer >= dense_layers:
+                if nxt is not None:
+                    issue_projections(layer + 1, S - 1, nxt[1])
                 per_sub = (max(float(d.max()) for d in done) - layer_start) / S
                 for e in estimates[-S:]:
                     e[1] = per_sub
+            if nxt is not None:
+                full, works = nxt
         step = max(float(d.max()) for d in done)
         return StepResult(step_time_s=step, timeline=timeline or Timeline(), plans=plans, loads=loads_seen,
                           estimates=[tuple(e) for e in estimates], memory=self.memory(decode + p_req),
