@@ -35,19 +35,25 @@ class LaneGraph:
             collective: start on every GPU when the inputs are done on every GPU.
             start_fn: maps the [G] start times to [G] durations (PIM refresh depends on when work starts).
         """
-        start = np.zeros(self.gpus)
-        for t in inputs:
+        start = inputs[0]
+        for t in inputs[1:]:
             start = np.maximum(start, t)
         if collective:
-            start = np.full(self.gpus, start.max())
+            start = np.full(self.gpus, np.max(start))
+        elif np.ndim(start) == 0:
+            start = np.full(self.gpus, float(start))
+        if start_fn is None:
+            dur = duration if isinstance(duration, np.ndarray) else np.full(self.gpus, float(duration))
+            if lane is None or not dur.any():
+                return start  # a barrier, or nothing to run: the lane's next operation waits for it anyway
         if lane is not None:
             start = np.maximum(start, self.free[lane])
-        dur = start_fn(start) if start_fn is not None else np.broadcast_to(np.asarray(duration, dtype=np.float64),
-                                                                             (self.gpus,))
+        if start_fn is not None:
+            dur = start_fn(start)
         end = start + dur
         if lane is not None:
             self.free[lane] = np.where(dur > 0, end, self.free[lane])
             if self.timeline is not None:
-                for g in range(self.gpus):
+                for g in np.flatnonzero(dur > 0).tolist():
                     self.timeline.add(g, lane, name, layer, start[g], end[g], sub)
         return end

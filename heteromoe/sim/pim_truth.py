@@ -23,15 +23,14 @@ def with_refresh(start_s: np.ndarray, busy_s: np.ndarray, t_refi_s: float, t_rfc
     stall for every tREFI boundary of the global refresh clock they run into."""
     start_s = np.asarray(start_s, dtype=np.float64)
     busy_s = np.asarray(busy_s, dtype=np.float64)
-    dur = busy_s.copy()
     first = np.floor(start_s / t_refi_s)
+    n = np.zeros_like(busy_s)
     for _ in range(64):  # each pass adds the refreshes the last one's stalls ran into
-        n = np.where(busy_s > 0, np.floor((start_s + dur) / t_refi_s) - first, 0.0)
-        new = busy_s + n * t_rfc_s
-        if np.array_equal(new, dur):
+        new = np.where(busy_s > 0, np.floor((start_s + busy_s + n * t_rfc_s) / t_refi_s) - first, 0.0)
+        if (new == n).all():
             break
-        dur = new
-    return dur
+        n = new
+    return busy_s + n * t_rfc_s
 
 
 class ExpertPimTruth:
@@ -41,6 +40,7 @@ class ExpertPimTruth:
         self.timing = timing
         self.model = model
         self._per_token: dict[float, float] = {}
+        self._groups: dict = {}
         self.t_refi_s = timing.t.t_refi_ns * 1e-9
         self.t_rfc_s = timing.t.t_rfc_ns * 1e-9
 
@@ -59,8 +59,12 @@ class ExpertPimTruth:
         `groups_per_gpu` expert-parallel groups, the busiest group's."""
         if groups_per_gpu is None:
             return np.bincount(slot_gpu, weights=pim_tokens * self.per_token_busy_s(1.0), minlength=gpus)
-        group, share, slots = channel_groups(slot_gpu, gpus, groups_per_gpu)
-        per = np.array([self.per_token_busy_s(float(v)) for v in np.unique(share)])
-        per_slot = per[np.searchsorted(np.unique(share), share)]
+        key = (id(slot_gpu), gpus, groups_per_gpu)
+        if self._groups.get(key, (None,))[0] is not slot_gpu:
+            group, share, slots = channel_groups(slot_gpu, gpus, groups_per_gpu)
+            values = np.unique(share)
+            per = np.array([self.per_token_busy_s(float(v)) for v in values])
+            self._groups[key] = (slot_gpu, group, per[np.searchsorted(values, share)], slots)
+        _, group, per_slot, slots = self._groups[key]
         per_group = np.bincount(group, weights=pim_tokens * per_slot, minlength=slots)
         return per_group.reshape(gpus, groups_per_gpu).max(axis=1)

@@ -128,12 +128,14 @@ def test_exact_rejects_bad_time_limit():
         ExactPolicy(time_limit_s=0)
 
 
-def test_pimoe_prefix_path_equals_the_general_loop():
-    """Where each channel group holds one expert, PIMoE's vectorized prefix gives the loop's plan."""
+@pytest.mark.parametrize("group_by", ["channel", "stack"])
+def test_pimoe_prefix_path_equals_the_general_loop(group_by):
+    """Where each channel group holds one expert, PIMoE's vectorized prefix gives the loop's plan; with
+    stack groups the compiled loop gives the python loop's plan."""
     from heteromoe.sched.policies.pimoe import PimoePolicy
 
     rng = np.random.default_rng(5)
-    looped = PimoePolicy(group_by="channel")
+    looped = PimoePolicy(group_by=group_by)
     looped.force_loop = True
     for model, gpus in (("qwen3.5-397b-a17b", 8), ("gpt-oss-120b", 4), ("qwen3-30b-a3b", 1), ("qwen3-30b-a3b", 4)):
         spec = heteromoe.models.get(model)
@@ -141,6 +143,6 @@ def test_pimoe_prefix_path_equals_the_general_loop():
             counts = rng.poisson(rng.choice([0.1, 2.0, 20.0], size=spec.num_experts) * batch / 64)
             counts[rng.integers(0, spec.num_experts, 3)] = 3  # ties
             kw = dict(model=spec, system="b200-hbm3e-pim", gpus=gpus)
-            fast = heteromoe.schedule(counts, policy=PimoePolicy(group_by="channel"), **kw)
+            fast = heteromoe.schedule(counts, policy=PimoePolicy(group_by=group_by), **kw)
             slow = heteromoe.schedule(counts, policy=looped, **kw)
             assert fast.gpu_tokens.tolist() == slow.gpu_tokens.tolist(), (model, gpus, batch)

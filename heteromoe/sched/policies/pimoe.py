@@ -43,21 +43,30 @@ class PimoePolicy(Policy):
     def _place(self, ctx: PlacementContext) -> np.ndarray | Split:
         counts, cost = ctx.slot_counts, ctx.cost
         groups_per_gpu = self.groups_per_gpu(cost)
-        group, share, slots = channel_groups(ctx.slot_gpu, ctx.num_gpus, groups_per_gpu)
+        group, share, slots = _groups(ctx.slot_gpu, ctx.num_gpus, groups_per_gpu)
         pim_time = cost.pim.times_s(counts, share)  # [P] each expert's time in its own channel group
         flop_tab, _ = cost.tables(int(counts.max()) if counts.size else 0)
         gpu_tokens = np.zeros_like(counts)
         read_s, launch_s = cost.gpu.read_s_per_expert, cost.gpu.launch_s
-        for g in range(ctx.num_gpus):
-            mine = np.flatnonzero((ctx.slot_gpu == g) & (counts > 0))
-            if mine.size == 0:
-                continue
-            groups, gid = np.unique(group[mine], return_inverse=True)
-            if groups.size == mine.size and not self.force_loop:
-                moved = self._one_expert_per_group(mine, gid, pim_time, counts, flop_tab, read_s, launch_s)
-            else:
-                moved = self._loop(mine, groups, gid, group, pim_time, counts, flop_tab, read_s, launch_s)
+        if not self.force_loop and _moves_all is not None:
+            active = np.flatnonzero(counts > 0)
+            queue = active[np.lexsort((active, -counts[active], group[active]))]  # by group, hottest first
+            bounds = np.searchsorted(group[queue], np.arange(slots + 1))
+            load = np.bincount(group[active], weights=pim_time[active], minlength=slots)
+            moved = _moves_all(queue, bounds[:-1].copy(), bounds[1:].copy(), load, groups_per_gpu, ctx.num_gpus,
+                               pim_time, counts, flop_tab, float(read_s), float(launch_s))
             gpu_tokens[moved] = counts[moved]
+        else:
+            for g in range(ctx.num_gpus):
+                mine = np.flatnonzero((ctx.slot_gpu == g) & (counts > 0))
+                if mine.size == 0:
+                    continue
+                groups, gid = np.unique(group[mine], return_inverse=True)
+                if groups.size == mine.size and not self.force_loop:
+                    moved = self._one_expert_per_group(mine, gid, pim_time, counts, flop_tab, read_s, launch_s)
+                else:
+                    moved = self._loop(mine, groups, gid, group, pim_time, counts, flop_tab, read_s, launch_s)
+                gpu_tokens[moved] = counts[moved]
         if groups_per_gpu == cost.channels_per_gpu:
             return gpu_tokens  # the cost model's own "ep" layout times the plan
         pim_tokens = counts - gpu_tokens
@@ -81,7 +90,7 @@ class PimoePolicy(Policy):
 
     @staticmethod
     def _loop(mine, groups, gid, group, pim_time, counts, flop_tab, read_s, launch_s) -> np.ndarray:
-        """The general rule, one move at a time."""
+        """The general rule, one move at a time, on one GPU (the reference for the compiled `_moves_all`)."""
         # each group's experts, hottest first (ties: lower id): one flat queue sorted by (group, -count, id)
         queue = mine[np.lexsort((mine, -counts[mine], gid))]
         q_gid = np.searchsorted(groups, group[queue])
@@ -102,3 +111,56 @@ class PimoePolicy(Policy):
             flop += float(flop_tab[counts[e]])
             t_gpu = max(read, flop) + launch_s
         return np.array(moved, dtype=np.int64)
+
+
+_GROUPS: dict = {}
+
+
+def _groups(slot_gpu: np.ndarray, num_gpus: int, groups_per_gpu: int):
+    """`channel_groups`, cached per placement array; `share` is a float where every group has the same width
+    (the PIM cost model's fast path)."""
+    key = (id(slot_gpu), slot_gpu.shape[0], num_gpus, groups_per_gpu)
+    hit = _GROUPS.get(key)
+    if hit is None or hit[0] is not slot_gpu:
+        group, share, slots = channel_groups(slot_gpu, num_gpus, groups_per_gpu)
+        if share.size and np.all(share == share[0]):
+            share = float(share[0])
+        hit = (slot_gpu, group, share, slots)
+        if len(_GROUPS) > 64:
+            _GROUPS.clear()
+        _GROUPS[key] = hit
+    return hit[1:]
+
+
+def _moves_all_py(queue, head, end, load, groups_per_gpu, num_gpus, pim_time, counts, flop_tab, read_s, launch_s):
+    """`_loop` on every GPU at once: `head`/`end` bound each global group's run of `queue` (hottest first),
+    `load` is each group's PIM time; returns the moved slots (compiled by numba when it is installed)."""
+    moved = np.empty(queue.size, dtype=np.int64)
+    k = 0
+    for g in range(num_gpus):
+        lo = g * groups_per_gpu
+        read = flop = t_gpu = 0.0
+        while True:
+            busiest = lo
+            for i in range(lo + 1, lo + groups_per_gpu):
+                if load[i] > load[busiest]:
+                    busiest = i
+            if head[busiest] == end[busiest] or t_gpu > load[busiest]:
+                break
+            e = queue[head[busiest]]
+            head[busiest] += 1
+            load[busiest] -= pim_time[e]
+            moved[k] = e
+            k += 1
+            read += read_s
+            flop += flop_tab[counts[e]]
+            t_gpu = max(read, flop) + launch_s
+    return moved[:k]
+
+
+try:
+    import numba
+
+    _moves_all = numba.njit(cache=True)(_moves_all_py)
+except ImportError:  # pragma: no cover - numba is a dependency; the per-GPU python loop still runs
+    _moves_all = None
