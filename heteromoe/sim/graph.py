@@ -23,6 +23,7 @@ class LaneGraph:
         self.gpus = gpus
         self.free = {lane: np.zeros(gpus) for lane in LANES}
         self.timeline = timeline
+        self.last_duration = np.zeros(gpus)  # [G] of the last operation that ran on a lane
 
     def op(self, name: str, lane: str | None, duration, inputs, layer: int, sub: int = 0,
            collective: bool = False, start_fn=None) -> np.ndarray:
@@ -50,6 +51,7 @@ class LaneGraph:
             start = np.maximum(start, self.free[lane])
         if start_fn is not None:
             dur = start_fn(start)
+        self.last_duration = dur
         end = start + dur
         if lane is not None:
             self.free[lane] = np.where(dur > 0, end, self.free[lane])

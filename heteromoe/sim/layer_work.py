@@ -22,6 +22,7 @@ import numpy as np
 
 from heteromoe.cost.pim_bank import BankPimTiming
 from heteromoe.sim.dense import local_requests
+from heteromoe.sim.pim_truth import busy_s
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
 
@@ -87,19 +88,19 @@ def split_requests(decode: int, gpus: int, subs: int, context, prefill: tuple[in
 
 @lru_cache(maxsize=4096)
 def _attn_pair_s(timing: BankPimTiming, head_dim: int, context: int, vectors: int, share: float,
-                 bytes_kv: float) -> tuple[float, float]:
+                 bytes_kv: float, separate_paths: bool) -> tuple[float, float]:
     """(busy, closed-form) seconds of the score GEMV (K: head_dim -> context) and the value GEMV
     (V: context -> head_dim) for `vectors` query vectors in a row, on `share` of the channels."""
     busy = total = 0.0
     for d_in, d_out in ((head_dim, context), (context, head_dim)):
         t = timing.gemv(d_in, d_out, vectors, bytes_kv, bytes_kv, share)
         total += float(t.total_s)
-        busy += float(t.total_s - t.refresh_s)
+        busy += float(busy_s(t, separate_paths))
     return busy, total
 
 
 def pim_attention_s(timing: BankPimTiming, model: MoEModelSpec, requests: np.ndarray,
-                    context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    context: np.ndarray, separate_paths: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """([G] busy seconds without refresh, [G] closed-form seconds) of decode attention on the PIM stacks.
 
     The KV cache is distributed over the channels by (request, KV head) as NeuPIMs does: with M such
@@ -118,7 +119,8 @@ def pim_attention_s(timing: BankPimTiming, model: MoEModelSpec, requests: np.nda
         mats = r * kv_heads
         groups = min(mats, timing.channels)
         per_group = -(-mats // groups)
-        b, t = _attn_pair_s(timing, hd, int(np.ceil(c / r)), g * per_group, 1.0 / groups, model.bytes_per_activation)
+        b, t = _attn_pair_s(timing, hd, int(np.ceil(c / r)), g * per_group, 1.0 / groups, model.bytes_per_activation,
+                            separate_paths)
         busy[i], total[i] = b, t
     return busy, total
 
@@ -143,7 +145,7 @@ def _roofline(system: SystemSpec, weight_bytes: float, flops: np.ndarray, launch
 
 def sub_batch_work(model: MoEModelSpec, system: SystemSpec, timing: BankPimTiming | None, sub: SubBatches, s: int,
                    full_attention: bool, attention_on_pim: bool, *, linear_attention: bool, dense_launch: bool,
-                   pim_attention: str) -> SubBatchWork:
+                   pim_attention: str, separate_paths: bool = False) -> SubBatchWork:
     """Dense work of sub-batch `s` in one layer (see the module docstring)."""
     gpu = system.require_gpu()
     launch = gpu.launch_overhead_s if dense_launch else 0.0
@@ -183,7 +185,7 @@ def sub_batch_work(model: MoEModelSpec, system: SystemSpec, timing: BankPimTimin
             kv = ctx * 2 * kv_width * ba
             if attention_on_pim:
                 if pim_attention == "bank":
-                    attn_busy, attn_closed = pim_attention_s(timing, model, sub.decode[s], ctx)
+                    attn_busy, attn_closed = pim_attention_s(timing, model, sub.decode[s], ctx, separate_paths)
                 else:
                     attn_busy = attn_closed = kv / system.pim.internal_bw_bytes_per_s
                 core = np.where(pf > 0, pf * fl_s + launch, 0.0)

@@ -31,8 +31,14 @@ class StepOptions:
         pimoe_stack_groups: PIMoE's expert-parallel groups are the GPU's PIM stacks (one expert's weights
             over the channels of one stack); off: groups of channels (min(local experts, channels)).
         pim_truth: "walk": PIM operations take the bank model's busy time with refresh stalls placed at the
-            operation's real start (the command walk's rule); "closed": the closed form with the expected
-            refresh factor (what the planners use).
+            operation's real start (the command walk's rule), and Sieve's planner learns observed PIM times
+            in its EMA table (§5.1) while the others keep the closed form; "closed": the closed form with the
+            expected refresh factor is both the truth and every planner's estimate.
+        pim_separate_paths: PIM commands have their own path and NeuPIMs' dual row buffers (Sieve §7.1: "dual
+            row buffers in NeuPIMs", "separate paths for DRAM and PIM commands" for every method): a GEMV
+            pays no all-bank mode switch and its input vector is written while the previous GEMV streams,
+            so a PIM operation costs the streaming and the result read-out of its GEMVs. Off: each GEMV
+            enters and leaves all-bank mode and writes its input first (the bank model's sequence).
     """
 
     pim_attention: str = "bank"
@@ -41,6 +47,7 @@ class StepOptions:
     dense_launch: bool = True
     pimoe_stack_groups: bool = True
     pim_truth: str = "walk"
+    pim_separate_paths: bool = True
 
     def __post_init__(self) -> None:
         if self.pim_attention not in ("bank", "bytes"):
@@ -52,7 +59,7 @@ class StepOptions:
     def legacy(cls) -> StepOptions:
         """The serialized layer model (every switch off)."""
         return cls(pim_attention="bytes", co_execution=False, linear_attention=False, dense_launch=False,
-                   pimoe_stack_groups=False, pim_truth="closed")
+                   pimoe_stack_groups=False, pim_truth="closed", pim_separate_paths=False)
 
     @property
     def is_legacy(self) -> bool:

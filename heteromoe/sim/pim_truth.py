@@ -5,17 +5,26 @@ The planners see the bank model's closed form, whose refresh term is an expectat
 own rule: the stacks refresh every tREFI on a clock that starts with the step, and a refresh that comes due
 stalls the command stream for tRFC at the next command boundary (here: added to the operation's busy time,
 the walk's granularity being far finer than an operation). Busy time is the closed form without its
-refresh term, which equals the command walk's busy time (checked in tests/sim/test_pim_truth.py).
+refresh term, which equals the command walk's busy time (checked in tests/sim/test_pim_truth.py); with
+separate PIM command paths (`StepOptions.pim_separate_paths`) the mode switches and input writes leave it.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from heteromoe.cost.layout import channel_groups
-from heteromoe.cost.pim_bank import BankPimTiming
+from heteromoe.cost.pim_bank import BankPimTiming, GemvTiming
 from heteromoe.spec.model import MoEModelSpec
 
-__all__ = ["ExpertPimTruth", "with_refresh"]
+__all__ = ["ExpertPimTruth", "busy_s", "with_refresh"]
+
+
+def busy_s(timing: GemvTiming, separate_paths: bool) -> float:
+    """Busy seconds of a GEMV call without refresh; with separate PIM command paths and dual row buffers
+    (NeuPIMs) the mode switches go and the input writes hide behind the previous GEMV's streaming."""
+    if separate_paths:
+        return timing.stream_s + timing.output_s
+    return timing.total_s - timing.refresh_s
 
 
 def with_refresh(start_s: np.ndarray, busy_s: np.ndarray, t_refi_s: float, t_rfc_s: float) -> np.ndarray:
@@ -36,8 +45,9 @@ def with_refresh(start_s: np.ndarray, busy_s: np.ndarray, t_refi_s: float, t_rfc
 class ExpertPimTruth:
     """Busy seconds per token of an expert on PIM (gate+up GEMV then down GEMV), by share of channels."""
 
-    def __init__(self, timing: BankPimTiming, model: MoEModelSpec) -> None:
+    def __init__(self, timing: BankPimTiming, model: MoEModelSpec, separate_paths: bool = False) -> None:
         self.timing = timing
+        self.separate_paths = separate_paths
         self.model = model
         self._per_token: dict[float, float] = {}
         self._groups: dict = {}
@@ -50,7 +60,7 @@ class ExpertPimTruth:
             busy = 0.0
             for d_in, d_out in ((m.hidden_size, 2 * m.moe_intermediate_size), (m.moe_intermediate_size, m.hidden_size)):
                 g = t.gemv(d_in, d_out, 1, m.bytes_per_weight, m.bytes_per_activation, share)
-                busy += float(g.total_s - g.refresh_s)
+                busy += float(busy_s(g, self.separate_paths))
             self._per_token[share] = busy
         return self._per_token[share]
 

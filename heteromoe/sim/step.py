@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from heteromoe.cost.ema import EmaPimCost
 from heteromoe.cost.model import CostModel
 from heteromoe.cost.pim_bank import BankPimTiming
 from heteromoe.routing.loads import loads_from_topk
@@ -115,10 +116,14 @@ class StepSimulator:
         if self.options.pim_attention == "bank" and self.timing is None:
             raise ValueError(f"system {self.system.name!r} has no bank-level PIM timings for pim_attention='bank'; "
                              "use StepOptions(pim_attention='bytes')")
-        self.truth = (ExpertPimTruth(self.timing, self.model)
+        self.truth = (ExpertPimTruth(self.timing, self.model, self.options.pim_separate_paths)
                       if self.timing is not None and self.options.pim_truth == "walk" else None)
         # times the plans: expert work only (attention and dense work are laid out by the simulator)
         self.expert_cost = CostModel(self.system, self.model)
+        # what the planner believes PIM experts take: Sieve learns observed times (§5.1), the others keep
+        # the closed form
+        self.ema = (EmaPimCost(self.expert_cost.pim)
+                    if self.truth is not None and getattr(self.policy, "learns_pim_costs", False) else None)
         self._decision_costs: dict[tuple, CostModel] = {}
         self._work: dict[tuple, object] = {}
 
@@ -142,7 +147,8 @@ class StepSimulator:
             o = self.options
             self._work[k] = sub_batch_work(self.model, self.system, self.timing, sub, s, full,
                                            self.policy.attention_on_pim, linear_attention=o.linear_attention,
-                                           dense_launch=o.dense_launch, pim_attention=o.pim_attention)
+                                           dense_launch=o.dense_launch, pim_attention=o.pim_attention,
+                                           separate_paths=o.pim_separate_paths and o.pim_truth == "walk")
         return self._work[k]
 
     def _decision_cost(self, work, s: int, full: bool, key) -> CostModel:
@@ -157,7 +163,7 @@ class StepSimulator:
                 pim_fixed = float(work.attn_pim_closed_s.max()) if self.policy.attention_on_pim else 0.0
             else:
                 gpu_other, pim_fixed = float(work.shared_s.max()), 0.0
-            self._decision_costs[k] = CostModel(self.system, self.model, pim_model=self.expert_cost.pim,
+            self._decision_costs[k] = CostModel(self.system, self.model, pim_model=self.ema or self.expert_cost.pim,
                                                 gpu_other_s=gpu_other, pim_fixed_s=pim_fixed)
         return self._decision_costs[k]
 
@@ -184,6 +190,17 @@ class StepSimulator:
         group, share, slots = channel_groups(slot_gpu, self.gpus, groups)
         per_group = np.bincount(group, weights=self.expert_cost.pim.times_s(pim_tokens, share), minlength=slots)
         return per_group.reshape(self.gpus, groups).max(axis=1)
+
+    def _observe(self, plan: Plan, busy: np.ndarray, took: np.ndarray) -> None:
+        """Feed Sieve's EMA table what each PIM expert took: its busy time, with its GPU's refresh stalls
+        shared pro rata (the PIM backend's per-expert timing)."""
+        on_pim = np.flatnonzero(plan.pim_tokens > 0)
+        if on_pim.size == 0:
+            return
+        gpu = plan.slot_gpu[on_pim]
+        stretch = np.divide(took, busy, out=np.ones_like(busy), where=busy > 0)[gpu]
+        n = plan.pim_tokens[on_pim]
+        self.ema.observe(n, n * self.truth.per_token_busy_s(1.0) * np.maximum(stretch, 1.0))
 
     def memory(self, batch: int) -> MemoryCheck:
         """Weights and KV / state per GPU against the PIM-capable capacity (`sim.memory`)."""
@@ -253,7 +270,10 @@ class StepSimulator:
             shared = graph.op("shared_experts", "gpu", w.shared_s, [window], layer, s)
             gpu_end = graph.op("experts_gpu", "gpu", times.t_gpu_s, [window, shared], layer, s)
             busy, closed = self._expert_pim(plan, times)
-            pim_end = graph.op("experts_pim", "pim", None, [window], layer, s, start_fn=self._pim_op(busy, closed))
+            pim_fn = self._pim_op(busy, closed)
+            pim_end = graph.op("experts_pim", "pim", None, [window], layer, s, start_fn=pim_fn)
+            if self.ema is not None:
+                self._observe(plan, busy, graph.last_duration)
             link_end = graph.op("dispatch+combine", "link", times.t_comm_s, [window], layer, s)
             done[s] = graph.op("combine", None, 0.0, [gpu_end, pim_end, link_end], layer, s, collective=True)
             if self.record:
