@@ -40,7 +40,7 @@ from heteromoe.sim.graph import LaneGraph
 from heteromoe.sim.layer_work import SubBatches, split_requests, sub_batch_work
 from heteromoe.sim.memory import MemoryCheck, memory_check
 from heteromoe.sim.options import StepOptions
-from heteromoe.sim.pim_truth import ExpertPimTruth, with_refresh
+from heteromoe.sim.pim_truth import ExpertPimTruth
 from heteromoe.sim.timeline import Timeline
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
@@ -167,11 +167,10 @@ class StepSimulator:
                                                 gpu_other_s=gpu_other, pim_fixed_s=pim_fixed)
         return self._decision_costs[k]
 
-    def _pim_op(self, busy_s: np.ndarray, closed_s: np.ndarray):
-        """Duration of a PIM operation: closed form, or busy time with refresh at its real start."""
-        if self.truth is None:
-            return lambda start: closed_s
-        return lambda start: with_refresh(start, busy_s, self.truth.t_refi_s, self.truth.t_rfc_s)
+    def _pim_time(self, busy_s: np.ndarray, closed_s: np.ndarray) -> np.ndarray:
+        """What a PIM operation is scheduled with: its busy time (refresh added where it starts), or the
+        closed form when the planners' view is the truth."""
+        return closed_s if self.truth is None else busy_s
 
     def _expert_pim(self, plan: Plan, times) -> tuple[np.ndarray, np.ndarray]:
         """([G] busy, [G] closed-form) seconds of the plan's PIM experts in the policy's layout."""
@@ -230,12 +229,14 @@ class StepSimulator:
         key = (decode, S) if np.ndim(self.context) == 0 else (decode, S, id(self.context))
         attn_on_pim = self.policy.attention_on_pim
         layout = self.policy.pim_layout
-        timeline = Timeline() if self.record else None
-        graph = LaneGraph(G, timeline)
-        plans, loads_seen, estimates = [], [], []
+        refresh = (self.truth.t_refi_s, self.truth.t_rfc_s) if self.truth is not None else None
+        graph = LaneGraph(G, refresh)
+        plans, loads_seen, windows = [], [], []
         dense_layers = m.num_layers - m.num_moe_layers  # leading dense layers: attention only here
-        done = [np.zeros(G) for _ in range(S)]  # end of each sub-batch's previous layer
-        attn: list = [None] * S  # end of each sub-batch's attention core (PIM) in the current layer
+        begin = graph.op("step_start", None, 0.0, [], -1)
+        done = [begin] * S  # each sub-batch's end of its previous layer
+        attn: list = [None] * S  # each sub-batch's attention on PIM (or projections) in the current layer
+        layer_ends: list[list[int]] = []
         ag_s = 0.0 if G == 1 else self.system.link.latency_s + m.num_experts * 4 * G / self.system.link.bw_bytes_per_s_per_dir
 
         def works_of(layer):
@@ -247,8 +248,8 @@ class StepSimulator:
             w = works[s]
             proj = graph.op("qkv", "gpu", w.proj_s, [done[s]], layer, s)
             if attn_on_pim and w.attn_pim_busy_s.any():
-                attn[s] = graph.op("attention", "pim", None, [proj], layer, s,
-                                   start_fn=self._pim_op(w.attn_pim_busy_s, w.attn_pim_closed_s))
+                attn[s] = graph.op("attention", "pim", self._pim_time(w.attn_pim_busy_s, w.attn_pim_closed_s),
+                                   [proj], layer, s, refresh=True)
             else:
                 attn[s] = proj
 
@@ -270,25 +271,20 @@ class StepSimulator:
             shared = graph.op("shared_experts", "gpu", w.shared_s, [window], layer, s)
             gpu_end = graph.op("experts_gpu", "gpu", times.t_gpu_s, [window, shared], layer, s)
             busy, closed = self._expert_pim(plan, times)
-            pim_fn = self._pim_op(busy, closed)
-            pim_end = graph.op("experts_pim", "pim", None, [window], layer, s, start_fn=pim_fn)
-            if self.ema is not None:
-                self._observe(plan, busy, graph.last_duration)
+            pim_end = graph.op("experts_pim", "pim", self._pim_time(busy, closed), [window], layer, s, refresh=True)
             link_end = graph.op("dispatch+combine", "link", times.t_comm_s, [window], layer, s)
             done[s] = graph.op("combine", None, 0.0, [gpu_end, pim_end, link_end], layer, s, collective=True)
-            if self.record:
-                plans.append(plan)
-                if s == 0:
-                    loads_seen.append(loads_from_topk(top_k_index[moe_layer], m.num_experts).counts)
-            estimates.append([float(plan.predicted_time_s), 0.0])
+            plans.append(plan)
+            windows.append((pim_end, busy))
+            if self.record and s == 0:
+                loads_seen.append(loads_from_topk(top_k_index[moe_layer], m.num_experts).counts)
 
-        # software pipeline (docs/step-model.md): A1 of every sub-batch; then per layer and sub-batch s:
-        # A2(s), A1 of the next layer for s - 1, B(s); the next layer's A1 for the last sub-batch closes it
+        # issue order = scheduling priority (docs/step-model.md): A1 of every sub-batch; then per layer and
+        # sub-batch s: A2(s), A1 of the next layer for s - 1, B(s); the next layer's A1 for the last one
         full, works = works_of(0)
         for s in range(S):
             issue_projections(0, s, works)
         for layer in range(m.num_layers):
-            layer_start = max(float(d.max()) for d in done)
             on_pim = attn_on_pim and any(w.attn_pim_busy_s.any() for w in works)
             nxt = works_of(layer + 1) if layer + 1 < m.num_layers else None
             for s in range(S):
@@ -301,15 +297,30 @@ class StepSimulator:
                         issue_projections(layer + 1, s, nxt[1])
                     continue
                 issue_experts(layer, s, full, works[s], route)
-            if layer >= dense_layers:
-                if nxt is not None:
-                    issue_projections(layer + 1, S - 1, nxt[1])
-                per_sub = (max(float(d.max()) for d in done) - layer_start) / S
-                for e in estimates[-S:]:
-                    e[1] = per_sub
+            if layer >= dense_layers and nxt is not None:
+                issue_projections(layer + 1, S - 1, nxt[1])
+            layer_ends.append(list(done))
             if nxt is not None:
                 full, works = nxt
-        step = max(float(d.max()) for d in done)
-        return StepResult(step_time_s=step, timeline=timeline or Timeline(), plans=plans, loads=loads_seen,
-                          estimates=[tuple(e) for e in estimates], memory=self.memory(decode + p_req),
+        start, end = graph.run()
+        timeline = Timeline() if self.record else None
+        if timeline is not None:
+            graph.record(timeline)
+        # the planners' estimates against the simulated layer time per sub-batch; Sieve's table learns
+        # what this step's PIM experts took (after each iteration, §5.1)
+        estimates = []
+        prev = 0.0
+        for layer, ends in enumerate(layer_ends):
+            now = max(float(end[h].max()) for h in ends)
+            if layer >= dense_layers:
+                per_sub = (now - prev) / S
+                for plan in plans[(layer - dense_layers) * S:(layer - dense_layers + 1) * S]:
+                    estimates.append((float(plan.predicted_time_s), per_sub))
+            prev = now
+        if self.ema is not None:
+            for plan, (h, busy) in zip(plans, windows):
+                self._observe(plan, busy, end[h] - start[h])
+        step = max(float(end[h].max()) for h in done)
+        return StepResult(step_time_s=step, timeline=timeline or Timeline(), plans=plans if self.record else [],
+                          loads=loads_seen, estimates=estimates, memory=self.memory(decode + p_req),
                           sub_batches=S)
