@@ -30,6 +30,8 @@ class StepOptions:
             experts) pays the GPU's launch overhead, as the expert grouped GEMM does.
         pimoe_stack_groups: PIMoE's expert-parallel groups are the GPU's PIM stacks (one expert's weights
             over the channels of one stack); off: groups of channels (min(local experts, channels)).
+        pimoe_no_overshoot: PIMoE moves an expert to the GPU only while the GPU stays the faster side
+            (Sieve §5.2's account of PIMoE); off: it keeps the move that makes the GPU slower (§7.1).
         pim_truth: "walk": PIM operations take the bank model's busy time with refresh stalls placed at the
             operation's real start (the command walk's rule), and Sieve's planner learns observed PIM times
             in its EMA table (§5.1) while the others keep the closed form; "closed": the closed form with the
@@ -46,6 +48,7 @@ class StepOptions:
     linear_attention: bool = True
     dense_launch: bool = True
     pimoe_stack_groups: bool = True
+    pimoe_no_overshoot: bool = True
     pim_truth: str = "walk"
     pim_separate_paths: bool = True
 
@@ -59,7 +62,8 @@ class StepOptions:
     def legacy(cls) -> StepOptions:
         """The serialized layer model (every switch off)."""
         return cls(pim_attention="bytes", co_execution=False, linear_attention=False, dense_launch=False,
-                   pimoe_stack_groups=False, pim_truth="closed", pim_separate_paths=False)
+                   pimoe_stack_groups=False, pimoe_no_overshoot=False, pim_truth="closed",
+                   pim_separate_paths=False)
 
     @property
     def is_legacy(self) -> bool:

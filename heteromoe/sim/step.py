@@ -105,8 +105,9 @@ class StepSimulator:
         self.options = options if options is not None else StepOptions()
         self.gpus = gpus
         self.policy = get_policy(policy)
-        if hasattr(self.policy, "group_by"):
+        if hasattr(self.policy, "group_by"):  # PIMoE: the layout and stop rule the options name
             self.policy.group_by = "stack" if self.options.pimoe_stack_groups else "channel"
+            self.policy.overshoot = not self.options.pimoe_no_overshoot
         self.context = context
         self.placement: Placement = as_placement(placement, self.model.num_experts, gpus)
         self.record = record

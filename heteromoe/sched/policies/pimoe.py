@@ -7,11 +7,15 @@ PIM channel"; on a GPU with 8 stacks of 32 pseudo-channels the device is the sta
 expert's rows are spread over the stack's channels as every bank-level PIM GEMV is (Sieve §2.2). With
 `group_by="channel"` the groups are pseudo-channels (min(local experts, channels) groups): one expert on
 1/128 of Qwen3-30B's channels is slower on PIM than on the GPU whatever its load, so the rule moves every
-active expert to the GPU at batch 1 (PIMoE = NoExp), against the paper's PIMoE ~ AllExp at B <= 16. Per GPU:
-start with every expert on PIM; while T_GPU <= T_PIM and PIM still holds an expert, move the hottest
-expert of the busiest channel group to the GPU (the loop ends with the first move that makes the GPU the
-slower side, that move kept). As in the paper, the decision ignores decode attention on PIM and
-inter-GPU communication; the plan's times include both.
+active expert to the GPU at batch 1 (PIMoE = NoExp), against the paper's PIMoE ~ AllExp at B <= 16.
+
+Per GPU: start with every expert on PIM and move the hottest expert of the busiest group to the GPU, one at a
+time. The stop (`overshoot`): by default (False) a move is made only while the GPU stays the faster side
+after it, T_GPU <= T_PIM (Sieve §5.2: PIMoE assigns an expert to the NPU "when the estimated NPU execution
+time is lower than the estimated PIM execution time"); with `overshoot=True` the loop runs while T_GPU <= T_PIM
+before the move and keeps the move that makes the GPU the slower side (§7.1's "until the GPU execution time
+becomes larger"), which moves a lone expert even where the GPU is slower for it. As in the paper, the
+decision ignores decode attention on PIM and inter-GPU communication; the plan's times include both.
 """
 from __future__ import annotations
 
@@ -31,10 +35,11 @@ class PimoePolicy(Policy):
     #: run the general loop even where every channel group holds one expert (tests compare both paths)
     force_loop: bool = False
 
-    def __init__(self, group_by: str = "stack") -> None:
+    def __init__(self, group_by: str = "stack", overshoot: bool = False) -> None:
         if group_by not in ("stack", "channel"):
             raise ValueError(f"group_by must be 'stack' or 'channel', got {group_by!r}")
         self.group_by = group_by
+        self.overshoot = overshoot
 
     def groups_per_gpu(self, cost) -> int:
         pim = cost.system.pim
@@ -54,7 +59,7 @@ class PimoePolicy(Policy):
             bounds = np.searchsorted(group[queue], np.arange(slots + 1))
             load = np.bincount(group[active], weights=pim_time[active], minlength=slots)
             moved = _moves_all(queue, bounds[:-1].copy(), bounds[1:].copy(), load, groups_per_gpu, ctx.num_gpus,
-                               pim_time, counts, flop_tab, float(read_s), float(launch_s))
+                               pim_time, counts, flop_tab, float(read_s), float(launch_s), self.overshoot)
             gpu_tokens[moved] = counts[moved]
         else:
             for g in range(ctx.num_gpus):
@@ -62,10 +67,11 @@ class PimoePolicy(Policy):
                 if mine.size == 0:
                     continue
                 groups, gid = np.unique(group[mine], return_inverse=True)
-                if groups.size == mine.size and not self.force_loop:
+                if groups.size == mine.size and not self.force_loop and self.overshoot:
                     moved = self._one_expert_per_group(mine, gid, pim_time, counts, flop_tab, read_s, launch_s)
                 else:
-                    moved = self._loop(mine, groups, gid, group, pim_time, counts, flop_tab, read_s, launch_s)
+                    moved = self._loop(mine, groups, gid, group, pim_time, counts, flop_tab, read_s, launch_s,
+                                       self.overshoot)
                 gpu_tokens[moved] = counts[moved]
         if groups_per_gpu == cost.channels_per_gpu:
             return gpu_tokens  # the cost model's own "ep" layout times the plan
@@ -89,7 +95,7 @@ class PimoePolicy(Policy):
         return order[: stops[0] if stops.size else order.size]
 
     @staticmethod
-    def _loop(mine, groups, gid, group, pim_time, counts, flop_tab, read_s, launch_s) -> np.ndarray:
+    def _loop(mine, groups, gid, group, pim_time, counts, flop_tab, read_s, launch_s, overshoot=True) -> np.ndarray:
         """The general rule, one move at a time, on one GPU (the reference for the compiled `_moves_all`)."""
         # each group's experts, hottest first (ties: lower id): one flat queue sorted by (group, -count, id)
         queue = mine[np.lexsort((mine, -counts[mine], gid))]
@@ -104,12 +110,18 @@ class PimoePolicy(Policy):
             if head[busiest] == end[busiest] or t_gpu > load[busiest]:
                 break
             e = queue[head[busiest]]
+            after = max(read + read_s, flop + float(flop_tab[counts[e]])) + launch_s
+            if not overshoot:
+                rest = load.copy()
+                rest[busiest] -= pim_time[e]
+                if after > rest.max():
+                    break
             head[busiest] += 1
             load[busiest] -= pim_time[e]
             moved.append(e)
             read += read_s
             flop += float(flop_tab[counts[e]])
-            t_gpu = max(read, flop) + launch_s
+            t_gpu = after
         return np.array(moved, dtype=np.int64)
 
 
@@ -132,7 +144,8 @@ def _groups(slot_gpu: np.ndarray, num_gpus: int, groups_per_gpu: int):
     return hit[1:]
 
 
-def _moves_all_py(queue, head, end, load, groups_per_gpu, num_gpus, pim_time, counts, flop_tab, read_s, launch_s):
+def _moves_all_py(queue, head, end, load, groups_per_gpu, num_gpus, pim_time, counts, flop_tab, read_s, launch_s,
+                  overshoot):
     """`_loop` on every GPU at once: `head`/`end` bound each global group's run of `queue` (hottest first),
     `load` is each group's PIM time; returns the moved slots (compiled by numba when it is installed)."""
     moved = np.empty(queue.size, dtype=np.int64)
@@ -148,13 +161,21 @@ def _moves_all_py(queue, head, end, load, groups_per_gpu, num_gpus, pim_time, co
             if head[busiest] == end[busiest] or t_gpu > load[busiest]:
                 break
             e = queue[head[busiest]]
+            after = max(read + read_s, flop + flop_tab[counts[e]]) + launch_s
+            if not overshoot:
+                rest = load[busiest] - pim_time[e]
+                for i in range(lo, lo + groups_per_gpu):
+                    if i != busiest and load[i] > rest:
+                        rest = load[i]
+                if after > rest:
+                    break
             head[busiest] += 1
             load[busiest] -= pim_time[e]
             moved[k] = e
             k += 1
             read += read_s
             flop += flop_tab[counts[e]]
-            t_gpu = max(read, flop) + launch_s
+            t_gpu = after
     return moved[:k]
 
 
