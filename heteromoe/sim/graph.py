@@ -56,7 +56,7 @@ class LaneGraph:
         self.lane.append(-1 if lane is None else _LANE[lane])
         self.collective.append(collective)
         self.with_refresh.append(refresh and self.refresh is not None)
-        self.durations.append(np.broadcast_to(np.asarray(duration, dtype=np.float64), (self.gpus,)))
+        self.durations.append(duration if isinstance(duration, np.ndarray) else np.full(self.gpus, float(duration)))
         self.deps.append(list(inputs))
         return len(self.names) - 1
 

@@ -31,7 +31,6 @@ import numpy as np
 from heteromoe.cost.ema import EmaPimCost
 from heteromoe.cost.model import CostModel
 from heteromoe.cost.pim_bank import BankPimTiming
-from heteromoe.routing.loads import loads_from_topk
 from heteromoe.sched.factory import get_policy
 from heteromoe.sched.placement import Placement, as_placement
 from heteromoe.sched.plan import Plan
@@ -191,16 +190,23 @@ class StepSimulator:
         per_group = np.bincount(group, weights=self.expert_cost.pim.times_s(pim_tokens, share), minlength=slots)
         return per_group.reshape(self.gpus, groups).max(axis=1)
 
-    def _observe(self, plan: Plan, busy: np.ndarray, took: np.ndarray) -> None:
-        """Feed Sieve's EMA table what each PIM expert took: its busy time, with its GPU's refresh stalls
-        shared pro rata (the PIM backend's per-expert timing)."""
-        on_pim = np.flatnonzero(plan.pim_tokens > 0)
-        if on_pim.size == 0:
-            return
-        gpu = plan.slot_gpu[on_pim]
-        stretch = np.divide(took, busy, out=np.ones_like(busy), where=busy > 0)[gpu]
-        n = plan.pim_tokens[on_pim]
-        self.ema.observe(n, n * self.truth.per_token_busy_s(1.0) * np.maximum(stretch, 1.0))
+    def _observe(self, windows) -> None:
+        """Feed Sieve's EMA table what this step's PIM experts took, once per token count (the mean over the
+        step): an expert's busy time, with its GPU's refresh stalls shared pro rata."""
+        counts, times = [], []
+        per_token = self.truth.per_token_busy_s(1.0)
+        for plan, busy, took in windows:
+            on_pim = np.flatnonzero(plan.pim_tokens > 0)
+            if on_pim.size == 0:
+                continue
+            stretch = np.divide(took, busy, out=np.ones_like(busy), where=busy > 0)[plan.slot_gpu[on_pim]]
+            n = plan.pim_tokens[on_pim]
+            counts.append(n)
+            times.append(n * per_token * np.maximum(stretch, 1.0))
+        if counts:
+            n, t = np.concatenate(counts), np.concatenate(times)
+            seen, inverse = np.unique(n, return_inverse=True)
+            self.ema.observe(seen, np.bincount(inverse, weights=t) / np.bincount(inverse))
 
     def memory(self, batch: int) -> MemoryCheck:
         """Weights and KV / state per GPU against the PIM-capable capacity (`sim.memory`)."""
@@ -262,11 +268,13 @@ class StepSimulator:
         def issue_experts(layer, s, full, w, route) -> None:
             """Stage B: AllGather of counts, the plan, the expert window, the combine."""
             moe_layer = layer - dense_layers
-            loads = loads_from_topk(top_k_index[moe_layer][sub.rows[s]], m.num_experts)
-            plan = self.policy.plan(loads.counts, self.placement, G, self._decision_cost(w, s, full, key))
+            counts = np.bincount(top_k_index[moe_layer][sub.rows[s]].ravel(), minlength=m.num_experts)
+            plan = self.policy.plan(counts, self.placement, G, self._decision_cost(w, s, full, key))
             slot_counts = plan.gpu_tokens + plan.pim_tokens
+            # GPU and link times from the cost model; PIM from the truth where it is kept (any layout's)
             times = self.expert_cost.times(slot_counts, plan.gpu_tokens, plan.pim_tokens, plan.slot_gpu, G,
-                                           attention_on_pim=attn_on_pim, pim_layout=layout,
+                                           attention_on_pim=attn_on_pim,
+                                           pim_layout=layout if self.truth is None else "tp",
                                            comm_s=plan.per_gpu_t_comm_s)
             window = graph.op("allgather_counts", "coll", ag_s, [route], layer, s, collective=True)
             shared = graph.op("shared_experts", "gpu", w.shared_s, [window], layer, s)
@@ -278,7 +286,7 @@ class StepSimulator:
             plans.append(plan)
             windows.append((pim_end, busy))
             if self.record and s == 0:
-                loads_seen.append(loads_from_topk(top_k_index[moe_layer], m.num_experts).counts)
+                loads_seen.append(np.bincount(top_k_index[moe_layer].ravel(), minlength=m.num_experts))
 
         # issue order = scheduling priority (docs/step-model.md): A1 of every sub-batch; then per layer and
         # sub-batch s: A2(s), A1 of the next layer for s - 1, B(s); the next layer's A1 for the last one
@@ -319,8 +327,7 @@ class StepSimulator:
                     estimates.append((float(plan.predicted_time_s), per_sub))
             prev = now
         if self.ema is not None:
-            for plan, (h, busy) in zip(plans, windows):
-                self._observe(plan, busy, end[h] - start[h])
+            self._observe([(plan, busy, end[h] - start[h]) for plan, (h, busy) in zip(plans, windows)])
         step = max(float(end[h].max()) for h in done)
         return StepResult(step_time_s=step, timeline=timeline or Timeline(), plans=plans if self.record else [],
                           loads=loads_seen, estimates=estimates, memory=self.memory(decode + p_req),

@@ -29,6 +29,7 @@ def sweep(model, system, gpus: int, policies: Iterable[str], batches: Iterable[i
     Every policy sees the same routing for a given batch size (generated once per batch). With `prefill`
     (see `prefill_for`), that many of the batch's requests are in prefill: their prompt tokens join the
     step. Each record also says whether the setup fits in memory and the planner's mean estimate error.
+    A planner that learns PIM costs (Sieve's EMA table) first sees the first step once, unmeasured.
     """
     spec = models.get(model)
     workload = workload_for(spec, trace, seed)
@@ -40,6 +41,8 @@ def sweep(model, system, gpus: int, policies: Iterable[str], batches: Iterable[i
         for batch in batches:
             sim = StepSimulator(spec, system, gpus, policy, context, placement=placement, record=False,
                                 options=options, prefill=pre[batch])
+            if sim.ema is not None:  # a learning planner's table converges within a few steps (Sieve §5.1)
+                sim.run(routing[batch][0])
             results = [sim.run(step) for step in routing[batch]]
             step_time = float(np.mean([r.step_time_s for r in results]))
             memory = results[0].memory
