@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from heteromoe.sim.dense import context_per_gpu, local_requests
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
 
@@ -45,6 +46,7 @@ class MemoryCheck:
 
 
 def memory_check(model: MoEModelSpec, system: SystemSpec, gpus: int, batch: int, context) -> MemoryCheck:
+    """Bytes on the fullest GPU for `batch` requests of `context` KV tokens (one length, or [batch])."""
     d, bw, ba = model.hidden_size, model.bytes_per_weight, model.bytes_per_activation
     hd = model.head_dim or 128
     q_width = (model.num_attention_heads or max(d // hd, 1)) * hd
@@ -61,10 +63,10 @@ def memory_check(model: MoEModelSpec, system: SystemSpec, gpus: int, batch: int,
     dense = (full_layers * attn + linear_layers * lin
              + model.num_moe_layers * (d * model.num_experts + shared) + 2 * model.vocab_size * d) * bw
     experts = model.num_moe_layers * -(-model.num_experts // gpus) * model.expert_weight_bytes
-    requests = -(-batch // gpus)
-    ctx = float(np.max(np.asarray(context))) if np.ndim(context) else float(context)
+    requests = int(local_requests(batch, gpus).max())
+    tokens = float(context_per_gpu(context, batch, gpus).max()) if np.ndim(context) else requests * float(context)
     state = (model.linear_num_value_heads * model.linear_key_head_dim * model.linear_value_head_dim
              + (2 * kd + vd) * max(model.linear_conv_kernel_dim - 1, 0)) * ba
-    kv = requests * (full_layers * ctx * 2 * kv_width * ba + linear_layers * state)
+    kv = full_layers * tokens * 2 * kv_width * ba + requests * linear_layers * state
     cap = system.pim.capacity_per_stack_bytes * system.pim.stacks_per_gpu
     return MemoryCheck(expert_weights=experts, dense_weights=dense, kv_and_state=kv, capacity=cap)

@@ -14,8 +14,9 @@ lanes SMs (gpu), PIM, NVLink (link) and collectives (coll):
      compute (Eq. 1's max, after Comet [54]); the window closes with a collective combine and the
      sub-batch's next layer may start.
 With two sub-batches, sub-batch 1's attention runs on PIM while sub-batch 0's experts run on the SMs, and
-the PIM lane holds attention and PIM experts back to back: what Sieve's T_PIM counts (§5.1). The lanes run
-operations in issue order; the issue order is the software pipeline described in docs/step-model.md.
+the PIM lane holds attention and PIM experts back to back: what Sieve's T_PIM counts (§5.1). A free lane
+starts its ready operation issued first (`sim.graph`); the issue order is the software pipeline described in
+docs/step-model.md.
 
 `StepOptions` names each modeling change (`StepOptions.legacy()`: the serialized model this grew from).
 Durations come from `cost/`, `sim.layer_work` (dense work) and `sim.pim_truth` (PIM with refresh at the
@@ -228,7 +229,8 @@ class StepSimulator:
         p_req, p_tok = self.prefill
         decode = top_k_index.shape[1] - p_req * p_tok
         if decode < 0:
-            raise ValueError(f"routing has {top_k_index.shape[1]} rows, fewer than the {p_req} x {p_tok} prefill tokens")
+            raise ValueError(f"routing has {top_k_index.shape[1]} rows, fewer than the {p_req} x {p_tok} prefill "
+                             "tokens; pass one row per decode request, then the prompt tokens")
         if np.ndim(self.context) and np.shape(self.context) != (decode,):
             raise ValueError(f"context must be one length or {decode} non-negative lengths (one per decode "
                              f"request), got shape {np.shape(self.context)}")
@@ -244,7 +246,8 @@ class StepSimulator:
         done = [begin] * S  # each sub-batch's end of its previous layer
         attn: list = [None] * S  # each sub-batch's attention on PIM (or projections) in the current layer
         layer_ends: list[list[int]] = []
-        ag_s = 0.0 if G == 1 else self.system.link.latency_s + m.num_experts * 4 * G / self.system.link.bw_bytes_per_s_per_dir
+        link = self.system.link
+        ag_s = 0.0 if G == 1 else link.latency_s + m.num_experts * 4 * G / link.bw_bytes_per_s_per_dir
 
         def works_of(layer):
             full = self._is_full_attention(layer)

@@ -42,7 +42,8 @@ class Timeline:
         """Chrome-trace "X" events: pid = GPU, tid = lane; open in chrome://tracing or Perfetto."""
         return {"traceEvents": [
             {"name": s.name, "ph": "X", "pid": s.gpu, "tid": LANES.index(s.lane), "ts": s.start_s * 1e6,
-             "dur": s.duration_s * 1e6, "args": {"layer": s.layer, "lane": s.lane, "sub_batch": s.sub}} for s in self.spans
+             "dur": s.duration_s * 1e6, "args": {"layer": s.layer, "lane": s.lane, "sub_batch": s.sub}}
+            for s in self.spans
         ] + [{"name": "thread_name", "ph": "M", "pid": g, "tid": i, "args": {"name": lane}}
              for g in sorted({s.gpu for s in self.spans}) for i, lane in enumerate(LANES)]}
 

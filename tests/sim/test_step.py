@@ -9,7 +9,7 @@ import pytest
 
 import heteromoe
 from heteromoe.sim import StepSimulator, pareto_frontier, sweep
-from heteromoe.sim.dense import dense_work, local_requests
+from heteromoe.sim.dense import local_requests
 from heteromoe.sim.options import StepOptions
 from heteromoe.sim.workload import SyntheticWorkload
 
@@ -89,12 +89,21 @@ def test_longer_context_and_bigger_batch_take_longer():
 
 
 def test_dense_work_splits_requests_over_gpus():
+    from heteromoe.sim.layer_work import split_requests, sub_batch_work
+
     assert local_requests(10, 4).tolist() == [3, 3, 2, 2]
-    w = dense_work(SMALL, heteromoe.systems.get("b200-hbm3e-pim"), 4, 10, 2048, full_attention=True)
+    b200 = heteromoe.systems.get("b200-hbm3e-pim")
+    sub = split_requests(10, 4, 1, 2048)
+    assert sub.context[0].tolist() == [3 * 2048, 3 * 2048, 2 * 2048, 2 * 2048]
+    kw = dict(linear_attention=True, dense_launch=False, pim_attention="bytes")
+    on_gpu = sub_batch_work(SMALL, b200, None, sub, 0, True, False, **kw)
+    on_pim = sub_batch_work(SMALL, b200, None, sub, 0, True, True, **kw)
     kv_per_request = 2048 * 2 * 4 * 128 * 2
-    assert w.kv_bytes.tolist() == [3 * kv_per_request, 3 * kv_per_request, 2 * kv_per_request, 2 * kv_per_request]
-    assert (w.attn_gpu_s > w.attn_pim_s).all()  # PIM reads the KV cache X times faster
-    assert dense_work(SMALL, heteromoe.systems.get("b200-hbm3e-pim"), 4, 10, 2048, False).kv_bytes.sum() == 0
+    gpu = b200.require_gpu()
+    assert on_gpu.core_gpu_s.tolist() == pytest.approx(
+        [n * kv_per_request / (gpu.eta_bw * gpu.ext_bw_bytes_per_s) for n in (3, 3, 2, 2)])
+    assert (on_gpu.core_gpu_s > on_pim.attn_pim_busy_s).all() and not on_pim.core_gpu_s.any()
+    assert not sub_batch_work(SMALL, b200, None, sub, 0, False, True, **kw).attn_pim_busy_s.any()
 
 
 def test_bad_simulation_inputs():

@@ -5,7 +5,8 @@
 3. Move the hottest remaining expert to the GPU while max(T_comm, T_GPU, T_PIM) strictly falls; stop at
    the first move that does not lower it.
 Its PIM estimates come from an EMA table of observed times where the caller keeps one (the step simulator
-does), else from the timing model. The decision runs in the C++ fast path (`heteromoe._C.sieve_plan`) or its numba / python twins.
+does), else from the timing model. The decision runs in the C++ fast path (`heteromoe._C.sieve_plan`) or
+its numba / python twins.
 """
 from __future__ import annotations
 
