@@ -209,9 +209,15 @@ class StepSimulator:
             seen, inverse = np.unique(n, return_inverse=True)
             self.ema.observe(seen, np.bincount(inverse, weights=t) / np.bincount(inverse))
 
-    def memory(self, batch: int) -> MemoryCheck:
-        """Weights and KV / state per GPU against the PIM-capable capacity (`sim.memory`)."""
-        return memory_check(self.model, self.system, self.gpus, batch, self.context)
+    def _memory(self, decode: int) -> MemoryCheck:
+        """Weights and KV / state per GPU against the PIM-capable capacity (`sim.memory`): the decode
+        requests' contexts, and the prefill requests' prompts."""
+        p_req, p_tok = self.prefill
+        if p_req == 0 and np.ndim(self.context) == 0:
+            return memory_check(self.model, self.system, self.gpus, decode, self.context)
+        ctx = np.concatenate([np.broadcast_to(np.asarray(self.context, dtype=np.float64), (decode,)),
+                              np.full(p_req, float(p_tok))])
+        return memory_check(self.model, self.system, self.gpus, decode + p_req, ctx)
 
     # -- the step ---------------------------------------------------------------------------------------
     def run(self, top_k_index: np.ndarray) -> StepResult:
@@ -333,5 +339,5 @@ class StepSimulator:
             self._observe([(plan, busy, end[h] - start[h]) for plan, (h, busy) in zip(plans, windows)])
         step = max(float(end[h].max()) for h in done)
         return StepResult(step_time_s=step, timeline=timeline or Timeline(), plans=plans if self.record else [],
-                          loads=loads_seen, estimates=estimates, memory=self.memory(decode + p_req),
+                          loads=loads_seen, estimates=estimates, memory=self._memory(decode),
                           sub_batches=S)
