@@ -153,13 +153,14 @@ class StepSimulator:
         return self._work[k]
 
     def _decision_cost(self, work, s: int, full: bool, key) -> CostModel:
-        """The cost model the policy plans with. Without co-execution: the expert window, with the shared
-        experts as other GPU work. With it: what the papers say (Sieve §5.1: T_GPU counts every GPU
-        operation but decode attention and PIM experts, T_PIM counts attention); a policy whose rule ignores
-        a term (PIMoE: attention) does not read it."""
+        """The cost model the policy plans with. With one sub-batch (or without co-execution): the expert
+        window, with the shared experts as other GPU work (attention has finished before it). With several:
+        what the papers say (Sieve §5.1: T_GPU counts every GPU operation but decode attention and PIM
+        experts, T_PIM counts attention); a policy whose rule ignores a term (PIMoE: attention) does not
+        read it."""
         k = (key, s, full)
         if k not in self._decision_costs:
-            if self.options.co_execution:
+            if self.options.co_execution and self.sub_batches > 1:
                 gpu_other = float((work.proj_s + work.core_gpu_s + work.out_router_s + work.shared_s).max())
                 pim_fixed = float(work.attn_pim_closed_s.max()) if self.policy.attention_on_pim else 0.0
             else:
