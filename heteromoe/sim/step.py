@@ -84,7 +84,8 @@ class StepSimulator:
         context: KV-cache tokens per decode request: one length for all, or [decode requests] lengths.
         placement: expert placement (default: contiguous blocks); a Placement may carry replicas.
         record: keep the timeline and plans (the sweeps turn it off for speed).
-        options: the modeling switches (default: the physical step model).
+        options: the modeling switches (default: the physical step model). PIMoE named by string takes its
+            layout and stop rule from them; a PimoePolicy instance keeps its own.
         prefill: (requests, prompt tokens each) of colocated prefill requests in every step (paper §7.3);
             their tokens are the last rows of the routing, after one row per decode request.
     """
@@ -105,7 +106,7 @@ class StepSimulator:
         self.options = options if options is not None else StepOptions()
         self.gpus = gpus
         self.policy = get_policy(policy)
-        if hasattr(self.policy, "group_by"):  # PIMoE: the layout and stop rule the options name
+        if isinstance(policy, str) and hasattr(self.policy, "group_by"):  # PIMoE by name: as the options say
             self.policy.group_by = "stack" if self.options.pimoe_stack_groups else "channel"
             self.policy.overshoot = not self.options.pimoe_no_overshoot
         self.context = context
