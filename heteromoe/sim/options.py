@@ -38,9 +38,8 @@ class StepOptions:
             expected refresh factor is both the truth and every planner's estimate.
         pim_separate_paths: PIM commands have their own path and NeuPIMs' dual row buffers (Sieve §7.1: "dual
             row buffers in NeuPIMs", "separate paths for DRAM and PIM commands" for every method): a GEMV
-            pays no all-bank mode switch and its input vector is written while the previous GEMV streams,
-            so a PIM operation costs the streaming and the result read-out of its GEMVs. Off: each GEMV
-            enters and leaves all-bank mode and writes its input first (the bank model's sequence).
+            pays no all-bank mode switch; it still writes its input, streams and reads its results back.
+            Off: each GEMV also enters and leaves all-bank mode (the bank model's sequence).
     """
 
     pim_attention: str = "bank"

@@ -6,7 +6,7 @@ own rule: the stacks refresh every tREFI on a clock that starts with the step, a
 stalls the command stream for tRFC at the next command boundary (here: added to the operation's busy time,
 the walk's granularity being far finer than an operation). Busy time is the closed form without its
 refresh term, which equals the command walk's busy time (checked in tests/sim/test_pim_truth.py); with
-separate PIM command paths (`StepOptions.pim_separate_paths`) the mode switches and input writes leave it.
+a separate PIM command path (`StepOptions.pim_separate_paths`) the mode switches leave it.
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ __all__ = ["ExpertPimTruth", "busy_s", "with_refresh"]
 
 
 def busy_s(timing: GemvTiming, separate_paths: bool) -> float:
-    """Busy seconds of a GEMV call without refresh; with separate PIM command paths and dual row buffers
-    (NeuPIMs) the mode switches go and the input writes hide behind the previous GEMV's streaming."""
+    """Busy seconds of a GEMV call without refresh; with a PIM command path separate from the DRAM one
+    (NeuPIMs' dual row buffers) no all-bank mode switch is needed around each GEMV."""
     if separate_paths:
-        return timing.stream_s + timing.output_s
+        return timing.input_s + timing.stream_s + timing.output_s
     return timing.total_s - timing.refresh_s
 
 

@@ -53,8 +53,9 @@ __all__ = ["StepResult", "StepSimulator"]
 class StepResult:
     """One simulated decode step.
 
-    `estimates`: per MoE layer and sub-batch, (the plan's predicted time, the simulated time per
-    sub-batch of that layer: its span from the previous layer's end, divided by the sub-batches)."""
+    `estimates`: per MoE layer and sub-batch, (the plan's predicted time, what it predicts as simulated):
+    with sub-batches in flight the planners estimate the layer (Sieve §5.1), so the layer's span from the
+    previous layer's end divided by the sub-batches; with one, the expert window (AllGather to combine)."""
 
     step_time_s: float
     timeline: Timeline
@@ -295,7 +296,7 @@ class StepSimulator:
             link_end = graph.op("dispatch+combine", "link", times.t_comm_s, [window], layer, s)
             done[s] = graph.op("combine", None, 0.0, [gpu_end, pim_end, link_end], layer, s, collective=True)
             plans.append(plan)
-            windows.append((pim_end, busy))
+            windows.append((pim_end, busy, window, done[s]))
             if self.record and s == 0:
                 loads_seen.append(np.bincount(top_k_index[moe_layer].ravel(), minlength=m.num_experts))
 
@@ -330,15 +331,17 @@ class StepSimulator:
         # what this step's PIM experts took (after each iteration, §5.1)
         estimates = []
         prev = 0.0
+        window_view = not (self.options.co_execution and S > 1)  # what the planner's estimate stands for
         for layer, ends in enumerate(layer_ends):
             now = max(float(end[h].max()) for h in ends)
             if layer >= dense_layers:
-                per_sub = (now - prev) / S
-                for plan in plans[(layer - dense_layers) * S:(layer - dense_layers + 1) * S]:
-                    estimates.append((float(plan.predicted_time_s), per_sub))
+                first = (layer - dense_layers) * S
+                for plan, (_, _, opened, closed) in zip(plans[first:first + S], windows[first:first + S]):
+                    real = float(end[closed].max() - end[opened].max()) if window_view else (now - prev) / S
+                    estimates.append((float(plan.predicted_time_s), real))
             prev = now
         if self.ema is not None:
-            self._observe([(plan, busy, end[h] - start[h]) for plan, (h, busy) in zip(plans, windows)])
+            self._observe([(plan, busy, end[h] - start[h]) for plan, (h, busy, _, _) in zip(plans, windows)])
         step = max(float(end[h].max()) for h in done)
         return StepResult(step_time_s=step, timeline=timeline or Timeline(), plans=plans if self.record else [],
                           loads=loads_seen, estimates=estimates, memory=self._memory(decode),
