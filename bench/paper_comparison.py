@@ -55,7 +55,8 @@ def paper_prefill(batch: int) -> tuple[int, int]:
 def by_batch(records, num, den) -> dict[int, float]:
     """{batch: step time of `num` / step time of `den`}."""
     by = {(r["policy"], r["batch"]): r["step_time_s"] for r in records}
-    return {b: by[num, b] / by[den, b] for b in sorted({r["batch"] for r in records}) if (num, b) in by and (den, b) in by}
+    batches = sorted({r["batch"] for r in records})
+    return {b: by[num, b] / by[den, b] for b in batches if (num, b) in by and (den, b) in by}
 
 
 def versus_paper(model: str, ratio: dict[int, float]) -> dict:
@@ -114,7 +115,8 @@ def main(argv=None) -> int:
         records = sweep(spec, args.system, gpus, POLICIES, BATCHES, context=args.context, steps=args.steps)
         if gpus > 1:
             warm = SyntheticWorkload(spec, seed=99).steps(64, 32)  # (steps, layers, batch, k)
-            load = np.mean([np.bincount(s.reshape(-1), minlength=spec.num_experts) for s in warm.reshape(-1, *warm.shape[2:])], axis=0)
+            load = np.mean([np.bincount(s.reshape(-1), minlength=spec.num_experts)
+                            for s in warm.reshape(-1, *warm.shape[2:])], axis=0)
             placement = place_replicas(load, contiguous_placement(spec.num_experts, gpus), gpus, slots_per_gpu=2)
             for r in sweep(spec, args.system, gpus, ["heteromoe"], BATCHES, context=args.context, steps=args.steps,
                            placement=placement):
@@ -129,7 +131,8 @@ def main(argv=None) -> int:
             "versus_paper": versus_paper(model, pimoe_over_sieve),
             "small_batch": {"paper": PAPER_SMALL_BATCH,
                             "pimoe_over_sieve": {b: pimoe_over_sieve[b] for b in BATCHES if b <= 16},
-                            "all_exp_over_sieve": {b: v for b, v in by_batch(records, "all-exp", "sieve").items() if b <= 16}},
+                            "all_exp_over_sieve": {b: v for b, v in by_batch(records, "all-exp", "sieve").items()
+                                                   if b <= 16}},
             "sieve_over_ours": by_batch(records, "sieve", ours),
             "estimate_error": {p: float(np.mean([r["estimate_error"] for r in records if r["policy"] == p]))
                                for p in sorted({r["policy"] for r in records})},
@@ -143,7 +146,8 @@ def main(argv=None) -> int:
             result["colocated_prefill"] = {
                 "prefill": {b: list(paper_prefill(b)) for b in (16, 32, 64, 128, 256)}, "records": colo,
                 "sieve_over_no_exp": speedup,
-                "versus_paper": {b: {"paper": v, "ours": speedup[b], "within_15pct": abs(speedup[b] / v - 1) <= TOLERANCE}
+                "versus_paper": {b: {"paper": v, "ours": speedup[b],
+                                     "within_15pct": abs(speedup[b] / v - 1) <= TOLERANCE}
                                  for b, v in PAPER_COLOCATED.items()}}
         stem = out / f"paper-{model}-x{gpus}"
         Path(f"{stem}.json").write_text(json.dumps(result, indent=1))
@@ -152,7 +156,8 @@ def main(argv=None) -> int:
         step = SyntheticWorkload(spec).steps(256, 1)[0]
         sim = StepSimulator(spec, args.system, gpus, "sieve", args.context).run(step)
         plot_gantt(sim.timeline, spec.num_layers - 1, f"{stem}-gantt.png", f"sieve, last layer, batch 256 ({title})")
-        plot_load_histogram(sim.loads[-1], f"{stem}-loads.png", f"{model}: expert loads of the last MoE layer, batch 256")
+        plot_load_histogram(sim.loads[-1], f"{stem}-loads.png",
+                            f"{model}: expert loads of the last MoE layer, batch 256")
         keep = ("model", "gpus", "pimoe_over_sieve", "versus_paper", "small_batch", "sieve_over_ours",
                 "estimate_error", "fits", "memory_gb_per_gpu")
         entry = {k: result[k] for k in keep}
@@ -163,18 +168,21 @@ def main(argv=None) -> int:
         print(f"{model} x{gpus}: PIMoE/Sieve {fmt(v['ours'])} (paper {fmt(v['paper'])}, "
               f"{'within' if v['within_15pct'] else 'outside'} 15 %); B <= 16: "
               + ", ".join(f"{b}:{x:.2f}" for b, x in result["small_batch"]["pimoe_over_sieve"].items())
-              + f"; estimate error sieve {result['estimate_error']['sieve']:+.2f}, pimoe {result['estimate_error']['pimoe']:+.2f}"
+              + f"; estimate error sieve {result['estimate_error']['sieve']:+.2f}, "
+              f"pimoe {result['estimate_error']['pimoe']:+.2f}"
               + f"  [{time.time() - start:.0f} s]")
         if "colocated_prefill" in result:
             print("  colocated prefill, Sieve/NoExp: " + ", ".join(
-                f"B={b}: {x['ours']:.2f} (paper {x['paper']})" for b, x in result["colocated_prefill"]["versus_paper"].items()))
+                f"B={b}: {x['ours']:.2f} (paper {x['paper']})"
+                for b, x in result["colocated_prefill"]["versus_paper"].items()))
     if not args.no_ablation:
         rows = {"all changes": key_figures(StepOptions(), args.system, args.context, args.steps)}
         for name in ABLATIONS:
             rows[f"without {name}"] = key_figures(StepOptions().without(name), args.system, args.context, args.steps)
         rows["legacy (serialized model)"] = key_figures(StepOptions.legacy(), args.system, args.context, args.steps)
         summary["ablation"] = rows
-        print("ablation: PIMoE / Sieve (paper: Qwen3 max 1.6, GPT-OSS 1.11-1.17, Qwen3.5 1.26); max at B <= 16 in brackets")
+        print("ablation: PIMoE / Sieve (paper: Qwen3 max 1.6, GPT-OSS 1.11-1.17, Qwen3.5 1.26); "
+              "max at B <= 16 in brackets")
         for name, row in rows.items():
             print(f"  {name:<32} " + "  ".join(f"{m.split('-')[0]}: {fmt(r['ours'])} [{r['small_batch_max']:.2f}]"
                                               for m, r in row.items()))

@@ -51,6 +51,7 @@ class PimoePolicy(Policy):
         group, share, slots = _groups(ctx.slot_gpu, ctx.num_gpus, groups_per_gpu)
         pim_time = cost.pim.times_s(counts, share)  # [P] each expert's time in its own channel group
         flop_tab, _ = cost.tables(int(counts.max()) if counts.size else 0)
+        slot_flop = flop_tab[counts]  # [P] GPU compute seconds of each slot's tokens
         gpu_tokens = np.zeros_like(counts)
         read_s, launch_s = cost.gpu.read_s_per_expert, cost.gpu.launch_s
         if not self.force_loop and _moves_all is not None:
@@ -59,7 +60,7 @@ class PimoePolicy(Policy):
             bounds = np.searchsorted(group[queue], np.arange(slots + 1))
             load = np.bincount(group[active], weights=pim_time[active], minlength=slots)
             moved = _moves_all(queue, bounds[:-1].copy(), bounds[1:].copy(), load, groups_per_gpu, ctx.num_gpus,
-                               pim_time, counts, flop_tab, float(read_s), float(launch_s), self.overshoot)
+                               pim_time, slot_flop, float(read_s), float(launch_s), self.overshoot)
             gpu_tokens[moved] = counts[moved]
         else:
             for g in range(ctx.num_gpus):
@@ -68,9 +69,9 @@ class PimoePolicy(Policy):
                     continue
                 groups, gid = np.unique(group[mine], return_inverse=True)
                 if groups.size == mine.size and not self.force_loop and self.overshoot:
-                    moved = self._one_expert_per_group(mine, gid, pim_time, counts, flop_tab, read_s, launch_s)
+                    moved = self._one_expert_per_group(mine, gid, pim_time, slot_flop, read_s, launch_s)
                 else:
-                    moved = self._loop(mine, groups, gid, group, pim_time, counts, flop_tab, read_s, launch_s,
+                    moved = self._loop(mine, groups, gid, group, pim_time, counts, slot_flop, read_s, launch_s,
                                        self.overshoot)
                 gpu_tokens[moved] = counts[moved]
         if groups_per_gpu == cost.channels_per_gpu:
@@ -83,19 +84,19 @@ class PimoePolicy(Policy):
         return Split(gpu_tokens, t_gpu_s=times.t_gpu_s, t_pim_s=t_pim)
 
     @staticmethod
-    def _one_expert_per_group(mine, gid, pim_time, counts, flop_tab, read_s, launch_s) -> np.ndarray:
+    def _one_expert_per_group(mine, gid, pim_time, slot_flop, read_s, launch_s) -> np.ndarray:
         """Each group holds one expert: the busiest group's hottest expert is the next one by PIM time
         (ties: the lower group), so the rule is a prefix of that order; stop at the first expert whose PIM
         time is below the GPU time so far."""
         order = mine[np.lexsort((gid, -pim_time[mine]))]
         n = np.arange(1, order.size + 1)
-        t_gpu = np.maximum(n * read_s, np.cumsum(flop_tab[counts[order]])) + launch_s
+        t_gpu = np.maximum(n * read_s, np.cumsum(slot_flop[order])) + launch_s
         t_before = np.concatenate([[0.0], t_gpu[:-1]])  # GPU time when the i-th move is considered
         stops = np.flatnonzero(t_before > pim_time[order])
         return order[: stops[0] if stops.size else order.size]
 
     @staticmethod
-    def _loop(mine, groups, gid, group, pim_time, counts, flop_tab, read_s, launch_s, overshoot=True) -> np.ndarray:
+    def _loop(mine, groups, gid, group, pim_time, counts, slot_flop, read_s, launch_s, overshoot=True) -> np.ndarray:
         """The general rule, one move at a time, on one GPU (the reference for the compiled `_moves_all`)."""
         # each group's experts, hottest first (ties: lower id): one flat queue sorted by (group, -count, id)
         queue = mine[np.lexsort((mine, -counts[mine], gid))]
@@ -110,7 +111,7 @@ class PimoePolicy(Policy):
             if head[busiest] == end[busiest] or t_gpu > load[busiest]:
                 break
             e = queue[head[busiest]]
-            after = max(read + read_s, flop + float(flop_tab[counts[e]])) + launch_s
+            after = max(read + read_s, flop + float(slot_flop[e])) + launch_s
             if not overshoot:
                 rest = load.copy()
                 rest[busiest] -= pim_time[e]
@@ -120,7 +121,7 @@ class PimoePolicy(Policy):
             load[busiest] -= pim_time[e]
             moved.append(e)
             read += read_s
-            flop += float(flop_tab[counts[e]])
+            flop += float(slot_flop[e])
             t_gpu = after
         return np.array(moved, dtype=np.int64)
 
@@ -144,7 +145,7 @@ def _groups(slot_gpu: np.ndarray, num_gpus: int, groups_per_gpu: int):
     return hit[1:]
 
 
-def _moves_all_py(queue, head, end, load, groups_per_gpu, num_gpus, pim_time, counts, flop_tab, read_s, launch_s,
+def _moves_all_py(queue, head, end, load, groups_per_gpu, num_gpus, pim_time, slot_flop, read_s, launch_s,
                   overshoot):
     """`_loop` on every GPU at once: `head`/`end` bound each global group's run of `queue` (hottest first),
     `load` is each group's PIM time; returns the moved slots (compiled by numba when it is installed)."""
@@ -161,7 +162,7 @@ def _moves_all_py(queue, head, end, load, groups_per_gpu, num_gpus, pim_time, co
             if head[busiest] == end[busiest] or t_gpu > load[busiest]:
                 break
             e = queue[head[busiest]]
-            after = max(read + read_s, flop + flop_tab[counts[e]]) + launch_s
+            after = max(read + read_s, flop + slot_flop[e]) + launch_s
             if not overshoot:
                 rest = load[busiest] - pim_time[e]
                 for i in range(lo, lo + groups_per_gpu):
@@ -174,7 +175,7 @@ def _moves_all_py(queue, head, end, load, groups_per_gpu, num_gpus, pim_time, co
             moved[k] = e
             k += 1
             read += read_s
-            flop += flop_tab[counts[e]]
+            flop += slot_flop[e]
             t_gpu = after
     return moved[:k]
 
