@@ -143,11 +143,22 @@ def _int_list(text: str, name: str) -> list[int]:
     return values
 
 
+def _prefill(text: str) -> tuple[int, int]:
+    try:
+        requests, tokens = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ArgumentError(f"--prefill must be REQUESTSxTOKENS, e.g. 2x1024, got {text!r}") from None
+    if requests < 0 or tokens < 0:
+        raise ArgumentError(f"--prefill needs non-negative numbers, got {text!r}")
+    return requests, tokens
+
+
 def _cmd_simulate(args) -> int:
     from tqdm import tqdm
 
     from heteromoe.sched.factory import POLICIES
     from heteromoe.sim import StepSimulator, pareto_frontier, sweep
+    from heteromoe.sim.sweep import prefill_for
     from heteromoe.sim.workload import workload_for
     from heteromoe.spec import models
 
@@ -158,15 +169,20 @@ def _cmd_simulate(args) -> int:
         raise ArgumentError(f"--policies: unknown {unknown}; known: {', '.join(sorted(POLICIES))}")
     if args.context < 0:
         raise ArgumentError(f"--context must be >= 0, got {args.context}")
+    prefill = _prefill(args.prefill)
     bar = tqdm(total=len(policies) * len(batches), desc="simulate", unit="run", disable=args.quiet)
     records = sweep(args.model, args.system, args.gpus, policies, batches, context=args.context, steps=args.steps,
-                    trace=args.trace, seed=args.seed, progress=lambda policy, batch: bar.update(1))
+                    trace=args.trace, seed=args.seed, progress=lambda policy, batch: bar.update(1), prefill=prefill)
     bar.close()
     header = f"{'policy':<10} {'batch':>5} {'step ms':>9} {'tok/s/GPU':>11} {'tok/s/user':>11}"
     print(header)
     for r in records:
         print(f"{r['policy']:<10} {r['batch']:>5} {r['step_time_s'] * 1e3:>9.3f} {r['throughput_per_gpu']:>11.1f} "
               f"{r['interactivity']:>11.1f}")
+    unfit = sorted({r["batch"] for r in records if not r["fits"]})
+    if unfit:
+        print(f"note: at batch {', '.join(map(str, unfit))} weights + KV exceed the PIM-capable HBM of a GPU "
+              f"(sim.memory); the step times assume they fit")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"command": "heteromoe " + " ".join(sys.argv[1:]), "records": records,
@@ -180,8 +196,10 @@ def _cmd_simulate(args) -> int:
         plot_pareto(records, args.plot, title)
         stem = args.plot.removesuffix(".png")
         batch = max(batches)
-        step = workload_for(spec, args.trace, args.seed).steps(batch, 1)[0]
-        result = StepSimulator(spec, args.system, args.gpus, policies[-1], args.context).run(step)
+        p_req, p_tok = prefill_for(batch, prefill)
+        step = workload_for(spec, args.trace, args.seed).steps(batch - p_req + p_req * p_tok, 1)[0]
+        result = StepSimulator(spec, args.system, args.gpus, policies[-1], args.context,
+                               prefill=(p_req, p_tok)).run(step)
         layer = spec.num_layers - 1
         plot_gantt(result.timeline, layer, f"{stem}-gantt.png",
                    f"{policies[-1]}: layer {layer} at batch {batch} ({title})")
@@ -263,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", default=None, help="replay a recorded trace instead of the synthetic generator")
     p.add_argument("--context", type=int, default=2048, help="KV-cache tokens per request")
     p.add_argument("--steps", type=int, default=3, help="decode steps averaged per point")
+    p.add_argument("--prefill", default="0x0",
+                   help="colocated prefill in every step as REQUESTSxTOKENS: that many of the batch's requests are in "
+                        "prefill with TOKENS prompt tokens each, e.g. 2x1024 (default: 0x0, decode only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the records here")
     p.add_argument("--plot", default=None, help="write the Pareto plot here (and -gantt.png, -loads.png beside it)")

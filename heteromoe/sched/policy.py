@@ -198,6 +198,8 @@ class Policy(ABC):
     Class attributes:
         attention_on_pim: decode attention runs on PIM (every policy but `gpu-only`).
         pim_layout: "tp" (experts sharded over all PIM channels, Sieve) or "ep" (expert-parallel, PIMoE).
+        sub_batches: sub-batches a layer runs in flight, so one's attention on PIM overlaps another's experts
+            (the step simulator honours it; 1: the layer runs the whole batch at once).
     """
 
     name: str = ""
@@ -205,6 +207,7 @@ class Policy(ABC):
     summary: str = ""
     attention_on_pim: bool = True
     pim_layout: str = "tp"
+    sub_batches: int = 1
     #: the same inputs always give the same plan (ranks of a process group each plan for themselves)
     deterministic: bool = True
 

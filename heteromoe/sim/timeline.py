@@ -1,4 +1,4 @@
-"""A step's timeline: spans on per-GPU lanes (gpu, pim, link), exportable as a Chrome trace."""
+"""A step's timeline: spans on per-GPU lanes (gpu, pim, link, coll), exportable as a Chrome trace."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["LANES", "Span", "Timeline"]
 
-LANES = ("gpu", "pim", "link")
+LANES = ("gpu", "pim", "link", "coll")  # SMs, PIM stacks, NVLink all-to-all, collectives of routing counts
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class Span:
     layer: int
     start_s: float
     end_s: float
+    sub: int = 0  # sub-batch of the layer
 
     @property
     def duration_s(self) -> float:
@@ -27,9 +28,9 @@ class Span:
 class Timeline:
     spans: list[Span] = field(default_factory=list)
 
-    def add(self, gpu: int, lane: str, name: str, layer: int, start_s: float, end_s: float) -> None:
+    def add(self, gpu: int, lane: str, name: str, layer: int, start_s: float, end_s: float, sub: int = 0) -> None:
         if end_s > start_s:
-            self.spans.append(Span(gpu, lane, name, layer, float(start_s), float(end_s)))
+            self.spans.append(Span(gpu, lane, name, layer, float(start_s), float(end_s), sub))
 
     def layer(self, layer: int) -> list[Span]:
         return [s for s in self.spans if s.layer == layer]
@@ -41,7 +42,8 @@ class Timeline:
         """Chrome-trace "X" events: pid = GPU, tid = lane; open in chrome://tracing or Perfetto."""
         return {"traceEvents": [
             {"name": s.name, "ph": "X", "pid": s.gpu, "tid": LANES.index(s.lane), "ts": s.start_s * 1e6,
-             "dur": s.duration_s * 1e6, "args": {"layer": s.layer, "lane": s.lane}} for s in self.spans
+             "dur": s.duration_s * 1e6, "args": {"layer": s.layer, "lane": s.lane, "sub_batch": s.sub}}
+            for s in self.spans
         ] + [{"name": "thread_name", "ph": "M", "pid": g, "tid": i, "args": {"name": lane}}
              for g in sorted({s.gpu for s in self.spans}) for i, lane in enumerate(LANES)]}
 

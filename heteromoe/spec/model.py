@@ -14,6 +14,14 @@ class MoEModelSpec:
 
     `bytes_per_weight` is 2 for bf16, 4.25/8 for MXFP4. `num_moe_layers` counts the layers that route
     (DeepSeek-V3's first dense layers do not).
+
+    Hybrid models (Qwen3-Next, Qwen3.5) have one full-attention layer in `full_attention_interval`; the
+    others are Gated DeltaNet linear-attention layers with `linear_num_key_heads` x `linear_key_head_dim`
+    query/key and `linear_num_value_heads` x `linear_value_head_dim` value widths, a causal convolution of
+    `linear_conv_kernel_dim` taps and a recurrent state of [value heads, key dim, value dim] per request
+    (transformers' `Qwen3NextGatedDeltaNet` / `Qwen3_5MoeGatedDeltaNet`). `attn_output_gate`: the
+    full-attention query projection also produces a sigmoid gate of the same width (Qwen3-Next, Qwen3.5).
+    `vocab_size` sizes the embedding and LM head for the memory check (0: not counted).
     """
 
     name: str
@@ -30,6 +38,13 @@ class MoEModelSpec:
     num_kv_heads: int = 0
     head_dim: int = 0
     full_attention_interval: int = 1
+    attn_output_gate: bool = False
+    linear_num_key_heads: int = 0
+    linear_num_value_heads: int = 0
+    linear_key_head_dim: int = 0
+    linear_value_head_dim: int = 0
+    linear_conv_kernel_dim: int = 0
+    vocab_size: int = 0
     hf_model_type: str = ""
     description: str = ""
     source: str = ""
@@ -43,6 +58,11 @@ class MoEModelSpec:
             object.__setattr__(self, "num_moe_layers", self.num_layers)
         if not 0 < self.num_moe_layers <= self.num_layers:
             raise ValueError(f"num_moe_layers={self.num_moe_layers} must be in [1, num_layers={self.num_layers}]")
+
+    @property
+    def has_linear_attention(self) -> bool:
+        """Layers that are not full attention are Gated DeltaNet layers (their shapes are given)."""
+        return self.full_attention_interval > 1 and self.linear_num_value_heads > 0
 
     @property
     def expert_weight_bytes(self) -> float:

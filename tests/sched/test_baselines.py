@@ -49,10 +49,26 @@ def test_pimoe_layout_and_rule_by_hand():
     # Expert-parallel: per-expert PIM times 12, 4, 2 (x4 for a quarter of the channels). Start: GPU 0 <= PIM 12
     # -> move e0 (GPU 1); busiest now e1's group (4): 1 <= 4 -> move e1 (GPU 2); e2's group: 2 <= 2 -> move e2
     # (GPU 3); PIM empty: stop. Everything lands on the GPU: 3 s, twice Sieve's 1.5 s.
-    p = plan([6, 2, 1, 0], "pimoe")
+    from heteromoe.sched.policies.pimoe import PimoePolicy
+
+    p = plan([6, 2, 1, 0], PimoePolicy(group_by="channel", overshoot=True))
     assert p.gpu_tokens.tolist() == [6, 2, 1, 0]
     assert p.predicted_time_s == pytest.approx(3.0)
     assert plan([6, 2, 1, 0], "sieve").predicted_time_s == pytest.approx(1.5)
+
+
+def test_pimoe_groups_by_stack_and_keeps_the_gpu_faster_by_default():
+    # TOY has one stack: one group holding every expert at full width, PIM times 3, 1, 0.5 (sum 4.5).
+    # Move e0 (GPU 1 <= PIM 1.5); moving e1 would give GPU 2 > PIM 0.5: not made.
+    p = plan([6, 2, 1, 0], "pimoe")
+    assert p.gpu_tokens.tolist() == [6, 0, 0, 0]
+    assert p.t_gpu_s == pytest.approx(1.0) and p.t_pim_s == pytest.approx(1.5)
+    # the overshooting reading keeps the move that makes the GPU slower: e1 too (GPU 2, PIM 0.5)
+    from heteromoe.sched.policies.pimoe import PimoePolicy
+
+    assert plan([6, 2, 1, 0], PimoePolicy(overshoot=True)).gpu_tokens.tolist() == [6, 2, 0, 0]
+    # one 1-token expert whose GPU time (1) exceeds its PIM time (0.5) stays on PIM
+    assert plan([1, 0, 0, 0], "pimoe").gpu_tokens.tolist() == [0, 0, 0, 0]
 
 
 def test_pimoe_is_timed_with_its_own_layout():
@@ -165,12 +181,15 @@ def test_exact_rejects_bad_time_limit():
         ExactPolicy(time_limit_s=0)
 
 
-def test_pimoe_prefix_path_equals_the_general_loop():
-    """Where each channel group holds one expert, PIMoE's vectorized prefix gives the loop's plan."""
+@pytest.mark.parametrize("overshoot", [True, False])
+@pytest.mark.parametrize("group_by", ["channel", "stack"])
+def test_pimoe_prefix_path_equals_the_general_loop(group_by, overshoot):
+    """Where each channel group holds one expert, PIMoE's vectorized prefix gives the loop's plan; with
+    stack groups the compiled loop gives the python loop's plan."""
     from heteromoe.sched.policies.pimoe import PimoePolicy
 
     rng = np.random.default_rng(5)
-    looped = PimoePolicy()
+    looped = PimoePolicy(group_by=group_by, overshoot=overshoot)
     looped.force_loop = True
     for model, gpus in (("qwen3.5-397b-a17b", 8), ("gpt-oss-120b", 4), ("qwen3-30b-a3b", 1), ("qwen3-30b-a3b", 4)):
         spec = heteromoe.models.get(model)
@@ -178,6 +197,6 @@ def test_pimoe_prefix_path_equals_the_general_loop():
             counts = rng.poisson(rng.choice([0.1, 2.0, 20.0], size=spec.num_experts) * batch / 64)
             counts[rng.integers(0, spec.num_experts, 3)] = 3  # ties
             kw = dict(model=spec, system="b200-hbm3e-pim", gpus=gpus)
-            fast = heteromoe.schedule(counts, policy=PimoePolicy(), **kw)
+            fast = heteromoe.schedule(counts, policy=PimoePolicy(group_by=group_by, overshoot=overshoot), **kw)
             slow = heteromoe.schedule(counts, policy=looped, **kw)
             assert fast.gpu_tokens.tolist() == slow.gpu_tokens.tolist(), (model, gpus, batch)

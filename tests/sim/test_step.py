@@ -1,4 +1,7 @@
-"""The step simulator: phase order and overlap, collectives, attention placement, policies unchanged."""
+"""The step simulator: phase order and overlap, collectives, attention placement, policies unchanged.
+
+The first two tests pin the serialized layer model (`StepOptions.legacy()`), whose expert window is the
+planner's objective exactly; the physical model's graph is tested in test_graph.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +9,8 @@ import pytest
 
 import heteromoe
 from heteromoe.sim import StepSimulator, pareto_frontier, sweep
-from heteromoe.sim.dense import dense_work, local_requests
+from heteromoe.sim.dense import local_requests
+from heteromoe.sim.options import StepOptions
 from heteromoe.sim.workload import SyntheticWorkload
 
 SMALL = heteromoe.MoEModelSpec(name="small", hidden_size=2048, moe_intermediate_size=768, num_experts=32, top_k=4,
@@ -18,7 +22,7 @@ def routing(batch, spec=SMALL, seed=0):
 
 
 def test_timeline_follows_the_dependencies():
-    sim = StepSimulator(SMALL, "b200-hbm3e-pim", gpus=2, policy="sieve", context=1024)
+    sim = StepSimulator(SMALL, "b200-hbm3e-pim", gpus=2, policy="sieve", context=1024, options=StepOptions.legacy())
     result = sim.run(routing(16))
     for layer in (1, 2):  # the MoE layers (layer 0 is dense: attention only)
         spans = {(s.gpu, s.name): s for s in result.timeline.layer(layer)}
@@ -45,13 +49,14 @@ def test_timeline_follows_the_dependencies():
                    and spans[g, "experts_pim"].start_s < spans[g, "experts_gpu"].end_s
                    for g in range(2) if (g, "experts_gpu") in spans and (g, "experts_pim") in spans)
     assert result.step_time_s == pytest.approx(max(s.end_s for s in result.timeline.spans))
-    assert [s.name for s in result.timeline.layer(0)] == ["qkv", "attention", "o_proj+router"] * 2
+    for g in range(2):
+        assert [s.name for s in result.timeline.layer(0) if s.gpu == g] == ["qkv", "attention", "o_proj+router"]
 
 
 def test_expert_window_is_the_policy_objective():
     """The simulated expert window equals the plan's max(T_comm, T_GPU, T_PIM) on its own cost model."""
     spec = heteromoe.models.get("qwen3-30b-a3b")
-    sim = StepSimulator(spec, "b200-hbm3e-pim", 4, "sieve", context=1024)
+    sim = StepSimulator(spec, "b200-hbm3e-pim", 4, "sieve", context=1024, options=StepOptions.legacy())
     result = sim.run(SyntheticWorkload(spec).steps(64, 1)[0])
     for layer, plan in enumerate(result.plans):
         spans = result.timeline.layer(layer)
@@ -62,7 +67,7 @@ def test_expert_window_is_the_policy_objective():
 
 def test_gpu_only_runs_attention_on_the_gpu_and_nothing_on_pim():
     result = StepSimulator(SMALL, "b200-hbm3e-pim", 1, "gpu-only", context=1024).run(routing(8))
-    assert {s.lane for s in result.timeline.spans} <= {"gpu", "link"}
+    assert {s.lane for s in result.timeline.spans} <= {"gpu", "link", "coll"}
     assert all(s.lane == "gpu" for s in result.timeline.spans if s.name == "attention")
 
 
@@ -84,12 +89,21 @@ def test_longer_context_and_bigger_batch_take_longer():
 
 
 def test_dense_work_splits_requests_over_gpus():
+    from heteromoe.sim.layer_work import split_requests, sub_batch_work
+
     assert local_requests(10, 4).tolist() == [3, 3, 2, 2]
-    w = dense_work(SMALL, heteromoe.systems.get("b200-hbm3e-pim"), 4, 10, 2048, full_attention=True)
+    b200 = heteromoe.systems.get("b200-hbm3e-pim")
+    sub = split_requests(10, 4, 1, 2048)
+    assert sub.context[0].tolist() == [3 * 2048, 3 * 2048, 2 * 2048, 2 * 2048]
+    kw = dict(linear_attention=True, dense_launch=False, pim_attention="bytes")
+    on_gpu = sub_batch_work(SMALL, b200, None, sub, 0, True, False, **kw)
+    on_pim = sub_batch_work(SMALL, b200, None, sub, 0, True, True, **kw)
     kv_per_request = 2048 * 2 * 4 * 128 * 2
-    assert w.kv_bytes.tolist() == [3 * kv_per_request, 3 * kv_per_request, 2 * kv_per_request, 2 * kv_per_request]
-    assert (w.attn_gpu_s > w.attn_pim_s).all()  # PIM reads the KV cache X times faster
-    assert dense_work(SMALL, heteromoe.systems.get("b200-hbm3e-pim"), 4, 10, 2048, False).kv_bytes.sum() == 0
+    gpu = b200.require_gpu()
+    assert on_gpu.core_gpu_s.tolist() == pytest.approx(
+        [n * kv_per_request / (gpu.eta_bw * gpu.ext_bw_bytes_per_s) for n in (3, 3, 2, 2)])
+    assert (on_gpu.core_gpu_s > on_pim.attn_pim_busy_s).all() and not on_pim.core_gpu_s.any()
+    assert not sub_batch_work(SMALL, b200, None, sub, 0, False, True, **kw).attn_pim_busy_s.any()
 
 
 def test_bad_simulation_inputs():
@@ -122,7 +136,7 @@ def test_qwen35_on_eight_gpus_simulates():
     spec = heteromoe.models.get("qwen3.5-397b-a17b")
     steps = SyntheticWorkload(spec).steps(256, 1)[0]
     result = StepSimulator(spec, "b200-hbm3e-pim", 8, "sieve").run(steps)
-    assert len(result.plans) == 60 and result.step_time_s > 0
+    assert result.sub_batches == 2 and len(result.plans) == 60 * 2 and result.step_time_s > 0
     assert {s.gpu for s in result.timeline.spans} == set(range(8))
 
 
@@ -137,6 +151,6 @@ def test_per_request_context_lengths():
     same = StepSimulator(SMALL, "b200-hbm3e-pim", 2, "sieve", context=1000, record=False).run(r).step_time_s
     mixed = StepSimulator(SMALL, "b200-hbm3e-pim", 2, "sieve", context=np.array([1000, 1000, 1000, 1000]),
                           record=False).run(r).step_time_s
-    longer = StepSimulator(SMALL, "b200-hbm3e-pim", 2, "sieve", context=np.array([1000, 1000, 1000, 9000]),
+    longer = StepSimulator(SMALL, "b200-hbm3e-pim", 2, "sieve", context=np.array([1000, 1000, 1000, 400000]),
                            record=False).run(r).step_time_s
     assert mixed == pytest.approx(same) and longer > same

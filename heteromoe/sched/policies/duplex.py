@@ -14,24 +14,43 @@ from heteromoe.sched.policy import PlacementContext, Policy
 class DuplexPolicy(Policy):
     name = "duplex"
     summary = "Duplex: all on GPU, coldest experts move to PIM while the max falls"
+    #: NeuPIMs' two interleaved sub-batches, which Sieve's evaluation gives every PIM method (§3.4, §7.1)
+    sub_batches = 2
 
     def _place(self, ctx: PlacementContext) -> np.ndarray:
+        """All GPUs at once: each GPU's experts coldest first form one segment of a flat array."""
         counts, cost = ctx.slot_counts, ctx.cost
         gpu_tokens = counts.copy()
-        for g in range(ctx.num_gpus):
-            mine = np.flatnonzero((ctx.slot_gpu == g) & (counts > 0))
-            order = mine[np.lexsort((mine, counts[mine]))]  # coldest first, ties by lower id
-            if order.size == 0:
-                continue
-            n = counts[order]
-            # m = number moved to PIM (0..A): the GPU keeps order[m:], PIM has order[:m]
-            read_rest = cost.gpu.read_s_per_expert * np.arange(order.size, -1, -1, dtype=np.float64)
-            flop_rest = np.concatenate([np.cumsum(cost.gpu_flop_s(n)[::-1])[::-1], [0.0]])
-            launch = np.where(np.arange(order.size + 1) < order.size, cost.gpu.launch_s, 0.0)
-            t_gpu = np.maximum(read_rest, flop_rest) + launch + ctx.gpu_fixed_s[g]
-            t_pim = np.concatenate([[0.0], np.cumsum(cost.pim_time_s(n))]) + ctx.pim_fixed_s[g]
-            f = np.maximum(np.maximum(ctx.comm_s[g], t_gpu), t_pim)
-            stops = np.flatnonzero(~(f[1:] < f[:-1]))
-            moved = int(stops[0]) if stops.size else order.size
-            gpu_tokens[order[:moved]] = 0
+        active = np.flatnonzero(counts > 0)
+        if active.size == 0:
+            return gpu_tokens
+        gpu = ctx.slot_gpu[active]
+        order = active[np.lexsort((active, counts[active], gpu))]  # by GPU, coldest first, ties by lower id
+        g_of = ctx.slot_gpu[order]
+        size = np.bincount(g_of, minlength=ctx.num_gpus)  # A_g
+        seg = np.concatenate([[0], np.cumsum(size)])
+        # candidate m = 0..A_g per GPU (m experts moved to PIM): flat index seg[g] + g + m
+        cand_g = np.repeat(np.arange(ctx.num_gpus), size + 1)
+        m = np.arange(cand_g.size) - (seg[cand_g] + cand_g)
+        n = counts[order]
+        flop = cost.gpu_flop_s(n)
+        pim = cost.pim_time_s(n)
+        # suffix sums of GPU compute and prefix sums of PIM time within each segment
+        flop_cum = np.concatenate([[0.0], np.cumsum(flop)])
+        pim_cum = np.concatenate([[0.0], np.cumsum(pim)])
+        lo, hi = seg[cand_g], seg[cand_g + 1]
+        flop_rest = flop_cum[hi] - flop_cum[lo + m]
+        left = size[cand_g] - m
+        t_gpu = (np.maximum(cost.gpu.read_s_per_expert * left, flop_rest) + np.where(left > 0, cost.gpu.launch_s, 0.0)
+                 + ctx.gpu_fixed_s[cand_g])
+        t_pim = pim_cum[lo + m] - pim_cum[lo] + ctx.pim_fixed_s[cand_g]
+        f = np.maximum(np.maximum(ctx.comm_s[cand_g], t_gpu), t_pim)
+        # per GPU: the first m whose next move does not lower f (or A_g)
+        no_gain = np.append(~(f[1:] < f[:-1]), True)
+        no_gain[seg[1:] + np.arange(ctx.num_gpus)] = True  # the last candidate of every segment stops
+        stops = np.flatnonzero(no_gain)
+        first = stops[np.searchsorted(stops, seg[:-1] + np.arange(ctx.num_gpus))]
+        moved = first - (seg[:-1] + np.arange(ctx.num_gpus))
+        take = np.arange(order.size) - seg[g_of] < moved[g_of]
+        gpu_tokens[order[take]] = 0
         return gpu_tokens

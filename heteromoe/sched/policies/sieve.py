@@ -4,7 +4,9 @@
 2. Start with all of them on PIM (decode attention on PIM too).
 3. Move the hottest remaining expert to the GPU while max(T_comm, T_GPU, T_PIM) strictly falls; stop at
    the first move that does not lower it.
-The decision runs in the C++ fast path (`heteromoe._C.sieve_plan`) or its numba / python twins.
+Its PIM estimates come from an EMA table of observed times where the caller keeps one (the step simulator
+does), else from the timing model. The decision runs in the C++ fast path (`heteromoe._C.sieve_plan`) or
+its numba / python twins.
 """
 from __future__ import annotations
 
@@ -14,6 +16,10 @@ from heteromoe.sched.policy import PlacementContext, Policy, Split
 class SievePolicy(Policy):
     name = "sieve"
     summary = "Sieve: hottest experts move from PIM to GPU while the max of comm/GPU/PIM time falls"
+    #: NeuPIMs' two interleaved sub-batches, which Sieve's evaluation gives every PIM method (§3.4, §7.1)
+    sub_batches = 2
+    #: plans with the observed PIM times of an EMA table keyed by token count (§5.1), where one is kept
+    learns_pim_costs = True
 
     def _place(self, ctx: PlacementContext) -> Split:
         gpu_tokens, t_gpu, t_pim = ctx.fast_path("sieve")
