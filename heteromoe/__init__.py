@@ -9,9 +9,9 @@ The pipeline, named once (every module uses these stage names):
 - plan: a policy's split of each expert's tokens between the GPU's SMs and its PIM stacks, with
   predicted times from the shared cost models (`heteromoe.sched`, `heteromoe.cost`);
 - runtime: executes the plan on backends for real tensors (`heteromoe.runtime`, `heteromoe.wrap`);
-- sim: times whole decode steps from plans (the simulator issue).
+- sim: times whole decode steps from plans (`heteromoe.sim`).
 """
-from heteromoe.sched import Plan, PlanError, schedule
+from heteromoe.sched import Plan, PlanError, Scheduler, schedule
 from heteromoe.spec import MoEModelSpec, SystemSpec, models, systems
 
 __version__ = "0.1.0"
@@ -28,6 +28,7 @@ __all__ = [
     "MoEModelSpec",
     "Plan",
     "PlanError",
+    "Scheduler",
     "SystemSpec",
     "__version__",
     "models",

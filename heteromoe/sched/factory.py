@@ -7,6 +7,7 @@ adds a user's Policy subclass under its `name`.
 """
 from __future__ import annotations
 
+from heteromoe.errors import UserError
 from heteromoe.sched.policies.all_exp import AllExpPolicy
 from heteromoe.sched.policies.duplex import DuplexPolicy
 from heteromoe.sched.policies.exact import ExactPolicy
@@ -38,4 +39,4 @@ def get_policy(policy: str | Policy) -> Policy:
     try:
         return POLICIES[policy]()
     except (KeyError, TypeError):
-        raise ValueError(f"unknown policy {policy!r}; known policies: {', '.join(sorted(POLICIES))}") from None
+        raise UserError(f"unknown policy {policy!r}; known policies: {', '.join(sorted(POLICIES))}") from None
