@@ -314,6 +314,10 @@ def _cmd_demo(args) -> int:
     for name in ("batch", "new_tokens"):
         if getattr(args, name) < 1:
             raise ArgumentError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    from heteromoe.device import registry
+
+    for side in ("gpu", "pim"):  # the backends wrap() will pick (HETEROMOE_BACKENDS may leave none)
+        registry.default(side)
 
     from heteromoe.demo import run_demo
 
