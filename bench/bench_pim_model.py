@@ -1,7 +1,7 @@
 """Cost of the PIM timing model's closed form per MoE layer call (pytest-benchmark).
 
 Run:  python -m pytest bench/bench_pim_model.py --benchmark-json bench/results/pim-model-cpu-2core.json
-Goal (issue 3): all experts of a layer in one vectorized call, at most 2 us for 128 experts.
+Goal: all experts of a layer in one vectorized call, at most 2 us for 128 experts.
 """
 from __future__ import annotations
 

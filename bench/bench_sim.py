@@ -1,7 +1,7 @@
 """Cost of simulating one decode step (pytest-benchmark).
 
 Run:  python -m pytest bench/bench_sim.py --benchmark-json bench/results/sim-cpu-2core.json
-Goal (issue 5): one Qwen3.5-397B-A17B decode step on 8 GPUs at batch 256 in at most 50 ms on the 2-core CPU.
+Goal: one Qwen3.5-397B-A17B decode step on 8 GPUs at batch 256 in at most 50 ms on the 2-core CPU.
 Routing is generated beforehand (the workload), the simulation is timed.
 """
 from __future__ import annotations

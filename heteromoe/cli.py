@@ -18,160 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
 
+from heteromoe.cli_checks import (ArgumentError, check_gpus, check_output, check_policies, format_seconds, int_list,
+                                  policy_names, spec_arg)
+from heteromoe.cli_lists import cmd_backends, cmd_policies, cmd_presets
 from heteromoe.errors import UserError
 
-__all__ = ["ArgumentError", "format_seconds", "main"]
-
-
-class ArgumentError(UserError):
-    """A bad command-line value; the message names the option."""
-
-
-# ---------------------------------------------------------------------------------------------- checks and formats
-
-
-def format_seconds(seconds: float) -> str:
-    """`seconds` with three significant digits in the unit that fits: 0.00213 -> '2.13 ms'."""
-    if not math.isfinite(seconds):
-        return f"{seconds} s"
-    rounded = float(f"{seconds:.3g}")
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
-        if abs(rounded) >= scale or unit == "ns":
-            break
-    value = rounded / scale
-    decimals = 0 if value == 0 else max(0, 2 - math.floor(math.log10(abs(value)) + 1e-9))
-    return f"{value:.{decimals}f} {unit}"
-
-
-def _int_list(text: str, name: str) -> list[int]:
-    """'1,4,16' -> [1, 4, 16]; an empty entry, a non-integer or a value below 1 is an error naming it."""
-    parts = [v.strip() for v in text.split(",")]
-    if any(not v for v in parts):
-        raise ArgumentError(f"{name} must be a comma-separated list of positive integers without empty entries, "
-                            f"got {text!r}")
-    try:
-        values = [int(v) for v in parts]
-    except ValueError:
-        raise ArgumentError(f"{name} must be a comma-separated list of integers, got {text!r}") from None
-    if min(values) < 1:
-        raise ArgumentError(f"{name} must list positive integers, got {text!r}")
-    return values
-
-
-def _check_output(path: str, option: str) -> Path:
-    """An output file the command will write: its folder must exist and be writable, and it must not be a folder.
-
-    Checked before the work, so a typo in a path does not cost a whole sweep."""
-    out = Path(path)
-    folder = out.parent if str(out.parent) else Path(".")
-    if out.is_dir():
-        raise ArgumentError(f"{option} {path!r} is a folder; give a file name")
-    if not folder.is_dir():
-        raise ArgumentError(f"{option} {path!r}: folder {str(folder)!r} does not exist; create it first")
-    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise ArgumentError(f"{option} {path!r} cannot be written (permission denied)")
-    return out
-
-
-def _spec(registry, value: str, option: str):
-    """A model or system preset (or TOML path), the error naming the option."""
-    try:
-        return registry.get(value)
-    except (KeyError, ValueError, OSError) as exc:
-        raise ArgumentError(f"{option}: {exc.args[0] if exc.args else exc}") from None
-
-
-def _policy_names() -> list[str]:
-    from heteromoe.sched.factory import POLICIES
-
-    return list(POLICIES)
-
-
-def _check_policies(names: list[str], option: str) -> None:
-    known = _policy_names()
-    unknown = [p for p in names if p not in known]
-    if unknown:
-        raise ArgumentError(f"{option}: unknown {unknown}; known: {', '.join(known)} (see `heteromoe policies`)")
-
-
-def _check_gpus(system, gpus: int) -> None:
-    try:
-        system.check_gpus(gpus)
-    except ValueError as exc:
-        raise ArgumentError(f"--gpus: {exc}") from None
-
-
-# ---------------------------------------------------------------------------------------------- commands
-
-
-def _cmd_backends(args) -> int:
-    from heteromoe import _ext
-    from heteromoe.device import registry
-
-    rows = []
-    for entry in registry.entries():
-        ok, reason = registry.availability(entry.name)
-        kind = ""
-        if ok:
-            cls = registry.backend_class(entry.name)
-            kind = getattr(cls, "kind", "")
-        rows.append({"name": entry.name, "kind": kind, "available": ok, "origin": entry.origin,
-                     "reason": reason or entry.reason})
-    if args.json:
-        print(json.dumps({"backends": rows, "fastpath": _ext.impl.name, "has_ext": _ext.HAS_EXT,
-                          "ext_load_error": _ext.ext_load_error}, indent=2))
-        return 0
-    width = max(len(r["name"]) for r in rows) if rows else 4
-    for r in rows:
-        status = "available" if r["available"] else f"unavailable: {r['reason']}"
-        print(f"{r['name']:<{width}}  {r['kind']:<4}  {status}  [{r['origin']}]")
-    print(f"fast path: {_ext.impl.name} (C++ extension {'loaded' if _ext.HAS_EXT else 'missing: ' + str(_ext.ext_load_error)})")
-    return 0
-
-
-def _cmd_presets(args) -> int:
-    from heteromoe.spec import models, systems
-
-    out = {"systems": {}, "models": {}}
-    for name in systems.names():
-        s = systems.get(name)
-        out["systems"][name] = {"gpu": s.gpu.name if s.gpu else None, "pim": s.pim.kind,
-                                "stacks_per_gpu": s.pim.stacks_per_gpu, "pim_bw_multiplier": round(s.pim.bw_multiplier, 3),
-                                "max_gpus": s.max_gpus, "description": s.description}
-    for name in models.names():
-        m = models.get(name)
-        out["models"][name] = {"d": m.hidden_size, "f": m.moe_intermediate_size, "E": m.num_experts, "k": m.top_k,
-                               "layers": m.num_layers}
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return 0
-    print("systems (--system; or a path to your own TOML file):")
-    for name, s in out["systems"].items():
-        gpu = f"gpu={s['gpu']}, up to {s['max_gpus']} GPUs" if s["gpu"] else "no GPU (host-attached PIM)"
-        print(f"  {name:<18} {gpu}, {s['stacks_per_gpu']} {s['pim']}-PIM stacks per GPU, X={s['pim_bw_multiplier']}")
-    print("models (--model):")
-    for name, m in out["models"].items():
-        print(f"  {name:<20} d={m['d']} f={m['f']} E={m['E']} k={m['k']} layers={m['layers']}")
-    return 0
-
-
-def _cmd_policies(args) -> int:
-    from heteromoe.sched.factory import BASELINES, POLICIES
-
-    rows = [{"name": name, "rule": cls.summary, "attention_on_pim": cls.attention_on_pim,
-             "pim_layout": cls.pim_layout, "baseline": name in BASELINES} for name, cls in POLICIES.items()]
-    if args.json:
-        print(json.dumps({"policies": rows}, indent=2))
-        return 0
-    width = max(len(r["name"]) for r in rows)
-    for r in rows:
-        print(f"{r['name']:<{width}}  {r['rule']}")
-    return 0
+__all__ = ["ArgumentError", "build_parser", "format_seconds", "main"]
 
 
 def _cmd_schedule(args) -> int:
@@ -184,10 +40,10 @@ def _cmd_schedule(args) -> int:
         counts = np.array(json.loads(args.counts))
     except json.JSONDecodeError as exc:
         raise ArgumentError(f"--counts must be a JSON list of integers: {exc}") from None
-    model = _spec(models, args.model, "--model")
-    system = _spec(systems, args.system, "--system")
-    _check_gpus(system, args.gpus)
-    _check_policies([args.policy], "--policy")
+    model = spec_arg(models, args.model, "--model")
+    system = spec_arg(systems, args.system, "--system")
+    check_gpus(system, args.gpus)
+    check_policies([args.policy], "--policy")
     plan = heteromoe.schedule(counts, model=model, system=system, gpus=args.gpus, policy=args.policy,
                               attn_kv_bytes=args.attn_kv_bytes)
     print(json.dumps(plan.to_dict(), indent=None if args.compact else 2))
@@ -207,7 +63,7 @@ def _cmd_pim_time(args) -> int:
     for name in ("d_in", "d_out", "tokens"):
         if getattr(args, name) <= 0:
             raise ArgumentError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    system = _spec(systems, args.system, "--system")
+    system = spec_arg(systems, args.system, "--system")
     pim = system.pim
     stacks = pim.stacks_per_gpu if args.stacks is None else args.stacks
     if not 1 <= stacks <= pim.stacks_per_gpu:
@@ -245,15 +101,15 @@ def _cmd_simulate(args) -> int:
     from heteromoe.spec import models, systems
 
     # Every check first: the sweep takes seconds to minutes.
-    spec = _spec(models, args.model, "--model")
-    system = _spec(systems, args.system, "--system")
-    _check_gpus(system, args.gpus)
-    batches = _int_list(args.batch, "--batch")
+    spec = spec_arg(models, args.model, "--model")
+    system = spec_arg(systems, args.system, "--system")
+    check_gpus(system, args.gpus)
+    batches = int_list(args.batch, "--batch")
     policies = [p.strip() for p in args.policies.split(",")]
     if not all(policies):
         raise ArgumentError(f"--policies must be a comma-separated list of policy names without empty entries, "
                             f"got {args.policies!r}")
-    _check_policies(policies, "--policies")
+    check_policies(policies, "--policies")
     if args.context < 0:
         raise ArgumentError(f"--context must be >= 0, got {args.context}")
     if args.steps < 1:
@@ -261,8 +117,8 @@ def _cmd_simulate(args) -> int:
     if args.trace is not None and not Path(args.trace).exists():
         raise ArgumentError(f"--trace {args.trace!r} does not exist; give a trace folder or .jsonl file "
                             f"(or leave --trace out for synthetic routing)")
-    json_path = _check_output(args.json, "--json") if args.json else None
-    plot_path = _check_output(args.plot, "--plot") if args.plot else None
+    json_path = check_output(args.json, "--json") if args.json else None
+    plot_path = check_output(args.plot, "--plot") if args.plot else None
 
     from tqdm import tqdm
 
@@ -309,8 +165,8 @@ def _cmd_demo(args) -> int:
     from heteromoe.spec import systems
 
     # Checked before torch and transformers load and the model is built (seconds).
-    _spec(systems, args.system, "--system")
-    _check_policies([args.policy], "--policy")
+    spec_arg(systems, args.system, "--system")
+    check_policies([args.policy], "--policy")
     for name in ("batch", "new_tokens"):
         if getattr(args, name) < 1:
             raise ArgumentError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -331,11 +187,11 @@ def _cmd_demo(args) -> int:
 def _cmd_calibrate(args) -> int:
     from heteromoe.spec import models
 
-    counts = None if args.tokens is None else tuple(_int_list(args.tokens, "--tokens"))
+    counts = None if args.tokens is None else tuple(int_list(args.tokens, "--tokens"))
     names = [m.strip() for m in args.models.split(",")]
     for name in names:
-        _spec(models, name, "--models")
-    out = _check_output(args.out, "--out")
+        spec_arg(models, name, "--models")
+    out = check_output(args.out, "--out")
 
     from heteromoe.calibrate import TOKEN_COUNTS, calibrate
 
@@ -364,7 +220,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     from heteromoe.spec import models, systems
 
-    policies = ", ".join(_policy_names())
+    policies = ", ".join(policy_names())
     system_help = f"system preset ({', '.join(systems.names())}) or a path to a system TOML file"
     model_help = f"model preset ({', '.join(models.names())}) or a path to a model TOML file"
 
@@ -385,18 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
             "List the execution backends (built in and plug-ins), where each comes from and whether it runs here,\n"
             "and which fast-path implementation (C++, numba, python) the planners use.")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: table)")
-    p.set_defaults(func=_cmd_backends)
+    p.set_defaults(func=cmd_backends)
 
     p = add("presets", "list system and model presets",
             "List the shipped system presets (GPU + PIM + links) and model presets (expert shapes).\n"
             "Every --system / --model option also takes a path to your own TOML file.")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: table)")
-    p.set_defaults(func=_cmd_presets)
+    p.set_defaults(func=cmd_presets)
 
     p = add("policies", "list the scheduling policies and their rules",
             "List the policies that split a layer's experts between the GPU and PIM, one line each.")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: table)")
-    p.set_defaults(func=_cmd_policies)
+    p.set_defaults(func=cmd_policies)
 
     p = add("schedule", "plan one MoE layer call from per-expert token counts",
             "Plan one MoE layer call: which experts' tokens run on the GPU and which on PIM, with the predicted\n"

@@ -1,7 +1,7 @@
 """Policy names -> policy objects.
 
 Selection: a `Policy` instance is used as is; a name is looked up in `POLICIES`; anything else raises,
-listing the known names. The baselines of DESIGN.md section 3 (`gpu-only`, `no-exp`, `all-exp`,
+listing the known names. The published baselines (`gpu-only`, `no-exp`, `all-exp`,
 `duplex`, `pimoe`, `sieve`), the OR-Tools yardstick `exact`, and ours, `heteromoe`. `register_policy`
 adds a user's Policy subclass under its `name`.
 """
