@@ -330,3 +330,12 @@ def test_unknown_backend_in_env_is_one_line():
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "torh" in result.stderr and "torch" in result.stderr
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`heteromoe presets | head -1`: no error message once the reader has gone."""
+    proc = subprocess.Popen([sys.executable, "-m", "heteromoe.cli", "presets"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, bufsize=0)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) in (0, 1) and "error" not in err and "Traceback" not in err
