@@ -13,6 +13,7 @@ timing model's tables) and a placement. Building those costs far more than plann
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -33,12 +34,14 @@ COST_CACHE_SIZE = 64
 
 _costs: OrderedDict[tuple, tuple[MoEModelSpec, SystemSpec, CostModel]] = OrderedDict()
 _placements: dict[tuple[int, int], Placement] = {}
+_lock = threading.Lock()  # guards the caches' updates; a hit reads without it
 
 
 def clear_caches() -> None:
     """Forget the cached cost models and placements (presets stay parsed)."""
-    _costs.clear()
-    _placements.clear()
+    with _lock:
+        _costs.clear()
+        _placements.clear()
 
 
 def _cost_model(model_spec: MoEModelSpec, system_spec: SystemSpec, gpu_other_s: float, pim_fixed_s: float,
@@ -46,17 +49,17 @@ def _cost_model(model_spec: MoEModelSpec, system_spec: SystemSpec, gpu_other_s: 
     """A cached CostModel for these exact spec objects and extra times.
 
     Keyed by the specs' `id`; the entry holds the specs themselves, so an id cannot be reused by another
-    object while its entry lives. Least recently used entries go first."""
+    object while its entry lives. The oldest entries go first once there are COST_CACHE_SIZE."""
     key = (id(model_spec), id(system_spec), gpu_other_s, pim_fixed_s, attn_kv_bytes)
     entry = _costs.get(key)
     if entry is not None and entry[0] is model_spec and entry[1] is system_spec:
-        _costs.move_to_end(key)
         return entry[2]
     cost = CostModel(system_spec, model_spec, gpu_other_s=gpu_other_s, pim_fixed_s=pim_fixed_s,
                      attn_kv_bytes=attn_kv_bytes)
-    _costs[key] = (model_spec, system_spec, cost)
-    if len(_costs) > COST_CACHE_SIZE:
-        _costs.popitem(last=False)
+    with _lock:
+        _costs[key] = (model_spec, system_spec, cost)
+        while len(_costs) > COST_CACHE_SIZE:
+            _costs.popitem(last=False)
     return cost
 
 
@@ -69,7 +72,8 @@ def _placement(placement, num_experts: int, gpus: int) -> Placement:
         cached = Placement.from_homes(contiguous_placement(num_experts, gpus), gpus)
         for arr in (cached.phys2log, cached.slot_gpu):
             arr.setflags(write=False)  # shared by every plan made with it
-        _placements[key] = cached
+        with _lock:
+            cached = _placements.setdefault(key, cached)
     return cached
 
 

@@ -112,3 +112,12 @@ def test_scheduler_checks_its_inputs_once_at_construction():
     with pytest.raises(ValueError, match="128 experts"):
         s.plan([1, 2, 3])
     assert "qwen3-30b-a3b" in repr(s)
+
+
+def test_the_cost_cache_stays_bounded():
+    api.clear_caches()
+    base = heteromoe.models.get(MODEL)
+    counts = _counts()
+    for i in range(api.COST_CACHE_SIZE + 6):
+        heteromoe.schedule(counts, model=dataclasses.replace(base, name=f"m{i}"), system=SYSTEM)
+    assert len(api._costs) == api.COST_CACHE_SIZE
