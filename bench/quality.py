@@ -114,8 +114,8 @@ def cases(traces: dict, samples: int, quick: bool):
                 for i, ids in enumerate(trace.batches(batch)):
                     if i >= samples:
                         break
-                    yield (f"trace:{name}", spec, gpus, batch, np.bincount(ids.reshape(-1), minlength=trace.num_experts),
-                           None)
+                    counts = np.bincount(ids.reshape(-1), minlength=trace.num_experts)
+                    yield f"trace:{name}", spec, gpus, batch, counts, None
 
 
 def summarize(rows):

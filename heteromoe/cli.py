@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                "--debug or HETEROMOE_DEBUG=1 shows the traceback.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (default: warnings only)")
     parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error instead of one line (default: off; also HETEROMOE_DEBUG=1)")
+                        help="show the full traceback of an error instead of one line "
+                             "(default: off; also HETEROMOE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str, description: str):

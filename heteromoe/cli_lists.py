@@ -27,7 +27,8 @@ def cmd_backends(args) -> int:
     for r in rows:
         status = "available" if r["available"] else f"unavailable: {r['reason']}"
         print(f"{r['name']:<{width}}  {r['kind']:<4}  {status}  [{r['origin']}]")
-    print(f"fast path: {_ext.impl.name} (C++ extension {'loaded' if _ext.HAS_EXT else 'missing: ' + str(_ext.ext_load_error)})")
+    ext = "loaded" if _ext.HAS_EXT else f"missing: {_ext.ext_load_error}"
+    print(f"fast path: {_ext.impl.name} (C++ extension {ext})")
     return 0
 
 
@@ -38,7 +39,8 @@ def cmd_presets(args) -> int:
     for name in systems.names():
         s = systems.get(name)
         out["systems"][name] = {"gpu": s.gpu.name if s.gpu else None, "pim": s.pim.kind,
-                                "stacks_per_gpu": s.pim.stacks_per_gpu, "pim_bw_multiplier": round(s.pim.bw_multiplier, 3),
+                                "stacks_per_gpu": s.pim.stacks_per_gpu,
+                                "pim_bw_multiplier": round(s.pim.bw_multiplier, 3),
                                 "max_gpus": s.max_gpus, "description": s.description}
     for name in models.names():
         m = models.get(name)

@@ -194,7 +194,8 @@ def test_bad_fastpath_value_is_one_line_naming_it(monkeypatch):
     from heteromoe.errors import UserError
 
     monkeypatch.setenv("HETEROMOE_FASTPATH", "cc")
-    with pytest.raises(_ext.FastPathError, match=r"^HETEROMOE_FASTPATH='cc' is unknown; set it to one of c?.*python") as exc:
+    message = r"^HETEROMOE_FASTPATH='cc' is unknown; set it to one of c?.*python"
+    with pytest.raises(_ext.FastPathError, match=message) as exc:
         _ext._choose()
     assert isinstance(exc.value, ImportError) and isinstance(exc.value, UserError) and "\n" not in str(exc.value)
     monkeypatch.setenv("HETEROMOE_FASTPATH", "python")

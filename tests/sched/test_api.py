@@ -50,8 +50,9 @@ def test_scheduler_passes_token_origins():
     origin = np.zeros((2, counts.size), dtype=np.int64)
     origin[0] = counts  # every token on GPU 0: GPU 1's experts pay the whole all-to-all
     kw = dict(model=MODEL, system=SYSTEM, gpus=2, policy="sieve")
-    _same(heteromoe.Scheduler(**kw).plan(counts, token_origin=origin), heteromoe.schedule(counts, token_origin=origin, **kw))
-    assert heteromoe.Scheduler(**kw).plan(counts, token_origin=origin).t_comm_s != heteromoe.schedule(counts, **kw).t_comm_s
+    with_origin = heteromoe.Scheduler(**kw).plan(counts, token_origin=origin)
+    _same(with_origin, heteromoe.schedule(counts, token_origin=origin, **kw))
+    assert with_origin.t_comm_s != heteromoe.schedule(counts, **kw).t_comm_s
 
 
 def test_cost_models_are_reused_per_spec_object_and_extra_times():
@@ -67,7 +68,8 @@ def test_a_new_spec_object_is_never_served_a_stale_cost_model():
     counts = _counts()
     base = heteromoe.systems.get(SYSTEM)
     before = heteromoe.schedule(counts, model=MODEL, system=base, policy="gpu-only")
-    slower = dataclasses.replace(base, gpu=dataclasses.replace(base.gpu, ext_bw_bytes_per_s=base.gpu.ext_bw_bytes_per_s / 2))
+    half_bw = dataclasses.replace(base.gpu, ext_bw_bytes_per_s=base.gpu.ext_bw_bytes_per_s / 2)
+    slower = dataclasses.replace(base, gpu=half_bw)
     after = heteromoe.schedule(counts, model=MODEL, system=slower, policy="gpu-only")
     assert after.t_gpu_s > before.t_gpu_s * 1.5
 
