@@ -1,8 +1,8 @@
 """Per-layer scheduling cost, measured from Python (pytest-benchmark).
 
 Run:  python -m pytest bench/bench_fastpath.py --benchmark-json bench/results/fastpath-<machine>.json
-Loads are synthetic bimodal routing (`heteromoe.routing.BimodalRouting`, DESIGN.md section 6), batch 64
-decode tokens. Goal (issue 4): a whole `Policy.plan()` call (counts in, validated Plan out) in at most
+Loads are synthetic bimodal routing (`heteromoe.routing.BimodalRouting`), batch 64
+decode tokens. Goal: a whole `Policy.plan()` call (counts in, validated Plan out) in at most
 20 us for 128 experts on 1 GPU and 50 us for 512 experts on 8 GPUs on the 2-core CI machine.
 """
 from __future__ import annotations

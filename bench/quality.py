@@ -1,10 +1,13 @@
 """Plan quality: every policy's predicted layer makespan relative to `exact` (OR-Tools CP-SAT).
 
-Run:  python bench/quality.py --json bench/results/quality-b200.json
-Loads: synthetic bimodal routing (DESIGN.md section 6) for Qwen3-30B-A3B on 1, 4 and 8 GPUs and
-Qwen3.5-397B-A17B on 8 GPUs, and the real traces of shared/traces replayed on experts of Qwen3-30B-A3B's
-shape (d 2048, f 768) with each trace's own expert count and top-k; batch 1-256 decode tokens; decode
-attention over a 2048-token context per sequence (data-parallel: batch / G sequences per GPU).
+Run:  python bench/quality.py --json bench/results/quality-b200.json [--shared ../shared]
+Loads: synthetic bimodal routing (`heteromoe.routing.BimodalRouting`) for Qwen3-30B-A3B on 1, 4 and 8 GPUs
+and Qwen3.5-397B-A17B on 8 GPUs, and the real routing traces under `<shared>/traces` (default: the folder
+`shared` beside the repository) replayed on experts of Qwen3-30B-A3B's shape (d 2048, f 768) with each
+trace's own expert count and top-k; batch 1-256 decode tokens; decode attention over a 2048-token context
+per sequence (data-parallel: batch / G sequences per GPU). The inputs are checked first: a real trace that is
+missing or unreadable is skipped with its reason (printed and in the JSON's `skipped_traces`), and the run
+goes on with the rest.
 Replicas: on a correlated synthetic decode trace, the slow loop (`ReplicaPlanner`, 2 extra slots per GPU)
 sees the first 32 steps; the next steps are planned by `heteromoe` with those replicas
 ("heteromoe+replicas"). `exact` is the optimum over the home placement (no replicas), so a ratio below 1
@@ -70,7 +73,23 @@ def replica_cases(model: str, gpus: int, batches, samples: int):
             yield "synthetic-replicas", spec, gpus, batch, c, placement
 
 
-def cases(shared: Path, samples: int, quick: bool):
+def load_traces(shared: Path, names=TRACES) -> tuple[dict, dict]:
+    """({name: RoutingTrace} of the traces that load, {name: why not} of the others)."""
+    loaded, skipped = {}, {}
+    folder = shared / "traces"
+    for name in names:
+        path = folder / name
+        if not path.exists():
+            skipped[name] = f"{path} does not exist"
+            continue
+        try:
+            loaded[name] = load_trace(path)
+        except (ValueError, OSError) as exc:
+            skipped[name] = f"{path}: {' '.join(str(exc).split())}"
+    return loaded, skipped
+
+
+def cases(traces: dict, samples: int, quick: bool):
     gpu_counts = [1, 4] if quick else [1, 4, 8]
     batches = [1, 16, 256] if quick else BATCHES
     yield from replica_cases("qwen3-30b-a3b", 4, batches, samples)
@@ -88,8 +107,7 @@ def cases(shared: Path, samples: int, quick: bool):
             gen = BimodalRouting.for_model(big, seed=batch)
             for counts in gen.counts(batch, max(1, samples // 2)):
                 yield "synthetic", big, 8, batch, counts, None
-    for name in ([] if quick else TRACES):
-        trace = load_trace(shared / "traces" / name)
+    for name, trace in traces.items():
         spec = dataclasses.replace(qwen, name=f"{name}-on-qwen3-shape", num_experts=trace.num_experts,
                                    top_k=trace.top_k)
         for gpus in gpu_counts:
@@ -97,8 +115,8 @@ def cases(shared: Path, samples: int, quick: bool):
                 for i, ids in enumerate(trace.batches(batch)):
                     if i >= samples:
                         break
-                    yield (f"trace:{name}", spec, gpus, batch, np.bincount(ids.reshape(-1), minlength=trace.num_experts),
-                           None)
+                    counts = np.bincount(ids.reshape(-1), minlength=trace.num_experts)
+                    yield f"trace:{name}", spec, gpus, batch, counts, None
 
 
 def summarize(rows):
@@ -123,20 +141,45 @@ def summarize(rows):
     return out
 
 
+def check_args(parser, args) -> None:
+    """Every input, before the minutes of work."""
+    try:
+        heteromoe.systems.get(args.system).require_gpu()
+    except (KeyError, ValueError, OSError) as exc:
+        parser.error(f"--system: {exc.args[0] if exc.args else exc}")
+    for name, low in (("samples", 1), ("context", 0)):
+        if getattr(args, name) < low:
+            parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    if not args.exact_limit_s > 0:
+        parser.error(f"--exact-limit-s must be > 0, got {args.exact_limit_s}")
+    if args.json:
+        out = Path(args.json)
+        if out.is_dir() or not out.parent.is_dir():
+            parser.error(f"--json {args.json!r}: " + ("is a folder" if out.is_dir() else
+                                                      f"folder {str(out.parent)!r} does not exist"))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--system", default="b200-hbm3e-pim")
-    parser.add_argument("--samples", type=int, default=6)
-    parser.add_argument("--context", type=int, default=2048)
-    parser.add_argument("--exact-limit-s", type=float, default=5.0)
-    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[1].parent / "shared"))
-    parser.add_argument("--quick", action="store_true", help="a small subset (smoke test)")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--system", default="b200-hbm3e-pim", help="system preset or TOML path (default: %(default)s)")
+    parser.add_argument("--samples", type=int, default=6, help="layer calls per case (default: %(default)s)")
+    parser.add_argument("--context", type=int, default=2048, help="KV-cache tokens per sequence (default: %(default)s)")
+    parser.add_argument("--exact-limit-s", type=float, default=5.0,
+                        help="CP-SAT time limit per GPU and call (default: %(default)s)")
+    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[1].parent / "shared"),
+                        help="folder holding traces/ with the real routing logs (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small subset: 1 and 4 GPUs, batch 1/16/256, one real trace (default: off)")
+    parser.add_argument("--json", default=None, help="write the rows and summary here (default: not written)")
     args = parser.parse_args(argv)
+    check_args(parser, args)
 
     start = time.time()
+    traces, skipped = load_traces(Path(args.shared), TRACES[:1] if args.quick else TRACES)
+    for name, why in skipped.items():
+        print(f"skipped real trace {name}: {why}")
     rows = []
-    for source, spec, gpus, batch, counts, replicas in cases(Path(args.shared), args.samples, args.quick):
+    for source, spec, gpus, batch, counts, replicas in cases(traces, args.samples, args.quick):
         row = run_case(counts, spec, args.system, gpus, batch, args.context, args.exact_limit_s, replicas)
         rows.append({"source": source, "model": spec.name, "gpus": gpus, "batch": batch, **row})
     summary = summarize(rows)
@@ -158,7 +201,8 @@ def main(argv=None) -> int:
             "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
             "machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "python": platform.python_version()},
-            "system": args.system, "context": args.context, "summary": summary, "rows": [
+            "system": args.system, "context": args.context, "traces": sorted(traces), "skipped_traces": skipped,
+            "summary": summary, "rows": [
                 {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()} for r in rows],
         }, indent=1))
     return 0

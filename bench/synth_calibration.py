@@ -1,4 +1,4 @@
-"""How close the synthetic routing is to the published one-token shares (DESIGN.md section 1).
+"""How close the synthetic routing is to the published one-token shares.
 
 Run:  python bench/synth_calibration.py --json bench/results/synth-calibration.json
 Per model with a published figure: the share of activated experts receiving exactly one token at batch

@@ -9,12 +9,44 @@ The pipeline, named once (every module uses these stage names):
 - plan: a policy's split of each expert's tokens between the GPU's SMs and its PIM stacks, with
   predicted times from the shared cost models (`heteromoe.sched`, `heteromoe.cost`);
 - runtime: executes the plan on backends for real tensors (`heteromoe.runtime`, `heteromoe.wrap`);
-- sim: times whole decode steps from plans (the simulator issue).
+- sim: times whole decode steps from plans (`heteromoe.sim`).
 """
-from heteromoe.sched import Plan, PlanError, schedule
-from heteromoe.spec import MoEModelSpec, SystemSpec, models, systems
+import importlib
 
 __version__ = "0.1.0"
+
+# Names are imported on first use (PEP 562), so `heteromoe --help` and the CLI's argument checks run before
+# numpy, the fast path and the cost models load, and an error while loading them reaches the CLI's one-line
+# error report instead of failing the import of the command itself.
+_EXPORTS = {
+    "MoEModelSpec": "heteromoe.spec",
+    "Plan": "heteromoe.sched",
+    "PlanError": "heteromoe.sched",
+    "Scheduler": "heteromoe.sched",
+    "SystemSpec": "heteromoe.spec",
+    "UserError": "heteromoe.errors",
+    "models": "heteromoe.spec",
+    "schedule": "heteromoe.sched",
+    "systems": "heteromoe.spec",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+    try:  # a subpackage (`heteromoe.sched`, `heteromoe.sim`, ...) after a plain `import heteromoe`
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
 
 def wrap(model, **kwargs):
@@ -28,7 +60,9 @@ __all__ = [
     "MoEModelSpec",
     "Plan",
     "PlanError",
+    "Scheduler",
     "SystemSpec",
+    "UserError",
     "__version__",
     "models",
     "schedule",

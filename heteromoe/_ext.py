@@ -11,10 +11,12 @@ import os
 from types import SimpleNamespace
 
 from heteromoe import _fallback
+from heteromoe.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "FastPathError",
     "HAS_EXT",
     "IMPLEMENTATIONS",
     "counting_sort",
@@ -49,13 +51,19 @@ IMPLEMENTATIONS = {
 }
 
 
+class FastPathError(UserError, ImportError):
+    """`HETEROMOE_FASTPATH` names an implementation that is unknown or cannot run here."""
+
+
 def _choose():
     forced = os.environ.get("HETEROMOE_FASTPATH")
     if forced:
         if forced not in IMPLEMENTATIONS:
-            raise ImportError(
-                f"HETEROMOE_FASTPATH={forced!r} is not available here; available: {sorted(IMPLEMENTATIONS)}"
-            )
+            known = ("c", "numba", "python")
+            why = (f"not available here ({ext_load_error if forced == 'c' else 'numba is not installed'})"
+                   if forced in known else "unknown")
+            raise FastPathError(f"HETEROMOE_FASTPATH={forced!r} is {why}; set it to one of "
+                                f"{', '.join(IMPLEMENTATIONS)} or unset it")
         return IMPLEMENTATIONS[forced]
     return next(iter(IMPLEMENTATIONS.values()))
 

@@ -188,3 +188,15 @@ def test_route_to_replicas_agrees_across_implementations(fastpath):
         assert np.bincount(phys2log, weights=out, minlength=E).astype(int).tolist() == counts.tolist()
     with pytest.raises(ValueError, match="slot_gpu outside"):
         fastpath.route_to_replicas(np.array([1, 1]), np.array([0, 1, 0]), np.array([0, 1, 5]), 2)
+
+
+def test_bad_fastpath_value_is_one_line_naming_it(monkeypatch):
+    from heteromoe.errors import UserError
+
+    monkeypatch.setenv("HETEROMOE_FASTPATH", "cc")
+    message = r"^HETEROMOE_FASTPATH='cc' is unknown; set it to one of c?.*python"
+    with pytest.raises(_ext.FastPathError, match=message) as exc:
+        _ext._choose()
+    assert isinstance(exc.value, ImportError) and isinstance(exc.value, UserError) and "\n" not in str(exc.value)
+    monkeypatch.setenv("HETEROMOE_FASTPATH", "python")
+    assert _ext._choose().name == "python"

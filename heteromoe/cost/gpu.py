@@ -1,4 +1,4 @@
-"""GPU cost model v1: the roofline of DESIGN.md section 2.
+"""GPU cost model v1: the roofline (docs/design.md, section 4).
 
 T_GPU(G) = max(sum_G W_e / (eta_bw BW_ext), sum_G 6 n_e d f / (eta_fl F_gpu)) + t_launch
 A measured cost table (the calibration issue) will plug in behind the same two per-expert arrays.

@@ -18,6 +18,7 @@ import torch
 from heteromoe.cost.ema import EmaPimCost
 from heteromoe.cost.model import CostModel, default_pim_cost
 from heteromoe.device import Backend, BackendUnavailable, registry
+from heteromoe.errors import UserError
 from heteromoe.runtime.executor import MoEExecutor
 from heteromoe.runtime.layer import ExpertLayer
 from heteromoe.sched.factory import get_policy
@@ -235,10 +236,10 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
     Args:
         model: a transformers `PreTrainedModel` whose experts use the ExpertsInterface.
         system: system preset name, TOML path or SystemSpec (the emulated hardware).
-        policy: `gpu-only`, `all-exp`, `sieve` or a Policy.
+        policy: a policy name (`heteromoe policies` lists them) or a Policy.
         model_spec: preset used for timing (its expert count must match); default: read off the model.
         gpus: GPUs the plan is made for (experts placed in contiguous blocks, or by `placement`: [E] home
-            GPUs or a Placement). Execution is local; real multi-GPU execution is the multi-GPU issue's.
+            GPUs or a Placement). Execution is local unless `process_group` is given.
         replicas_per_gpu: extra expert slots per GPU for replicas of hot experts, chosen per layer by the
             slow loop (`sched.replicas.ReplicaPlanner`) every `replan_every` calls from moving-average
             loads; the `heteromoe` policy routes tokens to them.
@@ -271,6 +272,10 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
     if not hasattr(model, "set_experts_implementation"):
         raise UnsupportedModelError(f"cannot wrap {type(model).__name__}: not a transformers PreTrainedModel with "
                                     "set_experts_implementation (transformers >= 5.17 is required)")
+    for name, value, low in (("replicas_per_gpu", replicas_per_gpu, 0), ("replan_every", replan_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UserError(f"{name} must be an integer >= {low}, got {value!r}"
+                            + (" (0: no replicas of hot experts)" if name == "replicas_per_gpu" else ""))
     layers = find_expert_layers(model)
     if process_group is not None:
         import torch.distributed as dist

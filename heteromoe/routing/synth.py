@@ -1,4 +1,4 @@
-"""Synthetic bimodal routing (DESIGN.md section 6): a two-class popularity model with temporal correlation.
+"""Synthetic bimodal routing: a two-class popularity model with temporal correlation.
 
 Per layer a share `hot_share` of the experts is hot, with `ratio` times the popularity of the rest (the
 ratio varies across layers, log-normally with `layer_spread`). Each token picks k distinct experts by
@@ -6,7 +6,7 @@ popularity (Gumbel top-k). Across decode steps the hot set drifts slowly (`drift
 experts swapped per step) and each sequence keeps a slot's expert from its previous step with probability
 `stickiness`.
 
-Calibration (DESIGN.md section 1): `PRESET_SKEW` is fitted so that the share of *activated* experts that
+Calibration: `PRESET_SKEW` is fitted so that the share of *activated* experts that
 receive exactly one token (`one_token_share`, over 48 layers x 4 decode steps, the layer-to-layer variation
 of the ratio included; mean over 8 seeds within 1 point, seed-to-seed deviation under 1 point) at batch 64 / 256 is within 3 points of the published
 figures for Qwen3-30B-A3B, GPT-OSS-120B and Qwen3-Next-80B-A3B (tests/routing/test_synth.py). We read the
@@ -23,7 +23,7 @@ import numpy as np
 __all__ = ["PRESET_SKEW", "PUBLISHED_ONE_TOKEN_SHARE", "BimodalRouting", "one_token_share"]
 
 #: (hot_share, ratio) per model preset: fitted to PUBLISHED_ONE_TOKEN_SHARE where one is published
-#: (Qwen3.5 takes Qwen3-Next's, as DESIGN.md section 6 groups them; the others DESIGN's rough figures).
+#: (Qwen3.5 takes Qwen3-Next's, the two are grouped in the published figures; the others rough published figures).
 PRESET_SKEW = {
     "qwen3-30b-a3b": (0.55, 14.0),
     "gpt-oss-120b": (0.35, 13.0),
@@ -33,7 +33,7 @@ PRESET_SKEW = {
     "deepseek-v3": (0.3, 8.0),
 }
 
-#: Published share (%) of activated experts receiving exactly one token at batch 64 / 256 (DESIGN.md section 1).
+#: Published share (%) of activated experts receiving exactly one token at batch 64 / 256.
 PUBLISHED_ONE_TOKEN_SHARE = {
     "qwen3-30b-a3b": (20.2, 11.9),
     "gpt-oss-120b": (32.6, 23.5),

@@ -1,12 +1,13 @@
 """Policy names -> policy objects.
 
 Selection: a `Policy` instance is used as is; a name is looked up in `POLICIES`; anything else raises,
-listing the known names. The baselines of DESIGN.md section 3 (`gpu-only`, `no-exp`, `all-exp`,
+listing the known names. The published baselines (`gpu-only`, `no-exp`, `all-exp`,
 `duplex`, `pimoe`, `sieve`), the OR-Tools yardstick `exact`, and ours, `heteromoe`. `register_policy`
 adds a user's Policy subclass under its `name`.
 """
 from __future__ import annotations
 
+from heteromoe.errors import UserError
 from heteromoe.sched.policies.all_exp import AllExpPolicy
 from heteromoe.sched.policies.duplex import DuplexPolicy
 from heteromoe.sched.policies.exact import ExactPolicy
@@ -38,4 +39,4 @@ def get_policy(policy: str | Policy) -> Policy:
     try:
         return POLICIES[policy]()
     except (KeyError, TypeError):
-        raise ValueError(f"unknown policy {policy!r}; known policies: {', '.join(sorted(POLICIES))}") from None
+        raise UserError(f"unknown policy {policy!r}; known policies: {', '.join(sorted(POLICIES))}") from None

@@ -6,10 +6,34 @@ import numpy as np
 from heteromoe.sim.sweep import pareto_frontier
 from heteromoe.sim.timeline import LANES, Timeline
 
-__all__ = ["plot_gantt", "plot_load_histogram", "plot_pareto"]
+__all__ = ["plot_gantt", "plot_load_histogram", "plot_pareto", "policy_styles"]
 
 LANE_COLORS = {"qkv": "#4c72b0", "attention": "#8172b2", "o_proj+router": "#64b5cd", "allgather_counts": "#999999",
                "dispatch+combine": "#dd8452", "shared_experts": "#937860", "experts_gpu": "#55a868", "experts_pim": "#c44e52"}
+
+
+#: Marker and line style per policy, all pairs distinct, so a curve lying on another (`heteromoe` on `sieve`
+#: where their plans agree) still shows: the later one is drawn dashed/dotted with hollow markers over it.
+POLICY_STYLES = {
+    "gpu-only": ("s", "-"), "no-exp": ("v", "--"), "all-exp": ("^", "-."), "duplex": ("D", ":"),
+    "pimoe": ("P", "-"), "sieve": ("o", "-"), "exact": ("X", ":"), "heteromoe": ("*", "--"),
+}
+_SPARE_MARKERS = ("h", "p", "<", ">", "d", "8", "H", "1", "2", "3", "4")
+_SPARE_LINES = ("-", "--", "-.", ":")
+
+
+def policy_styles(policies) -> dict[str, dict]:
+    """Matplotlib style (marker, linestyle, marker size, fill) of each policy; pairs never repeat."""
+    styles, used = {}, set()
+    spare = ((m, ls) for m in _SPARE_MARKERS for ls in _SPARE_LINES)
+    for i, policy in enumerate(policies):
+        pair = POLICY_STYLES.get(policy)
+        while pair is None or pair in used:
+            pair = next(spare)
+        used.add(pair)
+        styles[policy] = {"marker": pair[0], "linestyle": pair[1], "markersize": 7 if pair[0] == "*" else 5,
+                          "markerfacecolor": "none" if i % 2 else None, "zorder": 2 + i}
+    return styles
 
 
 def _pyplot():
@@ -21,16 +45,22 @@ def _pyplot():
     return plt
 
 
-def plot_pareto(records: list[dict], path, title: str = "") -> None:
-    """Interactivity (tokens/s/user) against throughput per GPU (tokens/s/GPU), one frontier per policy."""
+def plot_pareto(records: list[dict], path, title: str = "") -> dict[str, dict]:
+    """Interactivity (tokens/s/user) against throughput per GPU (tokens/s/GPU), one frontier per policy.
+
+    Each policy has its own marker and line style (`policy_styles`); returns the styles used."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
-    for policy, points in pareto_frontier(records).items():
+    order = list(dict.fromkeys(r["policy"] for r in records))
+    styles = policy_styles(order)
+    frontiers = pareto_frontier(records)
+    for policy in order:
+        points, style = frontiers[policy], styles[policy]
         every = sorted((r for r in records if r["policy"] == policy), key=lambda r: r["batch"])
-        line, = ax.plot([r["throughput_per_gpu"] for r in points], [r["interactivity"] for r in points], "-o",
-                        label=policy, markersize=4)
-        ax.plot([r["throughput_per_gpu"] for r in every], [r["interactivity"] for r in every], "o",
-                color=line.get_color(), alpha=0.35, markersize=3)
+        line, = ax.plot([r["throughput_per_gpu"] for r in points], [r["interactivity"] for r in points],
+                        label=policy, **{k: v for k, v in style.items() if v is not None})
+        ax.plot([r["throughput_per_gpu"] for r in every], [r["interactivity"] for r in every], linestyle="none",
+                marker=style["marker"], color=line.get_color(), alpha=0.35, markersize=3, zorder=style["zorder"])
     ax.set_xscale("log")
     ax.set_xlabel("throughput per GPU (tokens/s/GPU)")
     ax.set_ylabel("interactivity (tokens/s/user = 1/TPOT)")
@@ -40,6 +70,7 @@ def plot_pareto(records: list[dict], path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return styles
 
 
 def plot_gantt(timeline: Timeline, layer: int, path, title: str = "") -> None:

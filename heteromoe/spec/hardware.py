@@ -85,7 +85,7 @@ class PimSpec:
     multi-token expert runs as serialized GEMVs (each token sweeps the weights again).
     `kind="logic"`: compute on the stack's logic die (Duplex Logic-PIM) behind TSVs; tokens are batched.
     When `internal_bw_multiplier` is omitted for bank-level PIM it is derived from the DRAM timings
-    (see `derived_internal_bw_multiplier`), as DESIGN.md section 4 asks; when given, the bank-level timing
+    (see `derived_internal_bw_multiplier`), so the multiple follows from the timings; when given, the bank-level timing
     model (`cost.pim_bank`) treats it as a power cap on the internal streaming bandwidth.
     `banks_per_pim_unit`: banks sharing one processing unit (2 for Samsung HBM2-PIM, 1 for bank-level PIM
     with a unit per bank). `mode_switch_cycles`: cost of entering (and, again, leaving) all-bank PIM mode.

@@ -95,10 +95,10 @@ def test_speedup_at_one_token_and_break_even():
 
 
 def test_small_experts_pay_overheads_the_roofline_misses():
-    # DESIGN.md: the plain roofline misestimates PIM time by 1.8-4.2x (Sieve's models on B200). Here, per
+    # Sieve: the plain roofline misestimates PIM time by 1.8-4.2x (its models on B200). Here, per
     # token of an expert: GPT-OSS-120B 2.1x and Qwen3.5-397B 3.0x fall in that range; Qwen3-30B's small
     # experts land at 5.1x, above it (per-GEMV mode switches are 36 % of its up-projection) -- recorded in
-    # the README as a calibration item. Big experts (Mixtral) stay close to the roofline.
+    # docs/design.md as a calibration item. Big experts (Mixtral) stay close to the roofline.
     system = heteromoe.systems.get("b200-hbm3e-pim")
     ratios = {}
     for name in ("qwen3-30b-a3b", "gpt-oss-120b", "qwen3.5-397b-a17b", "mixtral-8x7b"):

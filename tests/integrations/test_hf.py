@@ -167,6 +167,19 @@ def test_bad_system_and_policy_and_backend_names():
     assert model.config._experts_implementation == "grouped_mm"
 
 
+@pytest.mark.parametrize("kw,message", [
+    (dict(gpus=4, replicas_per_gpu=-1), r"replicas_per_gpu must be an integer >= 0, got -1 \(0: no replicas"),
+    (dict(gpus=4, replicas_per_gpu=1.5), "replicas_per_gpu must be an integer >= 0, got 1.5"),
+    (dict(gpus=4, replicas_per_gpu=1, replan_every=0), "replan_every must be an integer >= 1, got 0"),
+])
+def test_bad_replica_options_name_the_option(kw, message):
+    model = tiny_model("qwen3_moe")
+    with pytest.raises(heteromoe.UserError, match=message) as exc:
+        heteromoe.wrap(model, **kw)
+    assert "slots_per_gpu" not in str(exc.value)
+    assert model.config._experts_implementation == "grouped_mm"
+
+
 def test_numba_backend_wraps_fp32_model():
     model = tiny_model("gpt_oss")
     ids = prompt()

@@ -23,7 +23,7 @@ def cpu_impl(name):
 
 
 def routings():
-    """(name, top_k_index [T, k], E): the shapes the issue names and a few more."""
+    """(name, top_k_index [T, k], E): decode and prefill shapes, edge cases."""
     rng = np.random.default_rng(0)
     bimodal = np.stack([rng.choice(16, 4, replace=False, p=np.r_[np.full(2, 0.3), np.full(14, 0.4 / 14)])
                         for _ in range(37)])

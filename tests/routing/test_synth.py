@@ -1,4 +1,4 @@
-"""The synthetic generator reproduces the published bimodal skew (DESIGN.md section 1)."""
+"""The synthetic generator reproduces the published bimodal skew."""
 from __future__ import annotations
 
 import numpy as np

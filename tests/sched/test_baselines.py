@@ -1,4 +1,4 @@
-"""Each baseline of DESIGN.md section 3, `exact` and `heteromoe` on hand-made cases worked out here."""
+"""Each published baseline, `exact` and `heteromoe` on hand-made cases worked out here."""
 from __future__ import annotations
 
 import numpy as np

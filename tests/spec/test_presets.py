@@ -8,7 +8,7 @@ import pytest
 import heteromoe
 from heteromoe.spec import MoEModelSpec, SystemSpec
 
-DESIGN_MODELS = {  # DESIGN.md section 5: d, f, E, k
+DESIGN_MODELS = {  # the published shapes: d, f, E, k
     "qwen3-30b-a3b": (2048, 768, 128, 8), "gpt-oss-120b": (2880, 2880, 128, 4),
     "qwen3.5-397b-a17b": (4096, 1024, 512, 10), "qwen3-next-80b-a3b": (2048, 512, 512, 10),
     "mixtral-8x7b": (4096, 14336, 8, 2), "deepseek-v3": (7168, 2048, 256, 8),
@@ -38,7 +38,7 @@ def test_b200_multiplier_is_derived_from_timings():
     assert pim.row_step_cycles == 60 + 28 + 128 + 28
     expected = 24 * 1024 / (244 * 0.5e-9) / (1e12 / 32)
     assert pim.bw_multiplier == pytest.approx(expected)
-    assert 4 < pim.bw_multiplier < 12  # below the 12x bound of DESIGN.md section 4 (columns alone)
+    assert 4 < pim.bw_multiplier < 12  # below the 12x bound of the column rate alone
 
 
 def test_unknown_preset_lists_known_names():
