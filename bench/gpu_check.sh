@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU-execution measurements of a device session, in stages, so that few device calls run them all.
+# The GPU-execution measurements on a device machine, in stages, so that few device calls run them all.
 #
 #   bash bench/gpu_check.sh STAGE [STAGE ...]      results under $OUT (the device machine's return folder)
 #

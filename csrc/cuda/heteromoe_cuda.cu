@@ -1709,7 +1709,7 @@ expert_gemv_combine_kernel(const T* h, const T* weight, const i64* pair_ids, int
 // Where the one-token path combines in the down projection: up to kMaxSlots slots and rows of at most
 // kCombineMaxK elements; HETEROMOE_GEMV_COMBINE=0 never combines, =2 always (up to kMaxSlots slots; both for
 // A/B). Measured on the H100 with the combine for every shape (bench/results/gpu-layer-h100.json; without it:
-// gpu-layer-h100-session6-run2.json): Qwen3-30B-A3B (top-8, K 768) batch 1 32.8 -> 28.9 us, Mixtral-8x7B
+// HETEROMOE_GEMV_COMBINE=0 on the same machine, not kept): Qwen3-30B-A3B (top-8, K 768) batch 1 32.8 -> 28.9 us, Mixtral-8x7B
 // (top-2, K 14336) 262.8 -> 275.6 us: with a warp per slot, a block of a top-2 layer has two warps, each
 // streaming a 28 KB row, where the down GEMV runs four warps per block. The bound between the two measured
 // shapes (4096) is a choice, not a measurement.

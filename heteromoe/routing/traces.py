@@ -1,4 +1,4 @@
-"""Routing traces: the real logs in `shared/traces/` (DESIGN.md section 6), as top-k index arrays.
+"""Routing traces: the real logs in `shared/traces/`, as top-k index arrays.
 
 Every loader returns a `RoutingTrace`: `top_k_index [layers, tokens, k]` in processing order, plus the
 expert count and where it came from. Batches for replay are consecutive token windows (`batches()`).

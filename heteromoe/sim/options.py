@@ -1,7 +1,7 @@
 """Modeling switches of the step simulator, one per modeling change, so an ablation can turn each off.
 
 `StepOptions()` is the physical step model (docs/step-model.md); `StepOptions.legacy()` is the serialized
-layer model it grew from (attention as KV bytes over the internal bandwidth, serialized before one expert
+layer model (attention as KV bytes over the internal bandwidth, serialized before one expert
 window; every layer charged full-attention projections; no launch cost on dense work; PIMoE's experts in
 channel groups; PIM truth = the planners' closed form). Each field names one change.
 """

@@ -18,7 +18,7 @@ the PIM lane holds attention and PIM experts back to back: what Sieve's T_PIM co
 starts its ready operation issued first (`sim.graph`); the issue order is the software pipeline described in
 docs/step-model.md.
 
-`StepOptions` names each modeling change (`StepOptions.legacy()`: the serialized model this grew from).
+`StepOptions` names each modeling change (`StepOptions.legacy()`: the serialized layer model).
 Durations come from `cost/`, `sim.layer_work` (dense work) and `sim.pim_truth` (PIM with refresh at the
 real start time); the plan comes from the policy through its public interface, with the inputs its paper
 says it uses (Sieve: attention in T_PIM, dense GPU work in T_GPU; PIMoE: neither).

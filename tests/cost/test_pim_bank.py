@@ -96,8 +96,8 @@ def test_speedup_at_one_token_and_break_even():
 
 def test_small_experts_pay_overheads_the_roofline_misses():
     # Sieve: the plain roofline misestimates PIM time by 1.8-4.2x (its models on B200). Here, per
-    # token of an expert: GPT-OSS-120B 2.1x and Qwen3.5-397B 3.0x fall in that range; Qwen3-30B's small
-    # experts land at 5.1x, above it (per-GEMV mode switches are 36 % of its up-projection) -- recorded in
+    # token of an expert: GPT-OSS-120B 2.2x and Qwen3.5-397B 3.1x fall in that range; Qwen3-30B's small
+    # experts land at 5.3x, above it (per-GEMV mode switches are 35 % of its up-projection) -- recorded in
     # docs/design.md as a calibration item. Big experts (Mixtral) stay close to the roofline.
     system = heteromoe.systems.get("b200-hbm3e-pim")
     ratios = {}
