@@ -155,7 +155,7 @@ def test_transformers_grouped_mm(benchmark, bandwidth, model, batch, clock):
 @pytest.mark.parametrize("model", list(SHAPES))
 def test_heteromoe_gpu_only(benchmark, bandwidth, model, batch, clock, hot):
     """gpu-only: batches up to 4 tokens all on the GEMV; above, every expert on the tensor-core kernel (mma,
-    the default) or, as before it, experts above 2 tokens on torch's grouped_mm and the rest on the GEMV."""
+    the default) or, for comparison, experts above 2 tokens on torch's grouped_mm and the rest on the GEMV."""
     if hot == "grouped_mm" and batch <= 4:
         pytest.skip("batches up to 4 tokens run all on the GEMV either way")
     experts = layer(model)
