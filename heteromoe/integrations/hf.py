@@ -163,12 +163,11 @@ class HeteroMoERuntime:
 
     def report(self) -> dict:
         """JSON-serializable per-layer sums: GPU/PIM split and predicted times (see README)."""
-        if hasattr(self.executor, "flush"):
-            self.executor.flush()  # plans made on the device are settled lazily
+        self.executor.flush()  # plans made on the device are settled lazily
         layers = [self.executor.stats[b.layer.name].to_dict() if b.layer.name in self.executor.stats
                   else {"name": b.layer.name, "calls": 0} for b in self._bindings.values()]
         return {
-            "rank": getattr(self.executor, "rank", 0),
+            "rank": self.executor.rank,
             "system": self.system.name,
             "policy": self.executor.policy.name,
             "num_gpus": self.executor.num_gpus,
@@ -207,8 +206,7 @@ class HeteroMoERuntime:
         return lines
 
     def reset_report(self) -> None:
-        if hasattr(self.executor, "flush"):
-            self.executor.flush()  # calls made before the reset are settled (and then forgotten) now
+        self.executor.flush()  # calls made before the reset are settled (and then forgotten) now
         self.executor.stats.clear()
 
     def unwrap(self):
@@ -293,24 +291,20 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
         pim_cost = EmaPimCost(default_pim_cost(system_spec, spec)) if learn_pim_costs else None
         bindings[id(layer.module)] = _LayerBinding(layer, CostModel(system_spec, spec, pim_model=pim_cost), slots)
 
-    executor_kw = dict(
-        policy=get_policy(policy),
-        gpu_backend=_resolve_backend(gpu_backend, "gpu", layers),
-        pim_backend=_resolve_backend(pim_backend, "pim", layers),
-        fallback_backend=_resolve_backend(fallback_backend, "gpu", layers),
-        num_gpus=gpus,
-    )
+    dispatch = None
+    if process_group is not None:
+        from heteromoe.runtime.distributed import AllToAllDispatch
+
+        dispatch = AllToAllDispatch(process_group, gpus)
+    fused_kw = {}
     if fused is not False and process_group is None:
         from heteromoe.runtime.fused import FusedLayerPath
 
-        executor_kw.update(fused=FusedLayerPath(gemv_max_tokens=gemv_max_tokens), fused_on_cpu=bool(fused),
-                           plan_ahead=plan_ahead, plan_on_device=plan_on_device)
-    if process_group is not None:
-        from heteromoe.runtime.distributed import ExpertParallelExecutor
-
-        executor = ExpertParallelExecutor(**executor_kw, group=process_group)
-    else:
-        executor = MoEExecutor(**executor_kw)
+        fused_kw = dict(fused=FusedLayerPath(gemv_max_tokens=gemv_max_tokens), fused_on_cpu=bool(fused),
+                        plan_ahead=plan_ahead, plan_on_device=plan_on_device)
+    executor = MoEExecutor(get_policy(policy), _resolve_backend(gpu_backend, "gpu", layers),
+                           _resolve_backend(pim_backend, "pim", layers),
+                           _resolve_backend(fallback_backend, "gpu", layers), gpus, dispatch=dispatch, **fused_kw)
     from transformers.integrations.moe import ExpertsInterface
 
     impl_name = f"heteromoe_{next(_ids)}"

@@ -9,7 +9,6 @@ One call signature, several implementations, picked by the tensors' device:
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from dataclasses import dataclass, fields
@@ -19,12 +18,15 @@ import torch
 
 from heteromoe import _ext
 from heteromoe.kernels import reference
+from heteromoe.kernels.device_plan import DEVICE_RULES, DevicePlan
 from heteromoe.kernels._cpu import numba_kernels, python_kernels
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CPU_IMPLEMENTATIONS",
+    "DEVICE_RULES",
+    "DevicePlan",
     "HAS_CUDA_KERNELS",
     "RoutePrep",
     "cpu_kernels",
@@ -167,40 +169,6 @@ def route_prep(top_k_index: torch.Tensor, num_experts: int, *, take_hot: torch.T
         out = cpu_kernels().route_prep(_np(ids).astype(np.int64, copy=False), num_experts, take, int(threshold), max_cold)
         return RoutePrep(**{k: torch.from_numpy(np.asarray(v)) for k, v in out.items()})
     return reference.route_prep(ids, num_experts, take_hot=take_hot, threshold=threshold, max_cold=max_cold)
-
-
-@dataclass(frozen=True)
-class DevicePlan:
-    """A layer's costs for planning on the device (one GPU): the arguments of `_C.sieve_plan` /
-    `_C.heteromoe_plan`, with the tables as float64 tensors on the GPU. rule: "sieve" or "heteromoe"."""
-
-    rule: str
-    flop: torch.Tensor
-    pim: torch.Tensor
-    read_s: float
-    launch_s: float
-    comm_s: float
-    gpu_fixed_s: float
-    pim_fixed_s: float
-
-    @property
-    def rule_code(self) -> int:
-        """The CUDA entry points' number for the rule (0: sieve, 1: heteromoe)."""
-        if self.rule not in ("sieve", "heteromoe"):
-            raise ValueError(f"device plans exist for 'sieve' and 'heteromoe', not {self.rule!r}")
-        return 0 if self.rule == "sieve" else 1
-
-    @property
-    def table_len(self) -> int:
-        """Token counts both cost tables cover."""
-        return int(min(self.flop.shape[0], self.pim.shape[0]))
-
-    @functools.cached_property
-    def kernel_args(self) -> tuple:
-        """(rule, flop, pim, table_len, read_s, launch_s, comm_s, gpu_fixed_s, pim_fixed_s) as the CUDA entry
-        points take them (pointers and numbers), made once: a plan is reused for every call of its layer."""
-        return (self.rule_code, self.flop.data_ptr(), self.pim.data_ptr(), self.table_len, self.read_s, self.launch_s,
-                self.comm_s, self.gpu_fixed_s, self.pim_fixed_s)
 
 
 def route_prep_plan(top_k_index: torch.Tensor, num_experts: int, plan: DevicePlan, *, plan_out: torch.Tensor,

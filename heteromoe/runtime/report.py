@@ -1,11 +1,11 @@
 """Per-layer statistics of a wrapped model, summed over calls (`runtime.report()`)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from heteromoe.sched.plan import Plan
 
-__all__ = ["LayerStats"]
+__all__ = ["LayerStats", "Records"]
 
 
 @dataclass
@@ -63,3 +63,24 @@ class LayerStats:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Records:
+    """What an executor keeps of its calls: each layer's LayerStats and its last plan."""
+
+    stats: dict[str, LayerStats] = field(default_factory=dict)
+    last_plans: dict[str, Plan] = field(default_factory=dict)
+
+    def layer(self, name: str) -> LayerStats:
+        """The layer's statistics (created on its first call; a lookup on every other, so as not to build a
+        LayerStats per call only to throw it away)."""
+        stats = self.stats.get(name)
+        if stats is None:
+            stats = self.stats[name] = LayerStats(name)
+        return stats
+
+    def add(self, name: str, plan: Plan, num_tokens: int) -> None:
+        """One call's plan into the layer's statistics and `last_plans`."""
+        self.layer(name).add(plan, num_tokens)
+        self.last_plans[name] = plan

@@ -1,4 +1,4 @@
-"""Device plans settled in bulk (runtime.device_plans): the vectorized statistics equal the per-call path."""
+"""Device plans settled in bulk (runtime.plan_stats): the vectorized statistics equal the per-call path."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +11,8 @@ import heteromoe
 from heteromoe import kernels
 from heteromoe.cost.model import CostModel
 from heteromoe.routing import BimodalRouting
-from heteromoe.runtime import device_plans
-from heteromoe.runtime.device_plans import exact_plan, settle_rows
+from heteromoe.runtime import plan_stats
+from heteromoe.runtime.plan_stats import exact_plan, settle_rows
 from heteromoe.runtime.report import LayerStats
 from heteromoe.sched import get_policy
 from heteromoe.sched.placement import Placement
@@ -81,7 +81,7 @@ def test_device_plans_settle_across_rings(policy, monkeypatch):
     from heteromoe.runtime.fused import FusedLayerPath
     from tests.helpers import device_plan_setup
 
-    monkeypatch.setattr(device_plans, "RING_CALLS", 3)
+    monkeypatch.setattr(plan_stats, "RING_CALLS", 3)
     pim = registry.get("pim-emulator")  # the registry's instance: the executor's PIM backend
     layer, cost, executor, placement, k = device_plan_setup(policy, FusedLayerPath(mma_min_warps_per_sm=0))
     gen = torch.Generator("cuda").manual_seed(3)
