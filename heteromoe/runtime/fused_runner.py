@@ -71,12 +71,6 @@ class FusedRunner(ExpertsRunner):
         """[E] int32 on the device: the last call's tokens per expert."""
         return self.path.last_counts
 
-    def stood_in(self, calls: int, pairs: int) -> None:
-        """The PIM backend's counters for calls whose PIM share the fused kernels ran in its place."""
-        if pairs and hasattr(self.pim, "calls"):
-            self.pim.calls += calls
-            self.pim.pairs += pairs
-
 
 register_runner("fused", lambda gpu, pim, fallback, path=None, on_cpu=False, **_: FusedRunner(
     path if path is not None else FusedLayerPath(), on_cpu, gpu, pim))

@@ -76,13 +76,13 @@ class HostPlans(PlanSource):
 
     def done(self, call: LayerCall, planned: CallPlan, records: Records, runner: ExpertsRunner) -> None:
         records.add(call.layer.name, planned.plan, call.num_tokens)
-        pim_pairs = int(planned.plan.pim_tokens.sum())
-        runner.stood_in(int(pim_pairs > 0), pim_pairs)
 
 
 class KernelChoice(PlanSource):
-    """No plan on the host: the fused kernels run every expert on the GPU, GEMV or GEMM by its tokens, so
-    nothing waits for the device (the policies of `KERNEL_CHOICE`)."""
+    """No plan before the call: the fused kernels run every expert on the GPU, GEMV or GEMM by its tokens,
+    so nothing waits for the device (the policies of `KERNEL_CHOICE`). Where the call's counts are on the
+    host afterwards (CPU kernels), the policy's plan of them is recorded as on every other path; on the
+    CUDA kernels they stay on the device and the call is recorded as unplanned (`LayerStats`)."""
 
     name = "kernel-choice"
     host_plans = False
@@ -93,7 +93,12 @@ class KernelChoice(PlanSource):
         return CallPlan(None, {})
 
     def done(self, call: LayerCall, planned: CallPlan, records: Records, runner: ExpertsRunner) -> None:
-        records.layer(call.layer.name).add_unplanned(call.num_tokens, call.num_tokens * call.top_k)
+        counts = runner.last_counts
+        if counts is None or counts.is_cuda:
+            records.layer(call.layer.name).add_unplanned(call.num_tokens, call.num_tokens * call.top_k)
+            return
+        counts = counts.numpy().astype(np.int64)
+        records.add(call.layer.name, self.policy.plan(counts, call.placement, 1, call.cost), call.num_tokens)
 
 
 @dataclass
@@ -164,8 +169,6 @@ class AheadPlans(PlanSource):
             counts = last_slot.counts_host.numpy().astype(np.int64)
         plan = self.policy.plan(counts, call.placement, dispatch.num_gpus, call.cost, origin=None)
         records.add(layer.name, plan, planned_tokens)
-        pim_pairs = int(plan.pim_tokens.sum())
-        runner.stood_in(int(pim_pairs > 0), pim_pairs)
         gpu = np.asarray(plan.gpu_tokens, dtype=np.int64)
         # all of a GPU expert's tokens, the planned share of a split one, none of a PIM (or unseen) one
         take = np.where((gpu == counts) & (counts > 0), np.iinfo(np.int32).max, gpu).astype(np.int32)
@@ -256,11 +259,10 @@ class DevicePlans(PlanSource):
     def _settle_rows(self, name: str, cost: CostModel, rows: np.ndarray, tokens: list, *, records: Records,
                      runner: ExpertsRunner) -> None:
         """R device plans ([R, 2, E]: GPU tokens, counts) into the statistics (vectorized) and the last one
-        into `last_plans` (the per-call path); the PIM share into the runner's stand-in counters."""
+        into `last_plans` (the per-call path)."""
         take, counts = rows[:, 0], rows[:, 1]  # int32; settle_rows and exact_plan take them to int64
-        calls_with_pim, pim_pairs = settle_rows(cost, self.policy, take, counts, np.asarray(tokens), records.layer(name))
+        settle_rows(cost, self.policy, take, counts, np.asarray(tokens), records.layer(name))
         records.last_plans[name] = exact_plan(cost, self.policy, take[-1], counts[-1])
-        runner.stood_in(calls_with_pim, pim_pairs)
 
     def flush(self, records: Records, runner: ExpertsRunner) -> None:
         for name in list(self._rings):

@@ -10,7 +10,15 @@ __all__ = ["LayerStats", "Records"]
 
 @dataclass
 class LayerStats:
-    """Sums over the calls of one MoE layer; times are the plan's predicted (emulated) seconds."""
+    """Sums over the calls of one MoE layer, with the same meaning whichever roles ran them.
+
+    `calls` layer calls of `tokens` tokens routed `pairs` (token, expert) pairs; of their plans' slots
+    `gpu_experts` / `pim_experts` had GPU / PIM work, `gpu_tokens` / `pim_tokens` pairs ran there and
+    `pim_calls` calls had PIM work at all. Times are the plans' predicted (emulated) seconds, summed over
+    every call whose plan reached the host; `unplanned_calls` counts the others (`gpu-only` on the CUDA
+    kernels, whose counts never leave the device: their pairs count as GPU pairs, their times as 0).
+    `fallbacks`: slices or calls re-run on the fallback backend / the backends runner.
+    """
 
     name: str
     calls: int = 0
@@ -25,6 +33,8 @@ class LayerStats:
     t_pim_s: float = 0.0
     predicted_time_s: float = 0.0
     fallbacks: int = 0
+    pim_calls: int = 0
+    unplanned_calls: int = 0
 
     def add(self, plan: Plan, num_tokens: int) -> None:
         self.calls += 1
@@ -34,13 +44,15 @@ class LayerStats:
         self.pim_experts += int(plan.pim_experts.size)
         self.gpu_tokens += int(plan.gpu_tokens.sum())
         self.pim_tokens += int(plan.pim_tokens.sum())
+        self.pim_calls += int(plan.pim_tokens.any())
         self.t_comm_s += plan.t_comm_s
         self.t_gpu_s += plan.t_gpu_s
         self.t_pim_s += plan.t_pim_s
         self.predicted_time_s += plan.predicted_time_s
 
     def add_sums(self, *, calls: int, tokens: int, pairs: int, gpu_experts: int, pim_experts: int, gpu_tokens: int,
-                 pim_tokens: int, t_comm_s: float, t_gpu_s: float, t_pim_s: float, predicted_time_s: float) -> None:
+                 pim_tokens: int, pim_calls: int, t_comm_s: float, t_gpu_s: float, t_pim_s: float,
+                 predicted_time_s: float) -> None:
         """Several calls at once (their sums), as that many `add` calls would (plans settled in bulk)."""
         self.calls += calls
         self.tokens += tokens
@@ -49,14 +61,16 @@ class LayerStats:
         self.pim_experts += pim_experts
         self.gpu_tokens += gpu_tokens
         self.pim_tokens += pim_tokens
+        self.pim_calls += pim_calls
         self.t_comm_s += t_comm_s
         self.t_gpu_s += t_gpu_s
         self.t_pim_s += t_pim_s
         self.predicted_time_s += predicted_time_s
 
     def add_unplanned(self, num_tokens: int, num_pairs: int) -> None:
-        """A `gpu-only` call on the fused path: no plan was made on the host (nothing to predict)."""
+        """A call whose plan never reached the host (`gpu-only` on the CUDA kernels): every pair on the GPU."""
         self.calls += 1
+        self.unplanned_calls += 1
         self.tokens += num_tokens
         self.pairs += num_pairs
         self.gpu_tokens += num_pairs

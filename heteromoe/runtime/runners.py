@@ -35,7 +35,7 @@ class ExpertsRunner(ABC):
         name: registry name.
         needs_host_plan: it reads `CallPlan.plan` (a host Plan for this call's counts); False: it reads
             `CallPlan.kernel` (the plan as the fused kernels take it).
-        leaves_counts: after a call, `last_counts` holds the call's [E] tokens per expert on the device.
+        leaves_counts: after a call, `last_counts` holds the call's [E] tokens per expert (on its device).
     """
 
     name: ClassVar[str] = ""
@@ -55,8 +55,11 @@ class ExpertsRunner(ABC):
     def run(self, call: LayerCall, planned: CallPlan, dispatch: Dispatch, records: Records) -> torch.Tensor:
         """[T, d] the call's combined expert output in hidden's dtype."""
 
-    def stood_in(self, calls: int, pairs: int) -> None:
-        """`calls` calls with `pairs` PIM pairs ran in place of the PIM backend (settled plans)."""
+    @property
+    def last_counts(self) -> torch.Tensor | None:
+        """[E] int32: the last call's tokens per expert where the runner leaves them (`leaves_counts`)."""
+        return None
+
 
 
 class BackendsRunner(ExpertsRunner):
