@@ -151,9 +151,10 @@ class AheadPlans(PlanSource):
         self._buffers: dict[str, _AheadBuffers] = {}
 
     def supports(self, runner: ExpertsRunner) -> tuple[bool, str]:
-        if not runner.leaves_counts:
+        ok, reason = super().supports(runner)
+        if ok and not runner.leaves_counts:
             return False, f"runner {runner.name!r} leaves no counts on the device to plan the next call from"
-        return super().supports(runner)
+        return ok, reason
 
     def accepts(self, call: LayerCall) -> bool:
         return call.hidden.is_cuda
@@ -204,9 +205,10 @@ class DevicePlans(PlanSource):
         self._tables: dict[str, tuple] = {}
 
     def supports(self, runner: ExpertsRunner) -> tuple[bool, str]:
-        if self.policy.name not in DEVICE_RULES:
+        ok, reason = super().supports(runner)
+        if ok and self.policy.name not in DEVICE_RULES:
             return False, f"the device planner runs {sorted(DEVICE_RULES)}, not {self.policy.name!r}"
-        return super().supports(runner)
+        return ok, reason
 
     def accepts(self, call: LayerCall) -> bool:
         return call.hidden.is_cuda
