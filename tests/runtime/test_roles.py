@@ -277,3 +277,20 @@ def test_roles_are_logged_once(caplog):
     assert caplog.text.count("executor roles: local dispatch, fused runner, host plans") == 1
     assert "device planner runs" in caplog.text
 
+
+
+def test_fused_options_group_wraps_fused_keywords():
+    from heteromoe.runtime import FusedOptions
+
+    model = tiny_model("qwen3_moe")
+    grouped = heteromoe.wrap(model, policy="heteromoe", fused=FusedOptions(enabled=True, plan_on_device=True,
+                                                                          gemv_max_tokens=3))
+    grouped.unwrap()
+    flat = heteromoe.wrap(model, policy="heteromoe", fused=True, plan_on_device=True, gemv_max_tokens=3)
+    flat.unwrap()
+    for runtime in (grouped, flat):
+        assert runtime.executor.roles.plans.name == "device" and runtime.executor.fused.gemv_max_tokens == 3
+    with pytest.raises(ValueError, match=r"pass \['plan_ahead'\] inside FusedOptions"):
+        heteromoe.wrap(model, fused=FusedOptions(), plan_ahead=True)
+    with pytest.raises(ValueError, match="FusedOptions.enabled must be None, True or False, got 'yes'"):
+        FusedOptions(enabled="yes")
