@@ -53,7 +53,7 @@ class CallPlan:
     Attributes:
         plan: the call's plan on the host (None where it is made on the device, or not at all).
         kernel: keyword arguments of `FusedLayerPath.run` that carry the plan to the fused kernels
-            (`take_hot`, `max_cold_tokens`, `hot_possible`, `device_plan`, `plan_out`; empty: the kernels'
+            (`gpu_set`, `pim_set_max_tokens`, `gpu_set_nonempty`, `device_plan`, `plan_out`; empty: the kernels'
             own choice, every expert on the GPU).
     """
 

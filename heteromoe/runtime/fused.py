@@ -12,10 +12,14 @@ batches up to `mma_max_tokens` every expert on the tensor-core kernel (both read
 of up to 8 / 32 tokens), all in one C++ call (one token: without route_prep, the GEMVs read the routing);
 larger batches split by a kernel choice made on the device (experts with at most `gemv_max_tokens` tokens
 take the GEMV, the rest the grouped GEMM). Other policies: the cold experts are the plan's PIM set
-(`take_hot`: the GPU's share of each expert; the cold rows are the PIM backend's, whose functional stand-in
+(`gpu_set`: the GPU's share of each expert; the cold rows are the PIM backend's, whose functional stand-in
 is the same GEMV kernel); planned on the device, a call is one C++ call too, its GPU set on the GEMV or the
 tensor-core kernel by the same batch rule. Nothing waits on the host: the path can be captured in a CUDA
 graph. On CPU (float32) the same path runs the C++ / numba twins.
+
+Names: "hot" and "cold" are the kernels' two sides (tensor cores or grouped GEMM; the GEMV); "GPU set" and
+"PIM set" are a plan's halves. Under a plan the cold side runs the PIM set; under `gpu-only` it runs the
+experts of at most `gemv_max_tokens` tokens, all of them GPU work.
 """
 from __future__ import annotations
 
@@ -118,23 +122,26 @@ class FusedLayerPath(OneCallLaunches):
 
     # -- public ------------------------------------------------------------------------------------
     def run(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
-            take_hot: np.ndarray | torch.Tensor | None = None, max_cold_tokens: int | None = None,
-            hot_possible: bool = True, device_plan: kernels.DevicePlan | None = None,
+            gpu_set: np.ndarray | torch.Tensor | None = None, pim_set_max_tokens: int | None = None,
+            gpu_set_nonempty: bool = True, device_plan: kernels.DevicePlan | None = None,
             plan_out: torch.Tensor | None = None) -> torch.Tensor:
         """[T, d] the layer's combined expert output in hidden's dtype.
 
         Args:
-            take_hot: [E] the plan's GPU tokens per expert, host array or int32 device tensor (None: kernel
-                choice by token count).
-            max_cold_tokens: the most tokens any cold expert has, when the caller knows it (picks the GEMV tile).
-            hot_possible: with a device `take_hot`, False says it is all zeros (the host knows; skips the hot side).
+            gpu_set: [E] the plan's GPU tokens per expert (the GPU set; the rest of each expert's pairs is the
+                PIM set, run on the GEMV side), host array or int32 device tensor (None: every expert on the GPU,
+                kernel choice by token count).
+            pim_set_max_tokens: the most tokens any expert of the PIM set has, when the caller knows it (picks
+                the GEMV tile).
+            gpu_set_nonempty: with a device `gpu_set`, False says it is all zeros (the host knows; skips the
+                GPU side).
             device_plan: plan on the device from this call's counts (policy sieve/heteromoe, one GPU); the
                 plan's GPU tokens per expert land in row 0 of `plan_out` ([2, E] int32), the counts in row 1.
         """
         num_tokens, top_k = top_k_index.shape
         num_pairs = num_tokens * top_k
         self._raise_deferred_error(layer)
-        if take_hot is None and device_plan is None:
+        if gpu_set is None and device_plan is None:
             call = self._one_call(layer, hidden, top_k_weights)
             if call is not None and (num_tokens <= self.gemv_batch_tokens or call.mma_ok(self, num_tokens, num_pairs)):
                 return self._gemv_layer(layer, hidden, top_k_index, top_k_weights, mma=True, call=call)
@@ -148,7 +155,7 @@ class FusedLayerPath(OneCallLaunches):
                                             hot_mma)
         if device_plan is not None:
             threshold, may_have_hot, may_have_cold, max_tokens = 0, True, True, num_tokens
-        elif take_hot is None:
+        elif gpu_set is None:
             # small batches: every expert on the GEMV (it reads each weight once for up to gemv_batch_tokens
             # tokens); larger ones: the experts above gemv_max_tokens on the grouped GEMM
             threshold = self.gemv_batch_tokens if num_tokens <= self.gemv_batch_tokens else self.gemv_max_tokens
@@ -156,19 +163,19 @@ class FusedLayerPath(OneCallLaunches):
             may_have_cold = True
             max_tokens = min(num_tokens, threshold)
         else:
-            if not isinstance(take_hot, torch.Tensor):
-                take_hot = np.asarray(take_hot, dtype=np.int32)
+            if not isinstance(gpu_set, torch.Tensor):
+                gpu_set = np.asarray(gpu_set, dtype=np.int32)
             threshold = 0
-            may_have_hot = bool(take_hot.any()) if not isinstance(take_hot, torch.Tensor) else hot_possible
-            may_have_cold = max_cold_tokens is None or max_cold_tokens > 0
-            max_tokens = num_tokens if max_cold_tokens is None else max(int(max_cold_tokens), 1)
+            may_have_hot = bool(gpu_set.any()) if not isinstance(gpu_set, torch.Tensor) else gpu_set_nonempty
+            may_have_cold = pim_set_max_tokens is None or pim_set_max_tokens > 0
+            max_tokens = num_tokens if pim_set_max_tokens is None else max(int(pim_set_max_tokens), 1)
         if not may_have_hot and device_plan is None and (call := self._one_call(layer, hidden, top_k_weights)):
             return self._gemv_layer(layer, hidden, top_k_index, top_k_weights, mma=False, call=call)  # all cold
         if device_plan is not None:
             prep = kernels.route_prep_plan(top_k_index, layer.num_experts, device_plan, plan_out=plan_out,
                                            err_out=self._err_word(layer, top_k_index.device))
         else:
-            prep = kernels.route_prep(top_k_index, layer.num_experts, take_hot=take_hot, threshold=threshold,
+            prep = kernels.route_prep(top_k_index, layer.num_experts, take_hot=gpu_set, threshold=threshold,
                                       err_out=self._err_word(layer, top_k_index.device))
         self._check_ids(layer, prep, top_k_index)
         self.last_counts = prep.counts  # [E] on the device: plan-ahead copies them to the host

@@ -72,7 +72,7 @@ class HostPlans(PlanSource):
     def plan(self, call: LayerCall, dispatch: Dispatch, records: Records, runner: ExpertsRunner) -> CallPlan:
         plan = dispatch.plan(call, self.policy)
         # Policy.plan validated it: every pair once; without replicas (FusedRunner.accepts) slot e is expert e
-        return CallPlan(plan, {"take_hot": plan.gpu_tokens, "max_cold_tokens": int(plan.pim_tokens.max(initial=0))})
+        return CallPlan(plan, {"gpu_set": plan.gpu_tokens, "pim_set_max_tokens": int(plan.pim_tokens.max(initial=0))})
 
     def done(self, call: LayerCall, planned: CallPlan, records: Records, runner: ExpertsRunner) -> None:
         records.add(call.layer.name, planned.plan, call.num_tokens)
@@ -180,8 +180,8 @@ class AheadPlans(PlanSource):
         slot.take_host.numpy()[:] = take  # this slot's last copy finished: its event was waited on above
         slot.take_dev.copy_(slot.take_host, non_blocking=True)
         # a PIM expert can have every token of the batch this time
-        return CallPlan(plan, {"take_hot": slot.take_dev, "max_cold_tokens": num_tokens,
-                               "hot_possible": bool(take.any())})
+        return CallPlan(plan, {"gpu_set": slot.take_dev, "pim_set_max_tokens": num_tokens,
+                               "gpu_set_nonempty": bool(take.any())})
 
     def done(self, call: LayerCall, planned: CallPlan, records: Records, runner: ExpertsRunner) -> None:
         slot = self._buffers[call.layer.name].slots[self._buffers[call.layer.name].turn]

@@ -344,8 +344,8 @@ def test_mma_paths_match_the_module(batch):
     with torch.no_grad():
         ref = layer.module(hidden, ids, weights)
         outs = {"gpu-only": path.run(layer, hidden, ids, weights),
-                "plan": path.run(layer, hidden, ids, weights, take_hot=(counts + 1) // 2,
-                                 max_cold_tokens=int((counts // 2).max()))}
+                "plan": path.run(layer, hidden, ids, weights, gpu_set=(counts + 1) // 2,
+                                 pim_set_max_tokens=int((counts // 2).max()))}
     for name, out in outs.items():
         torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item(), msg=name)
 

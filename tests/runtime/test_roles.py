@@ -151,8 +151,8 @@ def test_fused_runner_needs_one_local_gpu_and_no_replicas():
 def test_host_plans_hand_the_kernels_the_gpu_share():
     call, pol = _call("sieve")
     planned = HostPlans(pol).plan(call, LocalDispatch(1), Records(), BackendsRunner(*[registry.get("torch")] * 3))
-    np.testing.assert_array_equal(planned.kernel["take_hot"], planned.plan.gpu_tokens)
-    assert planned.kernel["max_cold_tokens"] == int(planned.plan.pim_tokens.max(initial=0))
+    np.testing.assert_array_equal(planned.kernel["gpu_set"], planned.plan.gpu_tokens)
+    assert planned.kernel["pim_set_max_tokens"] == int(planned.plan.pim_tokens.max(initial=0))
 
 
 @pytest.mark.parametrize("policy, ahead, on_device, want", [
