@@ -144,36 +144,14 @@ class MoEExecutor:
         """Record every plan not recorded yet (plans made on the device are settled in bulk)."""
         self.roles.plans.flush(self.records, self.roles.runner)
 
-    @property
-    def stats(self) -> dict[str, LayerStats]:
-        return self.records.stats
-
-    @property
-    def last_plans(self) -> dict[str, Plan]:
-        return self.records.last_plans
+    stats = property(lambda self: self.records.stats, doc="dict[str, LayerStats]: per-layer sums over calls")
+    last_plans = property(lambda self: self.records.last_plans, doc="dict[str, Plan]: each layer's last plan")
 
     # -- what the roles are --------------------------------------------------------------------------
-    @property
-    def num_gpus(self) -> int:
-        return self.roles.dispatch.num_gpus
-
-    @property
-    def rank(self) -> int:
-        return self.roles.dispatch.rank
-
-    @property
-    def gpu_backend(self) -> Backend:
-        return self.roles.generic.gpu
-
-    @property
-    def pim_backend(self) -> Backend:
-        return self.roles.generic.pim
-
-    @property
-    def fallback_backend(self) -> Backend:
-        return self.roles.generic.fallback
-
-    @property
-    def fused(self):
-        """The fused kernels (FusedLayerPath) where they are the runner, else None."""
-        return getattr(self.roles.runner, "path", None)
+    num_gpus = property(lambda self: self.roles.dispatch.num_gpus, doc="GPUs the plans are made for")
+    rank = property(lambda self: self.roles.dispatch.rank, doc="this process's rank in the dispatch's group")
+    gpu_backend = property(lambda self: self.roles.generic.gpu, doc="the GPU side's backend")
+    pim_backend = property(lambda self: self.roles.generic.pim, doc="the PIM side's backend")
+    fallback_backend = property(lambda self: self.roles.generic.fallback, doc="what a failing slice re-runs on")
+    fused = property(lambda self: getattr(self.roles.runner, "path", None),
+                     doc="the fused kernels (FusedLayerPath) where they are the runner, else None")

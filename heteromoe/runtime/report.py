@@ -8,6 +8,11 @@ from heteromoe.sched.plan import Plan
 __all__ = ["LayerStats", "Records"]
 
 
+#: The fields of LayerStats a plan adds to (`LayerStats.add_sums`).
+SUMS = ("calls", "tokens", "pairs", "gpu_experts", "pim_experts", "gpu_tokens", "pim_tokens", "pim_calls", "t_comm_s",
+        "t_gpu_s", "t_pim_s", "predicted_time_s")
+
+
 @dataclass
 class LayerStats:
     """Sums over the calls of one MoE layer, with the same meaning whichever roles ran them.
@@ -37,35 +42,20 @@ class LayerStats:
     unplanned_calls: int = 0
 
     def add(self, plan: Plan, num_tokens: int) -> None:
-        self.calls += 1
-        self.tokens += num_tokens
-        self.pairs += int(plan.gpu_tokens.sum() + plan.pim_tokens.sum())
-        self.gpu_experts += int(plan.gpu_experts.size)
-        self.pim_experts += int(plan.pim_experts.size)
-        self.gpu_tokens += int(plan.gpu_tokens.sum())
-        self.pim_tokens += int(plan.pim_tokens.sum())
-        self.pim_calls += int(plan.pim_tokens.any())
-        self.t_comm_s += plan.t_comm_s
-        self.t_gpu_s += plan.t_gpu_s
-        self.t_pim_s += plan.t_pim_s
-        self.predicted_time_s += plan.predicted_time_s
+        """One call's plan."""
+        gpu, pim = int(plan.gpu_tokens.sum()), int(plan.pim_tokens.sum())
+        self.add_sums(calls=1, tokens=num_tokens, pairs=gpu + pim, gpu_experts=int(plan.gpu_experts.size),
+                      pim_experts=int(plan.pim_experts.size), gpu_tokens=gpu, pim_tokens=pim, pim_calls=int(pim > 0),
+                      t_comm_s=plan.t_comm_s, t_gpu_s=plan.t_gpu_s, t_pim_s=plan.t_pim_s,
+                      predicted_time_s=plan.predicted_time_s)
 
-    def add_sums(self, *, calls: int, tokens: int, pairs: int, gpu_experts: int, pim_experts: int, gpu_tokens: int,
-                 pim_tokens: int, pim_calls: int, t_comm_s: float, t_gpu_s: float, t_pim_s: float,
-                 predicted_time_s: float) -> None:
-        """Several calls at once (their sums), as that many `add` calls would (plans settled in bulk)."""
-        self.calls += calls
-        self.tokens += tokens
-        self.pairs += pairs
-        self.gpu_experts += gpu_experts
-        self.pim_experts += pim_experts
-        self.gpu_tokens += gpu_tokens
-        self.pim_tokens += pim_tokens
-        self.pim_calls += pim_calls
-        self.t_comm_s += t_comm_s
-        self.t_gpu_s += t_gpu_s
-        self.t_pim_s += t_pim_s
-        self.predicted_time_s += predicted_time_s
+    def add_sums(self, **sums) -> None:
+        """Several calls at once (their sums of each field of `SUMS`, all of them), as that many `add` calls
+        would (plans settled in bulk)."""
+        if sums.keys() != set(SUMS):
+            raise TypeError(f"add_sums takes exactly {list(SUMS)}, got {sorted(sums)}")
+        for name in SUMS:
+            setattr(self, name, getattr(self, name) + sums[name])
 
     def add_unplanned(self, num_tokens: int, num_pairs: int) -> None:
         """A call whose plan never reached the host (`gpu-only` on the CUDA kernels): every pair on the GPU."""
