@@ -261,8 +261,8 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
         fused: the fused kernel path (`runtime.fused`, the "fused" experts runner, standing in for the built-in
             torch / pim-emulator backends on one process): a FusedOptions, or its `enabled` alone: None
             (default) on for CUDA calls, True also on CPU (float32, C++/numba kernels), False off.
-        gemv_max_tokens / plan_ahead / plan_on_device: shorthands for the FusedOptions fields of the same
-            names (not together with fused=FusedOptions(...)).
+        gemv_max_tokens / plan_ahead / plan_on_device: shorthands for FusedOptions(tuning=KernelTuning(
+            gemv_max_tokens=...), plan_ahead=..., plan_on_device=...) (not together with fused=FusedOptions(...)).
         record_routing: keep every layer call's routing for `runtime.save_trace()` (copies it to the host
             on each call, which makes the call wait for the router: off by default).
     Returns:
@@ -304,7 +304,7 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
     if options.enabled is not False and process_group is None:
         from heteromoe.runtime.fused import FusedLayerPath
 
-        fused_kw = dict(fused=FusedLayerPath(gemv_max_tokens=options.gemv_max_tokens), fused_on_cpu=bool(options.enabled),
+        fused_kw = dict(fused=FusedLayerPath(tuning=options.tuning), fused_on_cpu=bool(options.enabled),
                         plan_ahead=options.plan_ahead, plan_on_device=options.plan_on_device)
     executor = MoEExecutor(get_policy(policy), _resolve_backend(gpu_backend, "gpu", layers),
                            _resolve_backend(pim_backend, "pim", layers),

@@ -23,8 +23,8 @@ experts of at most `gemv_max_tokens` tokens, all of them GPU work.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ import torch
 from heteromoe import kernels
 from heteromoe.kernels.splitk import SplitKRule, expected_experts, launched_splits
 from heteromoe.runtime.layer import ExpertLayer
+from heteromoe.runtime.options import DEFAULT_TUNING, KernelTuning
 from heteromoe.runtime.one_call import OneCallLaunches, _OneCall, _rounds_products  # noqa: F401 - _OneCall: tests
 
 logger = logging.getLogger(__name__)
@@ -76,40 +77,26 @@ class FusedLayerPath(OneCallLaunches):
     """Runs layer calls through `heteromoe.kernels` (one instance per wrapped model).
 
     Args:
-        gemv_max_tokens: in kernel-choice mode, experts with at most this many tokens take the GEMV kernel.
-        gemv_batch_tokens: batches of at most this many tokens run every expert on the GEMV kernel (H100
-            sweep, bench/results/gpu-threshold-sweep-h100.json: faster than mixing up to 4 tokens).
-        mma_max_tokens: batches of more than `gemv_batch_tokens` and at most this many tokens run every expert
-            (gpu-only) or the hot side (plans) on the tensor-core kernel `expert_mma` (bf16/fp16; 0: never)...
-        mma_min_warps_per_sm: ...where the down projection gives every SM at least this many warps (32 rows
-            each) over the experts the batch can touch: a kernel streaming each expert's weights once per warp
-            needs that many loads in flight. Shapes with few experts and long rows (Mixtral-8x7B: at most 8
-            experts x 128 warps, K 14336) keep torch's grouped_mm for the hot experts (H100: Mixtral batch
-            16 / 256 on the kernel 879 / 1685 us, bench/results/gpu-mma-sweep-h100.json, on grouped_mm + GEMV
-            703 / 1239 us, gpu-layer-h100.json; Qwen3-30B-A3B 240.5 / 466.5 vs 262.5 / 489.0 us, the latter).
-            With split-K the down projection's warps count once per split.
-        streams: run the cold side on a second CUDA stream when both sides have work.
-        split_k: how many K ranges the down projection is cut into (`heteromoe.kernels.splitk`: gpu-only calls,
-            and a plan's GPU set on the tensor cores; None: from HETEROMOE_SPLIT_K, unset: never split).
+        tuning: the kernel choices (`runtime.options.KernelTuning`; default: `DEFAULT_TUNING`, today's
+            measured choices).
+        gemv_max_tokens / streams / gemv_batch_tokens / mma_max_tokens / mma_min_warps_per_sm / split_k:
+            each replaces that field of `tuning` where given (not None).
     """
 
-    def __init__(self, gemv_max_tokens: int = 2, streams: bool = True, gemv_batch_tokens: int = 4,
-                 mma_max_tokens: int = 256, mma_min_warps_per_sm: int = 8, split_k: SplitKRule | None = None) -> None:
-        if gemv_max_tokens < 1:
-            raise ValueError(f"gemv_max_tokens must be >= 1, got {gemv_max_tokens}")
-        if gemv_batch_tokens < 0:
-            raise ValueError(f"gemv_batch_tokens must be >= 0, got {gemv_batch_tokens}")
-        self.gemv_max_tokens = int(gemv_max_tokens)
-        self.gemv_batch_tokens = int(gemv_batch_tokens)
-        if mma_max_tokens < 0:
-            raise ValueError(f"mma_max_tokens must be >= 0, got {mma_max_tokens}")
-        self.mma_max_tokens = int(mma_max_tokens)
-        if mma_min_warps_per_sm < 0:
-            raise ValueError(f"mma_min_warps_per_sm must be >= 0, got {mma_min_warps_per_sm}")
-        self.mma_min_warps_per_sm = int(mma_min_warps_per_sm)
-        self.split_k = split_k if split_k is not None else SplitKRule.from_env(os.environ.get("HETEROMOE_SPLIT_K"))
+    def __init__(self, gemv_max_tokens: int | None = None, streams: bool | None = None,
+                 gemv_batch_tokens: int | None = None, mma_max_tokens: int | None = None,
+                 mma_min_warps_per_sm: int | None = None, split_k: SplitKRule | None = None,
+                 tuning: KernelTuning | None = None) -> None:
+        given = dict(gemv_max_tokens=gemv_max_tokens, streams=streams, gemv_batch_tokens=gemv_batch_tokens,
+                     mma_max_tokens=mma_max_tokens, mma_min_warps_per_sm=mma_min_warps_per_sm, split_k=split_k)
+        self.tuning = dataclasses.replace(tuning or DEFAULT_TUNING, **{k: v for k, v in given.items() if v is not None})
+        self.gemv_max_tokens = self.tuning.gemv_max_tokens
+        self.gemv_batch_tokens = self.tuning.gemv_batch_tokens
+        self.mma_max_tokens = self.tuning.mma_max_tokens
+        self.mma_min_warps_per_sm = self.tuning.mma_min_warps_per_sm
+        self.split_k = self.tuning.split_k
+        self.streams = self.tuning.streams
         self._sms: dict[torch.device, int] = {}
-        self.streams = streams
         self._side: dict[torch.device, torch.cuda.Stream] = {}
         self._gate_fused: dict[int, bool] = {}
         self._grouped_ok: dict[tuple, bool] = {}

@@ -280,11 +280,11 @@ def test_roles_are_logged_once(caplog):
 
 
 def test_fused_options_group_wraps_fused_keywords():
-    from heteromoe.runtime import FusedOptions
+    from heteromoe.runtime import FusedOptions, KernelTuning
 
     model = tiny_model("qwen3_moe")
     grouped = heteromoe.wrap(model, policy="heteromoe", fused=FusedOptions(enabled=True, plan_on_device=True,
-                                                                          gemv_max_tokens=3))
+                                                                          tuning=KernelTuning(gemv_max_tokens=3)))
     grouped.unwrap()
     flat = heteromoe.wrap(model, policy="heteromoe", fused=True, plan_on_device=True, gemv_max_tokens=3)
     flat.unwrap()
@@ -294,3 +294,18 @@ def test_fused_options_group_wraps_fused_keywords():
         heteromoe.wrap(model, fused=FusedOptions(), plan_ahead=True)
     with pytest.raises(ValueError, match="FusedOptions.enabled must be None, True or False, got 'yes'"):
         FusedOptions(enabled="yes")
+
+
+def test_kernel_tuning_is_one_checked_object_with_todays_defaults():
+    from heteromoe.kernels.splitk import SplitKRule
+    from heteromoe.runtime import KernelTuning
+
+    tuning = KernelTuning()
+    assert (tuning.gemv_max_tokens, tuning.gemv_batch_tokens, tuning.mma_max_tokens, tuning.mma_min_warps_per_sm,
+            tuning.streams, tuning.split_k) == (2, 4, 256, 8, True, SplitKRule())
+    path = FusedLayerPath(tuning=KernelTuning(mma_max_tokens=0), gemv_max_tokens=5)
+    assert (path.mma_max_tokens, path.gemv_max_tokens, path.gemv_batch_tokens) == (0, 5, 4)
+    with pytest.raises(ValueError, match="gemv_batch_tokens must be >= 0, got -1"):
+        KernelTuning(gemv_batch_tokens=-1)
+    with pytest.raises(ValueError, match="split-K setting 'x'"):
+        KernelTuning.from_env({"HETEROMOE_SPLIT_K": "x"})
