@@ -4,13 +4,12 @@ cold-expert GEMV, weighted unpermute.
 One call signature, several implementations, picked by the tensors' device:
   CUDA tensors -> `heteromoe._cuda` (csrc/cuda/heteromoe_cuda.cu; launched on the current stream, no host sync);
   CPU float32  -> `heteromoe._C` (csrc/moe_kernels_cpu.cpp), else the numba / python twins (kernels/_cpu.py),
-                  following `HETEROMOE_FASTPATH` like the planners;
+                  the one the fast-path facade chose for the planners too (`_ext.FASTPATH`);
   anything else -> `reference`, plain torch ops (also what every implementation is tested against).
 """
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -49,7 +48,7 @@ except ImportError as exc:
     _cuda = None
     HAS_CUDA_KERNELS = False
     cuda_load_error = repr(exc)
-    if os.environ.get("HETEROMOE_DEBUG_EXT") == "1":
+    if _ext.DEBUG_EXT:
         logger.warning("heteromoe._cuda failed to import: %s", cuda_load_error)
 
 #: CPU implementations by name, in priority order.
@@ -58,13 +57,13 @@ CPU_IMPLEMENTATIONS = {name: impl for name, impl in (("c", _ext._C if _ext.HAS_E
 
 
 def cpu_kernels(name: str | None = None):
-    """The CPU implementation `name`, or the one `HETEROMOE_FASTPATH` / priority picks."""
-    name = name or os.environ.get("HETEROMOE_FASTPATH")
-    if name:
-        if name not in CPU_IMPLEMENTATIONS:
-            raise ValueError(f"CPU kernels {name!r} are not available here; available: {sorted(CPU_IMPLEMENTATIONS)}")
-        return CPU_IMPLEMENTATIONS[name]
-    return next(iter(CPU_IMPLEMENTATIONS.values()))
+    """The CPU implementation `name`, or the fast path's (`_ext.FASTPATH`: HETEROMOE_FASTPATH or priority,
+    decided once for the planners and the kernels)."""
+    if name is None:  # the facade's pick, or (a twin the kernels lack) the first by priority
+        return CPU_IMPLEMENTATIONS.get(_ext.FASTPATH) or next(iter(CPU_IMPLEMENTATIONS.values()))
+    if name not in CPU_IMPLEMENTATIONS:
+        raise ValueError(f"CPU kernels {name!r} are not available here; available: {sorted(CPU_IMPLEMENTATIONS)}")
+    return CPU_IMPLEMENTATIONS[name]
 
 
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}

@@ -309,3 +309,11 @@ def test_kernel_tuning_is_one_checked_object_with_todays_defaults():
         KernelTuning(gemv_batch_tokens=-1)
     with pytest.raises(ValueError, match="split-K setting 'x'"):
         KernelTuning.from_env({"HETEROMOE_SPLIT_K": "x"})
+
+
+def test_one_fast_path_for_planners_and_cpu_kernels():
+    """The facade decides once (HETEROMOE_FASTPATH or priority); the CPU kernels follow the planners' pick."""
+    from heteromoe import _ext, kernels
+
+    assert _ext.FASTPATH == _ext.impl.name
+    assert kernels.cpu_kernels() is kernels.CPU_IMPLEMENTATIONS[_ext.FASTPATH]
