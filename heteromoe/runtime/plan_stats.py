@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from heteromoe.cost.gpu import gpu_time_s
 from heteromoe.cost.model import CostModel
 from heteromoe.runtime.report import LayerStats
 from heteromoe.sched.plan import Plan, PlanError
@@ -61,7 +62,7 @@ def settle_rows(cost: CostModel, policy, take: np.ndarray, counts: np.ndarray, t
     read = cost.gpu.read_s(take).sum(axis=1)
     flop = flop_tab[take].sum(axis=1)
     busy = (take > 0).any(axis=1)
-    t_gpu = np.maximum(read, flop) + np.where(busy, cost.gpu.launch_s, 0.0) + gpu_fixed
+    t_gpu = gpu_time_s(read, flop, busy, cost.gpu.launch_s, gpu_fixed)
     t_pim = pim_tab[pim].sum(axis=1) + pim_fixed
     # device plans are one-GPU plans, whose all-to-all estimate does not depend on the counts (no link)
     slot_gpu = np.zeros(counts.shape[1], dtype=np.int64)
