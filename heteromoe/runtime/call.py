@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -13,9 +14,9 @@ from heteromoe.sched.plan import Plan
 __all__ = ["CallPlan", "LayerCall"]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LayerCall:
-    """One layer call.
+    """One layer call (slots: one is made per call, on the host's share of every decode layer).
 
     Attributes:
         layer: the experts; cost: the layer's cost model.
@@ -46,8 +47,7 @@ class LayerCall:
         return torch.promote_types(self.hidden.dtype, self.top_k_weights.dtype)
 
 
-@dataclass(frozen=True, eq=False)
-class CallPlan:
+class CallPlan(NamedTuple):
     """What a plan source hands the experts runner for one call.
 
     Attributes:

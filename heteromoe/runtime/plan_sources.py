@@ -203,6 +203,7 @@ class DevicePlans(PlanSource):
         super().__init__(policy)
         self._rings: dict[str, PlanRing] = {}
         self._tables: dict[str, tuple] = {}
+        self._filling: PlanRing | None = None  # the ring this call's plan went to
 
     def supports(self, runner: ExpertsRunner) -> tuple[bool, str]:
         ok, reason = super().supports(runner)
@@ -215,7 +216,7 @@ class DevicePlans(PlanSource):
 
     def plan(self, call: LayerCall, dispatch: Dispatch, records: Records, runner: ExpertsRunner) -> CallPlan:
         layer, cost, num_tokens = call.layer, call.cost, call.num_tokens
-        plan = self._device_plan(call)
+        plan = self._device_plan(call, num_tokens)
         if torch.cuda.is_current_stream_capturing():  # in a CUDA graph: kernels only (replays keep no stats)
             scratch = torch.empty(2, layer.num_experts, dtype=torch.int32, device=call.hidden.device)
             return CallPlan(None, {"device_plan": plan, "plan_out": scratch})
@@ -225,21 +226,20 @@ class DevicePlans(PlanSource):
         elif ring.cost is not cost:  # another cost model from now on: what the ring holds is settled with the old one
             self._settle(layer.name, records, runner)
             ring.cost = cost
+        self._filling = ring
         return CallPlan(None, {"device_plan": plan, "plan_out": ring.next_row(num_tokens)})
 
     def done(self, call: LayerCall, planned: CallPlan, records: Records, runner: ExpertsRunner) -> None:
-        if torch.cuda.is_current_stream_capturing():
-            return
-        ring = self._rings[call.layer.name]
-        if ring.full:
+        ring, self._filling = self._filling, None  # None after a captured call: it took no row
+        if ring is not None and ring.full:
             ready = ring.ship()
             if ready is not None:
                 self._settle_rows(call.layer.name, ring.cost, *ready, records=records, runner=runner)
 
-    def _device_plan(self, call: LayerCall) -> DevicePlan:
+    def _device_plan(self, call: LayerCall, num_tokens: int) -> DevicePlan:
         """The layer's cost tables on the device (re-uploaded when the cost model's tables change)."""
         cost: CostModel = call.cost
-        flop_tab, pim_tab = cost.tables(call.num_tokens)
+        flop_tab, pim_tab = cost.tables(num_tokens)
         cached = self._tables.get(call.layer.name)
         if cached is None or cached[0] is not flop_tab or cached[1] is not pim_tab:
             device = call.hidden.device
