@@ -34,9 +34,11 @@ class Roles:
     host_plans: HostPlans
 
 
-def choose_plans(policy, runner: ExpertsRunner, plan_ahead: bool, plan_on_device: bool) -> tuple[PlanSource, list[str]]:
+def choose_plans(policy, runner: ExpertsRunner, plan_ahead: bool, plan_on_device: bool,
+                 host: HostPlans | None = None) -> tuple[PlanSource, list[str]]:
     """The plan source for `runner`: the first of the asked ones it supports, in this order (device before
-    ahead), kernel choice first for a policy that runs every expert on the GPU; host plans otherwise."""
+    ahead), kernel choice first for a policy that runs every expert on the GPU; `host` (default: new host
+    plans) otherwise. Also returns why each one passed over could not serve."""
     candidates: list[PlanSource] = []
     if not runner.needs_host_plan and policy.name in KernelChoice.KERNEL_CHOICE:
         candidates.append(KernelChoice(policy))
@@ -50,7 +52,7 @@ def choose_plans(policy, runner: ExpertsRunner, plan_ahead: bool, plan_on_device
         if ok:
             return source, passed_over
         passed_over.append(f"{source.name} plans: {reason}")
-    return HostPlans(policy), passed_over
+    return host if host is not None else HostPlans(policy), passed_over
 
 
 def choose_roles(policy, dispatch: Dispatch, generic: BackendsRunner, runner: ExpertsRunner | None = None,
@@ -66,9 +68,7 @@ def choose_roles(policy, dispatch: Dispatch, generic: BackendsRunner, runner: Ex
             chosen = runner
         else:
             passed_over.append(f"{runner.name} runner: {reason}")
-    plans, skipped = choose_plans(policy, chosen, plan_ahead, plan_on_device) if chosen is not generic else (host, [])
-    if plans.name == "host":
-        plans = host
+    plans, skipped = choose_plans(policy, chosen, plan_ahead, plan_on_device, host) if chosen is not generic else (host, [])
     passed_over += skipped
     logger.info("executor roles: %s dispatch, %s runner, %s plans, policy %s%s", dispatch.name, chosen.name,
                 plans.name, policy.name, f" ({'; '.join(passed_over)})" if passed_over else "")

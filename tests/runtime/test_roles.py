@@ -238,6 +238,7 @@ def test_wrap_builds_each_combination_and_it_matches_the_unwrapped_model(kwargs,
     runtime.unwrap()
     r = runtime.executor.roles
     assert (r.dispatch.name, r.runner.name, r.plans.name) == roles
+    assert (r.plans is r.host_plans) == (roles[2] == "host") and (r.runner is r.generic) == (roles[1] == "backends")
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
     layers = runtime.report()["layers"]
     assert all(layer["calls"] == 1 and layer["pairs"] == ids.numel() * 2 for layer in layers)
