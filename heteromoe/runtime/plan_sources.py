@@ -93,8 +93,8 @@ class KernelChoice(PlanSource):
         return CallPlan(None, {})
 
     def done(self, call: LayerCall, planned: CallPlan, records: Records, runner: ExpertsRunner) -> None:
-        counts = runner.last_counts
-        if counts is None or counts.is_cuda:
+        counts = None if call.hidden.is_cuda else runner.last_counts  # CUDA: not even a view (host time)
+        if counts is None:
             records.layer(call.layer.name).add_unplanned(call.num_tokens, call.num_tokens * call.top_k)
             return
         counts = counts.numpy().astype(np.int64)
