@@ -166,7 +166,7 @@ def test_heteromoe_gpu_only(benchmark, bandwidth, model, batch, clock, hot):
         check(run(hidden, ids, weights), experts(hidden, ids, weights))
         (bench_graph if clock == "graph" else bench_eager)(benchmark, lambda: run(hidden, ids, weights), touched,
                                                            bandwidth, model=model, batch=batch, path=path)
-    assert executor._fused_off == {}, executor._fused_off
+    assert executor.generic_reasons == {}, executor.generic_reasons
 
 
 # Split-K sweep (bench/gpu_splitk.sh): HETEROMOE_BENCH_SPLIT_K="1,2,4,8" runs gpu-only once per setting, each
@@ -207,7 +207,7 @@ def test_heteromoe_gpu_only_split_k(benchmark, bandwidth, model, batch, setting)
                     path="heteromoe gpu-only", split_k=setting, down_k_splits=splits, kernel=kernel,
                     rule_kernel=rule_kernel, unsplit_warps_per_sm=warps_per_sm,
                     touched_unsplit_warps_per_sm=touched_warps_per_sm)
-    assert executor._fused_off == {}, executor._fused_off
+    assert executor.generic_reasons == {}, executor.generic_reasons
 
 
 MODES = [("host", "eager"), ("plan-ahead", "eager"), ("device", "eager"), ("device", "graph")]
@@ -235,4 +235,4 @@ def test_heteromoe_policy_with_pim_split(benchmark, bandwidth, model, batch, mod
                      pim_experts=int(plan.pim_experts.size), gpu_experts=int(plan.gpu_experts.size))
         (bench_graph if clock == "graph" else bench_eager)(benchmark, lambda: run(hidden, ids, weights), touched,
                                                            bandwidth, **extra)
-    assert executor._fused_off == {}, executor._fused_off
+    assert executor.generic_reasons == {}, executor.generic_reasons

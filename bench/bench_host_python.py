@@ -24,7 +24,8 @@ from heteromoe import kernels
 from heteromoe.cost.model import CostModel
 from heteromoe.device import registry
 from heteromoe.routing import BimodalRouting
-from heteromoe.runtime import device_plans, fused
+from heteromoe.runtime import fused, plan_stats
+from heteromoe.runtime.call import LayerCall
 from heteromoe.runtime.executor import MoEExecutor
 from heteromoe.runtime.layer import ExpertLayer
 from heteromoe.runtime.report import LayerStats
@@ -43,8 +44,8 @@ class _Event:  # a CUDA event's record / synchronize, which the ring of device p
 
 
 def _cpu_ring(cls, num_experts: int, device: torch.device, cost: CostModel):
-    rows = torch.zeros(2, device_plans.RING_CALLS, 2, num_experts, dtype=torch.int32)
-    return cls(rows, torch.zeros_like(rows), [[rows[h, i] for i in range(device_plans.RING_CALLS)] for h in range(2)],
+    rows = torch.zeros(2, plan_stats.RING_CALLS, 2, num_experts, dtype=torch.int32)
+    return cls(rows, torch.zeros_like(rows), [[rows[h, i] for i in range(plan_stats.RING_CALLS)] for h in range(2)],
                [_Event(), _Event()], cost)
 
 
@@ -69,7 +70,7 @@ def stubbed(monkeypatch):
     monkeypatch.setattr(kernels, "_stream", lambda device=None: 0)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setattr(torch.cuda, "Event", _Event)
-    monkeypatch.setattr(device_plans.PlanRing, "allocate", classmethod(_cpu_ring))
+    monkeypatch.setattr(plan_stats.PlanRing, "allocate", classmethod(_cpu_ring))
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(1, layer.hidden_size, generator=gen).to(torch.bfloat16)
     ids = torch.randperm(layer.num_experts, generator=gen)[: spec.top_k][None, :]
@@ -99,7 +100,7 @@ def test_gpu_only_token_python(benchmark, stubbed):
 
 def test_device_planned_token_python(benchmark, stubbed):
     """The executor's device-planned call (policy heteromoe, h100-hbm3-pim), one token, from
-    `_run_fused_device_plan` down to the stubbed `_cuda.plan_layer`; settling every 64 calls included."""
+    the executor's composition (device plan source, fused runner) down to the stubbed `_cuda.plan_layer`; settling every 64 calls included."""
     layer, hidden, ids, weights = stubbed
     cost = CostModel(heteromoe.systems.get("h100-hbm3-pim"), heteromoe.models.get(MODEL))
     torch_backend = registry.get("torch")
@@ -113,7 +114,8 @@ def test_device_planned_token_python(benchmark, stubbed):
     def call() -> torch.Tensor:
         nonlocal calls
         calls += 1
-        return executor._run_fused_device_plan(layer, cost, placement, hidden, ids, weights)
+        roles = executor.roles  # the device plan source directly: these CPU tensors would take host plans
+        return executor._compose(LayerCall(layer, cost, placement, hidden, ids, weights), roles.plans, roles.runner)
 
     out = benchmark(call)
     assert out.shape == hidden.shape
@@ -130,8 +132,8 @@ def test_settle_64_device_plans(benchmark, system):
     policy = get_policy("heteromoe")
     placement = Placement.from_homes(np.zeros(spec.num_experts, dtype=np.int64), 1)
     routing = BimodalRouting.for_model(spec, seed=0)
-    counts = routing.counts(1, device_plans.RING_CALLS)
+    counts = routing.counts(1, plan_stats.RING_CALLS)
     take = np.stack([policy.plan(c, placement, 1, cost).gpu_tokens for c in counts])
     stats = LayerStats("layer0")
-    benchmark(device_plans.settle_rows, cost, policy, take, counts, np.ones(len(counts), dtype=np.int64), stats)
-    assert stats.calls % device_plans.RING_CALLS == 0 and stats.calls > 0
+    benchmark(plan_stats.settle_rows, cost, policy, take, counts, np.ones(len(counts), dtype=np.int64), stats)
+    assert stats.calls % plan_stats.RING_CALLS == 0 and stats.calls > 0

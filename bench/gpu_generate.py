@@ -149,7 +149,7 @@ def main() -> None:
             same = bool(torch.equal(out, ref))
             first_diff = None if same else int((out != ref).any(0).nonzero()[0, 0]) - args.prompt
             rec[policy] = {"s_per_token": s, "tokens_identical": same, "first_differing_new_token": first_diff,
-                           **agreement, **graph_info, "fused_off": dict(runtime.executor._fused_off)}
+                           **agreement, **graph_info, "fused_off": dict(runtime.executor.generic_reasons)}
         records.append(rec)
         print(json.dumps(rec))
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": args.dtype, "layers": args.layers,

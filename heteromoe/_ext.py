@@ -3,6 +3,10 @@
 Priority: the C++ extension, then numba, then plain numpy. `HAS_EXT` says whether `_C` loaded and
 `ext_load_error` keeps why not (xformers' `_cpp_lib.py` pattern). Set `HETEROMOE_DEBUG_EXT=1` to log
 the full import error, or `HETEROMOE_FASTPATH=c|numba|python` to force one implementation.
+
+This facade reads both settings once, at import, for the whole package: `FASTPATH` names the chosen
+implementation, and the CPU kernels (`heteromoe.kernels.cpu_kernels`) follow it as the planners do, so
+the two can never disagree; `DEBUG_EXT` is what `heteromoe.kernels` reads for `heteromoe._cuda` too.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from heteromoe.errors import UserError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEBUG_EXT",
+    "FASTPATH",
     "FastPathError",
     "HAS_EXT",
     "IMPLEMENTATIONS",
@@ -26,6 +32,9 @@ __all__ = [
     "route_to_replicas",
     "sieve_plan",
 ]
+
+#: HETEROMOE_DEBUG_EXT=1: log the extensions' full import errors (read once).
+DEBUG_EXT = os.environ.get("HETEROMOE_DEBUG_EXT") == "1"
 
 try:
     from heteromoe import _C  # type: ignore[attr-defined]
@@ -38,7 +47,7 @@ except ImportError as exc:
     HAS_EXT = False
     ext_load_error = repr(exc)
     _c_impl = None
-    if os.environ.get("HETEROMOE_DEBUG_EXT") == "1":
+    if DEBUG_EXT:
         logger.warning("heteromoe._C failed to import: %s", ext_load_error)
     else:
         logger.info("heteromoe._C not available (set HETEROMOE_DEBUG_EXT=1 for details); using fallbacks")
@@ -69,6 +78,8 @@ def _choose():
 
 
 impl = _choose()
+#: The fast-path implementation of the planners and the CPU kernels ("c", "numba" or "python"), chosen once.
+FASTPATH: str = impl.name
 counting_sort = impl.counting_sort
 sieve_plan = impl.sieve_plan
 heteromoe_plan = impl.heteromoe_plan

@@ -1,7 +1,11 @@
 """GPU cost model v1: the roofline (docs/design.md, section 4).
 
-T_GPU(G) = max(sum_G W_e / (eta_bw BW_ext), sum_G 6 n_e d f / (eta_fl F_gpu)) + t_launch
-A measured cost table (the calibration issue) will plug in behind the same two per-expert arrays.
+T_GPU(G) = max(sum_G W_e / (eta_bw BW_ext), sum_G 6 n_e d f / (eta_fl F_gpu)) + t_launch (+ fixed)
+
+`gpu_time_s` is that rule, the one every Python planner and evaluator uses; the fast-path twins (C++ `_C`,
+numba / python `_fallback`, the CUDA planner) evaluate the same expression and are tested bit-identical to
+`CostModel.times` (tests/test_ext.py). A measured cost table (`cost.gpu_table`) plugs in behind the same
+two per-expert arrays.
 """
 from __future__ import annotations
 
@@ -10,7 +14,18 @@ import numpy as np
 from heteromoe.spec.hardware import GpuSpec
 from heteromoe.spec.model import MoEModelSpec
 
-__all__ = ["GpuRoofline"]
+__all__ = ["GpuRoofline", "gpu_time_s"]
+
+
+def gpu_time_s(read_s, flop_s, busy, launch_s, fixed_s=0.0):
+    """T_GPU = max(read, flop) + launch where the GPU has work + fixed, elementwise (per GPU, or per call).
+
+    Args:
+        read_s / flop_s: the GPU's summed expert weight-read and tensor-core seconds (or any one unit).
+        busy: whether it runs any expert (no launch without work).
+        launch_s / fixed_s: launch overhead and the per-call fixed time (attention, combine).
+    """
+    return np.maximum(read_s, flop_s) + np.where(busy, launch_s, 0) + fixed_s
 
 
 class GpuRoofline:
@@ -36,4 +51,4 @@ class GpuRoofline:
         tokens = np.asarray(tokens)
         if not tokens.any():
             return 0.0
-        return max(float(self.read_s(tokens).sum()), float(self.flop_s(tokens).sum())) + self.launch_s
+        return float(gpu_time_s(float(self.read_s(tokens).sum()), float(self.flop_s(tokens).sum()), True, self.launch_s))

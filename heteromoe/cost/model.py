@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from heteromoe.cost.gpu import GpuRoofline
+from heteromoe.cost.gpu import GpuRoofline, gpu_time_s
 from heteromoe.cost.gpu_table import GpuCostTable, find_table
 from heteromoe.cost.layout import PIM_LAYOUTS, channel_groups
 from heteromoe.cost.link import all_to_all_s
@@ -163,7 +163,7 @@ class CostModel:
         read_g = np.bincount(expert_gpu, weights=read, minlength=num_gpus)
         flop_g = np.bincount(expert_gpu, weights=flop, minlength=num_gpus)
         busy_g = np.bincount(expert_gpu, weights=(np.asarray(gpu_tokens) > 0).astype(np.float64), minlength=num_gpus)
-        t_gpu = np.maximum(read_g, flop_g) + np.where(busy_g > 0, self.gpu.launch_s, 0.0) + gpu_fixed
+        t_gpu = gpu_time_s(read_g, flop_g, busy_g > 0, self.gpu.launch_s, gpu_fixed)
 
         t_pim = self.pim_s_per_gpu(pim_tokens, expert_gpu, num_gpus, pim_layout) + pim_fixed
         if comm_s is None:

@@ -96,9 +96,7 @@ class BankPimTiming:
     # -- shared pieces -------------------------------------------------------------------------------
     def _row_step(self, cols):
         """Cycles of a row step whose units each run `cols` column commands (scalar or array)."""
-        t = self.t
-        open_cycles = np.maximum(t.t_ras_cycles, t.t_rcd_cycles + np.asarray(cols) * t.t_ccd_l_cycles)
-        step = np.maximum(self.issue_cycles + open_cycles + t.t_rp_cycles, self.issue_cycles + t.t_rc_cycles)
+        step = self.t.row_step_cycles(cols, self.issue_cycles)
         if self.cap_bytes_per_cycle is not None:
             step = np.maximum(step, self.units * np.asarray(cols) * self.pim.column_bytes / self.cap_bytes_per_cycle)
         return step

@@ -21,6 +21,7 @@ from heteromoe.device import Backend, BackendUnavailable, registry
 from heteromoe.errors import UserError
 from heteromoe.runtime.executor import MoEExecutor
 from heteromoe.runtime.layer import ExpertLayer
+from heteromoe.runtime.options import FusedOptions
 from heteromoe.sched.factory import get_policy
 from heteromoe.sched.placement import Placement, as_placement
 from heteromoe.sched.replicas import ReplicaPlanner
@@ -30,7 +31,7 @@ from heteromoe.spec.presets import models, systems
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HeteroMoERuntime", "UnsupportedModelError", "find_expert_layers", "wrap"]
+__all__ = ["FusedOptions", "HeteroMoERuntime", "UnsupportedModelError", "find_expert_layers", "wrap"]
 
 _ids = itertools.count()
 _EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
@@ -164,12 +165,11 @@ class HeteroMoERuntime:
 
     def report(self) -> dict:
         """JSON-serializable per-layer sums: GPU/PIM split and predicted times (see README)."""
-        if hasattr(self.executor, "flush"):
-            self.executor.flush()  # plans made on the device are settled lazily
+        self.executor.flush()  # plans made on the device are settled lazily
         layers = [self.executor.stats[b.layer.name].to_dict() if b.layer.name in self.executor.stats
                   else {"name": b.layer.name, "calls": 0} for b in self._bindings.values()]
         return {
-            "rank": getattr(self.executor, "rank", 0),
+            "rank": self.executor.rank,
             "system": self.system.name,
             "policy": self.executor.policy.name,
             "num_gpus": self.executor.num_gpus,
@@ -208,8 +208,7 @@ class HeteroMoERuntime:
         return lines
 
     def reset_report(self) -> None:
-        if hasattr(self.executor, "flush"):
-            self.executor.flush()  # calls made before the reset are settled (and then forgotten) now
+        self.executor.flush()  # calls made before the reset are settled (and then forgotten) now
         self.executor.stats.clear()
 
     def unwrap(self):
@@ -228,18 +227,28 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
          model_spec: str | MoEModelSpec | None = None, gpus: int = 1, placement=None,
          replicas_per_gpu: int = 0, replan_every: int = 64, learn_pim_costs: bool = False, process_group=None,
          gpu_backend: str | Backend | None = None, pim_backend: str | Backend | None = None,
-         fallback_backend: str | Backend = "torch", fused: bool | None = None,
-         gemv_max_tokens: int = 2, plan_ahead: bool = False, plan_on_device: bool = False,
-         record_routing: bool = False) -> HeteroMoERuntime:
-    """Wrap a transformers MoE model so every experts call runs loads -> plan -> backends.
+         fallback_backend: str | Backend = "torch", fused: bool | FusedOptions | None = None,
+         record_routing: bool = False, gemv_max_tokens: int | None = None, plan_ahead: bool | None = None,
+         plan_on_device: bool | None = None) -> HeteroMoERuntime:
+    """Wrap a transformers MoE model so every experts call runs loads -> plan -> experts.
+
+    The options by role: what is emulated and planned (`system`, `policy`, `model_spec`, `gpus`,
+    `placement`, `replicas_per_gpu`, `replan_every`, `learn_pim_costs`), the dispatch (`process_group`),
+    the experts runner (`gpu_backend`, `pim_backend`, `fallback_backend`, `fused`) and its plan source
+    (`fused=FusedOptions(plan_ahead=..., plan_on_device=...)`); see docs/runtime.md.
 
     Args:
         model: a transformers `PreTrainedModel` whose experts use the ExpertsInterface.
         system: system preset name, TOML path or SystemSpec (the emulated hardware).
-        policy: a policy name (`heteromoe policies` lists them) or a Policy.
+        policy: a Policy or one of the registered names (`heteromoe policies` lists them): `gpu-only` (every
+            expert on the GPU, no PIM), `no-exp` (decode attention on PIM, experts on the GPU), `all-exp`
+            (every expert on PIM), `sieve` (hottest experts to the GPU while the max of comm/GPU/PIM time
+            falls), `pimoe` (expert-parallel PIM layout, the busiest channel's hottest expert to the GPU),
+            `duplex` (all on the GPU, coldest experts to PIM while the max falls), `heteromoe` (best prefix
+            of Sieve's order on the GPU, one expert split, replica routing), `exact` (the CP-SAT optimum).
         model_spec: preset used for timing (its expert count must match); default: read off the model.
         gpus: GPUs the plan is made for (experts placed in contiguous blocks, or by `placement`: [E] home
-            GPUs or a Placement). Execution is local unless `process_group` is given.
+            GPUs or a Placement). Without `process_group` every pair runs in this process (local dispatch).
         replicas_per_gpu: extra expert slots per GPU for replicas of hot experts, chosen per layer by the
             slow loop (`sched.replicas.ReplicaPlanner`) every `replan_every` calls from moving-average
             loads; the `heteromoe` policy routes tokens to them.
@@ -250,20 +259,11 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
             fed by what the PIM backend reports (`Backend.reported_times_s`); the policy plans with it.
         gpu_backend / pim_backend: backend names; default: DEFAULT_PRIORITY of `heteromoe.device`.
         fallback_backend: runs a slice whose backend failed mid-batch.
-        fused: the fused kernel path (`runtime.fused`: route_prep, grouped GEMM for hot experts, GEMV for
-            cold ones on a second stream, unpermute) for the built-in backends on one process. None (default):
-            on for CUDA calls; True: also on CPU (float32, C++/numba kernels); False: off.
-        gemv_max_tokens: with policy `gpu-only` on the fused path, experts with at most this many tokens
-            take the GEMV kernel and the rest the grouped GEMM.
-        plan_ahead: on CUDA, plan each layer call from the layer's previous call's counts (copied to the host
-            without waiting), so the host never stalls the device (see MoEExecutor._run_fused_ahead); off:
-            every call's plan is made from its own counts, after one device-to-host copy.
-        plan_on_device: on CUDA with policy `sieve` or `heteromoe` on one GPU, plan inside the routing kernel
-            from the call's own counts (the same rule and doubles as the host planner): no host plan, no
-            wait, capturable in a CUDA graph (use it there); statistics are settled lazily. Off by default:
-            not knowing the plan, the host must launch the grouped side every call, which costs more in
-            eager mode than the host plan's copy when the plan puts every expert on PIM (small batches).
-            Takes precedence over plan_ahead.
+        fused: the fused kernel path (`runtime.fused`, the "fused" experts runner, standing in for the built-in
+            torch / pim-emulator backends on one process): a FusedOptions, or its `enabled` alone: None
+            (default) on for CUDA calls, True also on CPU (float32, C++/numba kernels), False off.
+        gemv_max_tokens / plan_ahead / plan_on_device: shorthands for FusedOptions(tuning=KernelTuning(
+            gemv_max_tokens=...), plan_ahead=..., plan_on_device=...) (not together with fused=FusedOptions(...)).
         record_routing: keep every layer call's routing for `runtime.save_trace()` (copies it to the host
             on each call, which makes the call wait for the router: off by default).
     Returns:
@@ -298,24 +298,22 @@ def wrap(model, *, system: str | SystemSpec = "h100-hbm3-pim", policy="sieve",
         pim_cost = EmaPimCost(default_pim_cost(system_spec, spec)) if learn_pim_costs else None
         bindings[id(layer.module)] = _LayerBinding(layer, CostModel(system_spec, spec, pim_model=pim_cost), slots)
 
-    executor_kw = dict(
-        policy=get_policy(policy),
-        gpu_backend=_resolve_backend(gpu_backend, "gpu", layers),
-        pim_backend=_resolve_backend(pim_backend, "pim", layers),
-        fallback_backend=_resolve_backend(fallback_backend, "gpu", layers),
-        num_gpus=gpus,
-    )
-    if fused is not False and process_group is None:
+    dispatch = None
+    if process_group is not None:
+        from heteromoe.runtime.distributed import AllToAllDispatch
+
+        dispatch = AllToAllDispatch(process_group, gpus)
+    options = FusedOptions.of(fused, gemv_max_tokens=gemv_max_tokens, plan_ahead=plan_ahead,
+                              plan_on_device=plan_on_device)
+    fused_kw = {}
+    if options.enabled is not False and process_group is None:
         from heteromoe.runtime.fused import FusedLayerPath
 
-        executor_kw.update(fused=FusedLayerPath(gemv_max_tokens=gemv_max_tokens), fused_on_cpu=bool(fused),
-                           plan_ahead=plan_ahead, plan_on_device=plan_on_device)
-    if process_group is not None:
-        from heteromoe.runtime.distributed import ExpertParallelExecutor
-
-        executor = ExpertParallelExecutor(**executor_kw, group=process_group)
-    else:
-        executor = MoEExecutor(**executor_kw)
+        fused_kw = dict(fused=FusedLayerPath(tuning=options.tuning), fused_on_cpu=bool(options.enabled),
+                        plan_ahead=options.plan_ahead, plan_on_device=options.plan_on_device)
+    executor = MoEExecutor(get_policy(policy), _resolve_backend(gpu_backend, "gpu", layers),
+                           _resolve_backend(pim_backend, "pim", layers),
+                           _resolve_backend(fallback_backend, "gpu", layers), gpus, dispatch=dispatch, **fused_kw)
     from transformers.integrations.moe import ExpertsInterface
 
     impl_name = f"heteromoe_{next(_ids)}"

@@ -4,14 +4,12 @@ cold-expert GEMV, weighted unpermute.
 One call signature, several implementations, picked by the tensors' device:
   CUDA tensors -> `heteromoe._cuda` (csrc/cuda/heteromoe_cuda.cu; launched on the current stream, no host sync);
   CPU float32  -> `heteromoe._C` (csrc/moe_kernels_cpu.cpp), else the numba / python twins (kernels/_cpu.py),
-                  following `HETEROMOE_FASTPATH` like the planners;
+                  the one the fast-path facade chose for the planners too (`_ext.FASTPATH`);
   anything else -> `reference`, plain torch ops (also what every implementation is tested against).
 """
 from __future__ import annotations
 
-import functools
 import logging
-import os
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -19,12 +17,15 @@ import torch
 
 from heteromoe import _ext
 from heteromoe.kernels import reference
+from heteromoe.kernels.device_plan import DEVICE_RULES, DevicePlan
 from heteromoe.kernels._cpu import numba_kernels, python_kernels
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CPU_IMPLEMENTATIONS",
+    "DEVICE_RULES",
+    "DevicePlan",
     "HAS_CUDA_KERNELS",
     "RoutePrep",
     "cpu_kernels",
@@ -47,7 +48,7 @@ except ImportError as exc:
     _cuda = None
     HAS_CUDA_KERNELS = False
     cuda_load_error = repr(exc)
-    if os.environ.get("HETEROMOE_DEBUG_EXT") == "1":
+    if _ext.DEBUG_EXT:
         logger.warning("heteromoe._cuda failed to import: %s", cuda_load_error)
 
 #: CPU implementations by name, in priority order.
@@ -56,13 +57,13 @@ CPU_IMPLEMENTATIONS = {name: impl for name, impl in (("c", _ext._C if _ext.HAS_E
 
 
 def cpu_kernels(name: str | None = None):
-    """The CPU implementation `name`, or the one `HETEROMOE_FASTPATH` / priority picks."""
-    name = name or os.environ.get("HETEROMOE_FASTPATH")
-    if name:
-        if name not in CPU_IMPLEMENTATIONS:
-            raise ValueError(f"CPU kernels {name!r} are not available here; available: {sorted(CPU_IMPLEMENTATIONS)}")
-        return CPU_IMPLEMENTATIONS[name]
-    return next(iter(CPU_IMPLEMENTATIONS.values()))
+    """The CPU implementation `name`, or the fast path's (`_ext.FASTPATH`: HETEROMOE_FASTPATH or priority,
+    decided once for the planners and the kernels)."""
+    if name is None:  # the facade's pick, or (a twin the kernels lack) the first by priority
+        return CPU_IMPLEMENTATIONS.get(_ext.FASTPATH) or next(iter(CPU_IMPLEMENTATIONS.values()))
+    if name not in CPU_IMPLEMENTATIONS:
+        raise ValueError(f"CPU kernels {name!r} are not available here; available: {sorted(CPU_IMPLEMENTATIONS)}")
+    return CPU_IMPLEMENTATIONS[name]
 
 
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -167,40 +168,6 @@ def route_prep(top_k_index: torch.Tensor, num_experts: int, *, take_hot: torch.T
         out = cpu_kernels().route_prep(_np(ids).astype(np.int64, copy=False), num_experts, take, int(threshold), max_cold)
         return RoutePrep(**{k: torch.from_numpy(np.asarray(v)) for k, v in out.items()})
     return reference.route_prep(ids, num_experts, take_hot=take_hot, threshold=threshold, max_cold=max_cold)
-
-
-@dataclass(frozen=True)
-class DevicePlan:
-    """A layer's costs for planning on the device (one GPU): the arguments of `_C.sieve_plan` /
-    `_C.heteromoe_plan`, with the tables as float64 tensors on the GPU. rule: "sieve" or "heteromoe"."""
-
-    rule: str
-    flop: torch.Tensor
-    pim: torch.Tensor
-    read_s: float
-    launch_s: float
-    comm_s: float
-    gpu_fixed_s: float
-    pim_fixed_s: float
-
-    @property
-    def rule_code(self) -> int:
-        """The CUDA entry points' number for the rule (0: sieve, 1: heteromoe)."""
-        if self.rule not in ("sieve", "heteromoe"):
-            raise ValueError(f"device plans exist for 'sieve' and 'heteromoe', not {self.rule!r}")
-        return 0 if self.rule == "sieve" else 1
-
-    @property
-    def table_len(self) -> int:
-        """Token counts both cost tables cover."""
-        return int(min(self.flop.shape[0], self.pim.shape[0]))
-
-    @functools.cached_property
-    def kernel_args(self) -> tuple:
-        """(rule, flop, pim, table_len, read_s, launch_s, comm_s, gpu_fixed_s, pim_fixed_s) as the CUDA entry
-        points take them (pointers and numbers), made once: a plan is reused for every call of its layer."""
-        return (self.rule_code, self.flop.data_ptr(), self.pim.data_ptr(), self.table_len, self.read_s, self.launch_s,
-                self.comm_s, self.gpu_fixed_s, self.pim_fixed_s)
 
 
 def route_prep_plan(top_k_index: torch.Tensor, num_experts: int, plan: DevicePlan, *, plan_out: torch.Tensor,

@@ -12,16 +12,19 @@ batches up to `mma_max_tokens` every expert on the tensor-core kernel (both read
 of up to 8 / 32 tokens), all in one C++ call (one token: without route_prep, the GEMVs read the routing);
 larger batches split by a kernel choice made on the device (experts with at most `gemv_max_tokens` tokens
 take the GEMV, the rest the grouped GEMM). Other policies: the cold experts are the plan's PIM set
-(`take_hot`: the GPU's share of each expert; the cold rows are the PIM backend's, whose functional stand-in
+(`gpu_set`: the GPU's share of each expert; the cold rows are the PIM backend's, whose functional stand-in
 is the same GEMV kernel); planned on the device, a call is one C++ call too, its GPU set on the GEMV or the
 tensor-core kernel by the same batch rule. Nothing waits on the host: the path can be captured in a CUDA
 graph. On CPU (float32) the same path runs the C++ / numba twins.
+
+Names: "hot" and "cold" are the kernels' two sides (tensor cores or grouped GEMM; the GEMV); "GPU set" and
+"PIM set" are a plan's halves. Under a plan the cold side runs the PIM set; under `gpu-only` it runs the
+experts of at most `gemv_max_tokens` tokens, all of them GPU work.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,6 +32,8 @@ import torch
 from heteromoe import kernels
 from heteromoe.kernels.splitk import SplitKRule, expected_experts, launched_splits
 from heteromoe.runtime.layer import ExpertLayer
+from heteromoe.runtime.options import DEFAULT_TUNING, KernelTuning
+from heteromoe.runtime.one_call import OneCallLaunches, _OneCall, _rounds_products  # noqa: F401 - _OneCall: tests
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +52,6 @@ def _gate_is_silu_chunk(layer: ExpertLayer) -> bool:
     act = getattr(module, "act_fn", None)
     silu = isinstance(act, torch.nn.SiLU) or type(act).__name__ in ("SiLUActivation", "SiLU")
     return layer.has_gate and gate_fn is not None and gate_fn is default_gate and silu
-
-
-def _rounds_products(hidden: torch.Tensor, top_k_weights: torch.Tensor) -> bool:
-    """Whether the combine rounds each weighted output to the promoted dtype before summing (what torch's
-    `y * w` does unless that dtype is float32)."""
-    return torch.promote_types(hidden.dtype, top_k_weights.dtype) != torch.float32
 
 
 def unsupported_reason(layer: ExpertLayer, hidden: torch.Tensor) -> str | None:
@@ -74,117 +73,30 @@ def unsupported_reason(layer: ExpertLayer, hidden: torch.Tensor) -> str | None:
     return f"no kernels for device {hidden.device}"
 
 
-class _OneCallArgs(NamedTuple):
-    """One call's arguments for `_cuda.gemv_layer` / `_cuda.plan_layer` (see FusedLayerPath._one_call_args)."""
-
-    up: torch.Tensor
-    down: torch.Tensor
-    hidden: torch.Tensor
-    ids: torch.Tensor
-    weights: torch.Tensor
-    tokens: int
-    top_k: int
-    stream: int
-    workspace: torch.Tensor
-    out: torch.Tensor
-
-
-class _OneCall:
-    """What one layer's one-call launches need that stays the same from call to call (per dtype pair and
-    device): dtype codes, the combine's rounding, its error word, the workspace size and the tensor-core
-    choice per batch shape, and where the module keeps its two weights (read on every call, so a weight
-    the module replaces is seen; its parameter dict is read directly, skipping nn.Module's attribute hook)."""
-
-    __slots__ = ("dtype", "weights_dtype", "round_products", "layer", "device", "err_word", "_mma", "_ws_bytes",
-                 "_params", "_up_name", "_splits")
-
-    def __init__(self, dtype: int, weights_dtype: int, round_products: bool, layer: ExpertLayer,
-                 device: torch.device, err_word: torch.Tensor | None) -> None:
-        self.dtype, self.weights_dtype, self.round_products = dtype, weights_dtype, round_products
-        self.layer, self.device, self.err_word = layer, device, err_word
-        self._mma: dict[tuple[int, int], bool] = {}
-        self._splits: dict[tuple[int, int], int] = {}
-        self._ws_bytes: dict[tuple[int, int, bool, int], int] = {}
-        self._up_name = "gate_up_proj" if layer.has_gate else "up_proj"
-        params = layer.module._parameters
-        self._params = params if self._up_name in params and "down_proj" in params else None
-
-    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layer's (up, down) weights as the module holds them now."""
-        if self._params is not None:
-            return self._params[self._up_name], self._params["down_proj"]
-        return self.layer.up_weight, self.layer.down_weight
-
-    def mma_ok(self, path: FusedLayerPath, num_tokens: int, num_pairs: int) -> bool:
-        ok = self._mma.get((num_tokens, num_pairs))
-        if ok is None:
-            ok = self._mma[(num_tokens, num_pairs)] = path.mma_ok(self.layer, num_tokens, num_pairs, self.device)
-        return ok
-
-    def down_k_splits(self, path: FusedLayerPath, num_tokens: int, num_pairs: int) -> int:
-        """`_cuda.gemv_layer`'s down_k_splits for a call of this shape (path.down_k_splits, cached)."""
-        splits = self._splits.get((num_tokens, num_pairs))
-        if splits is None:
-            layer = self.layer
-            mma = num_tokens > path.gemv_batch_tokens and kernels.mma_supported(layer.dtype, layer.hidden_size,
-                                                                                layer.intermediate_size)
-            kernel = "mma" if mma else "gemv"  # as gemv_layer picks
-            splits = self._splits[(num_tokens, num_pairs)] = path.down_k_splits(self.layer, num_tokens, num_pairs,
-                                                                                 self.device, kernel)
-        return splits
-
-    def workspace_bytes(self, num_pairs: int, elem_bytes: int, planned: bool = False, down_k_splits: int = 1) -> int:
-        """Bytes of `_cuda.gemv_layer`'s workspace (`_cuda.plan_layer`'s with `planned`), with room for the down
-        projection's split-K partial sums where down_k_splits > 1."""
-        key = (num_pairs, elem_bytes, planned, down_k_splits)
-        nbytes = self._ws_bytes.get(key)
-        if nbytes is None:
-            layer = self.layer
-            dims = (num_pairs, layer.num_experts, layer.hidden_size, layer.intermediate_size, elem_bytes)
-            size = kernels._cuda.plan_layer_workspace if planned else kernels._cuda.gemv_layer_workspace
-            nbytes = size(*dims, down_k_splits) if down_k_splits > 1 else size(*dims)
-            self._ws_bytes[key] = nbytes
-        return nbytes
-
-
-class FusedLayerPath:
+class FusedLayerPath(OneCallLaunches):
     """Runs layer calls through `heteromoe.kernels` (one instance per wrapped model).
 
     Args:
-        gemv_max_tokens: in kernel-choice mode, experts with at most this many tokens take the GEMV kernel.
-        gemv_batch_tokens: batches of at most this many tokens run every expert on the GEMV kernel (H100
-            sweep, bench/results/gpu-threshold-sweep-h100.json: faster than mixing up to 4 tokens).
-        mma_max_tokens: batches of more than `gemv_batch_tokens` and at most this many tokens run every expert
-            (gpu-only) or the hot side (plans) on the tensor-core kernel `expert_mma` (bf16/fp16; 0: never)...
-        mma_min_warps_per_sm: ...where the down projection gives every SM at least this many warps (32 rows
-            each) over the experts the batch can touch: a kernel streaming each expert's weights once per warp
-            needs that many loads in flight. Shapes with few experts and long rows (Mixtral-8x7B: at most 8
-            experts x 128 warps, K 14336) keep torch's grouped_mm for the hot experts (H100: Mixtral batch
-            16 / 256 on the kernel 879 / 1685 us, bench/results/gpu-mma-sweep-h100.json, on grouped_mm + GEMV
-            703 / 1239 us, gpu-layer-h100.json; Qwen3-30B-A3B 240.5 / 466.5 vs 262.5 / 489.0 us, the latter).
-            With split-K the down projection's warps count once per split.
-        streams: run the cold side on a second CUDA stream when both sides have work.
-        split_k: how many K ranges the down projection is cut into (`heteromoe.kernels.splitk`: gpu-only calls,
-            and a plan's GPU set on the tensor cores; None: from HETEROMOE_SPLIT_K, unset: never split).
+        tuning: the kernel choices (`runtime.options.KernelTuning`; default: `DEFAULT_TUNING`, today's
+            measured choices).
+        gemv_max_tokens / streams / gemv_batch_tokens / mma_max_tokens / mma_min_warps_per_sm / split_k:
+            each replaces that field of `tuning` where given (not None).
     """
 
-    def __init__(self, gemv_max_tokens: int = 2, streams: bool = True, gemv_batch_tokens: int = 4,
-                 mma_max_tokens: int = 256, mma_min_warps_per_sm: int = 8, split_k: SplitKRule | None = None) -> None:
-        if gemv_max_tokens < 1:
-            raise ValueError(f"gemv_max_tokens must be >= 1, got {gemv_max_tokens}")
-        if gemv_batch_tokens < 0:
-            raise ValueError(f"gemv_batch_tokens must be >= 0, got {gemv_batch_tokens}")
-        self.gemv_max_tokens = int(gemv_max_tokens)
-        self.gemv_batch_tokens = int(gemv_batch_tokens)
-        if mma_max_tokens < 0:
-            raise ValueError(f"mma_max_tokens must be >= 0, got {mma_max_tokens}")
-        self.mma_max_tokens = int(mma_max_tokens)
-        if mma_min_warps_per_sm < 0:
-            raise ValueError(f"mma_min_warps_per_sm must be >= 0, got {mma_min_warps_per_sm}")
-        self.mma_min_warps_per_sm = int(mma_min_warps_per_sm)
-        self.split_k = split_k if split_k is not None else SplitKRule.from_env(os.environ.get("HETEROMOE_SPLIT_K"))
+    def __init__(self, gemv_max_tokens: int | None = None, streams: bool | None = None,
+                 gemv_batch_tokens: int | None = None, mma_max_tokens: int | None = None,
+                 mma_min_warps_per_sm: int | None = None, split_k: SplitKRule | None = None,
+                 tuning: KernelTuning | None = None) -> None:
+        given = dict(gemv_max_tokens=gemv_max_tokens, streams=streams, gemv_batch_tokens=gemv_batch_tokens,
+                     mma_max_tokens=mma_max_tokens, mma_min_warps_per_sm=mma_min_warps_per_sm, split_k=split_k)
+        self.tuning = dataclasses.replace(tuning or DEFAULT_TUNING, **{k: v for k, v in given.items() if v is not None})
+        self.gemv_max_tokens = self.tuning.gemv_max_tokens
+        self.gemv_batch_tokens = self.tuning.gemv_batch_tokens
+        self.mma_max_tokens = self.tuning.mma_max_tokens
+        self.mma_min_warps_per_sm = self.tuning.mma_min_warps_per_sm
+        self.split_k = self.tuning.split_k
+        self.streams = self.tuning.streams
         self._sms: dict[torch.device, int] = {}
-        self.streams = streams
         self._side: dict[torch.device, torch.cuda.Stream] = {}
         self._gate_fused: dict[int, bool] = {}
         self._grouped_ok: dict[tuple, bool] = {}
@@ -197,23 +109,26 @@ class FusedLayerPath:
 
     # -- public ------------------------------------------------------------------------------------
     def run(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
-            take_hot: np.ndarray | torch.Tensor | None = None, max_cold_tokens: int | None = None,
-            hot_possible: bool = True, device_plan: kernels.DevicePlan | None = None,
+            gpu_set: np.ndarray | torch.Tensor | None = None, pim_set_max_tokens: int | None = None,
+            gpu_set_nonempty: bool = True, device_plan: kernels.DevicePlan | None = None,
             plan_out: torch.Tensor | None = None) -> torch.Tensor:
         """[T, d] the layer's combined expert output in hidden's dtype.
 
         Args:
-            take_hot: [E] the plan's GPU tokens per expert, host array or int32 device tensor (None: kernel
-                choice by token count).
-            max_cold_tokens: the most tokens any cold expert has, when the caller knows it (picks the GEMV tile).
-            hot_possible: with a device `take_hot`, False says it is all zeros (the host knows; skips the hot side).
+            gpu_set: [E] the plan's GPU tokens per expert (the GPU set; the rest of each expert's pairs is the
+                PIM set, run on the GEMV side), host array or int32 device tensor (None: every expert on the GPU,
+                kernel choice by token count).
+            pim_set_max_tokens: the most tokens any expert of the PIM set has, when the caller knows it (picks
+                the GEMV tile).
+            gpu_set_nonempty: with a device `gpu_set`, False says it is all zeros (the host knows; skips the
+                GPU side).
             device_plan: plan on the device from this call's counts (policy sieve/heteromoe, one GPU); the
                 plan's GPU tokens per expert land in row 0 of `plan_out` ([2, E] int32), the counts in row 1.
         """
         num_tokens, top_k = top_k_index.shape
         num_pairs = num_tokens * top_k
         self._raise_deferred_error(layer)
-        if take_hot is None and device_plan is None:
+        if gpu_set is None and device_plan is None:
             call = self._one_call(layer, hidden, top_k_weights)
             if call is not None and (num_tokens <= self.gemv_batch_tokens or call.mma_ok(self, num_tokens, num_pairs)):
                 return self._gemv_layer(layer, hidden, top_k_index, top_k_weights, mma=True, call=call)
@@ -227,7 +142,7 @@ class FusedLayerPath:
                                             hot_mma)
         if device_plan is not None:
             threshold, may_have_hot, may_have_cold, max_tokens = 0, True, True, num_tokens
-        elif take_hot is None:
+        elif gpu_set is None:
             # small batches: every expert on the GEMV (it reads each weight once for up to gemv_batch_tokens
             # tokens); larger ones: the experts above gemv_max_tokens on the grouped GEMM
             threshold = self.gemv_batch_tokens if num_tokens <= self.gemv_batch_tokens else self.gemv_max_tokens
@@ -235,19 +150,19 @@ class FusedLayerPath:
             may_have_cold = True
             max_tokens = min(num_tokens, threshold)
         else:
-            if not isinstance(take_hot, torch.Tensor):
-                take_hot = np.asarray(take_hot, dtype=np.int32)
+            if not isinstance(gpu_set, torch.Tensor):
+                gpu_set = np.asarray(gpu_set, dtype=np.int32)
             threshold = 0
-            may_have_hot = bool(take_hot.any()) if not isinstance(take_hot, torch.Tensor) else hot_possible
-            may_have_cold = max_cold_tokens is None or max_cold_tokens > 0
-            max_tokens = num_tokens if max_cold_tokens is None else max(int(max_cold_tokens), 1)
+            may_have_hot = bool(gpu_set.any()) if not isinstance(gpu_set, torch.Tensor) else gpu_set_nonempty
+            may_have_cold = pim_set_max_tokens is None or pim_set_max_tokens > 0
+            max_tokens = num_tokens if pim_set_max_tokens is None else max(int(pim_set_max_tokens), 1)
         if not may_have_hot and device_plan is None and (call := self._one_call(layer, hidden, top_k_weights)):
             return self._gemv_layer(layer, hidden, top_k_index, top_k_weights, mma=False, call=call)  # all cold
         if device_plan is not None:
             prep = kernels.route_prep_plan(top_k_index, layer.num_experts, device_plan, plan_out=plan_out,
                                            err_out=self._err_word(layer, top_k_index.device))
         else:
-            prep = kernels.route_prep(top_k_index, layer.num_experts, take_hot=take_hot, threshold=threshold,
+            prep = kernels.route_prep(top_k_index, layer.num_experts, take_hot=gpu_set, threshold=threshold,
                                       err_out=self._err_word(layer, top_k_index.device))
         self._check_ids(layer, prep, top_k_index)
         self.last_counts = prep.counts  # [E] on the device: plan-ahead copies them to the host
@@ -275,24 +190,6 @@ class FusedLayerPath:
         assert y_hot.shape[0] == num_pairs
         return kernels.unpermute(y_hot, y_cold, prep.pair_row, top_k_weights.to(out_dtype),
                                  round_products=_rounds_products(hidden, top_k_weights)).to(hidden.dtype)
-
-    # -- the decode case in one host call ----------------------------------------------------------------
-    def _one_call(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_weights: torch.Tensor) -> _OneCall | None:
-        """The layer's one-call facts for these dtypes on this device, or None where the one call cannot run
-        (cached: this runs on every decode layer call, where each microsecond of host time shows)."""
-        key = (id(layer.module), hidden.dtype, top_k_weights.dtype, hidden.get_device())
-        call = self._calls.get(key, False)
-        if call is False:
-            ok = (hidden.is_cuda and kernels.HAS_CUDA_KERNELS and self._silu_fused(layer) and hidden.dtype == layer.dtype
-                  and hidden.dtype in kernels._DTYPE_CODE and top_k_weights.dtype in kernels._DTYPE_CODE)
-            call = None
-            if ok:  # it holds the layer, so the module stays alive and its id names it
-                call = _OneCall(dtype=kernels._DTYPE_CODE[hidden.dtype],
-                                weights_dtype=kernels._DTYPE_CODE[top_k_weights.dtype],
-                                round_products=_rounds_products(hidden, top_k_weights), layer=layer,
-                                device=hidden.device, err_word=self._err_word(layer, hidden.device))
-            self._calls[key] = call
-        return call
 
     def mma_ok(self, layer: ExpertLayer, num_tokens: int, num_pairs: int, device: torch.device) -> bool:
         """Whether a call of `num_tokens` tokens (`num_pairs` routed pairs) on `device` runs its GPU experts on
@@ -323,83 +220,6 @@ class FusedLayerPath:
         if device not in self._sms:
             self._sms[device] = torch.cuda.get_device_properties(device).multi_processor_count
         return self._sms[device]
-
-    def _gemv_layer(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
-                    top_k_weights: torch.Tensor, mma: bool, call: _OneCall) -> torch.Tensor:
-        """Every expert on the list side: route_prep, up (+ SiLU gate), down, unpermute, launched by one C++
-        call (`_cuda.gemv_layer`) so the host's share of a layer is one call. The projections run on the
-        GEMV up to `gemv_batch_tokens` tokens, above on the tensor-core kernel when `mma` (gpu-only: the
-        experts are GPU work) and the GEMV otherwise (a plan's PIM set, whose stand-in is the GEMV).
-        One token with `mma` runs without route_prep (`direct`: the GEMVs read the routing itself), so that
-        call leaves no counts behind (plan-ahead, which reads them, never takes it)."""
-        tokens, top_k = top_k_index.shape
-        splits = call.down_k_splits(self, tokens, tokens * top_k) if mma and self.split_k.splits_ever else 1
-        a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=False, down_k_splits=splits)
-        direct = mma and a.tokens == 1
-        extra = (splits,) if splits > 1 else ()
-        kernels._cuda.gemv_layer(call.dtype, call.weights_dtype, a.hidden.data_ptr(), a.ids.data_ptr(), a.tokens,
-                                 a.top_k, layer.num_experts, a.up.data_ptr(), a.down.data_ptr(), layer.hidden_size,
-                                 layer.intermediate_size, a.weights.data_ptr(), call.round_products,
-                                 self.gemv_batch_tokens + 1 if mma else 0, direct, a.workspace.data_ptr(),
-                                 a.out.data_ptr(), call.err_word.data_ptr(), a.stream, *extra)
-        if direct:
-            self.last_counts = None
-        else:
-            self._last_ws = (a.workspace, layer.num_experts)  # the workspace opens with the counts (see last_counts)
-        return a.out
-
-    def _plan_layer(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
-                    top_k_weights: torch.Tensor, call: _OneCall, plan: kernels.DevicePlan,
-                    plan_out: torch.Tensor, hot_mma: bool) -> torch.Tensor:
-        """A plan policy's call planned on the device, in one C++ call (`_cuda.plan_layer`): route_prep with the
-        planner, the GPU set on `expert_mma` beside the PIM set on the GEMV (second stream), unpermute; without
-        `hot_mma` (a decode-sized batch, both sets on the GEMV) one GEMV launch per projection runs both sets,
-        on this stream; one token, whose rows no plan changes, runs gpu-only's one-token tail after route_prep
-        has planned (three kernels). The general path below does the same in some twenty torch calls, most of a
-        layer's host time."""
-        plan_args = plan.kernel_args
-        tokens, top_k = top_k_index.shape
-        splits = call.down_k_splits(self, tokens, tokens * top_k) if hot_mma and self.split_k.splits_ever else 1
-        a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=True, down_k_splits=splits)
-        kernels._cuda.plan_layer(call.dtype, call.weights_dtype, a.hidden.data_ptr(), a.ids.data_ptr(), a.tokens,
-                                 a.top_k, layer.num_experts, a.up.data_ptr(), a.down.data_ptr(), layer.hidden_size,
-                                 layer.intermediate_size, a.weights.data_ptr(), call.round_products, *plan_args,
-                                 plan_out.data_ptr(), hot_mma, a.workspace.data_ptr(), a.out.data_ptr(),
-                                 call.err_word.data_ptr(), a.stream,
-                                 self._side_stream(call.device).cuda_stream if hot_mma else 0,  # fork only with hot_mma
-                                 *((splits,) if splits > 1 else ()))
-        self._last_ws = (a.workspace, layer.num_experts)
-        return a.out
-
-    def _one_call_args(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_index: torch.Tensor,
-                       top_k_weights: torch.Tensor, call: _OneCall, planned: bool,
-                       down_k_splits: int = 1) -> _OneCallArgs:
-        """The tensors both one-call entry points take, checked and laid out as the kernels read them, the
-        workspace and the output. The host's share of every decode layer: no torch call that is not needed
-        (each costs microseconds)."""
-        up, down = call.weights()
-        if down.dtype != hidden.dtype or up.dtype != hidden.dtype:  # the module was converted since: its dtype
-            raise RuntimeError(f"layer {layer.name}: weights are {down.dtype}, hidden states {hidden.dtype}")
-        tokens, top_k = top_k_index.shape
-        ids = top_k_index if top_k_index.dtype is torch.int64 else top_k_index.to(torch.int64)
-        ids = ids if ids.is_contiguous() else ids.contiguous()
-        weights = top_k_weights if top_k_weights.is_contiguous() else top_k_weights.contiguous()
-        hidden = hidden if hidden.is_contiguous() else hidden.contiguous()
-        stream = kernels._stream(call.device)
-        ws = self._workspace(call.device, stream, call.workspace_bytes(tokens * top_k, hidden.element_size(), planned,
-                                                                       down_k_splits))
-        out = torch.empty(tokens, layer.hidden_size, dtype=hidden.dtype, device=call.device)
-        return _OneCallArgs(up, down, hidden, ids, weights, tokens, top_k, stream, ws, out)
-
-    def _workspace(self, device: torch.device, stream: int, nbytes: int) -> torch.Tensor:
-        """A workspace reused by the calls on one stream (they are ordered on it), grown as needed; a fresh
-        one while a CUDA graph is being captured (the graph keeps its own)."""
-        if torch.cuda.is_current_stream_capturing():
-            return torch.empty(nbytes, dtype=torch.uint8, device=device)
-        ws = self._ws.get(stream)  # a stream handle names one stream of one device
-        if ws is None or ws.numel() < nbytes:
-            ws = self._ws[stream] = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8, device=device)
-        return ws
 
     @property
     def last_counts(self) -> torch.Tensor | None:

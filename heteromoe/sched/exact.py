@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from heteromoe.cost.gpu import gpu_time_s
+
 __all__ = ["MODEL_ENTRIES", "TIME_UNIT_S", "GpuModel", "SolveResult", "build_model", "cp_model_module", "granularity",
            "solve"]
 
@@ -148,7 +150,7 @@ def build_model(counts: np.ndarray, experts: np.ndarray, read_s: float, flop_s: 
         h_g, h_fl, h_pt = grid[at], flop_u[at], pim_u[at]
         h_y = h_g > 0
         h_u = int(h_y.any())
-        h_tgpu = max(read_u * int(h_y.sum()), int(h_fl.sum())) + launch_u * h_u + int(_units(gpu_fixed_s))
+        h_tgpu = int(gpu_time_s(read_u * int(h_y.sum()), int(h_fl.sum()), h_u > 0, launch_u, int(_units(gpu_fixed_s))))
         h_t = max(int(_units(comm_s)), h_tgpu, int(h_pt.sum()) + int(_units(pim_fixed_s)))
         for variables, values in ((q, on_grid), (g, h_g), (y, h_y), (fl, h_fl), (pt, h_pt)):
             for var, value in zip(variables, values):

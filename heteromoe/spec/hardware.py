@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from heteromoe.spec._build import build_dataclass, require_in, require_positive
 
 __all__ = ["DramTimings", "GpuSpec", "LinkSpec", "PimSpec", "SystemSpec"]
@@ -54,6 +56,14 @@ class DramTimings:
                 raise ValueError(f"DramTimings.{name} must be >= 0, got {getattr(self, name)}")
         if self.t_rfc_ns >= self.t_refi_ns:
             raise ValueError(f"t_rfc_ns={self.t_rfc_ns} must be below t_refi_ns={self.t_refi_ns}: the stack would never be free")
+
+    def row_step_cycles(self, cols, issue_cycles: float = 0.0):
+        """Cycles of one all-bank row step whose units each run `cols` column commands (scalar or array; the
+        one formula of the PIM models): the activations issue over `issue_cycles`, then tRCD; `cols` reads
+        of tCCD_L each; the row stays open at least tRAS, then tRP; a bank's activations are at least tRC
+        apart."""
+        open_cycles = np.maximum(self.t_ras_cycles, self.t_rcd_cycles + np.asarray(cols) * self.t_ccd_l_cycles)
+        return np.maximum(issue_cycles + open_cycles + self.t_rp_cycles, issue_cycles + self.t_rc_cycles)
 
 
 @dataclass(frozen=True)
@@ -165,9 +175,7 @@ class PimSpec:
             raise ValueError("no DRAM timings: the bank-level model needs them")
         groups = 1 if self.flow == "tile" else -(-self.banks_per_pseudo_channel // 4)
         issue = (groups - 1) * t.t_faw_cycles
-        stream = self.banks_per_pim_unit * (self.page_bytes / self.column_bytes) * t.t_ccd_l_cycles
-        open_cycles = max(t.t_ras_cycles, t.t_rcd_cycles + stream)
-        return max(issue + open_cycles + t.t_rp_cycles, issue + t.t_rc_cycles)
+        return float(t.row_step_cycles(self.banks_per_pim_unit * (self.page_bytes / self.column_bytes), issue))
 
     @property
     def derived_internal_bw_multiplier(self) -> float:

@@ -29,7 +29,7 @@ def test_static_cache_loop_matches_generate_on_cpu(wrapped):
         assert torch.equal(decoder.generate(ids[:, :4], 10)[:, :14],  # a second call reuses the cache
                            model.generate(ids[:, :4], max_new_tokens=10, min_new_tokens=10, **GEN))
     if runtime is not None:
-        assert runtime.executor._fused_off == {}
+        assert runtime.executor.generic_reasons == {}
         runtime.unwrap()
 
 
@@ -100,5 +100,5 @@ def test_graphed_decode_on_gpu(policy, dtype, caplog):
             assert "not captured in a CUDA graph" in caplog.text
         assert torch.equal(first, ref) and torch.equal(again, ref) and torch.equal(loop, ref)
     if runtime is not None:
-        assert runtime.executor._fused_off == {}  # a failed capture did not turn the fused path off
+        assert runtime.executor.generic_reasons == {}  # a failed capture did not turn the fused path off
         runtime.unwrap()

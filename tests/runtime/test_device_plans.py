@@ -1,4 +1,4 @@
-"""Device plans settled in bulk (runtime.device_plans): the vectorized statistics equal the per-call path."""
+"""Device plans settled in bulk (runtime.plan_stats): the vectorized statistics equal the per-call path."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +11,8 @@ import heteromoe
 from heteromoe import kernels
 from heteromoe.cost.model import CostModel
 from heteromoe.routing import BimodalRouting
-from heteromoe.runtime import device_plans
-from heteromoe.runtime.device_plans import exact_plan, settle_rows
+from heteromoe.runtime import plan_stats
+from heteromoe.runtime.plan_stats import exact_plan, settle_rows
 from heteromoe.runtime.report import LayerStats
 from heteromoe.sched import get_policy
 from heteromoe.sched.placement import Placement
@@ -76,16 +76,18 @@ def test_bulk_settle_names_an_impossible_plan():
 @pytest.mark.parametrize("policy", ["sieve", "heteromoe"])
 def test_device_plans_settle_across_rings(policy, monkeypatch):
     """More calls than two rings hold (rings of 3 here): every call counted once, the statistics those of the
-    host planner's plans, last_plans the last call's plan, the PIM backend's counters kept."""
+    host planner's plans, last_plans the last call's plan, the calls with PIM work and the PIM pairs counted;
+    the PIM backend's own counters untouched (its code did not run: the fused kernels did)."""
     from heteromoe.device import registry
     from heteromoe.runtime.fused import FusedLayerPath
     from tests.helpers import device_plan_setup
 
-    monkeypatch.setattr(device_plans, "RING_CALLS", 3)
+    monkeypatch.setattr(plan_stats, "RING_CALLS", 3)
     pim = registry.get("pim-emulator")  # the registry's instance: the executor's PIM backend
+    backend_counters = (pim.calls, pim.pairs)
     layer, cost, executor, placement, k = device_plan_setup(policy, FusedLayerPath(mma_min_warps_per_sm=0))
     gen = torch.Generator("cuda").manual_seed(3)
-    want, pim_calls, pim_pairs = LayerStats("layer0"), pim.calls, pim.pairs  # the registry's instance: from here on
+    want, pim_calls, pim_pairs = LayerStats("layer0"), 0, 0
     with torch.no_grad():
         for call, batch in enumerate([24, 5, 40, 24, 1, 17, 24, 9]):
             hidden = torch.randn(batch, layer.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen)
@@ -104,4 +106,6 @@ def test_device_plans_settle_across_rings(policy, monkeypatch):
         executor.flush()
     assert_stats_equal(executor.stats["layer0"], want)
     np.testing.assert_array_equal(executor.last_plans["layer0"].gpu_tokens, host.gpu_tokens)
-    assert (pim.calls, pim.pairs) == (pim_calls, pim_pairs)
+    stats = executor.stats["layer0"]
+    assert (stats.pim_calls, stats.pim_tokens) == (pim_calls, pim_pairs)
+    assert (pim.calls, pim.pairs) == backend_counters

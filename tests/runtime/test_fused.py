@@ -25,7 +25,7 @@ def test_fused_cpu_matches_unwrapped(family, policy):
         runtime = heteromoe.wrap(model, policy=policy, fused=True, gemv_max_tokens=3)
         logits, tokens = model(ids).logits, model.generate(ids, **GEN)
     runtime.unwrap()
-    assert runtime.executor._fused_off == {}, runtime.executor._fused_off
+    assert runtime.executor.generic_reasons == {}, runtime.executor.generic_reasons
     torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)
     assert torch.equal(tokens, ref_tokens)
     report = runtime.report()["layers"]
@@ -39,7 +39,7 @@ def test_fused_is_off_on_cpu_unless_asked():
     runtime = heteromoe.wrap(model, policy="gpu-only")
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3]]))
-    assert all("only when asked" in why for why in runtime.executor._fused_off.values())
+    assert all("only when asked" in why for why in runtime.executor.generic_reasons.values())
     runtime.unwrap()
 
 
@@ -52,7 +52,7 @@ def test_layers_the_kernels_do_not_cover_take_the_generic_path():
         out = model(ids).logits
     runtime.unwrap()
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
-    assert all("transposed" in why for why in runtime.executor._fused_off.values())
+    assert all("transposed" in why for why in runtime.executor.generic_reasons.values())
 
 
 def test_bad_expert_id_names_it():
@@ -117,7 +117,7 @@ def test_fused_cuda_bf16_matches_unwrapped(family, policy):
         out = model(ids).logits.float()
         tokens = model.generate(ids, **GEN)
     runtime.unwrap()
-    assert runtime.executor._fused_off == {}, runtime.executor._fused_off
+    assert runtime.executor.generic_reasons == {}, runtime.executor.generic_reasons
     torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
     # bf16: identical greedy tokens except where the reference's top two logits tie exactly
     assert greedy_differences_off_ties(ref_run.logits, ids.shape[1], tokens, ref_run.sequences) == []
@@ -138,7 +138,7 @@ def test_fused_fp32_cuda_tokens_identical():
             runtime = heteromoe.wrap(model, policy=policy, plan_ahead=ahead, plan_on_device=on_device)
             logits, tokens = model(ids).logits, model.generate(ids, **GEN)
             runtime.unwrap()
-            assert runtime.executor._fused_off == {}, runtime.executor._fused_off
+            assert runtime.executor.generic_reasons == {}, runtime.executor.generic_reasons
             torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-4)
             assert torch.equal(tokens, ref_tokens), (policy, ahead, on_device)
 
@@ -344,8 +344,8 @@ def test_mma_paths_match_the_module(batch):
     with torch.no_grad():
         ref = layer.module(hidden, ids, weights)
         outs = {"gpu-only": path.run(layer, hidden, ids, weights),
-                "plan": path.run(layer, hidden, ids, weights, take_hot=(counts + 1) // 2,
-                                 max_cold_tokens=int((counts // 2).max()))}
+                "plan": path.run(layer, hidden, ids, weights, gpu_set=(counts + 1) // 2,
+                                 pim_set_max_tokens=int((counts // 2).max()))}
     for name, out in outs.items():
         torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item(), msg=name)
 

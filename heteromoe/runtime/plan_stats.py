@@ -1,6 +1,6 @@
 """Statistics of plans made on the device, settled many calls at a time.
 
-A call planned on the device (`MoEExecutor(plan_on_device=True)`) leaves its plan's GPU tokens and the
+A call planned on the device (`runtime.plan_sources.DevicePlans`) leaves its plan's GPU tokens and the
 counts on the device. Turning each call's plan into a `Plan` and its predicted times on the host (cost
 model, Plan, validation, statistics) was about half of such a call's host time on the H100 machine
 (bench/results/profile-device-plan-host-h100-a08f06a.txt). So the kernel writes both rows into the next
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from heteromoe.cost.gpu import gpu_time_s
 from heteromoe.cost.model import CostModel
 from heteromoe.runtime.report import LayerStats
 from heteromoe.sched.plan import Plan, PlanError
@@ -45,8 +46,7 @@ def exact_plan(cost: CostModel, policy, take: np.ndarray, counts: np.ndarray) ->
 def settle_rows(cost: CostModel, policy, take: np.ndarray, counts: np.ndarray, tokens: np.ndarray,
                 stats: LayerStats) -> tuple[int, int]:
     """Add R calls' plans (`take`, `counts`: [R, E] GPU tokens and tokens per expert; `tokens`: [R] tokens
-    per call) to `stats`, as R `LayerStats.add` calls would. Returns (calls with PIM work, PIM pairs), the
-    PIM backend's counters. Raises PlanError naming the call and expert when a plan is impossible."""
+    per call) to `stats`, as R `LayerStats.add` calls would. Returns (calls with PIM work, PIM pairs). Raises PlanError naming the call and expert when a plan is impossible."""
     take = np.asarray(take, dtype=np.int64)
     counts = np.asarray(counts, dtype=np.int64)
     pim = counts - take
@@ -62,17 +62,18 @@ def settle_rows(cost: CostModel, policy, take: np.ndarray, counts: np.ndarray, t
     read = cost.gpu.read_s(take).sum(axis=1)
     flop = flop_tab[take].sum(axis=1)
     busy = (take > 0).any(axis=1)
-    t_gpu = np.maximum(read, flop) + np.where(busy, cost.gpu.launch_s, 0.0) + gpu_fixed
+    t_gpu = gpu_time_s(read, flop, busy, cost.gpu.launch_s, gpu_fixed)
     t_pim = pim_tab[pim].sum(axis=1) + pim_fixed
     # device plans are one-GPU plans, whose all-to-all estimate does not depend on the counts (no link)
     slot_gpu = np.zeros(counts.shape[1], dtype=np.int64)
     t_comm = np.full(counts.shape[0], float(cost.comm_s(counts[0], slot_gpu, 1)[0]))
+    with_pim = pim.sum(axis=1)
     stats.add_sums(calls=counts.shape[0], tokens=int(np.sum(tokens)), pairs=int(counts.sum()),
                    gpu_experts=int((take > 0).sum()), pim_experts=int((pim > 0).sum()),
-                   gpu_tokens=int(take.sum()), pim_tokens=int(pim.sum()), t_comm_s=float(t_comm.sum()),
+                   gpu_tokens=int(take.sum()), pim_tokens=int(pim.sum()),
+                   pim_calls=int((with_pim > 0).sum()), t_comm_s=float(t_comm.sum()),
                    t_gpu_s=float(t_gpu.sum()), t_pim_s=float(t_pim.sum()),
                    predicted_time_s=float(np.maximum(np.maximum(t_comm, t_gpu), t_pim).sum()))
-    with_pim = pim.sum(axis=1)
     return int((with_pim > 0).sum()), int(with_pim.sum())
 
 

@@ -1,0 +1,104 @@
+"""The fused kernel path's options: `KernelTuning` (which kernel runs which batch) and `FusedOptions`
+(whether the path runs, with which tuning and plan source: `wrap(..., fused=...)`).
+
+The one environment override of the tuning, `HETEROMOE_SPLIT_K` (for measuring, `bench/gpu_splitk.sh`), is
+read here, once, at import, into `DEFAULT_TUNING`; everything else is passed from Python.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from heteromoe.kernels.splitk import SplitKRule
+
+__all__ = ["DEFAULT_TUNING", "FusedOptions", "KernelTuning"]
+
+
+@dataclass(frozen=True)
+class KernelTuning:
+    """Which fused kernel runs which call (`runtime.fused.FusedLayerPath`); the defaults are the choices
+    measured on the H100 machine (bench/results).
+
+    Args:
+        gemv_max_tokens: in kernel-choice mode, experts with at most this many tokens take the GEMV kernel.
+        gemv_batch_tokens: batches of at most this many tokens run every expert on the GEMV kernel (H100
+            sweep, bench/results/gpu-threshold-sweep-h100.json: faster than mixing up to 4 tokens).
+        mma_max_tokens: batches of more than `gemv_batch_tokens` and at most this many tokens run every expert
+            (gpu-only) or the hot side (plans) on the tensor-core kernel `expert_mma` (bf16/fp16; 0: never)...
+        mma_min_warps_per_sm: ...where the down projection gives every SM at least this many warps (32 rows
+            each) over the experts the batch can touch: a kernel streaming each expert's weights once per warp
+            needs that many loads in flight. Shapes with few experts and long rows (Mixtral-8x7B: at most 8
+            experts x 128 warps, K 14336) keep torch's grouped_mm for the hot experts (H100: Mixtral batch
+            16 / 256 on the kernel 879 / 1685 us, bench/results/gpu-mma-sweep-h100.json, on grouped_mm + GEMV
+            703 / 1239 us, gpu-layer-h100.json; Qwen3-30B-A3B 240.5 / 466.5 vs 262.5 / 489.0 us, the latter).
+            With split-K the down projection's warps count once per split.
+        streams: run the cold side on a second CUDA stream when both sides have work.
+        split_k: how many K ranges the down projection is cut into (`heteromoe.kernels.splitk`: gpu-only calls,
+            and a plan's GPU set on the tensor cores; the default never splits).
+    """
+
+    gemv_max_tokens: int = 2
+    gemv_batch_tokens: int = 4
+    mma_max_tokens: int = 256
+    mma_min_warps_per_sm: int = 8
+    streams: bool = True
+    split_k: SplitKRule = field(default_factory=SplitKRule)
+
+    def __post_init__(self) -> None:
+        if self.gemv_max_tokens < 1:
+            raise ValueError(f"gemv_max_tokens must be >= 1, got {self.gemv_max_tokens}")
+        for name in ("gemv_batch_tokens", "mma_max_tokens", "mma_min_warps_per_sm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> KernelTuning:
+        """The defaults with the environment's override: `HETEROMOE_SPLIT_K` (see `SplitKRule.from_env`)."""
+        return cls(split_k=SplitKRule.from_env(environ.get("HETEROMOE_SPLIT_K")))
+
+
+#: The tuning a FusedLayerPath gets by default: the defaults and the environment's override, read once.
+DEFAULT_TUNING = KernelTuning.from_env()
+
+
+@dataclass(frozen=True)
+class FusedOptions:
+    """Whether and how the fused kernels (`runtime.fused`) run a wrapped model's layer calls.
+
+    Args:
+        enabled: None (default): on for CUDA calls; True: also on CPU (float32, C++ / numba kernels);
+            False: off (every call on the backends).
+        tuning: the kernels' choices (KernelTuning; default: DEFAULT_TUNING).
+        plan_ahead: on CUDA, plan each layer call from the layer's previous call's counts (copied to the host
+            without waiting), so the host never stalls the device (`runtime.plan_sources.AheadPlans`); off:
+            every call's plan is made from its own counts, after one device-to-host copy.
+        plan_on_device: on CUDA with a policy the device planner runs (`kernels.DEVICE_RULES`: `sieve`,
+            `heteromoe`) on one GPU, plan inside the routing kernel from the call's own counts (the same rule
+            and doubles as the host planner): no host plan, no wait, capturable in a CUDA graph (use it
+            there); statistics are settled lazily. Off by default: not knowing the plan, the host must
+            launch the grouped side every call, which costs more in eager mode than the host plan's copy
+            when the plan puts every expert on PIM (small batches). Takes precedence over plan_ahead.
+    """
+
+    enabled: bool | None = None
+    tuning: KernelTuning = DEFAULT_TUNING
+    plan_ahead: bool = False
+    plan_on_device: bool = False
+
+    def __post_init__(self) -> None:
+        if self.enabled not in (None, True, False):
+            raise ValueError(f"FusedOptions.enabled must be None, True or False, got {self.enabled!r}")
+
+    @classmethod
+    def of(cls, fused: bool | None | FusedOptions, **overrides) -> FusedOptions:
+        """Options from `wrap`'s `fused=` (a bool, None or FusedOptions) and its shorthand keywords
+        (`gemv_max_tokens`: the tuning's field, `plan_ahead`, `plan_on_device`; None: not given)."""
+        options = fused if isinstance(fused, cls) else cls(enabled=fused)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if given and isinstance(fused, cls):
+            raise ValueError(f"pass {sorted(given)} inside FusedOptions(...), not beside fused=FusedOptions(...)")
+        if "gemv_max_tokens" in given:
+            given["tuning"] = dataclasses.replace(options.tuning, gemv_max_tokens=given.pop("gemv_max_tokens"))
+        return dataclasses.replace(options, **given) if given else options
