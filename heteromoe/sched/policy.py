@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from heteromoe import _ext
+from heteromoe.cost.gpu import gpu_time_s
 from heteromoe.cost.model import TABLE_MAX_COUNT, CostModel
 from heteromoe.sched.placement import Placement
 from heteromoe.sched.plan import Plan
@@ -164,8 +165,8 @@ class PlacementContext:
         busy = gpu_tokens > 0
         read = np.bincount(self.slot_gpu, weights=busy * cost.gpu.read_s_per_expert, minlength=G)
         flop = np.bincount(self.slot_gpu, weights=cost.gpu_flop_s(gpu_tokens), minlength=G)
-        launch = np.where(np.bincount(self.slot_gpu, weights=busy, minlength=G) > 0, cost.gpu.launch_s, 0.0)
-        t_gpu = np.maximum(read, flop) + launch + self.gpu_fixed_s
+        t_gpu = gpu_time_s(read, flop, np.bincount(self.slot_gpu, weights=busy, minlength=G) > 0, cost.gpu.launch_s,
+                           self.gpu_fixed_s)
         t_pim = np.bincount(self.slot_gpu, weights=cost.pim_time_s(slot_counts - gpu_tokens), minlength=G)
         return t_gpu, t_pim + self.pim_fixed_s
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from heteromoe.cost.gpu import gpu_time_s
 from heteromoe.sched.policy import PlacementContext, Policy
 
 
@@ -41,8 +42,8 @@ class DuplexPolicy(Policy):
         lo, hi = seg[cand_g], seg[cand_g + 1]
         flop_rest = flop_cum[hi] - flop_cum[lo + m]
         left = size[cand_g] - m
-        t_gpu = (np.maximum(cost.gpu.read_s_per_expert * left, flop_rest) + np.where(left > 0, cost.gpu.launch_s, 0.0)
-                 + ctx.gpu_fixed_s[cand_g])
+        t_gpu = gpu_time_s(cost.gpu.read_s_per_expert * left, flop_rest, left > 0, cost.gpu.launch_s,
+                           ctx.gpu_fixed_s[cand_g])
         t_pim = pim_cum[lo + m] - pim_cum[lo] + ctx.pim_fixed_s[cand_g]
         f = np.maximum(np.maximum(ctx.comm_s[cand_g], t_gpu), t_pim)
         # per GPU: the first m whose next move does not lower f (or A_g)
