@@ -8,7 +8,8 @@ only the order of the fp32 additions differs from one launch over all of K).
 
 `SplitKRule` picks S from the launch's shape, never from a model's name: the warps the down projection would
 put on each SM (the experts a call can touch x the warps per expert of the kernel that runs it), against a
-target measured on the device (`bench/gpu_splitk.sh` sweeps S). The default rule never splits.
+target measured on the device (`bench/gpu_splitk.sh` sweeps S). `SplitKRule()` never splits; `DEFAULT_SPLIT_K`,
+what the fused path uses unless told otherwise, holds the targets measured on an H100.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["SPLIT_K_GRAIN", "SplitKRule", "down_warps", "expected_experts", "launched_splits"]
+__all__ = ["DEFAULT_SPLIT_K", "SPLIT_K_GRAIN", "SplitKRule", "down_warps", "expected_experts", "launched_splits"]
 
 #: K elements per split are a multiple of this (every kernel's K step divides it): `_cuda.SPLIT_K_GRAIN`.
 SPLIT_K_GRAIN = 256
@@ -72,6 +73,9 @@ class SplitKRule:
             the fewest splits that reach it (0: never split, the default).
         mma_warps_per_sm: the same on the tensor-core kernels (they keep fewer warps resident per SM than the
             GEMV, so their target is measured apart).
+        mma_max_tokens_per_expert: on the tensor-core kernels, split only while the call's routed pairs per
+            touched expert stay at or below this (one pass of `expert_mma_smem` holds 32 tokens; an expert of
+            more tokens is read again per pass, and the split launch then loses: see DEFAULT_SPLIT_K).
         min_k_per_split: no split shorter than this many K elements (short rows gain nothing: their warps
             are short already).
         max_splits: at most this many splits.
@@ -80,12 +84,13 @@ class SplitKRule:
 
     gemv_warps_per_sm: float = 0.0
     mma_warps_per_sm: float = 0.0
+    mma_max_tokens_per_expert: float = math.inf
     min_k_per_split: int = 1024
     max_splits: int = 8
     fixed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("gemv_warps_per_sm", "mma_warps_per_sm"):
+        for name in ("gemv_warps_per_sm", "mma_warps_per_sm", "mma_max_tokens_per_expert"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.min_k_per_split < SPLIT_K_GRAIN:
@@ -101,11 +106,15 @@ class SplitKRule:
         targets = self.gemv_warps_per_sm > 0 or self.mma_warps_per_sm > 0
         return (self.fixed or 1) > 1 or (targets and self.max_splits > 1)
 
-    def splits(self, kernel: Kernel, *, k_dim: int, out_rows: int, experts: float, tokens: int, sms: int) -> int:
+    def splits(self, kernel: Kernel, *, k_dim: int, out_rows: int, experts: float, tokens: int, sms: int,
+               pairs: int | None = None) -> int:
         """Splits for a down projection of rows of `k_dim` elements on `kernel`, over `experts` experts (the
-        caller's estimate, e.g. `expected_experts`) with at most `tokens` tokens each, on a GPU of `sms` SMs
-        (what to pass as `k_splits`)."""
+        caller's estimate, e.g. `expected_experts`) with at most `tokens` tokens each, on a GPU of `sms` SMs,
+        for a call of `pairs` routed pairs where known (what to pass as `k_splits`)."""
         if not self.splits_ever or experts <= 0:
+            return 1
+        if (kernel == "mma" and self.fixed is None and pairs is not None
+                and pairs / experts > self.mma_max_tokens_per_expert):
             return 1
         by_k = max(1, k_dim // self.min_k_per_split)  # the most splits K allows
         if self.fixed is not None:
@@ -118,10 +127,11 @@ class SplitKRule:
 
     @classmethod
     def from_env(cls, value: str | None) -> SplitKRule:
-        """A rule from a setting such as HETEROMOE_SPLIT_K: unset or "" -> the default (never split), an integer
-        N -> `fixed=N`, "warps:W" -> both targets W, "warps:G/M" -> GEMV target G, tensor-core target M."""
+        """A rule from a setting such as HETEROMOE_SPLIT_K: unset or "" -> DEFAULT_SPLIT_K, an integer N ->
+        `fixed=N` (1: never split), "warps:W" -> both targets W, "warps:G/M" -> GEMV target G, tensor-core
+        target M (no tokens-per-expert bound: for sweeps)."""
         if not value:
-            return cls()
+            return DEFAULT_SPLIT_K
         try:
             if value.startswith("warps:"):
                 targets = value.split(":", 1)[1].split("/")
@@ -133,3 +143,15 @@ class SplitKRule:
         except ValueError as exc:
             raise ValueError(f"split-K setting {value!r}: expected an integer number of splits, 'warps:W' or "
                              f"'warps:G/M' ({exc})") from None
+
+
+#: The rule the fused path uses by default, from the H100 sweep of S = 1, 2, 4, 8 on a Mixtral-8x7B-shaped layer
+#: (8 experts, K 14336; bench/results/gpu-splitk-h100-mixtral-8x7b.json, `bash bench/gpu_splitk.sh`, graph
+#: clock). GEMV launches (1-4 tokens; 15.5 / 27.2 / 84.8 warps per SM unsplit): the fastest S was 8 / 8 / 4,
+#: which a target of 256 warps per SM gives (264.8 -> 254.8, 420.8 -> 391.9, 485.6 -> 432.7 us). Tensor cores
+#: (16 and 64 tokens, 15.5 warps per SM unsplit, so they ran on grouped_mm unsplit): S = 2 to 8 all within
+#: 2 %, S = 2 fastest at 64 tokens (959.6 -> 905.3 us); a target of 30 gives 2. At 256 tokens (64 pairs per
+#: expert, two passes of the tensor-core kernel) every split launch was 1.5x slower than grouped_mm + GEMV
+#: unsplit (1839-1903 vs 1240 us): hence the bound of 32 pairs per expert. Qwen3-30B-A3B-shaped layers (K 768)
+#: are never split (min_k_per_split), and measured the same for every S.
+DEFAULT_SPLIT_K = SplitKRule(gemv_warps_per_sm=256.0, mma_warps_per_sm=30.0, mma_max_tokens_per_expert=32.0)

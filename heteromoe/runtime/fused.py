@@ -214,7 +214,8 @@ class FusedLayerPath(OneCallLaunches):
         experts = expected_experts(layer.num_experts, top_k, num_tokens)
         return launched_splits(
             self.split_k.splits(kernel, k_dim=layer.intermediate_size, out_rows=layer.hidden_size, experts=experts,
-                                tokens=num_tokens, sms=self._sm_count(device)), layer.intermediate_size)
+                                tokens=num_tokens, sms=self._sm_count(device), pairs=num_pairs),
+            layer.intermediate_size)
 
     def _sm_count(self, device: torch.device) -> int:
         if device not in self._sms:
