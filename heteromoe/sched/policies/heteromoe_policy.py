@@ -13,16 +13,73 @@ With replicas (`sched.replicas`), the same is done once with every token on its 
 replicated experts routed to their least-loaded GPU; the better plan wins. So it is never worse than
 `sieve` on the same homes: Sieve's plan is one of the candidates. Runs in C++
 (`heteromoe._C.heteromoe_plan`) with numba / python twins.
+
+Per step (`step_plan`, `sched.step_plan`), before the layers: for one sub-batch and for two interleaved
+sub-batches, it plans the first MoE layer's experts per sub-batch (the rule above, with no other work) and
+then, per kind of layer, places the dense operations (projections, output projection + router, shared
+experts: SMs or PIM; decode attention: split by requests between the SMs and PIM) to minimise the
+lane-load estimate of `sched.step_plan.estimate_layer`; it runs the number of sub-batches whose summed
+estimate over the layers is smaller. Each mechanism can be switched off (`HeteromoePolicy(...)` flags) for
+the ablation.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from heteromoe.sched.policy import PlacementContext, Policy, Split
 from heteromoe.sched.replicas import route_to_replicas
+from heteromoe.sched.step_plan import StepPlan, choose_layer
 
 
 class HeteromoePolicy(Policy):
     name = "heteromoe"
-    summary = "best prefix of Sieve's order on the GPU, one expert split between GPU and PIM, replica routing"
+    summary = ("per step: 1 or 2 sub-batches, dense GEMVs on SMs or PIM, attention split by requests; per layer: "
+               "best prefix of Sieve's order on the GPU, one expert split, replica routing")
+    #: the simulator asks `step_plan` for each step's sub-batches and dense placement
+    plans_step = True
+    #: plans PIM experts with the observed times of an EMA table where the caller keeps one (as Sieve)
+    learns_pim_costs = True
+
+    def __init__(self, sub_batch_choice: bool = True, dense_on_pim: bool = True,
+                 attention_split: bool = True) -> None:
+        self.sub_batch_choice = sub_batch_choice
+        self.dense_on_pim = dense_on_pim
+        self.attention_split = attention_split
+
+    def step_plan(self, candidates: dict, dense_layers: int, placement, num_gpus: int, cost) -> StepPlan:
+        """The step's plan.
+
+        Args:
+            candidates: {sub-batches: (per layer `DenseCosts`, [S, E] first MoE layer's counts per sub-batch,
+                [S, G] decode requests)}; layers of one kind share one `DenseCosts` object.
+            dense_layers: leading layers without experts.
+            placement, num_gpus, cost: as `plan` (the cost model without other work).
+        """
+        best = None
+        for subs, (layers, counts, decode) in sorted(candidates.items()):
+            if not self.sub_batch_choice and subs != 1:
+                continue
+            shape = decode.shape
+            e_gpu, e_pim, e_comm = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+            for s in range(subs):
+                p = self.plan(counts[s], placement, num_gpus, cost)
+                e_gpu[s], e_pim[s], e_comm[s] = p.per_gpu_t_gpu_s, p.per_gpu_t_pim_s, p.per_gpu_t_comm_s
+            zero = np.zeros(shape)
+            chosen, total = {}, 0.0
+            placements = []
+            for i, c in enumerate(layers):
+                moe = i >= dense_layers
+                k = (id(c), moe)
+                if k not in chosen:
+                    chosen[k] = choose_layer(c, e_gpu if moe else zero, e_pim if moe else zero,
+                                             e_comm if moe else zero, dense_on_pim=self.dense_on_pim,
+                                             attention_split=self.attention_split)
+                total += chosen[k].time_s
+                placements.append(chosen[k].placement)
+            if best is None or total < best[0]:
+                best = (total, subs, tuple(placements))
+        total, subs, placements = best
+        return StepPlan(sub_batches=subs, layers=placements, info={"estimate_s": total})
 
     def _place(self, ctx: PlacementContext) -> Split:
         gpu_tokens, t_gpu, t_pim = ctx.fast_path("heteromoe")
