@@ -117,6 +117,7 @@ class DenseCosts:
     core_gpu: np.ndarray
     decode: np.ndarray  # [S, G] decode requests
     launch_s: float = 0.0
+    _cache: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -133,17 +134,16 @@ class LayerEstimate:
 ATTN_SHARES = np.linspace(0.0, 1.0, 17)
 
 
-def _candidates(has_shared: bool, attention_split: bool, dense_on_pim: bool):
+def _combos(has_shared: bool, dense_on_pim: bool) -> list[tuple[str, str, str]]:
     places = PLACES if dense_on_pim else ("gpu",)
-    shares = ATTN_SHARES if attention_split else np.array([0.0])
-    for proj, out, shared in itertools.product(places, places, places if has_shared else ("gpu",)):
-        yield proj, out, shared, shares
+    return list(itertools.product(places, places, places if has_shared else ("gpu",)))
 
 
 def estimate_layer(c: DenseCosts, proj: str, out: str, shared: str, share: np.ndarray, e_gpu: np.ndarray,
                    e_pim: np.ndarray, e_comm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Estimated layer seconds for each attention share in `share` [A] (the requests' fraction on the SMs,
-    rounded to whole requests per sub-batch and GPU; the SM part pays one launch).
+    rounded to whole requests per sub-batch and GPU; the SM part pays one launch), with the projections,
+    output projection + router and shared experts on `proj`, `out`, `shared` ("gpu" / "pim").
 
     Per sub-batch s and GPU the chain is projections -> attention (its SM and PIM parts side by side) ->
     prefill / state core -> output projection + router -> the expert window max(comm, SM part, PIM part),
@@ -151,29 +151,48 @@ def estimate_layer(c: DenseCosts, proj: str, out: str, shared: str, share: np.nd
     chain. With two, one sub-batch's dense work runs while the other's experts do, so the layer takes the
     longest of: each lane's total over both sub-batches (SMs, PIM, link) and each sub-batch's own chain.
     Returns ([A] seconds, [A, S, G] SM seconds besides experts, [A, S, G] PIM seconds besides experts)."""
+    t, other, fixed = _estimate(c, [(proj, out, shared)], share, e_gpu, e_pim, e_comm)
+    return t[0], other[0], fixed[0]
+
+
+def _dense_part(c: DenseCosts, combos, share):
+    """What `_estimate` needs of the dense operations alone (it does not depend on the experts); kept on
+    `c` (its costs do not change) for the next call with the same placements and shares."""
+    key = (tuple(combos), share.tobytes())
+    cached = c._cache.get(key)
+    if cached is not None:
+        return cached
+    pick = np.array([[p == "pim" for p in combo] for combo in combos])[:, :, None, None, None]  # [P, 3, 1, 1, 1]
+    gpu3 = np.stack([c.proj_gpu, c.out_gpu, c.shared_gpu])[None, :, None]  # [1, 3, 1, S, G]
+    pim3 = np.stack([c.proj_pim, c.out_pim, c.shared_pim])[None, :, None]
+    on_gpu = np.where(pick, 0.0, gpu3)  # [P, 3, 1, S, G]
+    on_pim = np.where(pick, pim3, 0.0)
     dec = c.decode.astype(np.float64)
-    a = np.divide(np.rint(share[:, None, None] * dec), dec, out=np.zeros((share.size,) + dec.shape), where=dec > 0)
-    pg = c.proj_gpu if proj == "gpu" else 0.0
-    pp = c.proj_pim if proj == "pim" else 0.0
-    og = c.out_gpu if out == "gpu" else 0.0
-    op = c.out_pim if out == "pim" else 0.0
-    sg = c.shared_gpu if shared == "gpu" else 0.0
-    sp = c.shared_pim if shared == "pim" else 0.0
+    a = np.divide(np.rint(share[:, None, None] * dec), dec, out=np.zeros((share.size,) + dec.shape),
+                  where=dec > 0)[None]  # [1, A, S, G]
     att_g = np.where(a > 0, (c.attn_gpu - c.launch_s) * a + c.launch_s, 0.0)
     att_p = c.attn_pim * (1.0 - a)
-    pre_g = pg + att_g + c.core_gpu + og  # SM work before the window
-    pre_p = pp + att_p + op
-    chain = (np.asarray(pp + pg) + np.maximum(att_g, att_p) + c.core_gpu + np.asarray(og + op)
-             + np.maximum(np.maximum(e_comm, e_gpu + sg), e_pim + sp))
+    pre_g = on_gpu[:, 0] + on_gpu[:, 1] + att_g + c.core_gpu  # [P, A, S, G]: SM work before the window
+    pre_p = on_pim[:, 0] + on_pim[:, 1] + att_p
+    chain = on_gpu[:, 0] + on_pim[:, 0] + np.maximum(att_g, att_p) + c.core_gpu + on_gpu[:, 1] + on_pim[:, 1]
+    sg, sp = on_gpu[:, 2], on_pim[:, 2]
+    out = (pre_g, pre_p, chain, sg, sp, (pre_g + sg).sum(axis=2), (pre_p + sp).sum(axis=2))
+    c._cache[key] = out
+    return out
+
+
+def _estimate(c: DenseCosts, combos, share, e_gpu, e_pim, e_comm):
+    """`estimate_layer` for every placement of `combos` at once: ([P, A], [P, A, S, G], [P, A, S, G])."""
+    pre_g, pre_p, chain, sg, sp, gpu_sum, pim_sum = _dense_part(c, combos, share)
+    chain = chain + np.maximum(np.maximum(e_comm, e_gpu + sg), e_pim + sp)
     if c.decode.shape[0] == 1:
-        t = chain.max(axis=(1, 2))
+        t = chain.max(axis=(2, 3))
     else:
-        gpu_lane = (pre_g + sg + e_gpu).sum(axis=1)
-        pim_lane = (pre_p + sp + e_pim).sum(axis=1)
-        link = e_comm.sum(axis=0)
-        t = np.maximum(np.maximum(gpu_lane.max(axis=1), pim_lane.max(axis=1)),
-                       np.maximum(link.max(), chain.max(axis=(1, 2))))
-    return t, np.broadcast_to(pre_g + sg, chain.shape), np.broadcast_to(pre_p + sp, chain.shape)
+        gpu_lane = (gpu_sum + e_gpu.sum(axis=0)).max(axis=2)
+        pim_lane = (pim_sum + e_pim.sum(axis=0)).max(axis=2)
+        t = np.maximum(np.maximum(gpu_lane, pim_lane), np.maximum(e_comm.sum(axis=0).max(), chain.max(axis=(2, 3))))
+    shape = chain.shape
+    return t, np.broadcast_to(pre_g + sg, shape), np.broadcast_to(pre_p + sp, shape)
 
 
 def choose_layer(c: DenseCosts, e_gpu: np.ndarray, e_pim: np.ndarray, e_comm: np.ndarray, *,
@@ -181,15 +200,13 @@ def choose_layer(c: DenseCosts, e_gpu: np.ndarray, e_pim: np.ndarray, e_comm: np
     """The placement of one layer's dense operations with the least estimated time (`estimate_layer`):
     every combination of SMs / PIM for the projections, output projection + router and shared experts, and
     17 request shares of attention on the SMs (0, 1/16, ..., 1). Ties keep the default (all on the SMs,
-    attention on PIM), which is tried first."""
-    best = None
-    has_shared = bool(np.any(c.shared_gpu > 0))
-    for proj, out, shared, shares in _candidates(has_shared, attention_split, dense_on_pim):
-        t, other, fixed = estimate_layer(c, proj, out, shared, shares, e_gpu, e_pim, e_comm)
-        i = int(np.argmin(t))
-        if best is None or t[i] < best[0]:
-            best = (float(t[i]), proj, out, shared, float(shares[i]), other[i], fixed[i])
-    t, proj, out, shared, share, other, fixed = best
+    attention on PIM), which comes first."""
+    combos = _combos(bool(np.any(c.shared_gpu > 0)), dense_on_pim)
+    shares = ATTN_SHARES if attention_split and np.any(c.attn_pim > 0) else ATTN_SHARES[:1]
+    t, other, fixed = _estimate(c, combos, shares, e_gpu, e_pim, e_comm)
+    p, i = divmod(int(np.argmin(t)), t.shape[1])
+    proj, out, shared = combos[p]
+    share = float(shares[i])
     attn = np.rint(share * c.decode).astype(np.int64) if share > 0 else None
-    return LayerEstimate(time_s=t, placement=LayerPlacement(proj, out, shared, attn),
-                         gpu_other_s=np.array(other), pim_fixed_s=np.array(fixed))
+    return LayerEstimate(time_s=float(t[p, i]), placement=LayerPlacement(proj, out, shared, attn),
+                         gpu_other_s=other[p, i], pim_fixed_s=fixed[p, i])
