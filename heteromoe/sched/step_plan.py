@@ -117,6 +117,7 @@ class DenseCosts:
     core_gpu: np.ndarray
     decode: np.ndarray  # [S, G] decode requests
     launch_s: float = 0.0
+    sync_s: float = 0.0  # the AllGather of routing counts between the router and the expert window
     _cache: dict = field(default_factory=dict, repr=False)
 
 
@@ -146,7 +147,8 @@ def estimate_layer(c: DenseCosts, proj: str, out: str, shared: str, share: np.nd
     output projection + router and shared experts on `proj`, `out`, `shared` ("gpu" / "pim").
 
     Per sub-batch s and GPU the chain is projections -> attention (its SM and PIM parts side by side) ->
-    prefill / state core -> output projection + router -> the expert window max(comm, SM part, PIM part),
+    prefill / state core -> output projection + router -> AllGather of counts (`sync_s`) -> the expert
+    window max(comm, SM part, PIM part),
     with the routed experts' times `e_gpu`, `e_pim`, `e_comm` [S, G]. With one sub-batch the layer is its
     chain. With two, one sub-batch's dense work runs while the other's experts do, so the layer takes the
     longest of: each lane's total over both sub-batches (SMs, PIM, link) and each sub-batch's own chain.
@@ -174,7 +176,8 @@ def _dense_part(c: DenseCosts, combos, share):
     att_p = c.attn_pim * (1.0 - a)
     pre_g = on_gpu[:, 0] + on_gpu[:, 1] + att_g + c.core_gpu  # [P, A, S, G]: SM work before the window
     pre_p = on_pim[:, 0] + on_pim[:, 1] + att_p
-    chain = on_gpu[:, 0] + on_pim[:, 0] + np.maximum(att_g, att_p) + c.core_gpu + on_gpu[:, 1] + on_pim[:, 1]
+    chain = (on_gpu[:, 0] + on_pim[:, 0] + np.maximum(att_g, att_p) + c.core_gpu + on_gpu[:, 1] + on_pim[:, 1]
+             + c.sync_s)
     sg, sp = on_gpu[:, 2], on_pim[:, 2]
     out = (pre_g, pre_p, chain, sg, sp, (pre_g + sg).sum(axis=2), (pre_p + sp).sum(axis=2))
     c._cache[key] = out

@@ -235,14 +235,17 @@ def _gemv_pair(timing: BankPimTiming, d_in: int, d_out: int, bytes_w: float, byt
                separate_paths: bool) -> tuple[float, float]:
     """(busy, closed-form) seconds of one token's GEMV over all channels."""
     t = timing.gemv(d_in, d_out, 1, bytes_w, bytes_a, 1.0)
-    return float(busy_s(t, separate_paths)), float(t.total_s)
+    busy = float(busy_s(t, separate_paths))
+    return busy, (busy * timing.refresh_factor if separate_paths else float(t.total_s))
 
 
 def dense_pim_s(timing: BankPimTiming, shapes: list[tuple[int, int]], tokens: np.ndarray, bytes_w: float,
                 bytes_a: float, separate_paths: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """([G] busy, [G] closed-form) seconds of dense GEMVs `shapes` (d_in, d_out) on PIM for `tokens` [G]
     tokens per GPU: the weights sharded over all of the GPU's channels (Sieve's layout for experts), each
-    token its own sweep of the rows (one input vector per column command), so the time is linear in tokens."""
+    token its own sweep of the rows (one input vector per column command), so the time is linear in tokens.
+    The closed form is the busy time with the expected refresh factor (with a separate PIM command path no
+    mode switch is paid, as `sim.pim_truth.busy_s` counts)."""
     busy = closed = 0.0
     for d_in, d_out in shapes:
         b, c = _gemv_pair(timing, int(d_in), int(d_out), float(bytes_w), float(bytes_a), separate_paths)

@@ -257,14 +257,26 @@ class StepSimulator:
         def pim(get):
             return stack(lambda w: inf if get(w) is None else get(w)[1])
 
-        attn_pim = stack(lambda w: w.attn_pim_closed_s)
+        if self.timing is not None and self.options.pim_separate_paths and self.truth is not None:
+            # the closed form of attention charges a mode switch per GEMV that a separate command path
+            # does not pay: the step planner reads the busy time with the expected refresh factor
+            attn_pim = stack(lambda w: w.attn_pim_busy_s * self.timing.refresh_factor)
+        else:
+            attn_pim = stack(lambda w: w.attn_pim_closed_s)
         return DenseCosts(proj_gpu=stack(lambda w: w.proj_s), proj_pim=pim(lambda w: w.proj_pim),
                           out_gpu=stack(lambda w: w.out_router_s), out_pim=pim(lambda w: w.out_router_pim),
                           shared_gpu=stack(lambda w: w.shared_s), shared_pim=pim(lambda w: w.shared_pim),
                           attn_gpu=stack(lambda w: w.attn_gpu_s if w.attn_gpu_s is not None else inf)
                           if full else np.zeros_like(attn_pim),
                           attn_pim=attn_pim, core_gpu=stack(lambda w: w.core_gpu_s), decode=sub.decode,
-                          launch_s=self.system.require_gpu().launch_overhead_s if self.options.dense_launch else 0.0)
+                          launch_s=self.system.require_gpu().launch_overhead_s if self.options.dense_launch else 0.0,
+                          sync_s=self._allgather_s())
+
+    def _allgather_s(self) -> float:
+        """The AllGather of routing counts (4-byte counts of every expert from every GPU)."""
+        link = self.system.link
+        G = self.gpus
+        return 0.0 if G == 1 else link.latency_s + self.model.num_experts * 4 * G / link.bw_bytes_per_s_per_dir
 
     @property
     def _plain_cost(self) -> CostModel:
@@ -346,7 +358,8 @@ class StepSimulator:
         if np.ndim(self.context) and np.shape(self.context) != (decode,):
             raise ValueError(f"context must be one length or {decode} non-negative lengths (one per decode "
                              f"request), got shape {np.shape(self.context)}")
-        if getattr(self.policy, "plans_step", False) and self.options.co_execution:
+        planned = getattr(self.policy, "plans_step", False) and self.options.co_execution
+        if planned:
             step_plan = self._step_plan(top_k_index, decode)
         else:
             step_plan = StepPlan(S)
@@ -364,8 +377,7 @@ class StepSimulator:
         done = [begin] * S  # each sub-batch's end of its previous layer
         attn: list = [None] * S  # each sub-batch's attention on PIM (or projections) in the current layer
         layer_ends: list[list[int]] = []
-        link = self.system.link
-        ag_s = 0.0 if G == 1 else link.latency_s + m.num_experts * 4 * G / link.bw_bytes_per_s_per_dir
+        ag_s = self._allgather_s()
 
         def works_of(layer):
             full = self._is_full_attention(layer)
@@ -467,6 +479,8 @@ class StepSimulator:
         if self.ema is not None:
             self._observe([(plan, busy, end[h] - start[h]) for plan, (h, busy, _, _) in zip(plans, windows)])
         step = max(float(end[h].max()) for h in done)
+        if planned and hasattr(self.policy, "observe_step"):  # the step planner learns what it missed
+            self.policy.observe_step(step_plan, step)
         return StepResult(step_time_s=step, timeline=timeline or Timeline(), plans=plans if self.record else [],
                           loads=loads_seen, estimates=estimates, memory=self._memory(decode),
                           sub_batches=S, step_plan=step_plan)

@@ -19,8 +19,16 @@ sub-batches, it plans the first MoE layer's experts per sub-batch (the rule abov
 then, per kind of layer, places the dense operations (projections, output projection + router, shared
 experts: SMs or PIM; decode attention: split by requests between the SMs and PIM) to minimise the
 lane-load estimate of `sched.step_plan.estimate_layer`; it runs the number of sub-batches whose summed
-estimate over the layers is smaller. Each mechanism can be switched off (`HeteromoePolicy(...)` flags) for
-the ablation.
+estimate over the layers is smaller. The estimate of one sub-batch is its dependency chain, close to what
+runs; that of two is a lane-load bound that misses the stalls of interleaving. So, as Sieve learns PIM
+times (§5.1), the policy learns what its step estimate misses: after each step (`observe_step`) it keeps an
+exponential average (weight 0.5, the first observation taken whole) of measured / estimated step time per
+number of sub-batches and size of the batch (routed pairs, by powers of two), and scales each candidate's
+estimate by it (a candidate not yet run takes the other's). With two sub-batches a layer's expert split is planned per sub-batch against Sieve's layer
+proxy (the sub-batch's own dense work in T_GPU, attention in T_PIM), which the other sub-batch's work on
+the same lanes makes optimistic; there the policy keeps Sieve's first stop (more experts on the SMs than
+it, chosen on that proxy, measured slower). Each mechanism can be switched off (`HeteromoePolicy(...)`
+flags) for the ablation.
 """
 from __future__ import annotations
 
@@ -40,11 +48,33 @@ class HeteromoePolicy(Policy):
     #: plans PIM experts with the observed times of an EMA table where the caller keeps one (as Sieve)
     learns_pim_costs = True
 
+    #: weight of a new observation of measured / estimated step time
+    alpha = 0.5
+
     def __init__(self, sub_batch_choice: bool = True, dense_on_pim: bool = True,
                  attention_split: bool = True) -> None:
         self.sub_batch_choice = sub_batch_choice
         self.dense_on_pim = dense_on_pim
         self.attention_split = attention_split
+        self.expert_rule = "heteromoe"  # "sieve" while the step runs two sub-batches
+        self.step_ratio: dict[tuple[int, int], float] = {}  # (sub-batches, size) -> measured / estimated
+
+    def _ratio(self, key: tuple[int, int]) -> float:
+        """Measured / estimated step time for `key`; unobserved: that of the other number of sub-batches at
+        this size (what the estimate misses is taken as common until seen), else 1."""
+        if key in self.step_ratio:
+            return self.step_ratio[key]
+        seen = [v for (subs, size), v in self.step_ratio.items() if size == key[1]]
+        return float(np.mean(seen)) if seen else 1.0
+
+    def observe_step(self, plan: StepPlan, step_time_s: float) -> None:
+        """Learn what the step estimate of `plan` (made by `step_plan`) missed: `step_time_s` was measured."""
+        key, estimate = plan.info.get("key"), plan.info.get("estimate_s", 0.0)
+        if key is None or not estimate > 0:
+            return
+        ratio = step_time_s / estimate
+        old = self.step_ratio.get(key)
+        self.step_ratio[key] = ratio if old is None else (1 - self.alpha) * old + self.alpha * ratio
 
     def step_plan(self, candidates: dict, dense_layers: int, placement, num_gpus: int, cost) -> StepPlan:
         """The step's plan.
@@ -61,6 +91,7 @@ class HeteromoePolicy(Policy):
                 continue
             shape = decode.shape
             e_gpu, e_pim, e_comm = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+            self.expert_rule = "sieve" if subs > 1 else "heteromoe"
             for s in range(subs):
                 p = self.plan(counts[s], placement, num_gpus, cost)
                 e_gpu[s], e_pim[s], e_comm[s] = p.per_gpu_t_gpu_s, p.per_gpu_t_pim_s, p.per_gpu_t_comm_s
@@ -76,19 +107,22 @@ class HeteromoePolicy(Policy):
                                              attention_split=self.attention_split)
                 total += chosen[k].time_s
                 placements.append(chosen[k].placement)
-            if best is None or total < best[0]:
-                best = (total, subs, tuple(placements))
-        total, subs, placements = best
-        return StepPlan(sub_batches=subs, layers=placements, info={"estimate_s": total})
+            key = (subs, int(counts.sum()).bit_length())
+            scaled = total * self._ratio(key)
+            if best is None or scaled < best[0]:
+                best = (scaled, subs, tuple(placements), total, key)
+        _, subs, placements, total, key = best
+        self.expert_rule = "sieve" if subs > 1 else "heteromoe"
+        return StepPlan(sub_batches=subs, layers=placements, info={"estimate_s": total, "key": key})
 
     def _place(self, ctx: PlacementContext) -> Split:
-        gpu_tokens, t_gpu, t_pim = ctx.fast_path("heteromoe")
+        gpu_tokens, t_gpu, t_pim = ctx.fast_path(self.expert_rule)
         best = Split(gpu_tokens, t_gpu_s=t_gpu, t_pim_s=t_pim)
         if not ctx.placement.has_replicas:
             return best
         routed = route_to_replicas(ctx.counts, ctx.placement)
         comm = ctx.comm_for(routed)
-        r_tokens, r_gpu, r_pim = ctx.fast_path("heteromoe", routed, comm)
+        r_tokens, r_gpu, r_pim = ctx.fast_path(self.expert_rule, routed, comm)
         if _makespan(comm, r_gpu, r_pim) < _makespan(ctx.comm_s, t_gpu, t_pim):
             return Split(r_tokens, slot_counts=routed, t_comm_s=comm, t_gpu_s=r_gpu, t_pim_s=r_pim)
         return best
