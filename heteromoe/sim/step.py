@@ -18,6 +18,13 @@ the PIM lane holds attention and PIM experts back to back: what Sieve's T_PIM co
 starts its ready operation issued first (`sim.graph`); the issue order is the software pipeline described in
 docs/step-model.md.
 
+A step-planning policy (`heteromoe`, `Policy.plans_step`) decides each step's `sched.step_plan.StepPlan`
+from the dense costs of one and of two sub-batches and the first MoE layer's routing counts: its number of
+sub-batches and, per layer, whether the projections, output projection + router and shared experts run on
+the SMs or on PIM (the bank model, refresh where they start) and how many requests' attention runs on the
+SMs; the simulator issues each operation on that lane and reports the step time back (`observe_step`).
+Every other policy runs its own sub-batches with dense work on the SMs and attention where its paper has it.
+
 `StepOptions` names each modeling change (`StepOptions.legacy()`: the serialized model this grew from).
 Durations come from `cost/`, `sim.layer_work` (dense work) and `sim.pim_truth` (PIM with refresh at the
 real start time); the plan comes from the policy through its public interface, with the inputs its paper
@@ -248,6 +255,7 @@ class StepSimulator:
                                      self._plain_cost)
 
     def _dense_costs(self, sub: SubBatches, S: int, full: bool, key) -> DenseCosts:
+        """[S, G] dense costs of one kind of layer on either side, as the step planner reads them."""
         works = [self._sub_work(sub, s, full, key) for s in range(S)]
         inf = np.full(self.gpus, np.inf)
 
