@@ -10,7 +10,7 @@ Calibration: `PRESET_SKEW` is fitted so that the share of *activated* experts th
 receive exactly one token (`one_token_share`, over 48 layers x 4 decode steps, the layer-to-layer variation
 of the ratio included; mean over 8 seeds within 1 point, seed-to-seed deviation under 1 point) at batch 64 / 256 is within 3 points of the published
 figures for Qwen3-30B-A3B, GPT-OSS-120B and Qwen3-Next-80B-A3B (tests/routing/test_synth.py). We read the
-published figure per activated expert: DESIGN's own two-class parameters reproduce it under that reading,
+published figure per activated expert: the two-class parameters reproduce it under that reading,
 while under a per-all-experts reading no fixed popularity (two-class, Zipf or log-normal; searched) reaches
 GPT-OSS or Qwen3-Next at both batch sizes.
 """

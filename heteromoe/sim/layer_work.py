@@ -26,7 +26,7 @@ from heteromoe.sim.pim_truth import busy_s
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
 
-__all__ = ["SubBatches", "SubBatchWork", "pim_attention_s", "split_requests", "sub_batch_work"]
+__all__ = ["SubBatches", "SubBatchWork", "dense_pim_s", "pim_attention_s", "split_requests", "sub_batch_work"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,6 +135,14 @@ class SubBatchWork:
     attn_pim_closed_s: np.ndarray
     out_router_s: np.ndarray
     shared_s: np.ndarray
+    #: decode attention of every decode request on the SMs (KV read at HBM bandwidth + launch), for a
+    #: step plan that moves some requests' attention off PIM
+    attn_gpu_s: np.ndarray | None = None
+    #: (busy, closed-form) [G] seconds of the dense GEMVs on PIM (Sieve's all-channel layout, one vector per
+    #: token), for a step plan that runs them there; None where the system has no bank-level timings
+    proj_pim: tuple[np.ndarray, np.ndarray] | None = None
+    out_router_pim: tuple[np.ndarray, np.ndarray] | None = None
+    shared_pim: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _roofline(system: SystemSpec, weight_bytes: float, flops: np.ndarray, launch: float) -> np.ndarray:
@@ -162,11 +170,16 @@ def sub_batch_work(model: MoEModelSpec, system: SystemSpec, timing: BankPimTimin
     kv_width = (model.num_kv_heads or max(q_width // (8 * hd), 1)) * hd
     core = zeros.copy()
     attn_busy, attn_closed = zeros.copy(), zeros.copy()
+    attn_gpu = zeros.copy()
+    proj_shapes: list[tuple[int, int]] = []
+    out_shapes: list[tuple[int, int]] = []
     if linear:
         kd = model.linear_num_key_heads * model.linear_key_head_dim
         vd = model.linear_num_value_heads * model.linear_value_head_dim
         proj = d * (2 * kd + vd) + d * vd + 2 * d * model.linear_num_value_heads
         out = vd * d
+        proj_shapes = [(d, 2 * kd + 2 * vd + 2 * model.linear_num_value_heads)]
+        out_shapes = [(vd, d)]
         state = (model.linear_num_value_heads * model.linear_key_head_dim * model.linear_value_head_dim
                  + (2 * kd + vd) * max(model.linear_conv_kernel_dim - 1, 0)) * ba
         # decode: read and write each request's state; prefill: the chunked delta rule, ~6 FLOP per state
@@ -177,12 +190,15 @@ def sub_batch_work(model: MoEModelSpec, system: SystemSpec, timing: BankPimTimin
         gate = model.attn_output_gate and linear_attention  # the hybrid models' own shapes (item of the switch)
         proj = d * (q_width * (2 if gate else 1) + 2 * kv_width)
         out = q_width * d
+        proj_shapes = [(d, q_width * (2 if gate else 1) + 2 * kv_width)]
+        out_shapes = [(q_width, d)]
         if not full_attention:
             pass  # a sliding / linear layer without given shapes: projections only, as the serialized model
         else:
             # prefill: causal attention on the SMs, 2 T^2 q_width FLOP (scores and values, half the square)
             pf = 2.0 * ptok * np.maximum(ptok / np.maximum(preq, 1), 1) * q_width
             kv = ctx * 2 * kv_width * ba
+            attn_gpu = np.where(kv > 0, kv * bw_s + launch, 0.0)
             if attention_on_pim:
                 if pim_attention == "bank":
                     attn_busy, attn_closed = pim_attention_s(timing, model, sub.decode[s], ctx, separate_paths)
@@ -193,6 +209,13 @@ def sub_batch_work(model: MoEModelSpec, system: SystemSpec, timing: BankPimTimin
                 core = np.where(kv + pf > 0, np.maximum(kv * bw_s, pf * fl_s) + launch, 0.0)
     out_router = out + d * model.num_experts
     shared = 3 * d * model.moe_intermediate_size * model.num_shared_experts
+    out_shapes = out_shapes + [(d, model.num_experts)]
+    shared_shapes = ([(d, 2 * model.moe_intermediate_size * model.num_shared_experts),
+                      (model.moe_intermediate_size * model.num_shared_experts, d)] if shared else [])
+    on_pim = {}
+    if timing is not None:
+        for name, shapes in (("proj", proj_shapes), ("out", out_shapes), ("shared", shared_shapes)):
+            on_pim[name] = dense_pim_s(timing, shapes, sub.tokens[s], bw, ba, separate_paths) if shapes else None
     return SubBatchWork(
         proj_s=_roofline(system, proj * bw, 2 * tokens * proj, launch),
         core_gpu_s=core,
@@ -200,4 +223,32 @@ def sub_batch_work(model: MoEModelSpec, system: SystemSpec, timing: BankPimTimin
         attn_pim_closed_s=attn_closed,
         out_router_s=_roofline(system, out_router * bw, 2 * tokens * out_router, launch),
         shared_s=_roofline(system, shared * bw, 2 * tokens * shared, launch) if shared else zeros,
+        attn_gpu_s=attn_gpu,
+        proj_pim=on_pim.get("proj"),
+        out_router_pim=on_pim.get("out"),
+        shared_pim=on_pim.get("shared"),
     )
+
+
+@lru_cache(maxsize=4096)
+def _gemv_pair(timing: BankPimTiming, d_in: int, d_out: int, bytes_w: float, bytes_a: float,
+               separate_paths: bool) -> tuple[float, float]:
+    """(busy, closed-form) seconds of one token's GEMV over all channels."""
+    t = timing.gemv(d_in, d_out, 1, bytes_w, bytes_a, 1.0)
+    busy = float(busy_s(t, separate_paths))
+    return busy, (busy * timing.refresh_factor if separate_paths else float(t.total_s))
+
+
+def dense_pim_s(timing: BankPimTiming, shapes: list[tuple[int, int]], tokens: np.ndarray, bytes_w: float,
+                bytes_a: float, separate_paths: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """([G] busy, [G] closed-form) seconds of dense GEMVs `shapes` (d_in, d_out) on PIM for `tokens` [G]
+    tokens per GPU: the weights sharded over all of the GPU's channels (Sieve's layout for experts), each
+    token its own sweep of the rows (one input vector per column command), so the time is linear in tokens.
+    The closed form is the busy time with the expected refresh factor (with a separate PIM command path no
+    mode switch is paid, as `sim.pim_truth.busy_s` counts)."""
+    busy = closed = 0.0
+    for d_in, d_out in shapes:
+        b, c = _gemv_pair(timing, int(d_in), int(d_out), float(bytes_w), float(bytes_a), separate_paths)
+        busy, closed = busy + b, closed + c
+    n = np.asarray(tokens, dtype=np.float64)
+    return n * busy, n * closed

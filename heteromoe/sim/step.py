@@ -18,6 +18,13 @@ the PIM lane holds attention and PIM experts back to back: what Sieve's T_PIM co
 starts its ready operation issued first (`sim.graph`); the issue order is the software pipeline described in
 docs/step-model.md.
 
+A step-planning policy (`heteromoe`, `Policy.plans_step`) decides each step's `sched.step_plan.StepPlan`
+from the dense costs of one and of two sub-batches and the first MoE layer's routing counts: its number of
+sub-batches and, per layer, whether the projections, output projection + router and shared experts run on
+the SMs or on PIM (the bank model, refresh where they start) and how many requests' attention runs on the
+SMs; the simulator issues each operation on that lane and reports the step time back (`observe_step`).
+Every other policy runs its own sub-batches with dense work on the SMs and attention where its paper has it.
+
 `StepOptions` names each modeling change (`StepOptions.legacy()`: the serialized layer model).
 Durations come from `cost/`, `sim.layer_work` (dense work) and `sim.pim_truth` (PIM with refresh at the
 real start time); the plan comes from the policy through its public interface, with the inputs its paper
@@ -36,8 +43,9 @@ from heteromoe.sched.factory import get_policy
 from heteromoe.sched.placement import Placement, as_placement
 from heteromoe.sched.plan import Plan
 from heteromoe.sched.policy import Policy
+from heteromoe.sched.step_plan import DenseCosts, LayerPlacement, StepPlan
 from heteromoe.sim.graph import LaneGraph
-from heteromoe.sim.layer_work import SubBatches, split_requests, sub_batch_work
+from heteromoe.sim.layer_work import SubBatches, pim_attention_s, split_requests, sub_batch_work
 from heteromoe.sim.memory import MemoryCheck, memory_check
 from heteromoe.sim.options import StepOptions
 from heteromoe.sim.pim_truth import ExpertPimTruth
@@ -47,6 +55,19 @@ from heteromoe.spec.model import MoEModelSpec
 from heteromoe.spec.presets import models, systems
 
 __all__ = ["StepResult", "StepSimulator"]
+
+
+def _side(place: str, gpu_s: np.ndarray, pim: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    """([G] SM, [G] PIM closed-form) seconds of one dense operation placed on `place`."""
+    zero = np.zeros_like(gpu_s, dtype=np.float64)
+    if place == "pim":
+        return zero, pim[1]
+    return np.asarray(gpu_s, dtype=np.float64), zero
+
+
+def _placement_key(lp: LayerPlacement) -> tuple:
+    a = lp.attn_gpu_requests
+    return lp.proj, lp.out_router, lp.shared, None if a is None else a.tobytes()
 
 
 @dataclass
@@ -64,6 +85,7 @@ class StepResult:
     estimates: list[tuple[float, float]] = field(default_factory=list)
     memory: MemoryCheck | None = None
     sub_batches: int = 1
+    step_plan: StepPlan | None = None
 
     @property
     def estimate_error(self) -> float:
@@ -154,15 +176,23 @@ class StepSimulator:
                                            separate_paths=o.pim_separate_paths and o.pim_truth == "walk")
         return self._work[k]
 
-    def _decision_cost(self, work, s: int, full: bool, key) -> CostModel:
+    def _decision_cost(self, work, s: int, full: bool, key, subs: int | None = None,
+                       lp: LayerPlacement | None = None, split=None) -> CostModel:
         """The cost model the policy plans with. With one sub-batch (or without co-execution): the expert
-        window, with the shared experts as other GPU work (attention has finished before it). With several:
-        what the papers say (Sieve §5.1: T_GPU counts every GPU operation but decode attention and PIM
-        experts, T_PIM counts attention); a policy whose rule ignores a term (PIMoE: attention) does not
-        read it."""
-        k = (key, s, full)
+        window, with the shared experts as other GPU (or PIM) work (attention has finished before it). With
+        several: what the papers say (Sieve §5.1: T_GPU counts every GPU operation but decode attention and
+        PIM experts, T_PIM counts attention); a policy whose rule ignores a term (PIMoE: attention) does not
+        read it. A step plan's placement `lp` moves each dense operation's term to its side."""
+        subs = self.sub_batches if subs is None else subs
+        placed = lp is not None and not lp.is_default
+        k = (key, s, full, _placement_key(lp) if placed else None)
         if k not in self._decision_costs:
-            if self.options.co_execution and self.sub_batches > 1:
+            if placed:
+                gpu, pim = self._placed_terms(work, lp, split)
+                if not (self.options.co_execution and subs > 1):
+                    gpu, pim = _side(lp.shared, work.shared_s, work.shared_pim)
+                gpu_other, pim_fixed = float(np.max(gpu)), float(np.max(pim))
+            elif self.options.co_execution and subs > 1:
                 gpu_other = float((work.proj_s + work.core_gpu_s + work.out_router_s + work.shared_s).max())
                 pim_fixed = float(work.attn_pim_closed_s.max()) if self.policy.attention_on_pim else 0.0
             else:
@@ -170,6 +200,99 @@ class StepSimulator:
             self._decision_costs[k] = CostModel(self.system, self.model, pim_model=self.ema or self.expert_cost.pim,
                                                 gpu_other_s=gpu_other, pim_fixed_s=pim_fixed)
         return self._decision_costs[k]
+
+    def _placed_terms(self, work, lp: LayerPlacement, split) -> tuple[np.ndarray, np.ndarray]:
+        """([G] SM, [G] PIM closed-form) seconds of a sub-batch's dense work besides the experts, as `lp`
+        places it (`split`: the attention's (SM, PIM busy, PIM closed) parts)."""
+        gpu, pim = np.array(work.core_gpu_s, dtype=np.float64), np.zeros_like(work.core_gpu_s, dtype=np.float64)
+        for place, g_s, p_s in ((lp.proj, work.proj_s, work.proj_pim), (lp.out_router, work.out_router_s,
+                                                                         work.out_router_pim),
+                                (lp.shared, work.shared_s, work.shared_pim)):
+            a, b = _side(place, g_s, p_s)
+            gpu, pim = gpu + a, pim + b
+        att_gpu, _, att_closed = split
+        if self.policy.attention_on_pim:
+            return gpu + att_gpu, pim + att_closed
+        return gpu + att_gpu, pim
+
+    def _attention_split(self, work, sub: SubBatches, s: int, lp: LayerPlacement, key, full: bool):
+        """([G] SM, [G] PIM busy, [G] PIM closed-form) seconds of sub-batch `s`'s decode attention with
+        `lp.attn_gpu_requests[s]` requests on the SMs and the rest on PIM."""
+        if lp.attn_gpu_requests is None or not full or work.attn_gpu_s is None:
+            return np.zeros_like(work.proj_s), work.attn_pim_busy_s, work.attn_pim_closed_s
+        on_gpu = lp.attn_gpu_requests[s]
+        k = (key, s, "attn", on_gpu.tobytes())
+        if k not in self._work:
+            req = sub.decode[s]
+            share = np.divide(on_gpu, req, out=np.zeros(req.shape), where=req > 0)
+            launch = self.system.require_gpu().launch_overhead_s if self.options.dense_launch else 0.0
+            gpu = np.where(on_gpu > 0, (work.attn_gpu_s - launch) * share + launch, 0.0)
+            busy, closed = pim_attention_s(self.timing, self.model, req - on_gpu, sub.context[s] * (1 - share),
+                                           self.options.pim_separate_paths and self.options.pim_truth == "walk")
+            self._work[k] = (gpu, busy, closed)
+        return self._work[k]
+
+    def _step_plan(self, top_k_index: np.ndarray, decode: int) -> StepPlan:
+        """Ask a step-planning policy for the step's plan, with what it may see: per candidate number of
+        sub-batches, each layer's dense costs on either side and the first MoE layer's routing counts per
+        sub-batch."""
+        m, G = self.model, self.gpus
+        candidates = {}
+        for S in (1, 2):
+            sub = split_requests(decode, G, S, self.context, self.prefill)
+            key = (decode, S) if np.ndim(self.context) == 0 else (decode, S, id(self.context))
+            kinds = {}
+            layers = []
+            for layer in range(m.num_layers):
+                full = self._is_full_attention(layer)
+                if full not in kinds:
+                    kinds[full] = self._dense_costs(sub, S, full, key)
+                layers.append(kinds[full])
+            counts = np.stack([np.bincount(top_k_index[0][sub.rows[s]].ravel(), minlength=m.num_experts)
+                               for s in range(S)])
+            candidates[S] = (layers, counts, sub.decode)
+        return self.policy.step_plan(candidates, m.num_layers - m.num_moe_layers, self.placement, G,
+                                     self._plain_cost)
+
+    def _dense_costs(self, sub: SubBatches, S: int, full: bool, key) -> DenseCosts:
+        """[S, G] dense costs of one kind of layer on either side, as the step planner reads them."""
+        works = [self._sub_work(sub, s, full, key) for s in range(S)]
+        inf = np.full(self.gpus, np.inf)
+
+        def stack(get):
+            return np.stack([get(w) for w in works])
+
+        def pim(get):
+            return stack(lambda w: inf if get(w) is None else get(w)[1])
+
+        if self.timing is not None and self.options.pim_separate_paths and self.truth is not None:
+            # the closed form of attention charges a mode switch per GEMV that a separate command path
+            # does not pay: the step planner reads the busy time with the expected refresh factor
+            attn_pim = stack(lambda w: w.attn_pim_busy_s * self.timing.refresh_factor)
+        else:
+            attn_pim = stack(lambda w: w.attn_pim_closed_s)
+        return DenseCosts(proj_gpu=stack(lambda w: w.proj_s), proj_pim=pim(lambda w: w.proj_pim),
+                          out_gpu=stack(lambda w: w.out_router_s), out_pim=pim(lambda w: w.out_router_pim),
+                          shared_gpu=stack(lambda w: w.shared_s), shared_pim=pim(lambda w: w.shared_pim),
+                          attn_gpu=stack(lambda w: w.attn_gpu_s if w.attn_gpu_s is not None else inf)
+                          if full else np.zeros_like(attn_pim),
+                          attn_pim=attn_pim, core_gpu=stack(lambda w: w.core_gpu_s), decode=sub.decode,
+                          launch_s=self.system.require_gpu().launch_overhead_s if self.options.dense_launch else 0.0,
+                          sync_s=self._allgather_s())
+
+    def _allgather_s(self) -> float:
+        """The AllGather of routing counts (4-byte counts of every expert from every GPU)."""
+        link = self.system.link
+        G = self.gpus
+        return 0.0 if G == 1 else link.latency_s + self.model.num_experts * 4 * G / link.bw_bytes_per_s_per_dir
+
+    @property
+    def _plain_cost(self) -> CostModel:
+        """The expert cost model with no other work (the planners' expert tables, learned where kept)."""
+        if "plain" not in self._decision_costs:
+            self._decision_costs["plain"] = CostModel(self.system, self.model,
+                                                      pim_model=self.ema or self.expert_cost.pim)
+        return self._decision_costs["plain"]
 
     def _pim_time(self, busy_s: np.ndarray, closed_s: np.ndarray) -> np.ndarray:
         """What a PIM operation is scheduled with: its busy time (refresh added where it starts), or the
@@ -243,7 +366,14 @@ class StepSimulator:
         if np.ndim(self.context) and np.shape(self.context) != (decode,):
             raise ValueError(f"context must be one length or {decode} non-negative lengths (one per decode "
                              f"request), got shape {np.shape(self.context)}")
+        planned = getattr(self.policy, "plans_step", False) and self.options.co_execution
+        if planned:
+            step_plan = self._step_plan(top_k_index, decode)
+        else:
+            step_plan = StepPlan(S)
+        S = step_plan.sub_batches
         sub = split_requests(decode, G, S, self.context, self.prefill)
+        step_plan.validate(sub.decode, m.num_layers)
         key = (decode, S) if np.ndim(self.context) == 0 else (decode, S, id(self.context))
         attn_on_pim = self.policy.attention_on_pim
         layout = self.policy.pim_layout
@@ -255,33 +385,45 @@ class StepSimulator:
         done = [begin] * S  # each sub-batch's end of its previous layer
         attn: list = [None] * S  # each sub-batch's attention on PIM (or projections) in the current layer
         layer_ends: list[list[int]] = []
-        link = self.system.link
-        ag_s = 0.0 if G == 1 else link.latency_s + m.num_experts * 4 * G / link.bw_bytes_per_s_per_dir
+        ag_s = self._allgather_s()
 
         def works_of(layer):
             full = self._is_full_attention(layer)
             return full, [self._sub_work(sub, s, full, key) for s in range(S)]
 
+        def dense_op(name, place, gpu_s, pim, inputs, layer, s):
+            """One dense operation on the SMs, or on PIM where the step plan puts it."""
+            if place == "pim":
+                return graph.op(name, "pim", self._pim_time(*pim), inputs, layer, s, refresh=True)
+            return graph.op(name, "gpu", gpu_s, inputs, layer, s)
+
         def issue_projections(layer, s, works) -> None:
-            """Stage A1: projections, then attention on PIM (where this layer has it)."""
-            w = works[s]
-            proj = graph.op("qkv", "gpu", w.proj_s, [done[s]], layer, s)
-            if attn_on_pim and w.attn_pim_busy_s.any():
-                attn[s] = graph.op("attention", "pim", self._pim_time(w.attn_pim_busy_s, w.attn_pim_closed_s),
-                                   [proj], layer, s, refresh=True)
-            else:
-                attn[s] = proj
+            """Stage A1: projections, then attention on PIM (where this layer has it) and, where the step plan
+            splits it, on the SMs for some requests."""
+            w, lp = works[s], step_plan.layer(layer)
+            proj = dense_op("qkv", lp.proj, w.proj_s, w.proj_pim, [done[s]], layer, s)
+            attn_gpu, busy, closed = self._attention_split(w, sub, s, lp, key, self._is_full_attention(layer))
+            parts = []
+            if attn_on_pim and busy.any():
+                parts.append(graph.op("attention", "pim", self._pim_time(busy, closed), [proj], layer, s,
+                                      refresh=True))
+            if attn_gpu.any():
+                parts.append(graph.op("attention_gpu", "gpu", attn_gpu, [proj], layer, s))
+            attn[s] = parts or [proj]
 
         def issue_routing(layer, s, w, on_pim):
             """Stage A2: attention core on the SMs, output projection + router."""
-            core = graph.op("prefill_attention" if on_pim else "attention", "gpu", w.core_gpu_s, [attn[s]], layer, s)
-            return graph.op("o_proj+router", "gpu", w.out_router_s, [core], layer, s)
+            core = graph.op("prefill_attention" if on_pim else "attention", "gpu", w.core_gpu_s, attn[s], layer, s)
+            lp = step_plan.layer(layer)
+            return dense_op("o_proj+router", lp.out_router, w.out_router_s, w.out_router_pim, [core], layer, s)
 
         def issue_experts(layer, s, full, w, route) -> None:
             """Stage B: AllGather of counts, the plan, the expert window, the combine."""
             moe_layer = layer - dense_layers
             counts = np.bincount(top_k_index[moe_layer][sub.rows[s]].ravel(), minlength=m.num_experts)
-            plan = self.policy.plan(counts, self.placement, G, self._decision_cost(w, s, full, key))
+            lp = step_plan.layer(layer)
+            split = self._attention_split(w, sub, s, lp, key, full)
+            plan = self.policy.plan(counts, self.placement, G, self._decision_cost(w, s, full, key, S, lp, split))
             slot_counts = plan.gpu_tokens + plan.pim_tokens
             # GPU and link times from the cost model; PIM from the truth where it is kept (any layout's)
             times = self.expert_cost.times(slot_counts, plan.gpu_tokens, plan.pim_tokens, plan.slot_gpu, G,
@@ -289,12 +431,14 @@ class StepSimulator:
                                            pim_layout=layout if self.truth is None else "tp",
                                            comm_s=plan.per_gpu_t_comm_s)
             window = graph.op("allgather_counts", "coll", ag_s, [route], layer, s, collective=True)
-            shared = graph.op("shared_experts", "gpu", w.shared_s, [window], layer, s)
-            gpu_end = graph.op("experts_gpu", "gpu", times.t_gpu_s, [window, shared], layer, s)
+            shared = dense_op("shared_experts", lp.shared, w.shared_s, w.shared_pim, [window], layer, s)
+            gpu_end = graph.op("experts_gpu", "gpu", times.t_gpu_s, [window, shared] if lp.shared == "gpu"
+                               else [window], layer, s)
             busy, closed = self._expert_pim(plan, times)
             pim_end = graph.op("experts_pim", "pim", self._pim_time(busy, closed), [window], layer, s, refresh=True)
             link_end = graph.op("dispatch+combine", "link", times.t_comm_s, [window], layer, s)
-            done[s] = graph.op("combine", None, 0.0, [gpu_end, pim_end, link_end], layer, s, collective=True)
+            ends = [gpu_end, pim_end, link_end] + ([shared] if lp.shared == "pim" else [])
+            done[s] = graph.op("combine", None, 0.0, ends, layer, s, collective=True)
             plans.append(plan)
             windows.append((pim_end, busy, window, done[s]))
             if self.record and s == 0:
@@ -343,6 +487,8 @@ class StepSimulator:
         if self.ema is not None:
             self._observe([(plan, busy, end[h] - start[h]) for plan, (h, busy, _, _) in zip(plans, windows)])
         step = max(float(end[h].max()) for h in done)
+        if planned and hasattr(self.policy, "observe_step"):  # the step planner learns what it missed
+            self.policy.observe_step(step_plan, step)
         return StepResult(step_time_s=step, timeline=timeline or Timeline(), plans=plans if self.record else [],
                           loads=loads_seen, estimates=estimates, memory=self._memory(decode),
-                          sub_batches=S)
+                          sub_batches=S, step_plan=step_plan)

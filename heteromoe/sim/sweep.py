@@ -49,7 +49,7 @@ def sweep(model, system, gpus: int, policies: Iterable[str], batches: Iterable[i
             records.append({"policy": sim.policy.name, "batch": batch, "gpus": gpus, "step_time_s": step_time,
                             "throughput_per_gpu": batch / step_time / gpus, "interactivity": 1.0 / step_time,
                             "model": spec.name, "system": sim.system.name, "context": context,
-                            "prefill": list(pre[batch]), "sub_batches": sim.sub_batches,
+                            "prefill": list(pre[batch]), "sub_batches": float(np.mean([r.sub_batches for r in results])),
                             "estimate_error": float(np.mean([r.estimate_error for r in results])),
                             "fits": memory.fits, "memory_gb": round(memory.need / 1e9, 2)})
             if progress is not None:

@@ -8,7 +8,7 @@ import pytest
 import heteromoe
 from heteromoe.spec import MoEModelSpec, SystemSpec
 
-DESIGN_MODELS = {  # the published shapes: d, f, E, k
+PUBLISHED_MODELS = {  # the published shapes: d, f, E, k
     "qwen3-30b-a3b": (2048, 768, 128, 8), "gpt-oss-120b": (2880, 2880, 128, 4),
     "qwen3.5-397b-a17b": (4096, 1024, 512, 10), "qwen3-next-80b-a3b": (2048, 512, 512, 10),
     "mixtral-8x7b": (4096, 14336, 8, 2), "deepseek-v3": (7168, 2048, 256, 8),
@@ -18,7 +18,7 @@ DESIGN_MODELS = {  # the published shapes: d, f, E, k
 def test_all_design_presets_exist():
     assert set(heteromoe.systems.names()) == {"b200-hbm3e-pim", "h100-hbm3-pim", "h200-hbm3e-pim", "h100-logic-pim",
                                               "samsung-hbm2-pim"}
-    for name, (d, f, e, k) in DESIGN_MODELS.items():
+    for name, (d, f, e, k) in PUBLISHED_MODELS.items():
         m = heteromoe.models.get(name)
         assert (m.hidden_size, m.moe_intermediate_size, m.num_experts, m.top_k) == (d, f, e, k)
 
