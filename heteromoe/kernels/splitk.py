@@ -8,8 +8,9 @@ only the order of the fp32 additions differs from one launch over all of K).
 
 `SplitKRule` picks S from the launch's shape, never from a model's name: the warps the down projection would
 put on each SM (the experts a call can touch x the warps per expert of the kernel that runs it), against a
-target measured on the device (`bench/gpu_splitk.sh` sweeps S). `SplitKRule()` never splits; `DEFAULT_SPLIT_K`,
-what the fused path uses unless told otherwise, holds the targets measured on an H100.
+target measured on the device (`bench/gpu_splitk.sh` sweeps S). `SplitKRule()`, the fused path's default,
+never splits; `H100_SPLIT_K` holds the targets measured on an H100 (opt in: `HETEROMOE_SPLIT_K=h100` or
+`KernelTuning(split_k=H100_SPLIT_K)`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["DEFAULT_SPLIT_K", "SPLIT_K_GRAIN", "SplitKRule", "down_warps", "expected_experts", "launched_splits"]
+__all__ = ["H100_SPLIT_K", "SPLIT_K_GRAIN", "SplitKRule", "down_warps", "expected_experts", "launched_splits"]
 
 #: K elements per split are a multiple of this (every kernel's K step divides it): `_cuda.SPLIT_K_GRAIN`.
 SPLIT_K_GRAIN = 256
@@ -75,7 +76,7 @@ class SplitKRule:
             GEMV, so their target is measured apart).
         mma_max_tokens_per_expert: on the tensor-core kernels, split only while the call's routed pairs per
             touched expert stay at or below this (one pass of `expert_mma_smem` holds 32 tokens; an expert of
-            more tokens is read again per pass, and the split launch then loses: see DEFAULT_SPLIT_K).
+            more tokens is read again per pass, and the split launch then loses: see H100_SPLIT_K).
         min_k_per_split: no split shorter than this many K elements (short rows gain nothing: their warps
             are short already).
         max_splits: at most this many splits.
@@ -127,11 +128,13 @@ class SplitKRule:
 
     @classmethod
     def from_env(cls, value: str | None) -> SplitKRule:
-        """A rule from a setting such as HETEROMOE_SPLIT_K: unset or "" -> DEFAULT_SPLIT_K, an integer N ->
-        `fixed=N` (1: never split), "warps:W" -> both targets W, "warps:G/M" -> GEMV target G, tensor-core
-        target M (no tokens-per-expert bound: for sweeps)."""
+        """A rule from a setting such as HETEROMOE_SPLIT_K: unset or "" -> the default (never split), "h100" ->
+        H100_SPLIT_K, an integer N -> `fixed=N`, "warps:W" -> both targets W, "warps:G/M" -> GEMV target G,
+        tensor-core target M (no tokens-per-expert bound: for sweeps)."""
         if not value:
-            return DEFAULT_SPLIT_K
+            return cls()
+        if value == "h100":
+            return H100_SPLIT_K
         try:
             if value.startswith("warps:"):
                 targets = value.split(":", 1)[1].split("/")
@@ -145,7 +148,7 @@ class SplitKRule:
                              f"'warps:G/M' ({exc})") from None
 
 
-#: The rule the fused path uses by default, from the H100 sweep of S = 1, 2, 4, 8 on a Mixtral-8x7B-shaped layer
+#: The rule measured on an H100 (opt-in until the GPU suite has run with it as the default), from the sweep of S = 1, 2, 4, 8 on a Mixtral-8x7B-shaped layer
 #: (8 experts, K 14336; bench/results/gpu-splitk-h100-mixtral-8x7b.json, `bash bench/gpu_splitk.sh`, graph
 #: clock). GEMV launches (1-4 tokens; 15.5 / 27.2 / 84.8 warps per SM unsplit): the fastest S was 8 / 8 / 4,
 #: which a target of 256 warps per SM gives (264.8 -> 254.8, 420.8 -> 391.9, 485.6 -> 432.7 us). Tensor cores
@@ -154,4 +157,4 @@ class SplitKRule:
 #: expert, two passes of the tensor-core kernel) every split launch was 1.5x slower than grouped_mm + GEMV
 #: unsplit (1839-1903 vs 1240 us): hence the bound of 32 pairs per expert. Qwen3-30B-A3B-shaped layers (K 768)
 #: are never split (min_k_per_split), and measured the same for every S.
-DEFAULT_SPLIT_K = SplitKRule(gemv_warps_per_sm=256.0, mma_warps_per_sm=30.0, mma_max_tokens_per_expert=32.0)
+H100_SPLIT_K = SplitKRule(gemv_warps_per_sm=256.0, mma_warps_per_sm=30.0, mma_max_tokens_per_expert=32.0)

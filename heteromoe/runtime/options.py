@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from heteromoe.kernels.splitk import DEFAULT_SPLIT_K, SplitKRule
+from heteromoe.kernels.splitk import SplitKRule
 
 __all__ = ["DEFAULT_TUNING", "FusedOptions", "KernelTuning"]
 
@@ -36,7 +36,8 @@ class KernelTuning:
             With split-K the down projection's warps count once per split.
         streams: run the cold side on a second CUDA stream when both sides have work.
         split_k: how many K ranges the down projection is cut into (`heteromoe.kernels.splitk`: gpu-only calls,
-            and a plan's GPU set on the tensor cores; default: `DEFAULT_SPLIT_K`, measured on an H100).
+            and a plan's GPU set on the tensor cores; the default never splits; `splitk.H100_SPLIT_K` is the
+            rule measured on an H100, `HETEROMOE_SPLIT_K=h100` selects it).
     """
 
     gemv_max_tokens: int = 2
@@ -44,7 +45,7 @@ class KernelTuning:
     mma_max_tokens: int = 256
     mma_min_warps_per_sm: int = 8
     streams: bool = True
-    split_k: SplitKRule = DEFAULT_SPLIT_K
+    split_k: SplitKRule = field(default_factory=SplitKRule)
 
     def __post_init__(self) -> None:
         if self.gemv_max_tokens < 1:

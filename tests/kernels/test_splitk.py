@@ -51,21 +51,20 @@ def test_expected_experts_is_exact_for_one_token_and_grows_to_all():
     assert expected_experts(8, 2, 0) == 0.0
 
 
-def test_measured_default_splits_long_rows_of_few_experts_within_one_pass():
-    """DEFAULT_SPLIT_K gives the H100 sweep's fastest S on the Mixtral-shaped layer (gpu-splitk-h100-*.json)."""
-    from heteromoe.kernels.splitk import DEFAULT_SPLIT_K, expected_experts
+def test_h100_rule_splits_long_rows_of_few_experts_within_one_pass():
+    """H100_SPLIT_K gives the H100 sweep's fastest S on the Mixtral-shaped layer (gpu-splitk-h100-*.json)."""
+    from heteromoe.kernels.splitk import H100_SPLIT_K, expected_experts
 
     def mixtral(kernel, tokens):
         experts = expected_experts(8, 2, tokens)
-        return DEFAULT_SPLIT_K.splits(kernel, k_dim=14336, out_rows=4096, experts=experts, tokens=tokens, sms=132,
+        return H100_SPLIT_K.splits(kernel, k_dim=14336, out_rows=4096, experts=experts, tokens=tokens, sms=132,
                                       pairs=2 * tokens)
 
     assert [mixtral("gemv", t) for t in (1, 2, 4)] == [8, 8, 4]
     assert [mixtral("mma", t) for t in (16, 64)] == [2, 2]
     assert mixtral("mma", 256) == 1  # 64 pairs per expert: two passes, where every split launch lost
-    assert DEFAULT_SPLIT_K.splits("mma", **QWEN3_DOWN, tokens=64, sms=132, pairs=512) == 1
-    assert SplitKRule.from_env(None) == DEFAULT_SPLIT_K and SplitKRule.from_env("1").splits(
-        "gemv", **MIXTRAL_DOWN, tokens=1, sms=132) == 1
+    assert H100_SPLIT_K.splits("mma", **QWEN3_DOWN, tokens=64, sms=132, pairs=512) == 1
+    assert SplitKRule.from_env("h100") == H100_SPLIT_K
 
 
 def test_default_rule_never_splits():
@@ -105,7 +104,7 @@ def test_fixed_rule_is_capped_by_k():
     assert SplitKRule(fixed=4, min_k_per_split=256).splits("mma", **QWEN3_DOWN, tokens=4, sms=132) == 3
 
 
-@pytest.mark.parametrize("value, rule", [("3", SplitKRule(fixed=3)),
+@pytest.mark.parametrize("value, rule", [(None, SplitKRule()), ("", SplitKRule()), ("3", SplitKRule(fixed=3)),
                                          ("warps:24", SplitKRule(gemv_warps_per_sm=24.0, mma_warps_per_sm=24.0)),
                                          ("warps:40/12.5", SplitKRule(gemv_warps_per_sm=40.0, mma_warps_per_sm=12.5))])
 def test_rule_from_the_environment_setting(value, rule):
@@ -131,12 +130,11 @@ def test_fused_path_takes_the_rule_and_never_splits_off_cuda():
     from heteromoe.runtime.layer import ExpertLayer
     from tests.helpers import tiny_model
 
-    from heteromoe.kernels.splitk import DEFAULT_SPLIT_K
     from heteromoe.runtime.options import KernelTuning
 
     # the environment's override is read once (runtime.options.DEFAULT_TUNING); from_env reads a mapping
     assert FusedLayerPath(tuning=KernelTuning.from_env({"HETEROMOE_SPLIT_K": "4"})).split_k == SplitKRule(fixed=4)
-    assert FusedLayerPath(tuning=KernelTuning.from_env({})).split_k == DEFAULT_SPLIT_K
+    assert FusedLayerPath(tuning=KernelTuning.from_env({})).split_k == SplitKRule()
     layer = ExpertLayer.from_module("layer0", tiny_model("qwen3_moe").model.layers[0].mlp.experts)
     path = FusedLayerPath(split_k=SplitKRule(fixed=4, min_k_per_split=256))
     assert path.down_k_splits(layer, 8, 16, torch.device("cpu"), "gemv") == 1
