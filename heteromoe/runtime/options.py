@@ -75,7 +75,7 @@ class FusedOptions:
         plan_ahead: on CUDA, plan each layer call from the layer's previous call's counts (copied to the host
             without waiting), so the host never stalls the device (`runtime.plan_sources.AheadPlans`); off:
             every call's plan is made from its own counts, after one device-to-host copy.
-        plan_on_device: on CUDA with a policy the device planner runs (`kernels.DEVICE_RULES`: `sieve`,
+        plan_on_device: on CUDA with a policy whose `device_rule` the device planner runs (`sieve`,
             `heteromoe`) on one GPU, plan inside the routing kernel from the call's own counts (the same rule
             and doubles as the host planner): no host plan, no wait, capturable in a CUDA graph (use it
             there); statistics are settled lazily. Off by default: not knowing the plan, the host must

@@ -80,14 +80,12 @@ class HostPlans(PlanSource):
 
 class KernelChoice(PlanSource):
     """No plan before the call: the fused kernels run every expert on the GPU, GEMV or GEMM by its tokens,
-    so nothing waits for the device (the policies of `KERNEL_CHOICE`). Where the call's counts are on the
+    so nothing waits for the device (policies that declare `every_expert_on_gpu`). Where the call's counts are on the
     host afterwards (CPU kernels), the policy's plan of them is recorded as on every other path; on the
     CUDA kernels they stay on the device and the call is recorded as unplanned (`LayerStats`)."""
 
     name = "kernel-choice"
     host_plans = False
-    #: policies whose plan is "every expert on the GPU"
-    KERNEL_CHOICE: ClassVar[frozenset[str]] = frozenset({"gpu-only"})
 
     def plan(self, call: LayerCall, dispatch: Dispatch, records: Records, runner: ExpertsRunner) -> CallPlan:
         return CallPlan(None, {})
@@ -207,8 +205,9 @@ class DevicePlans(PlanSource):
 
     def supports(self, runner: ExpertsRunner) -> tuple[bool, str]:
         ok, reason = super().supports(runner)
-        if ok and self.policy.name not in DEVICE_RULES:
-            return False, f"the device planner runs {sorted(DEVICE_RULES)}, not {self.policy.name!r}"
+        if ok and self.policy.device_rule not in DEVICE_RULES:
+            return False, (f"the device planner runs the rules {sorted(DEVICE_RULES)}; policy {self.policy.name!r} "
+                           f"declares none (Policy.device_rule)")
         return ok, reason
 
     def accepts(self, call: LayerCall) -> bool:
@@ -244,7 +243,7 @@ class DevicePlans(PlanSource):
         if cached is None or cached[0] is not flop_tab or cached[1] is not pim_tab:
             device = call.hidden.device
             gpu_fixed, pim_fixed = cost.fixed_arrays(1, self.policy.attention_on_pim)
-            plan = DevicePlan(rule=self.policy.name, flop=torch.from_numpy(flop_tab).to(device),
+            plan = DevicePlan(rule=self.policy.device_rule, flop=torch.from_numpy(flop_tab).to(device),
                               pim=torch.from_numpy(np.ascontiguousarray(pim_tab, dtype=np.float64)).to(device),
                               read_s=float(cost.gpu.read_s_per_expert), launch_s=float(cost.gpu.launch_s),
                               comm_s=0.0, gpu_fixed_s=float(gpu_fixed[0]), pim_fixed_s=float(pim_fixed[0]))

@@ -40,7 +40,7 @@ def choose_plans(policy, runner: ExpertsRunner, plan_ahead: bool, plan_on_device
     ahead), kernel choice first for a policy that runs every expert on the GPU; `host` (default: new host
     plans) otherwise. Also returns why each one passed over could not serve."""
     candidates: list[PlanSource] = []
-    if not runner.needs_host_plan and policy.name in KernelChoice.KERNEL_CHOICE:
+    if not runner.needs_host_plan and policy.every_expert_on_gpu:
         candidates.append(KernelChoice(policy))
     if plan_on_device:
         candidates.append(DevicePlans(policy))

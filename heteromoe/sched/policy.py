@@ -201,6 +201,10 @@ class Policy(ABC):
         pim_layout: "tp" (experts sharded over all PIM channels, Sieve) or "ep" (expert-parallel, PIMoE).
         sub_batches: sub-batches a layer runs in flight, so one's attention on PIM overlaps another's experts
             (the step simulator honours it; 1: the layer runs the whole batch at once).
+        every_expert_on_gpu: the plan puts every expert on the GPU whatever the counts, so the kernels may run
+            a call without a host plan (`runtime.plan_sources.KernelChoice`).
+        device_rule: the rule of the CUDA planner inside the routing kernel that makes this policy's plans
+            (`kernels.DEVICE_RULES`), or None; a subclass that overrides `_place` plans on the host.
     """
 
     name: str = ""
@@ -211,6 +215,17 @@ class Policy(ABC):
     sub_batches: int = 1
     #: the same inputs always give the same plan (ranks of a process group each plan for themselves)
     deterministic: bool = True
+    every_expert_on_gpu: bool = False
+    #: (policy class that defines the rule, rule name): see `device_rule`
+    _device_rule: tuple[type, str] | None = None
+
+    @property
+    def device_rule(self) -> str | None:
+        """The CUDA planner's rule for this policy, where `_place` is the one that rule reproduces."""
+        if self._device_rule is None:
+            return None
+        owner, rule = self._device_rule
+        return rule if type(self)._place is owner._place else None
 
     def context(self, counts: np.ndarray, placement: Placement, cost: CostModel,
                 origin: np.ndarray | None = None) -> PlacementContext:

@@ -168,6 +168,33 @@ def test_plan_source_for_the_fused_runner(policy, ahead, on_device, want):
         assert any("device planner runs" in why for why in passed_over)
 
 
+def test_plan_sources_follow_what_the_policy_declares_not_its_name():
+    """The device planner takes a policy whose `_place` is the rule it reproduces, under any name; a subclass
+    with its own `_place` plans on the host; kernel choice takes any policy that puts every expert on the GPU."""
+    from heteromoe.sched.policies.gpu_only import GpuOnlyPolicy
+    from heteromoe.sched.policies.sieve import SievePolicy
+
+    class RenamedSieve(SievePolicy):
+        name = "my-sieve"
+
+    class OwnRule(SievePolicy):
+        name = "sieve"  # the name alone does not make it Sieve's rule
+
+        def _place(self, ctx):
+            return super()._place(ctx)
+
+    class MyGpuOnly(GpuOnlyPolicy):
+        name = "mine"
+
+    assert RenamedSieve().device_rule == "sieve" and OwnRule().device_rule is None
+    assert get_policy("heteromoe").device_rule == "heteromoe" and get_policy("duplex").device_rule is None
+    runner = FusedRunner(FusedLayerPath(), True, registry.get("torch"), registry.get("pim-emulator"))
+    assert choose_plans(RenamedSieve(), runner, False, True)[0].name == "device"
+    plans, passed_over = choose_plans(OwnRule(), runner, False, True)
+    assert plans.name == "host" and any("declares none" in why for why in passed_over)
+    assert choose_plans(MyGpuOnly(), runner, False, False)[0].name == "kernel-choice"
+
+
 def test_plan_sources_without_host_plans_refuse_the_backends_runner():
     runner = BackendsRunner(*[registry.get("torch")] * 3)
     for source in (KernelChoice(get_policy("gpu-only")), AheadPlans(get_policy("sieve")),

@@ -10,6 +10,7 @@ class GpuOnlyPolicy(Policy):
     name = "gpu-only"
     summary = "everything on GPU, no PIM"
     attention_on_pim = False
+    every_expert_on_gpu = True
 
     def _place(self, ctx: PlacementContext) -> Split:
         gpu_tokens = ctx.slot_counts.copy()

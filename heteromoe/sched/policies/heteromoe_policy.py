@@ -130,3 +130,6 @@ class HeteromoePolicy(Policy):
 
 def _makespan(comm, t_gpu, t_pim) -> float:
     return float(max(comm.max(), t_gpu.max(), t_pim.max()))
+
+
+HeteromoePolicy._device_rule = (HeteromoePolicy, "heteromoe")  # the CUDA planner's rule 1 (kernels.DEVICE_RULES)

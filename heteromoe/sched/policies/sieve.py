@@ -24,3 +24,6 @@ class SievePolicy(Policy):
     def _place(self, ctx: PlacementContext) -> Split:
         gpu_tokens, t_gpu, t_pim = ctx.fast_path("sieve")
         return Split(gpu_tokens, t_gpu_s=t_gpu, t_pim_s=t_pim)
+
+
+SievePolicy._device_rule = (SievePolicy, "sieve")  # the CUDA planner's rule 0 (kernels.DEVICE_RULES)
