@@ -148,7 +148,8 @@ class SplitKRule:
                              f"'warps:G/M' ({exc})") from None
 
 
-#: The rule measured on an H100 (opt-in until the GPU suite has run with it as the default), from the sweep of S = 1, 2, 4, 8 on a Mixtral-8x7B-shaped layer
+#: The rule measured on an H100 (opt-in: the GPU suite compares paths bit for bit with unsplit launches), from
+#: the sweep of S = 1, 2, 4, 8 on a Mixtral-8x7B-shaped layer
 #: (8 experts, K 14336; bench/results/gpu-splitk-h100-mixtral-8x7b.json, `bash bench/gpu_splitk.sh`, graph
 #: clock). GEMV launches (1-4 tokens; 15.5 / 27.2 / 84.8 warps per SM unsplit): the fastest S was 8 / 8 / 4,
 #: which a target of 256 warps per SM gives (264.8 -> 254.8, 420.8 -> 391.9, 485.6 -> 432.7 us). Tensor cores
