@@ -1,6 +1,6 @@
 """expert_mma's launch choices on a GPU: the gpu-only layer (graph clock) and each of its kernels alone, for
 the configuration the HETEROMOE_MMA_* environment variables pick (read once per process, so run one
-process per configuration; csrc/cuda/heteromoe_cuda.cu lists them).
+process per configuration; csrc/cuda/mma_launch.cuh lists them).
 
     for cfg in "" "HETEROMOE_MMA_SMEM=0" "HETEROMOE_MMA_SHAPE=14"; do
         env $cfg python bench/gpu_mma_sweep.py --label "${cfg:-default}" --json sweep.jsonl; done

@@ -2,7 +2,7 @@
 cold-expert GEMV, weighted unpermute.
 
 One call signature, several implementations, picked by the tensors' device:
-  CUDA tensors -> `heteromoe._cuda` (csrc/cuda/heteromoe_cuda.cu; launched on the current stream, no host sync);
+  CUDA tensors -> `heteromoe._cuda` (csrc/cuda/; launched on the current stream, no host sync);
   CPU float32  -> `heteromoe._C` (csrc/moe_kernels_cpu.cpp), else the numba / python twins (kernels/_cpu.py),
                   the one the fast-path facade chose for the planners too (`_ext.FASTPATH`);
   anything else -> `reference`, plain torch ops (also what every implementation is tested against).

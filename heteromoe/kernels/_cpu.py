@@ -1,4 +1,4 @@
-"""CPU twins of the MoE layer kernels (csrc/moe_kernels_cpu.cpp, csrc/cuda/heteromoe_cuda.cu), written once as
+"""CPU twins of the MoE layer kernels (csrc/moe_kernels_cpu.cpp, csrc/cuda/), written once as
 loop code over numpy arrays: `python_kernels` runs it as is, `numba_kernels` through `numba.njit`.
 
 float32 data, int32 indices; the same summation orders as the C++ twin (tests check bit equality for the
