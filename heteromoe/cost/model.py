@@ -141,15 +141,17 @@ class CostModel:
         return all_to_all_s(counts, slot_gpu, num_gpus, self.system.link, self.model, origin)
 
     def pim_s_per_gpu(self, pim_tokens: np.ndarray, expert_gpu: np.ndarray, num_gpus: int,
-                      pim_layout: str = "tp") -> np.ndarray:
-        """[G] PIM seconds of the experts alone: summed (tp) or the busiest channel group's (ep)."""
+                      pim_layout: str = "tp", groups_per_gpu: int | None = None) -> np.ndarray:
+        """[G] PIM seconds of the experts alone: summed (tp) or the busiest group's (ep: `groups_per_gpu`
+        expert-parallel groups per GPU, by default one per pseudo-channel)."""
         if pim_layout == "tp":
             return np.bincount(expert_gpu, weights=self.pim.times_s(pim_tokens), minlength=num_gpus)
         if pim_layout != "ep":
             raise ValueError(f"unknown PIM layout {pim_layout!r}; known: {PIM_LAYOUTS}")
-        group, share, slots = channel_groups(expert_gpu, num_gpus, self.channels_per_gpu)
+        groups = self.channels_per_gpu if groups_per_gpu is None else groups_per_gpu
+        group, share, slots = channel_groups(expert_gpu, num_gpus, groups)
         per_group = np.bincount(group, weights=self.pim.times_s(pim_tokens, share), minlength=slots)
-        return per_group.reshape(num_gpus, self.channels_per_gpu).max(axis=1)
+        return per_group.reshape(num_gpus, groups).max(axis=1)
 
     def times(self, counts: np.ndarray, gpu_tokens: np.ndarray, pim_tokens: np.ndarray,
               expert_gpu: np.ndarray, num_gpus: int, *, attention_on_pim: bool = True,

@@ -223,7 +223,7 @@ class DevicePlans(PlanSource):
         if ring is None:
             ring = self._rings[layer.name] = PlanRing.allocate(layer.num_experts, call.hidden.device, cost)
         elif ring.cost is not cost:  # another cost model from now on: what the ring holds is settled with the old one
-            self._settle(layer.name, records, runner)
+            self._settle(layer.name, records)
             ring.cost = cost
         self._filling = ring
         return CallPlan(None, {"device_plan": plan, "plan_out": ring.next_row(num_tokens)})
@@ -233,7 +233,7 @@ class DevicePlans(PlanSource):
         if ring is not None and ring.full:
             ready = ring.ship()
             if ready is not None:
-                self._settle_rows(call.layer.name, ring.cost, *ready, records=records, runner=runner)
+                self._settle_rows(call.layer.name, ring.cost, *ready, records=records)
 
     def _device_plan(self, call: LayerCall, num_tokens: int) -> DevicePlan:
         """The layer's cost tables on the device (re-uploaded when the cost model's tables change)."""
@@ -250,15 +250,14 @@ class DevicePlans(PlanSource):
             cached = self._tables[call.layer.name] = (flop_tab, pim_tab, plan)
         return cached[2]
 
-    def _settle(self, name: str, records: Records, runner: ExpertsRunner) -> None:
+    def _settle(self, name: str, records: Records) -> None:
         """Settle every device plan of a layer not settled yet (waits for their copies)."""
         ring = self._rings.get(name)
         if ring is not None:
             for rows, tokens in ring.drain():
-                self._settle_rows(name, ring.cost, rows, tokens, records=records, runner=runner)
+                self._settle_rows(name, ring.cost, rows, tokens, records=records)
 
-    def _settle_rows(self, name: str, cost: CostModel, rows: np.ndarray, tokens: list, *, records: Records,
-                     runner: ExpertsRunner) -> None:
+    def _settle_rows(self, name: str, cost: CostModel, rows: np.ndarray, tokens: list, *, records: Records) -> None:
         """R device plans ([R, 2, E]: GPU tokens, counts) into the statistics (vectorized) and the last one
         into `last_plans` (the per-call path)."""
         take, counts = rows[:, 0], rows[:, 1]  # int32; settle_rows and exact_plan take them to int64
@@ -267,4 +266,4 @@ class DevicePlans(PlanSource):
 
     def flush(self, records: Records, runner: ExpertsRunner) -> None:
         for name in list(self._rings):
-            self._settle(name, records, runner)
+            self._settle(name, records)

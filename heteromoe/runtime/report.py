@@ -44,10 +44,18 @@ class LayerStats:
     def add(self, plan: Plan, num_tokens: int) -> None:
         """One call's plan."""
         gpu, pim = int(plan.gpu_tokens.sum()), int(plan.pim_tokens.sum())
-        self.add_sums(calls=1, tokens=num_tokens, pairs=gpu + pim, gpu_experts=int(plan.gpu_experts.size),
-                      pim_experts=int(plan.pim_experts.size), gpu_tokens=gpu, pim_tokens=pim, pim_calls=int(pim > 0),
-                      t_comm_s=plan.t_comm_s, t_gpu_s=plan.t_gpu_s, t_pim_s=plan.t_pim_s,
-                      predicted_time_s=plan.predicted_time_s)
+        self.calls += 1
+        self.tokens += num_tokens
+        self.pairs += gpu + pim
+        self.gpu_experts += int(plan.gpu_experts.size)
+        self.pim_experts += int(plan.pim_experts.size)
+        self.gpu_tokens += gpu
+        self.pim_tokens += pim
+        self.pim_calls += int(pim > 0)
+        self.t_comm_s += plan.t_comm_s
+        self.t_gpu_s += plan.t_gpu_s
+        self.t_pim_s += plan.t_pim_s
+        self.predicted_time_s += plan.predicted_time_s
 
     def add_sums(self, **sums) -> None:
         """Several calls at once (their sums of each field of `SUMS`, all of them), as that many `add` calls

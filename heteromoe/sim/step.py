@@ -304,18 +304,12 @@ class StepSimulator:
         groups = self._groups_per_gpu()
         if self.truth is None:
             if groups is not None and groups != self.expert_cost.channels_per_gpu:
-                closed = self._ep_closed(plan.pim_tokens, plan.slot_gpu, groups)
+                closed = self.expert_cost.pim_s_per_gpu(plan.pim_tokens, plan.slot_gpu, self.gpus, "ep", groups)
                 return closed, closed
             return times.t_pim_s, times.t_pim_s
         busy = self.truth.busy_s(plan.pim_tokens, plan.slot_gpu, self.gpus, groups)
         return busy, busy
 
-    def _ep_closed(self, pim_tokens, slot_gpu, groups) -> np.ndarray:
-        from heteromoe.cost.layout import channel_groups
-
-        group, share, slots = channel_groups(slot_gpu, self.gpus, groups)
-        per_group = np.bincount(group, weights=self.expert_cost.pim.times_s(pim_tokens, share), minlength=slots)
-        return per_group.reshape(self.gpus, groups).max(axis=1)
 
     def _observe(self, windows) -> None:
         """Feed Sieve's EMA table what this step's PIM experts took, once per token count (the mean over the
