@@ -105,7 +105,7 @@ class CostModel:
             self._tables_version = version
             size = max(64, 1 << int(max_count).bit_length())
             n = np.arange(size)
-            self._tables = (self.gpu.flop_s(n), np.asarray(self.pim.times_s(n), dtype=np.float64))
+            self._tables = (self.gpu_flop_s(n), self.pim_time_s(n))
         return self._tables
 
     def gpu_flop_s(self, tokens) -> np.ndarray:

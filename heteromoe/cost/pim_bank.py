@@ -298,6 +298,10 @@ def hbm_read_s(pim: PimSpec, stacks: int, d_in, d_out, tokens=1, bytes_w: float 
                      2.0 * np.asarray(tokens) * d_in * d_out / (gpu.eta_fl * gpu.peak_flops_per_s)))
 
 
+#: Largest token count the tile flow's lookup table holds (lookups must not grow with the counts).
+_TILE_TABLE_MAX = 1 << 16
+
+
 class BankPimCost:
     """PIM cost model of one MoE layer on bank-level PIM: per token, the experts' two GEMVs.
 
@@ -348,9 +352,11 @@ class BankPimCost:
                     return self._table.take(counts)
                 except IndexError:
                     top = max(1024, 2 * int(counts.max(initial=0)))
-                    k = np.arange(top + 1, dtype=np.float64)
-                    self._table = np.where(k > 0, self._call_all_channels + k * self._per_token_all_channels, 0.0)
-                    return self._table.take(counts)
+                    if top <= _TILE_TABLE_MAX:  # beyond it the expression below (same values), not a huge table
+                        k = np.arange(top + 1, dtype=np.float64)
+                        self._table = np.where(k > 0, self._call_all_channels + k * self._per_token_all_channels,
+                                               0.0)
+                        return self._table.take(counts)
         n = np.asarray(tokens, dtype=np.float64)
         if isinstance(share, float) and share == 1.0:  # Sieve's layout: the per-layer hot path
             call, per = self._call_all_channels, self._per_token_all_channels

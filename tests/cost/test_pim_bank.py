@@ -198,6 +198,10 @@ def test_tile_flow_expert_cost_pays_the_call_once():
     assert times[0] == 0.0 and cost.call_s() > 0
     np.testing.assert_allclose(cost.times_s(np.array([0.0, 1.0, 2.0, 5.0])), times)  # float counts: same times
     assert cost.times_s(np.array([3000]))[0] == pytest.approx(cost.call_s() + 3000 * cost.per_token_s())
+    # a count beyond the lookup table's bound: the same expression, and the table does not grow with it
+    table_size = cost._table.size
+    assert cost.times_s(np.array([10_000_000]))[0] == pytest.approx(cost.call_s() + 1e7 * cost.per_token_s())
+    assert cost._table.size == table_size
     np.testing.assert_allclose(times[1:], cost.call_s() + np.array([1, 2, 5]) * cost.per_token_s())
     m, t = spec, cost.timing
     direct = float(t.gemv_s(m.hidden_size, 2 * m.moe_intermediate_size, 5) + t.gemv_s(m.moe_intermediate_size,
