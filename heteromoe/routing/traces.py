@@ -79,10 +79,10 @@ def load_dynande(folder, phase: str = "decode") -> RoutingTrace:
     """FLAME-MoE-290M (64 experts, top-6). decode: [positions, layers, seqs, 6] -> layers x (position-major tokens)."""
     folder = Path(folder)
     ids = _load_npy(folder / f"{phase}_topk_ids.npy")
-    if phase == "decode" and ids.ndim != 4:
-        raise TraceError(f"trace {folder / 'decode_topk_ids.npy'}: expected [positions, layers, seqs, k], "
-                         f"got {ids.shape}")
     if phase == "decode":  # a decode step = one position of all 64 sequences: keep steps consecutive
+        if ids.ndim != 4:
+            raise TraceError(f"trace {folder / 'decode_topk_ids.npy'}: expected [positions, layers, seqs, k], "
+                             f"got {ids.shape}")
         ids = ids.transpose(1, 0, 2, 3).reshape(ids.shape[1], -1, ids.shape[-1])
     return RoutingTrace(ids, 64, str(folder), "FLAME-MoE-290M")
 
