@@ -8,9 +8,9 @@ only the order of the fp32 additions differs from one launch over all of K).
 
 `SplitKRule` picks S from the launch's shape, never from a model's name: the warps the down projection would
 put on each SM (the experts a call can touch x the warps per expert of the kernel that runs it), against a
-target measured on the device (`bench/gpu_splitk.sh` sweeps S). `SplitKRule()`, the fused path's default,
-never splits; `H100_SPLIT_K` holds the targets measured on an H100 (opt in: `HETEROMOE_SPLIT_K=h100` or
-`KernelTuning(split_k=H100_SPLIT_K)`).
+target measured on the device (`bench/gpu_splitk.sh` sweeps S). `H100_SPLIT_K`, the fused path's default
+(`KernelTuning.split_k`), holds the targets measured on an H100; `SplitKRule()` never splits
+(`HETEROMOE_SPLIT_K=off` or `KernelTuning(split_k=SplitKRule())`).
 """
 from __future__ import annotations
 
@@ -128,10 +128,10 @@ class SplitKRule:
 
     @classmethod
     def from_env(cls, value: str | None) -> SplitKRule:
-        """A rule from a setting such as HETEROMOE_SPLIT_K: unset or "" -> the default (never split), "h100" ->
+        """A rule from a setting such as HETEROMOE_SPLIT_K: unset, "" or "off" -> never split, "h100" ->
         H100_SPLIT_K, an integer N -> `fixed=N`, "warps:W" -> both targets W, "warps:G/M" -> GEMV target G,
         tensor-core target M (no tokens-per-expert bound: for sweeps)."""
-        if not value:
+        if not value or value == "off":
             return cls()
         if value == "h100":
             return H100_SPLIT_K
@@ -144,11 +144,11 @@ class SplitKRule:
                 return cls(gemv_warps_per_sm=gemv, mma_warps_per_sm=mma)
             return cls(fixed=int(value))
         except ValueError as exc:
-            raise ValueError(f"split-K setting {value!r}: expected an integer number of splits, 'warps:W' or "
-                             f"'warps:G/M' ({exc})") from None
+            raise ValueError(f"split-K setting {value!r}: expected 'off', 'h100', an integer number of "
+                             f"splits, 'warps:W' or 'warps:G/M' ({exc})") from None
 
 
-#: The rule measured on an H100 (opt-in: the GPU suite compares paths bit for bit with unsplit launches), from
+#: The rule measured on an H100, the fused path's default (`KernelTuning.split_k`), from
 #: the sweep of S = 1, 2, 4, 8 on a Mixtral-8x7B-shaped layer
 #: (8 experts, K 14336; bench/results/gpu-splitk-h100-mixtral-8x7b.json, `bash bench/gpu_splitk.sh`, graph
 #: clock). GEMV launches (1-4 tokens; 15.5 / 27.2 / 84.8 warps per SM unsplit): the fastest S was 8 / 8 / 4,

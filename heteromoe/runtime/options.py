@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from heteromoe.kernels.splitk import SplitKRule
+from heteromoe.kernels.splitk import H100_SPLIT_K, SplitKRule
 
 __all__ = ["DEFAULT_TUNING", "FusedOptions", "KernelTuning"]
 
@@ -36,8 +36,9 @@ class KernelTuning:
             With split-K the down projection's warps count once per split.
         streams: run the cold side on a second CUDA stream when both sides have work.
         split_k: how many K ranges the down projection is cut into (`heteromoe.kernels.splitk`: gpu-only calls,
-            and a plan's GPU set on the tensor cores; the default never splits; `splitk.H100_SPLIT_K` is the
-            rule measured on an H100, `HETEROMOE_SPLIT_K=h100` selects it).
+            and a plan's GPU set on the tensor cores). Default: `splitk.H100_SPLIT_K`, the rule measured on an
+            H100 (it splits only rows of at least 2048 elements: the Mixtral-8x7B shape's down projection);
+            `SplitKRule()` never splits (`HETEROMOE_SPLIT_K=off`).
     """
 
     gemv_max_tokens: int = 2
@@ -45,7 +46,7 @@ class KernelTuning:
     mma_max_tokens: int = 256
     mma_min_warps_per_sm: int = 8
     streams: bool = True
-    split_k: SplitKRule = field(default_factory=SplitKRule)
+    split_k: SplitKRule = H100_SPLIT_K
 
     def __post_init__(self) -> None:
         if self.gemv_max_tokens < 1:
@@ -56,8 +57,10 @@ class KernelTuning:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> KernelTuning:
-        """The defaults with the environment's override: `HETEROMOE_SPLIT_K` (see `SplitKRule.from_env`)."""
-        return cls(split_k=SplitKRule.from_env(environ.get("HETEROMOE_SPLIT_K")))
+        """The defaults with the environment's override: `HETEROMOE_SPLIT_K` where set and not empty (see
+        `SplitKRule.from_env`; `off` never splits)."""
+        setting = environ.get("HETEROMOE_SPLIT_K")
+        return cls(split_k=SplitKRule.from_env(setting)) if setting else cls()
 
 
 #: The tuning a FusedLayerPath gets by default: the defaults and the environment's override, read once.

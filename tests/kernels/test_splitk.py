@@ -104,7 +104,8 @@ def test_fixed_rule_is_capped_by_k():
     assert SplitKRule(fixed=4, min_k_per_split=256).splits("mma", **QWEN3_DOWN, tokens=4, sms=132) == 3
 
 
-@pytest.mark.parametrize("value, rule", [(None, SplitKRule()), ("", SplitKRule()), ("3", SplitKRule(fixed=3)),
+@pytest.mark.parametrize("value, rule", [(None, SplitKRule()), ("", SplitKRule()), ("off", SplitKRule()),
+                                         ("3", SplitKRule(fixed=3)),
                                          ("warps:24", SplitKRule(gemv_warps_per_sm=24.0, mma_warps_per_sm=24.0)),
                                          ("warps:40/12.5", SplitKRule(gemv_warps_per_sm=40.0, mma_warps_per_sm=12.5))])
 def test_rule_from_the_environment_setting(value, rule):
@@ -130,11 +131,14 @@ def test_fused_path_takes_the_rule_and_never_splits_off_cuda():
     from heteromoe.runtime.layer import ExpertLayer
     from tests.helpers import tiny_model
 
+    from heteromoe.kernels.splitk import H100_SPLIT_K
     from heteromoe.runtime.options import KernelTuning
 
     # the environment's override is read once (runtime.options.DEFAULT_TUNING); from_env reads a mapping
     assert FusedLayerPath(tuning=KernelTuning.from_env({"HETEROMOE_SPLIT_K": "4"})).split_k == SplitKRule(fixed=4)
-    assert FusedLayerPath(tuning=KernelTuning.from_env({})).split_k == SplitKRule()
+    assert FusedLayerPath(tuning=KernelTuning.from_env({})).split_k == H100_SPLIT_K  # the default
+    assert FusedLayerPath(tuning=KernelTuning.from_env({"HETEROMOE_SPLIT_K": ""})).split_k == H100_SPLIT_K
+    assert FusedLayerPath(tuning=KernelTuning.from_env({"HETEROMOE_SPLIT_K": "off"})).split_k == SplitKRule()
     layer = ExpertLayer.from_module("layer0", tiny_model("qwen3_moe").model.layers[0].mlp.experts)
     path = FusedLayerPath(split_k=SplitKRule(fixed=4, min_k_per_split=256))
     assert path.down_k_splits(layer, 8, 16, torch.device("cpu"), "gemv") == 1

@@ -325,12 +325,12 @@ def test_fused_options_group_wraps_fused_keywords():
 
 
 def test_kernel_tuning_is_one_checked_object_with_todays_defaults():
-    from heteromoe.kernels.splitk import SplitKRule
+    from heteromoe.kernels.splitk import H100_SPLIT_K
     from heteromoe.runtime import KernelTuning
 
     tuning = KernelTuning()
     assert (tuning.gemv_max_tokens, tuning.gemv_batch_tokens, tuning.mma_max_tokens, tuning.mma_min_warps_per_sm,
-            tuning.streams, tuning.split_k) == (2, 4, 256, 8, True, SplitKRule())
+            tuning.streams, tuning.split_k) == (2, 4, 256, 8, True, H100_SPLIT_K)
     path = FusedLayerPath(tuning=KernelTuning(mma_max_tokens=0), gemv_max_tokens=5)
     assert (path.mma_max_tokens, path.gemv_max_tokens, path.gemv_batch_tokens) == (0, 5, 4)
     with pytest.raises(ValueError, match="gemv_batch_tokens must be >= 0, got -1"):
