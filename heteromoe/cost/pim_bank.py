@@ -20,7 +20,7 @@ command sequence and one channel's timeline is the GEMV's). The command flow is 
 6. leave PIM mode (`mode_switch_cycles`).
 Refresh: every tREFI the stack is busy for tRFC. The command-level path inserts the stall at the first
 command boundary past each tREFI; the closed form scales by tREFI / (tREFI - tRFC), the expectation over
-refresh phases. Logic-PIM (compute on the logic die) is not bank-level: see `cost.pim.PimRooflineV1`.
+refresh phases (`spec.hardware.refresh_stretch`). Logic-PIM (compute on the logic die) is not bank-level: see `cost.pim.PimRooflineV1`.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from functools import lru_cache
 import numpy as np
 
 from heteromoe.cost.pim_tile import TileFlowCosts, tile_counts, walk_tile_gemv
-from heteromoe.spec.hardware import PimSpec
+from heteromoe.spec.hardware import PimSpec, refresh_stretch
 from heteromoe.spec.model import MoEModelSpec
 
 __all__ = ["BankPimCost", "BankPimTiming", "GemvTiming", "hbm_read_s"]
@@ -90,7 +90,8 @@ class BankPimTiming:
         groups = -(-pim.banks_per_pseudo_channel // 4)
         self.issue_cycles = (groups - 1) * self.t.t_faw_cycles
         self.cols_per_step = pim.banks_per_pim_unit * pim.page_bytes // pim.column_bytes
-        self.refresh_factor = self.t.t_refi_ns / (self.t.t_refi_ns - self.t.t_rfc_ns)
+        # tRFC only: see `spec.hardware.refresh_stretch` for which factor each model uses and why
+        self.refresh_factor = refresh_stretch(1.0, self.t.t_refi_ns, self.t.t_rfc_ns)
         self.tile = _tile_costs(pim) if pim.flow == "tile" else None
 
     # -- shared pieces -------------------------------------------------------------------------------
@@ -291,8 +292,7 @@ def hbm_read_s(pim: PimSpec, stacks: int, d_in, d_out, tokens=1, bytes_w: float 
         seconds = moved / bw
         t = pim.timings
         if t is not None:
-            lost_ns = t.t_rfc_ns + t.t_rcd_cycles * t.tck_ns
-            seconds = seconds * t.t_refi_ns / (t.t_refi_ns - lost_ns)
+            seconds = refresh_stretch(seconds, t.t_refi_ns, t.t_rfc_ns + t.t_rcd_cycles * t.tck_ns)
         return float(seconds) if np.ndim(seconds) == 0 else seconds
     return float(max(weights / (gpu.eta_bw * bw),
                      2.0 * np.asarray(tokens) * d_in * d_out / (gpu.eta_fl * gpu.peak_flops_per_s)))

@@ -13,7 +13,27 @@ import numpy as np
 
 from heteromoe.spec._build import build_dataclass, require_in, require_positive
 
-__all__ = ["DramTimings", "GpuSpec", "LinkSpec", "PimSpec", "SystemSpec"]
+__all__ = ["DramTimings", "GpuSpec", "LinkSpec", "PimSpec", "SystemSpec", "refresh_stretch"]
+
+
+def refresh_stretch(busy, t_refi, lost, stall_only: bool = False):
+    """Expected time of `busy` worth of DRAM commands when the stack is lost for `lost` every `t_refi`
+    (any one unit for all three; scalars or arrays): `busy * t_refi / (t_refi - lost)`, the expectation over
+    refresh phases, since only `t_refi - lost` of every period does work. With `stall_only`, the refresh
+    part alone: `busy * lost / (t_refi - lost)`.
+
+    The one refresh formula of the PIM models; what one refresh loses depends on the model:
+    - the streaming flow's closed form (`BankPimTiming.refresh_factor` = `refresh_stretch(1, tREFI, tRFC)`):
+      tRFC, since its command walk stalls at a command-group boundary with every bank precharged;
+    - the tile flow's closed form (`cost.pim_tile.TileFlowCosts`, in cycles) and the host-attached plain
+      read (`cost.pim_bank.hbm_read_s`): tRFC + tRCD, since a refresh closes the open row and it is opened
+      again, as in PIMSimulator;
+    - where the simulator rescales a busy time itself (a separate PIM command path: `sim.layer_work`,
+      `sim.step`), the tRFC-only `BankPimTiming.refresh_factor` in either flow: its truth
+      (`sim.pim_truth.with_refresh`) stalls tRFC at each tREFI boundary an operation runs into (an
+      operation is far coarser than a row), and the planners' estimate is that truth's expectation.
+    """
+    return busy * (lost if stall_only else t_refi) / (t_refi - lost)
 
 
 @dataclass(frozen=True)
