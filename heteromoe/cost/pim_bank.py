@@ -87,8 +87,7 @@ class BankPimTiming:
         flops_per_channel = (pim.flops_per_stack_per_s / pim.pseudo_channels_per_stack
                              if pim.flops_per_stack_per_s is not None else None)
         self.flops_per_cycle = flops_per_channel * self.tck_s if flops_per_channel else None
-        groups = -(-pim.banks_per_pseudo_channel // 4)
-        self.issue_cycles = (groups - 1) * self.t.t_faw_cycles
+        self.issue_cycles = pim.activation_issue_cycles  # the all-bank activation's tFAW groups
         self.cols_per_step = pim.banks_per_pim_unit * pim.page_bytes // pim.column_bytes
         # tRFC only: see `spec.hardware.refresh_stretch` for which factor each model uses and why
         self.refresh_factor = refresh_stretch(1.0, self.t.t_refi_ns, self.t.t_rfc_ns)
@@ -222,8 +221,7 @@ class BankPimTiming:
                 boundary()
                 cols = min(self.cols_per_step, remaining)
                 start = now
-                groups = -(-self.pim.banks_per_pseudo_channel // 4)
-                for g in range(groups):
+                for g in range(self.pim.activation_groups):
                     emit("ACT_ALLBANK", start + g * t.t_faw_cycles)
                 first_col = start + self.issue_cycles + t.t_rcd_cycles
                 for c in range(cols if trace else 0):
