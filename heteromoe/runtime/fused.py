@@ -191,13 +191,18 @@ class FusedLayerPath(OneCallLaunches):
     def mma_ok(self, layer: ExpertLayer, num_tokens: int, num_pairs: int, device: torch.device) -> bool:
         """Whether a call of `num_tokens` tokens (`num_pairs` routed pairs) on `device` runs its GPU experts on
         `expert_mma` (the options above; `heteromoe calibrate` asks it which regime to measure)."""
-        if device.type != "cuda" or num_tokens > self.tuning.mma_max_tokens or not kernels.mma_supported(
+        return self._mma_down_k_splits(layer, num_tokens, num_pairs, device) > 0
+
+    def _mma_down_k_splits(self, layer: ExpertLayer, num_tokens: int, num_pairs: int, device: torch.device) -> int:
+        """The down projection's K splits on `expert_mma` for such a call, or 0 where the call does not run
+        its GPU experts on `expert_mma` (`mma_ok`): the split count decides both, so it is computed once."""
+        tuning = self.tuning
+        if device.type != "cuda" or num_tokens > tuning.mma_max_tokens or not kernels.mma_supported(
                 layer.dtype, layer.hidden_size, layer.intermediate_size):
-            return False
-        warps = min(layer.num_experts, num_pairs) * (layer.hidden_size // 32)
-        if self.tuning.split_k.splits_ever:
-            warps *= self.down_k_splits(layer, num_tokens, num_pairs, device, "mma")
-        return warps >= self.tuning.mma_min_warps_per_sm * self._sm_count(device)
+            return 0
+        splits = self.down_k_splits(layer, num_tokens, num_pairs, device, "mma")  # 1 without split-K
+        warps = min(layer.num_experts, num_pairs) * (layer.hidden_size // 32) * splits
+        return splits if warps >= tuning.mma_min_warps_per_sm * self._sm_count(device) else 0
 
     def down_k_splits(self, layer: ExpertLayer, num_tokens: int, num_pairs: int, device: torch.device,
                       kernel: str) -> int:
@@ -242,8 +247,8 @@ class FusedLayerPath(OneCallLaunches):
         num_tokens = prep.num_pairs // top_k if top_k else 0
         if hidden.is_cuda and num_tokens <= self.tuning.gemv_batch_tokens and kernels.HAS_CUDA_KERNELS:
             return self._projections(kernels.expert_gemv, layer, hidden.to(layer.dtype), prep, top_k, num_tokens, "hot")
-        if self.mma_ok(layer, num_tokens, prep.num_pairs, hidden.device):
-            splits = self.down_k_splits(layer, num_tokens, prep.num_pairs, hidden.device, "mma")
+        splits = self._mma_down_k_splits(layer, num_tokens, prep.num_pairs, hidden.device)
+        if splits:
             return self._projections(kernels.expert_mma, layer, hidden.to(layer.dtype), prep, top_k, num_tokens, "hot",
                                      down_k_splits=splits)
         x = kernels.gather_rows(hidden.to(layer.dtype), prep.hot_pairs, top_k)
