@@ -42,15 +42,26 @@ __all__ = ["FusedLayerPath", "unsupported_reason"]
 _CUDA_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
+def _silu_classes() -> tuple[type, ...]:
+    """The activation classes that compute SiLU: torch's and transformers' own (`ACT2FN["silu"]`), where
+    the installed transformers has it."""
+    from transformers import activations as hf_activations
+
+    hf_silu = getattr(hf_activations, "SiLUActivation", None)
+    return (torch.nn.SiLU,) + ((hf_silu,) if isinstance(hf_silu, type) else ())
+
+
 def _gate_is_silu_chunk(layer: ExpertLayer) -> bool:
-    """True where the module gates as transformers' default: silu(gate) * up over [gate; up] halves."""
+    """True where the module gates as transformers' default: silu(gate) * up over [gate; up] halves.
+
+    The activation is recognized by class (a subclass under another name is still SiLU), not by class name
+    (a class merely named SiLU is not): the fused kernels compute SiLU themselves."""
     from transformers.integrations import moe as hf_moe
 
     module = layer.module
     default_gate = getattr(hf_moe, "_default_apply_gate", None)
     gate_fn = getattr(type(module), "_apply_gate", None)
-    act = getattr(module, "act_fn", None)
-    silu = isinstance(act, torch.nn.SiLU) or type(act).__name__ in ("SiLUActivation", "SiLU")
+    silu = isinstance(getattr(module, "act_fn", None), _silu_classes())
     return layer.has_gate and gate_fn is not None and gate_fn is default_gate and silu
 
 
