@@ -208,14 +208,18 @@ class BankPimTiming:
             now += cycles
             spent[phase] += cycles
 
+        def column_writes(name: str, phase: str, cols: int, spacing: float) -> None:
+            """`cols` column writes `spacing` cycles apart, then tWR, after any refresh that is due."""
+            boundary()
+            for c in range(cols):
+                emit(name, now + c * spacing)
+            advance(phase, cols * spacing + t.t_wr_cycles)
+
         for _ in range(int(tokens)):
             boundary()
             emit("PIM_ENTER", now)
             advance("mode", self.pim.mode_switch_cycles)
-            boundary()
-            for c in range(in_cols):
-                emit("WR_INPUT", now + c * t.t_ccd_s_cycles)
-            advance("input", in_cols * t.t_ccd_s_cycles + t.t_wr_cycles)
+            column_writes("WR_INPUT", "input", in_cols, t.t_ccd_s_cycles)
             remaining = unit_cols
             while remaining > 0:
                 boundary()
@@ -239,10 +243,7 @@ class BankPimTiming:
                     end += max(0.0, sweep - natural)
                 advance("stream", end - start)
                 remaining -= cols
-            boundary()
-            for c in range(partial_cols):
-                emit("WR_PARTIAL", now + c * t.t_ccd_l_cycles)
-            advance("output", partial_cols * t.t_ccd_l_cycles + t.t_wr_cycles)
+            column_writes("WR_PARTIAL", "output", partial_cols, t.t_ccd_l_cycles)
             emit("RD_OUTPUT", now + t.t_cl_cycles)
             advance("output", t.t_cl_cycles + out_cols * t.t_ccd_s_cycles)
             emit("PIM_EXIT", now)
