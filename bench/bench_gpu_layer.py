@@ -191,13 +191,13 @@ def test_heteromoe_gpu_only_split_k(benchmark, bandwidth, model, batch, setting)
     run, executor = executor_for(model, "gpu-only", split_k=rule)
     fused, view = executor.fused, executor_views[model]
     E, k, d, f = SHAPES[model]
-    mma = batch > fused.gemv_batch_tokens and fused.mma_ok(view, batch, batch * k, hidden.device)
-    kernel = "gemv" if batch <= fused.gemv_batch_tokens else "mma" if mma else "grouped_mm + gemv"
+    mma = batch > fused.tuning.gemv_batch_tokens and fused.mma_ok(view, batch, batch * k, hidden.device)
+    kernel = "gemv" if batch <= fused.tuning.gemv_batch_tokens else "mma" if mma else "grouped_mm + gemv"
     splits = 1 if kernel == "grouped_mm + gemv" else fused.down_k_splits(view, batch, batch * k, hidden.device,
                                                                           "mma" if mma else "gemv")
     # the rule's input: the unsplit down projection's warps per SM (on the kernel S >= 2 would run, over the
     # experts a call of this batch touches under uniform routing), and the warps this routing gives
-    rule_kernel = "gemv" if batch <= fused.gemv_batch_tokens else "mma"
+    rule_kernel = "gemv" if batch <= fused.tuning.gemv_batch_tokens else "mma"
     sms = torch.cuda.get_device_properties(hidden.device).multi_processor_count
     warps_per_sm = down_warps(rule_kernel, d, expected_experts(E, k, batch), batch) / sms
     touched_warps_per_sm = down_warps(rule_kernel, d, touched // (3 * d * f * 2), batch) / sms

@@ -48,7 +48,8 @@ def test_step_decisions(benchmark, model, gpus, batch):
 
     def decide():
         plan = policy.step_plan(*args)
-        return plan, [policy.plan(c, placement, gpus, cost) for layer in counts[plan.sub_batches] for c in layer]
+        return plan, [policy.plan(c, placement, gpus, cost, step=plan) for layer in counts[plan.sub_batches]
+                      for c in layer]
 
     plan, _ = benchmark(decide)
     median = benchmark.stats.stats.median

@@ -59,7 +59,7 @@ def main() -> None:
             fused = executor.fused
             run_dev, executor_dev = executor_for(MODEL, "heteromoe", plan_on_device=True)
             run(hidden, ids, weights)
-            mma = batch > fused.gemv_batch_tokens
+            mma = batch > fused.tuning.gemv_batch_tokens
             ws = torch.empty(kernels._cuda.gemv_layer_workspace(batch * ids.shape[1], view.num_experts, view.hidden_size,
                                                                 view.intermediate_size, hidden.element_size()),
                              dtype=torch.uint8, device=hidden.device)
@@ -71,8 +71,8 @@ def main() -> None:
             raw_args = (kernels._DTYPE_CODE[hidden.dtype], kernels._DTYPE_CODE[weights.dtype], hidden.data_ptr(),
                         ids.data_ptr(), batch, ids.shape[1], view.num_experts, view.up_weight.data_ptr(),
                         view.down_weight.data_ptr(), view.hidden_size, view.intermediate_size, weights.data_ptr(),
-                        True, fused.gemv_batch_tokens + 1 if mma else 0, batch == 1, ws.data_ptr(), out.data_ptr(), 0,
-                        stream)
+                        True, fused.tuning.gemv_batch_tokens + 1 if mma else 0, batch == 1, ws.data_ptr(),
+                        out.data_ptr(), 0, stream)
             rec = {"model": MODEL, "batch": batch,
                    "executor_run_gpu_only_s": host_s(lambda: run(hidden, ids, weights)),
                    # the same on the thread's CPU clock: not counting time the thread was descheduled

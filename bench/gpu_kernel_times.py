@@ -33,7 +33,7 @@ def main() -> None:
         for batch in (int(b) for b in args.batches.split(",")):
             hidden, ids, weights, touched = routing(model, batch)
             path = FusedLayerPath()
-            thr = path.gemv_max_tokens
+            thr = path.tuning.gemv_max_tokens
             mt = min(batch, thr)
             with torch.no_grad():
                 prep = kernels.route_prep(ids, E, threshold=thr)

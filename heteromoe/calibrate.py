@@ -103,7 +103,7 @@ def measure_table(name: str, num_experts: int, top_k: int, d: int, f: int, count
     experts = expert_layer(num_experts, top_k, d, f, dtype)
     layer = ExpertLayer.from_module(name, experts)
     runtime = FusedLayerPath()
-    above = runtime.gemv_batch_tokens + 1  # the smallest batch past the all-GEMV regime
+    above = runtime.tuning.gemv_batch_tokens + 1  # the smallest batch past the all-GEMV regime
     hot_kernel = "mma" if runtime.mma_ok(layer, above, above * top_k, layer.device) else "grouped_mm"
     # each regime as the table models it: past the all-GEMV batches, every expert on the tensor-core kernel
     # where the runtime runs it so, else the kernel choice by token count (GEMV / grouped GEMM)
@@ -113,11 +113,11 @@ def measure_table(name: str, num_experts: int, top_k: int, d: int, f: int, count
     dtype_name = str(dtype).replace("torch.", "")
     raw = _measure(path, layer, counts, top_k, d, dtype)
     table = table_from_measurements(num_experts, top_k, d, f, dtype_name, raw, gemv_max_tokens,
-                                    runtime.gemv_batch_tokens)
+                                    runtime.tuning.gemv_batch_tokens)
     table["hot_kernel"] = hot_kernel
     if hot_kernel == "mma":  # the batches of at most gemv_batch_tokens tokens: every expert on the GEMV
         gemv = FusedLayerPath(gemv_max_tokens=gemv_max_tokens, gemv_batch_tokens=1 << 30, mma_max_tokens=0)
-        small = _measure(gemv, layer, [n for n in counts if n <= runtime.gemv_batch_tokens], top_k, d, dtype)
+        small = _measure(gemv, layer, [n for n in counts if n <= runtime.tuning.gemv_batch_tokens], top_k, d, dtype)
         fit = table_from_measurements(num_experts, top_k, d, f, dtype_name, small, 1 << 30)
         table["small_batch"] = {"kernel": "gemv", "per_expert_s": fit["per_expert_s"], "fixed_s": fit["fixed_s"],
                                 "measurements": small}

@@ -20,7 +20,7 @@ command sequence and one channel's timeline is the GEMV's). The command flow is 
 6. leave PIM mode (`mode_switch_cycles`).
 Refresh: every tREFI the stack is busy for tRFC. The command-level path inserts the stall at the first
 command boundary past each tREFI; the closed form scales by tREFI / (tREFI - tRFC), the expectation over
-refresh phases. Logic-PIM (compute on the logic die) is not bank-level: see `cost.pim.PimRooflineV1`.
+refresh phases (`spec.hardware.refresh_stretch`). Logic-PIM (compute on the logic die) is not bank-level: see `cost.pim.PimRooflineV1`.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from functools import lru_cache
 import numpy as np
 
 from heteromoe.cost.pim_tile import TileFlowCosts, tile_counts, walk_tile_gemv
-from heteromoe.spec.hardware import PimSpec
+from heteromoe.spec.hardware import PimSpec, refresh_stretch
 from heteromoe.spec.model import MoEModelSpec
 
 __all__ = ["BankPimCost", "BankPimTiming", "GemvTiming", "hbm_read_s"]
@@ -87,10 +87,10 @@ class BankPimTiming:
         flops_per_channel = (pim.flops_per_stack_per_s / pim.pseudo_channels_per_stack
                              if pim.flops_per_stack_per_s is not None else None)
         self.flops_per_cycle = flops_per_channel * self.tck_s if flops_per_channel else None
-        groups = -(-pim.banks_per_pseudo_channel // 4)
-        self.issue_cycles = (groups - 1) * self.t.t_faw_cycles
+        self.issue_cycles = pim.activation_issue_cycles  # the all-bank activation's tFAW groups
         self.cols_per_step = pim.banks_per_pim_unit * pim.page_bytes // pim.column_bytes
-        self.refresh_factor = self.t.t_refi_ns / (self.t.t_refi_ns - self.t.t_rfc_ns)
+        # tRFC only: see `spec.hardware.refresh_stretch` for which factor each model uses and why
+        self.refresh_factor = refresh_stretch(1.0, self.t.t_refi_ns, self.t.t_rfc_ns)
         self.tile = _tile_costs(pim) if pim.flow == "tile" else None
 
     # -- shared pieces -------------------------------------------------------------------------------
@@ -208,21 +208,24 @@ class BankPimTiming:
             now += cycles
             spent[phase] += cycles
 
+        def column_writes(name: str, phase: str, cols: int, spacing: float) -> None:
+            """`cols` column writes `spacing` cycles apart, then tWR, after any refresh that is due."""
+            boundary()
+            for c in range(cols):
+                emit(name, now + c * spacing)
+            advance(phase, cols * spacing + t.t_wr_cycles)
+
         for _ in range(int(tokens)):
             boundary()
             emit("PIM_ENTER", now)
             advance("mode", self.pim.mode_switch_cycles)
-            boundary()
-            for c in range(in_cols):
-                emit("WR_INPUT", now + c * t.t_ccd_s_cycles)
-            advance("input", in_cols * t.t_ccd_s_cycles + t.t_wr_cycles)
+            column_writes("WR_INPUT", "input", in_cols, t.t_ccd_s_cycles)
             remaining = unit_cols
             while remaining > 0:
                 boundary()
                 cols = min(self.cols_per_step, remaining)
                 start = now
-                groups = -(-self.pim.banks_per_pseudo_channel // 4)
-                for g in range(groups):
+                for g in range(self.pim.activation_groups):
                     emit("ACT_ALLBANK", start + g * t.t_faw_cycles)
                 first_col = start + self.issue_cycles + t.t_rcd_cycles
                 for c in range(cols if trace else 0):
@@ -240,10 +243,7 @@ class BankPimTiming:
                     end += max(0.0, sweep - natural)
                 advance("stream", end - start)
                 remaining -= cols
-            boundary()
-            for c in range(partial_cols):
-                emit("WR_PARTIAL", now + c * t.t_ccd_l_cycles)
-            advance("output", partial_cols * t.t_ccd_l_cycles + t.t_wr_cycles)
+            column_writes("WR_PARTIAL", "output", partial_cols, t.t_ccd_l_cycles)
             emit("RD_OUTPUT", now + t.t_cl_cycles)
             advance("output", t.t_cl_cycles + out_cols * t.t_ccd_s_cycles)
             emit("PIM_EXIT", now)
@@ -291,8 +291,7 @@ def hbm_read_s(pim: PimSpec, stacks: int, d_in, d_out, tokens=1, bytes_w: float 
         seconds = moved / bw
         t = pim.timings
         if t is not None:
-            lost_ns = t.t_rfc_ns + t.t_rcd_cycles * t.tck_ns
-            seconds = seconds * t.t_refi_ns / (t.t_refi_ns - lost_ns)
+            seconds = refresh_stretch(seconds, t.t_refi_ns, t.t_rfc_ns + t.t_rcd_cycles * t.tck_ns)
         return float(seconds) if np.ndim(seconds) == 0 else seconds
     return float(max(weights / (gpu.eta_bw * bw),
                      2.0 * np.asarray(tokens) * d_in * d_out / (gpu.eta_fl * gpu.peak_flops_per_s)))

@@ -26,7 +26,8 @@ closed, REF holds every bank for tRFC and the interrupted row is opened again.
 The closed form is the walk's own arithmetic: the cycles of the fixed prologue/epilogue and of one pass
 (one output tile for one input vector) as a function of the input-tile count, taken from walks of short
 canonical passes without refresh (`TileFlowCosts`), times the pass count, scaled by the expected share of
-refresh (each refresh costs tRFC plus the reopening of the interrupted row, tRCD).
+refresh (each refresh costs tRFC plus the reopening of the interrupted row, tRCD;
+`spec.hardware.refresh_stretch`).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from heteromoe.spec.hardware import PimSpec
+from heteromoe.spec.hardware import PimSpec, refresh_stretch
 
 __all__ = ["PHASES", "TileFlowCosts", "TileWalk", "tile_counts", "walk_tile_gemv"]
 
@@ -289,5 +290,5 @@ class TileFlowCosts:
                                                              self.pass_base + even * self.even_tile + odd * self.odd_tile))
         busy = self.fixed + passes * per_pass
         total = busy.sum(axis=-1, keepdims=True)
-        refresh = total * self.refresh_cost / (self.refi - self.refresh_cost)
+        refresh = refresh_stretch(total, self.refi, self.refresh_cost, stall_only=True)
         return np.concatenate([busy, refresh], axis=-1)

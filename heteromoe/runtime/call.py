@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from heteromoe.cost.model import CostModel
@@ -23,6 +24,8 @@ class LayerCall:
         placement: a Placement, or a ReplicaPlanner that observes the loads and returns one.
         hidden: [T, d]; top_k_index: [T, k]; top_k_weights: [T, k].
         loads: this process's routing loads, once the dispatch has counted them (None before).
+        rank_counts: [G, E] tokens of each expert on each rank, once an all-to-all dispatch has gathered
+            them for this call's plan (None before, and with one process); its `run` routes the pairs by them.
     """
 
     layer: ExpertLayer
@@ -32,6 +35,7 @@ class LayerCall:
     top_k_index: torch.Tensor
     top_k_weights: torch.Tensor
     loads: RoutingLoads | None = None
+    rank_counts: np.ndarray | None = None
 
     @property
     def num_tokens(self) -> int:

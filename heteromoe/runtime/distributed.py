@@ -79,8 +79,7 @@ class AllToAllDispatch(Dispatch):
         self.num_gpus = dist.get_world_size(group)
         if num_gpus is not None and num_gpus != self.num_gpus:
             raise ValueError(f"gpus={num_gpus} but the process group has {self.num_gpus} ranks")
-        self._placement_version: dict[str, int] = {}
-        self._per_rank: np.ndarray | None = None  # this call's [G, E] gathered counts
+        self._placement_version: dict[str, int] = {}  # per layer: the replica planner's replan rank 0 sent
 
     # -- collectives -------------------------------------------------------------------------------
     def _device(self, like: torch.Tensor) -> torch.device:
@@ -99,11 +98,12 @@ class AllToAllDispatch(Dispatch):
 
     # -- planning ------------------------------------------------------------------------------------
     def counts(self, call: LayerCall) -> tuple[np.ndarray, np.ndarray]:
+        """The counts of every rank (AllGather), kept on the call (`call.rank_counts`) for its `run`."""
         local = torch.from_numpy(call.loads.counts).to(self._device(call.hidden))
         gathered = [torch.empty_like(local) for _ in range(self.num_gpus)]
         dist.all_gather(gathered, local, group=self.group)
-        self._per_rank = torch.stack(gathered).cpu().numpy()  # routing counts of every rank: (G, E)
-        return self._per_rank.sum(axis=0), self._per_rank
+        call.rank_counts = torch.stack(gathered).cpu().numpy()  # routing counts of every rank: (G, E)
+        return call.rank_counts.sum(axis=0), call.rank_counts
 
     def placement(self, call: LayerCall, counts: np.ndarray) -> Placement:
         planner = call.placement
@@ -125,7 +125,10 @@ class AllToAllDispatch(Dispatch):
         hidden, local = call.hidden, call.loads
         top_k, num_experts = call.top_k, call.layer.num_experts
         device = self._device(hidden)
-        dest, side = route_pairs(plan, self._per_rank, self.rank, local.counts, local.offsets)
+        if call.rank_counts is None:
+            raise RuntimeError(f"layer {call.layer.name}: AllToAllDispatch.run needs the call planned by its "
+                               "plan() first (it gathers every rank's counts)")
+        dest, side = route_pairs(plan, call.rank_counts, self.rank, local.counts, local.offsets)
 
         # dispatch: pairs sorted by destination rank (stable: expert-grouped within each)
         by_dest = np.argsort(dest, kind="stable")

@@ -42,15 +42,26 @@ __all__ = ["FusedLayerPath", "unsupported_reason"]
 _CUDA_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
+def _silu_classes() -> tuple[type, ...]:
+    """The activation classes that compute SiLU: torch's and transformers' own (`ACT2FN["silu"]`), where
+    the installed transformers has it."""
+    from transformers import activations as hf_activations
+
+    hf_silu = getattr(hf_activations, "SiLUActivation", None)
+    return (torch.nn.SiLU,) + ((hf_silu,) if isinstance(hf_silu, type) else ())
+
+
 def _gate_is_silu_chunk(layer: ExpertLayer) -> bool:
-    """True where the module gates as transformers' default: silu(gate) * up over [gate; up] halves."""
+    """True where the module gates as transformers' default: silu(gate) * up over [gate; up] halves.
+
+    The activation is recognized by class (a subclass under another name is still SiLU), not by class name
+    (a class merely named SiLU is not): the fused kernels compute SiLU themselves."""
     from transformers.integrations import moe as hf_moe
 
     module = layer.module
     default_gate = getattr(hf_moe, "_default_apply_gate", None)
     gate_fn = getattr(type(module), "_apply_gate", None)
-    act = getattr(module, "act_fn", None)
-    silu = isinstance(act, torch.nn.SiLU) or type(act).__name__ in ("SiLUActivation", "SiLU")
+    silu = isinstance(getattr(module, "act_fn", None), _silu_classes())
     return layer.has_gate and gate_fn is not None and gate_fn is default_gate and silu
 
 
@@ -90,12 +101,6 @@ class FusedLayerPath(OneCallLaunches):
         given = dict(gemv_max_tokens=gemv_max_tokens, streams=streams, gemv_batch_tokens=gemv_batch_tokens,
                      mma_max_tokens=mma_max_tokens, mma_min_warps_per_sm=mma_min_warps_per_sm, split_k=split_k)
         self.tuning = dataclasses.replace(tuning or DEFAULT_TUNING, **{k: v for k, v in given.items() if v is not None})
-        self.gemv_max_tokens = self.tuning.gemv_max_tokens
-        self.gemv_batch_tokens = self.tuning.gemv_batch_tokens
-        self.mma_max_tokens = self.tuning.mma_max_tokens
-        self.mma_min_warps_per_sm = self.tuning.mma_min_warps_per_sm
-        self.split_k = self.tuning.split_k
-        self.streams = self.tuning.streams
         self._sms: dict[torch.device, int] = {}
         self._side: dict[torch.device, torch.cuda.Stream] = {}
         self._gate_fused: dict[int, bool] = {}
@@ -127,16 +132,18 @@ class FusedLayerPath(OneCallLaunches):
         """
         num_tokens, top_k = top_k_index.shape
         num_pairs = num_tokens * top_k
+        tuning = self.tuning
         self._raise_deferred_error(layer)
         if gpu_set is None and device_plan is None:
             call = self._one_call(layer, hidden, top_k_weights)
-            if call is not None and (num_tokens <= self.gemv_batch_tokens or call.mma_ok(self, num_tokens, num_pairs)):
+            if call is not None and (num_tokens <= tuning.gemv_batch_tokens
+                                     or call.mma_ok(self, num_tokens, num_pairs)):
                 return self._gemv_layer(layer, hidden, top_k_index, top_k_weights, mma=True, call=call)
-        if device_plan is not None and plan_out is not None and self.streams:
+        if device_plan is not None and plan_out is not None and tuning.streams:
             call = self._one_call(layer, hidden, top_k_weights)
             if call is not None:
                 # the GPU set as gpu-only runs: on the GEMV up to gemv_batch_tokens tokens, else on expert_mma
-                hot_mma = num_tokens > self.gemv_batch_tokens
+                hot_mma = num_tokens > tuning.gemv_batch_tokens
                 if not hot_mma or call.mma_ok(self, num_tokens, num_pairs):
                     return self._plan_layer(layer, hidden, top_k_index, top_k_weights, call, device_plan, plan_out,
                                             hot_mma)
@@ -145,7 +152,8 @@ class FusedLayerPath(OneCallLaunches):
         elif gpu_set is None:
             # small batches: every expert on the GEMV (it reads each weight once for up to gemv_batch_tokens
             # tokens); larger ones: the experts above gemv_max_tokens on the grouped GEMM
-            threshold = self.gemv_batch_tokens if num_tokens <= self.gemv_batch_tokens else self.gemv_max_tokens
+            small = num_tokens <= tuning.gemv_batch_tokens
+            threshold = tuning.gemv_batch_tokens if small else tuning.gemv_max_tokens
             may_have_hot = num_tokens > threshold  # an expert has at most T tokens (top-k ids are distinct)
             may_have_cold = True
             max_tokens = min(num_tokens, threshold)
@@ -168,7 +176,7 @@ class FusedLayerPath(OneCallLaunches):
         self.last_counts = prep.counts  # [E] on the device: plan-ahead copies them to the host
 
         hidden = hidden.contiguous()
-        use_side = hidden.is_cuda and self.streams and may_have_hot and may_have_cold
+        use_side = hidden.is_cuda and tuning.streams and may_have_hot and may_have_cold
         y_cold = y_hot = None
         main = torch.cuda.current_stream(hidden.device) if use_side else None
         try:
@@ -194,13 +202,18 @@ class FusedLayerPath(OneCallLaunches):
     def mma_ok(self, layer: ExpertLayer, num_tokens: int, num_pairs: int, device: torch.device) -> bool:
         """Whether a call of `num_tokens` tokens (`num_pairs` routed pairs) on `device` runs its GPU experts on
         `expert_mma` (the options above; `heteromoe calibrate` asks it which regime to measure)."""
-        if device.type != "cuda" or num_tokens > self.mma_max_tokens or not kernels.mma_supported(
+        return self._mma_down_k_splits(layer, num_tokens, num_pairs, device) > 0
+
+    def _mma_down_k_splits(self, layer: ExpertLayer, num_tokens: int, num_pairs: int, device: torch.device) -> int:
+        """The down projection's K splits on `expert_mma` for such a call, or 0 where the call does not run
+        its GPU experts on `expert_mma` (`mma_ok`): the split count decides both, so it is computed once."""
+        tuning = self.tuning
+        if device.type != "cuda" or num_tokens > tuning.mma_max_tokens or not kernels.mma_supported(
                 layer.dtype, layer.hidden_size, layer.intermediate_size):
-            return False
-        warps = min(layer.num_experts, num_pairs) * (layer.hidden_size // 32)
-        if self.split_k.splits_ever:
-            warps *= self.down_k_splits(layer, num_tokens, num_pairs, device, "mma")
-        return warps >= self.mma_min_warps_per_sm * self._sm_count(device)
+            return 0
+        splits = self.down_k_splits(layer, num_tokens, num_pairs, device, "mma")  # 1 without split-K
+        warps = min(layer.num_experts, num_pairs) * (layer.hidden_size // 32) * splits
+        return splits if warps >= tuning.mma_min_warps_per_sm * self._sm_count(device) else 0
 
     def down_k_splits(self, layer: ExpertLayer, num_tokens: int, num_pairs: int, device: torch.device,
                       kernel: str) -> int:
@@ -208,13 +221,14 @@ class FusedLayerPath(OneCallLaunches):
         `split_k` from the launch's shape: rows of intermediate_size elements, hidden_size rows per expert, the
         experts such a call touches under uniform routing (`expected_experts`; the counts stay on the device),
         at most num_tokens tokens each (1 off CUDA: the CPU kernels do not split)."""
-        if device.type != "cuda" or not self.split_k.splits_ever:
+        if device.type != "cuda" or not self.tuning.split_k.splits_ever:
             return 1
         top_k = num_pairs // num_tokens if num_tokens else 0
         experts = expected_experts(layer.num_experts, top_k, num_tokens)
         return launched_splits(
-            self.split_k.splits(kernel, k_dim=layer.intermediate_size, out_rows=layer.hidden_size, experts=experts,
-                                tokens=num_tokens, sms=self._sm_count(device), pairs=num_pairs),
+            self.tuning.split_k.splits(kernel, k_dim=layer.intermediate_size, out_rows=layer.hidden_size,
+                                       experts=experts, tokens=num_tokens, sms=self._sm_count(device),
+                                       pairs=num_pairs),
             layer.intermediate_size)
 
     def _sm_count(self, device: torch.device) -> int:
@@ -242,10 +256,10 @@ class FusedLayerPath(OneCallLaunches):
 
     def _hot(self, layer: ExpertLayer, hidden: torch.Tensor, prep: kernels.RoutePrep, top_k: int) -> torch.Tensor:
         num_tokens = prep.num_pairs // top_k if top_k else 0
-        if hidden.is_cuda and num_tokens <= self.gemv_batch_tokens and kernels.HAS_CUDA_KERNELS:
+        if hidden.is_cuda and num_tokens <= self.tuning.gemv_batch_tokens and kernels.HAS_CUDA_KERNELS:
             return self._projections(kernels.expert_gemv, layer, hidden.to(layer.dtype), prep, top_k, num_tokens, "hot")
-        if self.mma_ok(layer, num_tokens, prep.num_pairs, hidden.device):
-            splits = self.down_k_splits(layer, num_tokens, prep.num_pairs, hidden.device, "mma")
+        splits = self._mma_down_k_splits(layer, num_tokens, prep.num_pairs, hidden.device)
+        if splits:
             return self._projections(kernels.expert_mma, layer, hidden.to(layer.dtype), prep, top_k, num_tokens, "hot",
                                      down_k_splits=splits)
         x = kernels.gather_rows(hidden.to(layer.dtype), prep.hot_pairs, top_k)

@@ -77,7 +77,7 @@ class _OneCall:
         splits = self._splits.get((num_tokens, num_pairs))
         if splits is None:
             layer = self.layer
-            mma = num_tokens > path.gemv_batch_tokens and kernels.mma_supported(layer.dtype, layer.hidden_size,
+            mma = num_tokens > path.tuning.gemv_batch_tokens and kernels.mma_supported(layer.dtype, layer.hidden_size,
                                                                                 layer.intermediate_size)
             kernel = "mma" if mma else "gemv"  # as gemv_layer picks
             splits = self._splits[(num_tokens, num_pairs)] = path.down_k_splits(self.layer, num_tokens, num_pairs,
@@ -99,8 +99,8 @@ class _OneCall:
 
 
 class OneCallLaunches:
-    """The one-call launches of FusedLayerPath (its `_silu_fused`, `_err_word`, `_side_stream`, `split_k`,
-    `gemv_batch_tokens`, `_calls` and `_ws` are read here)."""
+    """The one-call launches of FusedLayerPath (its `_silu_fused`, `_err_word`, `_side_stream`, `tuning`,
+    `_calls` and `_ws` are read here)."""
 
     # -- the decode case in one host call ----------------------------------------------------------------
     def _one_call(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_weights: torch.Tensor) -> _OneCall | None:
@@ -130,14 +130,14 @@ class OneCallLaunches:
         One token with `mma` runs without route_prep (`direct`: the GEMVs read the routing itself), so that
         call leaves no counts behind (plan-ahead, which reads them, never takes it)."""
         tokens, top_k = top_k_index.shape
-        splits = call.down_k_splits(self, tokens, tokens * top_k) if mma and self.split_k.splits_ever else 1
+        splits = call.down_k_splits(self, tokens, tokens * top_k) if mma and self.tuning.split_k.splits_ever else 1
         a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=False, down_k_splits=splits)
         direct = mma and a.tokens == 1
         extra = (splits,) if splits > 1 else ()
         kernels._cuda.gemv_layer(call.dtype, call.weights_dtype, a.hidden.data_ptr(), a.ids.data_ptr(), a.tokens,
                                  a.top_k, layer.num_experts, a.up.data_ptr(), a.down.data_ptr(), layer.hidden_size,
                                  layer.intermediate_size, a.weights.data_ptr(), call.round_products,
-                                 self.gemv_batch_tokens + 1 if mma else 0, direct, a.workspace.data_ptr(),
+                                 self.tuning.gemv_batch_tokens + 1 if mma else 0, direct, a.workspace.data_ptr(),
                                  a.out.data_ptr(), call.err_word.data_ptr(), a.stream, *extra)
         if direct:
             self.last_counts = None
@@ -156,7 +156,7 @@ class OneCallLaunches:
         layer's host time."""
         plan_args = plan.kernel_args
         tokens, top_k = top_k_index.shape
-        splits = call.down_k_splits(self, tokens, tokens * top_k) if hot_mma and self.split_k.splits_ever else 1
+        splits = call.down_k_splits(self, tokens, tokens * top_k) if hot_mma and self.tuning.split_k.splits_ever else 1
         a = self._one_call_args(layer, hidden, top_k_index, top_k_weights, call, planned=True, down_k_splits=splits)
         kernels._cuda.plan_layer(call.dtype, call.weights_dtype, a.hidden.data_ptr(), a.ids.data_ptr(), a.tokens,
                                  a.top_k, layer.num_experts, a.up.data_ptr(), a.down.data_ptr(), layer.hidden_size,

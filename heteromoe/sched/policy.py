@@ -17,6 +17,7 @@ from heteromoe.cost.gpu import gpu_time_s
 from heteromoe.cost.model import TABLE_MAX_COUNT, CostModel
 from heteromoe.sched.placement import Placement
 from heteromoe.sched.plan import Plan
+from heteromoe.sched.step_plan import StepPlan
 
 __all__ = ["PlacementContext", "Policy", "Split", "check_counts", "check_origin", "slot_origin"]
 
@@ -84,6 +85,8 @@ class PlacementContext:
         comm_s: [G] all-to-all time of `slot_counts`.
         gpu_fixed_s, pim_fixed_s: [G] GPU / PIM work besides the experts (decode attention where it runs).
         origin: [G, E] tokens of each expert by origin GPU, or None (uniform origins).
+        step: the plan of the decode step this layer call runs in (`Policy.step_plan` of a policy that plans
+            steps), or None: a call outside a planned step.
     """
 
     counts: np.ndarray
@@ -94,6 +97,7 @@ class PlacementContext:
     gpu_fixed_s: np.ndarray
     pim_fixed_s: np.ndarray
     origin: np.ndarray | None = None
+    step: StepPlan | None = None
 
     def comm_for(self, slot_counts: np.ndarray) -> np.ndarray:
         """[G] all-to-all seconds with `slot_counts [P]` tokens per slot (origins split pro rata)."""
@@ -228,16 +232,16 @@ class Policy(ABC):
         return rule if type(self)._place is owner._place else None
 
     def context(self, counts: np.ndarray, placement: Placement, cost: CostModel,
-                origin: np.ndarray | None = None) -> PlacementContext:
+                origin: np.ndarray | None = None, step: StepPlan | None = None) -> PlacementContext:
         G = placement.num_gpus
         gpu_fixed, pim_fixed = cost.fixed_arrays(G, self.attention_on_pim)
         slot_counts = placement.home_counts(counts)
         comm = cost.comm_s(slot_counts, placement.slot_gpu, G, slot_origin(origin, placement, counts, slot_counts))
         return PlacementContext(counts=counts, placement=placement, slot_counts=slot_counts, cost=cost, comm_s=comm,
-                                gpu_fixed_s=gpu_fixed, pim_fixed_s=pim_fixed, origin=origin)
+                                gpu_fixed_s=gpu_fixed, pim_fixed_s=pim_fixed, origin=origin, step=step)
 
     def plan(self, counts: np.ndarray, placement, num_gpus: int, cost: CostModel,
-             origin: np.ndarray | None = None) -> Plan:
+             origin: np.ndarray | None = None, step: StepPlan | None = None) -> Plan:
         """Make, evaluate and validate the plan of one layer call.
 
         Args:
@@ -246,6 +250,8 @@ class Policy(ABC):
             num_gpus: G.
             cost: the layer's cost model.
             origin: optional [G, E] tokens of each expert by origin GPU (default: uniform origins).
+            step: the plan of the decode step the call runs in, for a policy that plans steps (`plans_step`:
+                its layer rule may depend on the step's choices); None: a call outside a planned step.
         """
         counts = check_counts(counts, cost.model.num_experts)
         if not isinstance(placement, Placement):
@@ -254,7 +260,7 @@ class Policy(ABC):
             origin = check_origin(origin, counts, num_gpus)
         else:
             origin = None
-        ctx = self.context(counts, placement, cost, origin)
+        ctx = self.context(counts, placement, cost, origin, step)
         split = self._place(ctx)
         if not isinstance(split, Split):
             split = Split(gpu_tokens=np.asarray(split, dtype=np.int64))

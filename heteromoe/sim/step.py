@@ -417,7 +417,8 @@ class StepSimulator:
             counts = np.bincount(top_k_index[moe_layer][sub.rows[s]].ravel(), minlength=m.num_experts)
             lp = step_plan.layer(layer)
             split = self._attention_split(w, sub, s, lp, key, full)
-            plan = self.policy.plan(counts, self.placement, G, self._decision_cost(w, s, full, key, S, lp, split))
+            plan = self.policy.plan(counts, self.placement, G, self._decision_cost(w, s, full, key, S, lp, split),
+                                    step=step_plan if planned else None)
             slot_counts = plan.gpu_tokens + plan.pim_tokens
             # GPU and link times from the cost model; PIM from the truth where it is kept (any layout's)
             times = self.expert_cost.times(slot_counts, plan.gpu_tokens, plan.pim_tokens, plan.slot_gpu, G,

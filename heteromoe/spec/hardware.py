@@ -13,7 +13,27 @@ import numpy as np
 
 from heteromoe.spec._build import build_dataclass, require_in, require_positive
 
-__all__ = ["DramTimings", "GpuSpec", "LinkSpec", "PimSpec", "SystemSpec"]
+__all__ = ["DramTimings", "GpuSpec", "LinkSpec", "PimSpec", "SystemSpec", "refresh_stretch"]
+
+
+def refresh_stretch(busy, t_refi, lost, stall_only: bool = False):
+    """Expected time of `busy` worth of DRAM commands when the stack is lost for `lost` every `t_refi`
+    (any one unit for all three; scalars or arrays): `busy * t_refi / (t_refi - lost)`, the expectation over
+    refresh phases, since only `t_refi - lost` of every period does work. With `stall_only`, the refresh
+    part alone: `busy * lost / (t_refi - lost)`.
+
+    The one refresh formula of the PIM models; what one refresh loses depends on the model:
+    - the streaming flow's closed form (`BankPimTiming.refresh_factor` = `refresh_stretch(1, tREFI, tRFC)`):
+      tRFC, since its command walk stalls at a command-group boundary with every bank precharged;
+    - the tile flow's closed form (`cost.pim_tile.TileFlowCosts`, in cycles) and the host-attached plain
+      read (`cost.pim_bank.hbm_read_s`): tRFC + tRCD, since a refresh closes the open row and it is opened
+      again, as in PIMSimulator;
+    - where the simulator rescales a busy time itself (a separate PIM command path: `sim.layer_work`,
+      `sim.step`), the tRFC-only `BankPimTiming.refresh_factor` in either flow: its truth
+      (`sim.pim_truth.with_refresh`) stalls tRFC at each tREFI boundary an operation runs into (an
+      operation is far coarser than a row), and the planners' estimate is that truth's expectation.
+    """
+    return busy * (lost if stall_only else t_refi) / (t_refi - lost)
 
 
 @dataclass(frozen=True)
@@ -161,21 +181,34 @@ class PimSpec:
             raise ValueError(f"PimSpec.command_overhead_s must be >= 0, got {self.command_overhead_s}")
 
     @property
+    def activation_groups(self) -> int:
+        """Groups an all-bank activation issues in: the activation is power-limited to four banks per tFAW
+        window, so the streaming flow opens a row in every bank in ceil(banks / 4) groups, one tFAW apart.
+        In Samsung's tile flow one all-bank activation command opens the row of every even (or odd) bank
+        at once (PIMSimulator's controller issues and paces it as one ACT), so no tFAW groups apply there."""
+        return 1 if self.flow == "tile" else -(-self.banks_per_pseudo_channel // 4)
+
+    @property
+    def activation_issue_cycles(self) -> float:
+        """Cycles from an all-bank activation's first group to its last (`activation_groups` - 1 tFAW)."""
+        t = self.timings
+        if t is None:
+            raise ValueError("no DRAM timings: the bank-level model needs them")
+        return (self.activation_groups - 1) * t.t_faw_cycles
+
+    @property
     def row_step_cycles(self) -> float:
         """Cycles of one all-bank row step in steady state, before any power cap.
 
-        All banks open one row: the all-bank activation is power-limited to four banks per tFAW window,
-        then tRCD; every processing unit streams its banks' rows, `column_bytes` per tCCD_L; then tRP.
-        The row stays open at least tRAS and a bank's activations are at least tRC apart. In Samsung's
-        tile flow one all-bank activation command opens the row of every even (or odd) bank at once
-        (PIMSimulator's controller issues and paces it as one ACT), so no tFAW groups apply there.
+        All banks open one row in `activation_groups` groups under tFAW, then tRCD; every processing unit
+        streams its banks' rows, `column_bytes` per tCCD_L; then tRP. The row stays open at least tRAS and
+        a bank's activations are at least tRC apart.
         """
         t = self.timings
         if t is None:
             raise ValueError("no DRAM timings: the bank-level model needs them")
-        groups = 1 if self.flow == "tile" else -(-self.banks_per_pseudo_channel // 4)
-        issue = (groups - 1) * t.t_faw_cycles
-        return float(t.row_step_cycles(self.banks_per_pim_unit * (self.page_bytes / self.column_bytes), issue))
+        return float(t.row_step_cycles(self.banks_per_pim_unit * (self.page_bytes / self.column_bytes),
+                                       self.activation_issue_cycles))
 
     @property
     def derived_internal_bw_multiplier(self) -> float:

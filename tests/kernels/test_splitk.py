@@ -135,10 +135,11 @@ def test_fused_path_takes_the_rule_and_never_splits_off_cuda():
     from heteromoe.runtime.options import KernelTuning
 
     # the environment's override is read once (runtime.options.DEFAULT_TUNING); from_env reads a mapping
-    assert FusedLayerPath(tuning=KernelTuning.from_env({"HETEROMOE_SPLIT_K": "4"})).split_k == SplitKRule(fixed=4)
-    assert FusedLayerPath(tuning=KernelTuning.from_env({})).split_k == H100_SPLIT_K  # the default
-    assert FusedLayerPath(tuning=KernelTuning.from_env({"HETEROMOE_SPLIT_K": ""})).split_k == H100_SPLIT_K
-    assert FusedLayerPath(tuning=KernelTuning.from_env({"HETEROMOE_SPLIT_K": "off"})).split_k == SplitKRule()
+    env_path = FusedLayerPath(tuning=KernelTuning.from_env({"HETEROMOE_SPLIT_K": "4"}))
+    assert env_path.tuning.split_k == SplitKRule(fixed=4)
+    assert FusedLayerPath(tuning=KernelTuning.from_env({})).tuning.split_k == H100_SPLIT_K  # the default
+    assert FusedLayerPath(tuning=KernelTuning.from_env({"HETEROMOE_SPLIT_K": ""})).tuning.split_k == H100_SPLIT_K
+    assert FusedLayerPath(tuning=KernelTuning.from_env({"HETEROMOE_SPLIT_K": "off"})).tuning.split_k == SplitKRule()
     layer = ExpertLayer.from_module("layer0", tiny_model("qwen3_moe").model.layers[0].mlp.experts)
     path = FusedLayerPath(split_k=SplitKRule(fixed=4, min_k_per_split=256))
     assert path.down_k_splits(layer, 8, 16, torch.device("cpu"), "gemv") == 1

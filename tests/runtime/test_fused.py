@@ -97,6 +97,36 @@ def test_gemv_threshold_must_be_positive():
         FusedLayerPath(gemv_max_tokens=0)
 
 
+class _RenamedSiLU(torch.nn.SiLU):
+    """torch's SiLU under another class name."""
+
+
+class _GeluCalledSiLU(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(x)
+
+
+_GeluCalledSiLU.__name__ = "SiLU"  # named like an activation the fused gate computes; computes GELU
+
+
+@pytest.mark.parametrize("act, fused", [(_RenamedSiLU(), True), (_GeluCalledSiLU(), False)], ids=["silu", "gelu"])
+def test_the_fused_gate_knows_silu_by_class_not_by_name(act, fused):
+    from heteromoe.runtime.fused import _gate_is_silu_chunk
+
+    experts = tiny_model("qwen3_moe").model.layers[0].mlp.experts
+    experts.act_fn = act
+    layer = ExpertLayer.from_module("layer0", experts)
+    assert type(act).__name__ in ("_RenamedSiLU", "SiLU") and _gate_is_silu_chunk(layer) is fused
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(5, layer.hidden_size, generator=gen)
+    ids = torch.stack([torch.randperm(layer.num_experts, generator=gen)[:2] for _ in range(5)])
+    weights = torch.rand(5, 2, generator=gen)
+    with torch.no_grad():
+        ref = experts(hidden, ids, weights)
+        out = FusedLayerPath().run(layer, hidden, ids, weights)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)  # GELU stays GELU: the module's own act_fn ran
+
+
 # -- GPU -------------------------------------------------------------------------------------------------
 needs_cuda_kernels = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.HAS_CUDA_KERNELS),
                                         reason="needs a CUDA GPU and heteromoe._cuda (run `pytest -m gpu` on one)")

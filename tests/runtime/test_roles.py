@@ -317,7 +317,7 @@ def test_fused_options_group_wraps_fused_keywords():
     flat = heteromoe.wrap(model, policy="heteromoe", fused=True, plan_on_device=True, gemv_max_tokens=3)
     flat.unwrap()
     for runtime in (grouped, flat):
-        assert runtime.executor.roles.plans.name == "device" and runtime.executor.fused.gemv_max_tokens == 3
+        assert runtime.executor.roles.plans.name == "device" and runtime.executor.fused.tuning.gemv_max_tokens == 3
     with pytest.raises(ValueError, match=r"pass \['plan_ahead'\] inside FusedOptions"):
         heteromoe.wrap(model, fused=FusedOptions(), plan_ahead=True)
     with pytest.raises(ValueError, match="FusedOptions.enabled must be None, True or False, got 'yes'"):
@@ -332,7 +332,7 @@ def test_kernel_tuning_is_one_checked_object_with_todays_defaults():
     assert (tuning.gemv_max_tokens, tuning.gemv_batch_tokens, tuning.mma_max_tokens, tuning.mma_min_warps_per_sm,
             tuning.streams, tuning.split_k) == (2, 4, 256, 8, True, H100_SPLIT_K)
     path = FusedLayerPath(tuning=KernelTuning(mma_max_tokens=0), gemv_max_tokens=5)
-    assert (path.mma_max_tokens, path.gemv_max_tokens, path.gemv_batch_tokens) == (0, 5, 4)
+    assert (path.tuning.mma_max_tokens, path.tuning.gemv_max_tokens, path.tuning.gemv_batch_tokens) == (0, 5, 4)
     with pytest.raises(ValueError, match="gemv_batch_tokens must be >= 0, got -1"):
         KernelTuning(gemv_batch_tokens=-1)
     with pytest.raises(ValueError, match="split-K setting 'x'"):

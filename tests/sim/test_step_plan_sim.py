@@ -83,7 +83,7 @@ def test_the_policy_learns_what_its_step_estimate_missed():
     assert key[0] == result.sub_batches and key in policy.step_ratio
     assert policy.step_ratio[key] > 0
     # two sub-batches: the routed experts follow Sieve's first stop on Sieve's proxy
-    assert policy.expert_rule == ("sieve" if result.sub_batches == 2 else "heteromoe")
+    assert policy.expert_rule(result.step_plan) == ("sieve" if result.sub_batches == 2 else "heteromoe")
 
 
 def test_colocated_prefill_is_no_slower_than_sieve():

@@ -56,8 +56,13 @@ class HeteromoePolicy(Policy):
         self.sub_batch_choice = sub_batch_choice
         self.dense_on_pim = dense_on_pim
         self.attention_split = attention_split
-        self.expert_rule = "heteromoe"  # "sieve" while the step runs two sub-batches
         self.step_ratio: dict[tuple[int, int], float] = {}  # (sub-batches, size) -> measured / estimated
+
+    @staticmethod
+    def expert_rule(step: StepPlan | None) -> str:
+        """The fast-path rule of a layer call's routed experts in `step` (its step plan; None: outside a
+        planned step): Sieve's first stop when the step runs two sub-batches, else the best split."""
+        return "sieve" if step is not None and step.sub_batches > 1 else "heteromoe"
 
     def _ratio(self, key: tuple[int, int]) -> float:
         """Measured / estimated step time for `key`; unobserved: that of the other number of sub-batches at
@@ -77,7 +82,7 @@ class HeteromoePolicy(Policy):
         self.step_ratio[key] = ratio if old is None else (1 - self.alpha) * old + self.alpha * ratio
 
     def step_plan(self, candidates: dict, dense_layers: int, placement, num_gpus: int, cost) -> StepPlan:
-        """The step's plan.
+        """The step's plan; its layer calls are then planned with it (`plan(..., step=)`).
 
         Args:
             candidates: {sub-batches: (per layer `DenseCosts`, [S, E] first MoE layer's counts per sub-batch,
@@ -91,9 +96,9 @@ class HeteromoePolicy(Policy):
                 continue
             shape = decode.shape
             e_gpu, e_pim, e_comm = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-            self.expert_rule = "sieve" if subs > 1 else "heteromoe"
+            candidate = StepPlan(sub_batches=subs)  # what the experts' rule reads of the step
             for s in range(subs):
-                p = self.plan(counts[s], placement, num_gpus, cost)
+                p = self.plan(counts[s], placement, num_gpus, cost, step=candidate)
                 e_gpu[s], e_pim[s], e_comm[s] = p.per_gpu_t_gpu_s, p.per_gpu_t_pim_s, p.per_gpu_t_comm_s
             zero = np.zeros(shape)
             chosen, total = {}, 0.0
@@ -112,17 +117,17 @@ class HeteromoePolicy(Policy):
             if best is None or scaled < best[0]:
                 best = (scaled, subs, tuple(placements), total, key)
         _, subs, placements, total, key = best
-        self.expert_rule = "sieve" if subs > 1 else "heteromoe"
         return StepPlan(sub_batches=subs, layers=placements, info={"estimate_s": total, "key": key})
 
     def _place(self, ctx: PlacementContext) -> Split:
-        gpu_tokens, t_gpu, t_pim = ctx.fast_path(self.expert_rule)
+        rule = self.expert_rule(ctx.step)
+        gpu_tokens, t_gpu, t_pim = ctx.fast_path(rule)
         best = Split(gpu_tokens, t_gpu_s=t_gpu, t_pim_s=t_pim)
         if not ctx.placement.has_replicas:
             return best
         routed = route_to_replicas(ctx.counts, ctx.placement)
         comm = ctx.comm_for(routed)
-        r_tokens, r_gpu, r_pim = ctx.fast_path(self.expert_rule, routed, comm)
+        r_tokens, r_gpu, r_pim = ctx.fast_path(rule, routed, comm)
         if _makespan(comm, r_gpu, r_pim) < _makespan(ctx.comm_s, t_gpu, t_pim):
             return Split(r_tokens, slot_counts=routed, t_comm_s=comm, t_gpu_s=r_gpu, t_pim_s=r_pim)
         return best
