@@ -10,10 +10,10 @@ each planner's estimate error, the memory check, and the ablation table (each mo
 with 2 replica slots per GPU, placed by the slow loop from 32 warm-up steps (multi-GPU setups only).
 Colocated prefill (paper §7.3, Qwen3): 2 prefill requests per batch for B <= 32 and 8 for B >= 64; the
 paper gives no prompt length ("queries often exceed 1024 tokens"): 1024 tokens each in the setup files, and
-`paper-colocated-prefill.json`: Sieve / NoExp (and AllExp, PIMoE) over the prompt tokens each prefill request
-brings into a step (0-1024), and under a decode-first chunked-prefill token budget (vLLM's
-`max_num_batched_tokens`: 512, its chunked-prefill default, and 2048), against the paper's 2.4 (B = 16) and
-2.3 (B = 32). `--prefill-sweep-only` writes that file alone.
+`paper-colocated-prefill.json`: Sieve / NoExp (and AllExp, PIMoE in stack and in channel groups) over the
+prompt tokens each prefill request brings into a step (0-1024), and under a decode-first chunked-prefill
+token budget (vLLM's `max_num_batched_tokens`: 512, its chunked-prefill default, and 2048), against the
+paper's 2.4 (B = 16) and 2.3 (B = 32). `--prefill-sweep-only` writes that file alone.
 """
 from __future__ import annotations
 
@@ -64,13 +64,18 @@ def paper_prefill(batch: int) -> tuple[int, int]:
 
 
 def colocated_point(system: str, context: int, steps: int, prefill) -> dict:
-    """Step times of COLOCATED_POLICIES at COLOCATED_BATCHES with `prefill` (a function of the batch)."""
+    """Step times of COLOCATED_POLICIES at COLOCATED_BATCHES with `prefill` (a function of the batch), and
+    of PIMoE with pseudo-channel groups (`pimoe-channel-groups`, the other reading of its layout)."""
     records = sweep("qwen3-30b-a3b", system, 1, COLOCATED_POLICIES, COLOCATED_BATCHES, context=context,
                     steps=steps, prefill=prefill)
+    for r in sweep("qwen3-30b-a3b", system, 1, ["pimoe"], COLOCATED_BATCHES, context=context, steps=steps,
+                   prefill=prefill, options=StepOptions().without("pimoe_stack_groups")):
+        r["policy"] = "pimoe-channel-groups"
+        records.append(r)
     return {"prefill": {b: list(prefill(b)) for b in COLOCATED_BATCHES},
             "sieve_over_no_exp": by_batch(records, "no-exp", "sieve"),
             "step_time_s": {p: {r["batch"]: r["step_time_s"] for r in records if r["policy"] == p}
-                            for p in COLOCATED_POLICIES}}
+                            for p in [*COLOCATED_POLICIES, "pimoe-channel-groups"]}}
 
 
 def prefill_sweep(system: str, context: int, steps: int) -> dict:
