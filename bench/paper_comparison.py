@@ -9,7 +9,11 @@ each planner's estimate error, the memory check, and the ablation table (each mo
 (`routing.synth`), 2048 tokens of context per request, 3 decode steps per point. `heteromoe+replicas` plans
 with 2 replica slots per GPU, placed by the slow loop from 32 warm-up steps (multi-GPU setups only).
 Colocated prefill (paper §7.3, Qwen3): 2 prefill requests per batch for B <= 32 and 8 for B >= 64; the
-paper gives no prompt length ("queries often exceed 1024 tokens"): 1024 tokens each.
+paper gives no prompt length ("queries often exceed 1024 tokens"): 1024 tokens each in the setup files, and
+`paper-colocated-prefill.json`: Sieve / NoExp (and AllExp, PIMoE in stack and in channel groups) over the
+prompt tokens each prefill request brings into a step (0-1024), and under a decode-first chunked-prefill
+token budget (vLLM's `max_num_batched_tokens`: 512, its chunked-prefill default, and 2048), against the
+paper's 2.4 (B = 16) and 2.3 (B = 32). `--prefill-sweep-only` writes that file alone.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import numpy as np
 import heteromoe
 from heteromoe.sched.placement import contiguous_placement
 from heteromoe.sched.replicas import place_replicas
-from heteromoe.sim import ABLATIONS, StepOptions, StepSimulator, pareto_frontier, sweep
+from heteromoe.sim import ABLATIONS, StepOptions, StepSimulator, chunked_prefill, pareto_frontier, sieve_prefill, sweep
 from heteromoe.sim.plots import plot_gantt, plot_load_histogram, plot_pareto
 from heteromoe.sim.workload import SyntheticWorkload
 
@@ -48,8 +52,56 @@ PAPER_SMALL_BATCH = "PIMoE and AllExp comparable to Sieve at B <= 16 (§7.2)"
 PAPER_COLOCATED = {16: 2.4, 32: 2.3}  # Sieve / NoExp speed-up with colocated prefill, Qwen3 (§7.3)
 
 
+# colocated prefill sweep: prompt tokens each prefill request brings into a step, and chunked-prefill budgets
+PROMPT_SWEEP = [0, 8, 16, 32, 48, 64, 128, 256, 512, 1024]
+COLOCATED_BATCHES = [16, 32, 64, 128, 256]
+COLOCATED_POLICIES = ["no-exp", "all-exp", "pimoe", "sieve"]
+BUDGETS = {512: "vLLM's chunked-prefill default max_num_batched_tokens", 2048: "vLLM docs' smaller budget"}
+
+
 def paper_prefill(batch: int) -> tuple[int, int]:
-    return (2 if batch <= 32 else 8, PROMPT_TOKENS)
+    return sieve_prefill(batch, PROMPT_TOKENS)
+
+
+def colocated_point(system: str, context: int, steps: int, prefill) -> dict:
+    """Step times of COLOCATED_POLICIES at COLOCATED_BATCHES with `prefill` (a function of the batch), and
+    of PIMoE with pseudo-channel groups (`pimoe-channel-groups`, the other reading of its layout)."""
+    records = sweep("qwen3-30b-a3b", system, 1, COLOCATED_POLICIES, COLOCATED_BATCHES, context=context,
+                    steps=steps, prefill=prefill)
+    for r in sweep("qwen3-30b-a3b", system, 1, ["pimoe"], COLOCATED_BATCHES, context=context, steps=steps,
+                   prefill=prefill, options=StepOptions().without("pimoe_stack_groups")):
+        r["policy"] = "pimoe-channel-groups"
+        records.append(r)
+    return {"prefill": {b: list(prefill(b)) for b in COLOCATED_BATCHES},
+            "sieve_over_no_exp": by_batch(records, "no-exp", "sieve"),
+            "step_time_s": {p: {r["batch"]: r["step_time_s"] for r in records if r["policy"] == p}
+                            for p in [*COLOCATED_POLICIES, "pimoe-channel-groups"]}}
+
+
+def prefill_sweep(system: str, context: int, steps: int) -> dict:
+    """Sieve / NoExp with colocated prefill (Qwen3, 1 GPU) over the prompt tokens per prefill request in a
+    step, and under decode-first token budgets; which prompt lengths land within TOLERANCE of the paper."""
+    by_prompt = {p: colocated_point(system, context, steps, lambda b, p=p: sieve_prefill(b, p)) for p in PROMPT_SWEEP}
+    budgets = {n: {"label": label, **colocated_point(system, context, steps, lambda b, n=n: chunked_prefill(b, n))}
+               for n, label in BUDGETS.items()}
+    within = {b: [p for p in PROMPT_SWEEP
+                  if abs(by_prompt[p]["sieve_over_no_exp"][b] / want - 1) <= TOLERANCE]
+              for b, want in PAPER_COLOCATED.items()}
+    return {"paper": PAPER_COLOCATED, "tolerance": TOLERANCE, "model": "qwen3-30b-a3b", "gpus": 1,
+            "system": system, "context": context, "steps": steps,
+            "prefill_requests": {b: sieve_prefill(b, 1)[0] for b in COLOCATED_BATCHES},
+            "prompt_tokens": by_prompt, "budgets": budgets, "prompt_tokens_within_15pct": within,
+            "largest_prompt_within_15pct": {b: max(v, default=None) for b, v in within.items()}}
+
+
+def print_prefill_sweep(res: dict) -> None:
+    print("colocated prefill, Sieve / NoExp by prompt tokens per prefill request (paper: B=16 2.4, B=32 2.3)")
+    for p, point in res["prompt_tokens"].items():
+        print(f"  {p:>5} tokens: " + "  ".join(f"B={b}: {r:.2f}" for b, r in point["sieve_over_no_exp"].items()))
+    for n, point in res["budgets"].items():
+        print(f"  budget {n}: " + "  ".join(f"B={b}: {r:.2f} ({point['prefill'][b][1]})"
+                                           for b, r in point["sieve_over_no_exp"].items()))
+    print(f"  within 15 %: {res['prompt_tokens_within_15pct']}")
 
 
 def by_batch(records, num, den) -> dict[int, float]:
@@ -88,7 +140,7 @@ def key_figures(options: StepOptions, system: str, context: int, steps: int) -> 
         ratio = by_batch(records, "pimoe", "sieve")
         mine = versus_paper(model, ratio)
         out[model] = {"ours": mine["ours"], "within_15pct": mine["within_15pct"],
-                      "small_batch_max": max(ratio[b] for b in (1, 4, 16))}
+                      "small_batch_max": max(ratio[b] for b in (1, 4, 16)), "per_batch": ratio}
     return out
 
 
@@ -103,12 +155,28 @@ def main(argv=None) -> int:
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--no-ablation", action="store_true", help="skip the ablation table")
+    parser.add_argument("--prefill-sweep-only", action="store_true",
+                        help="write paper-colocated-prefill.json alone")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+    command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    colocated = prefill_sweep(args.system, args.context, args.steps)
+    (out / "paper-colocated-prefill.json").write_text(json.dumps({"command": command,
+                                                                 "machine": platform.platform(), **colocated},
+                                                                indent=1))
+    print_prefill_sweep(colocated)
+    if args.prefill_sweep_only:
+        return 0
+    summary = {"command": command,
                "machine": platform.platform(), "system": args.system, "context": args.context,
-               "options": StepOptions().__dict__, "tolerance": TOLERANCE, "setups": []}
+               "options": StepOptions().__dict__, "tolerance": TOLERANCE, "setups": [],
+               "colocated_prefill_sweep": {
+                   "file": "paper-colocated-prefill.json",
+                   "largest_prompt_within_15pct": colocated["largest_prompt_within_15pct"],
+                   "sieve_over_no_exp_by_prompt": {p: v["sieve_over_no_exp"]
+                                                   for p, v in colocated["prompt_tokens"].items()},
+                   "sieve_over_no_exp_by_budget": {n: v["sieve_over_no_exp"] for n, v in colocated["budgets"].items()}}}
     for model, gpus in SETUPS:
         start = time.time()
         spec = heteromoe.models.get(model)

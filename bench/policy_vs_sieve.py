@@ -22,6 +22,7 @@ import numpy as np
 
 from heteromoe.routing.traces import load_trace
 from heteromoe.sched.policies.heteromoe_policy import HeteromoePolicy
+from heteromoe.sim.prefill import sieve_prefill
 from heteromoe.sim.sweep import sweep
 from heteromoe.spec.presets import models
 
@@ -34,11 +35,6 @@ ABLATION = {"sub_batch_choice": dict(sub_batch_choice=False), "dense_on_pim": di
             "all three": dict(sub_batch_choice=False, dense_on_pim=False, attention_split=False)}
 TRACES = ["/work/shared/traces/DynaNDE-Simulator", "/work/shared/traces/cerebras-assesment2/moe_routes.jsonl",
           "/work/shared/traces/vllm_moe_routelogging_patch"]
-
-
-def paper_prefill(batch: int) -> tuple[int, int]:
-    """Sieve §7.3: at most two prefill requests for B <= 32, up to eight for B >= 64 (1024 prompt tokens)."""
-    return (0, 0) if batch < 4 else ((2, 1024) if batch <= 32 else (8, 1024))
 
 
 def times(model, system, gpus, policy, batches, **kw) -> dict[int, float]:
@@ -85,7 +81,7 @@ def main() -> None:
         print(lines[-1], flush=True)
     pre = ["| model x GPUs | " + " | ".join(f"B={b}" for b in BATCHES[1:]) + " |", "|---|" + "---|" * (len(BATCHES) - 1)]
     for system, model, gpus in SETUPS[:3]:
-        res = ratios(model, system, gpus, BATCHES[1:], prefill=paper_prefill)
+        res = ratios(model, system, gpus, BATCHES[1:], prefill=sieve_prefill)
         out["prefill"].append({"system": system, "model": model, "gpus": gpus, **res})
         pre.append(f"| {model} x{gpus} | " + " | ".join(f"{res['ratio'][b]:.2f}" for b in BATCHES[1:]) + " |")
         print(pre[-1], flush=True)

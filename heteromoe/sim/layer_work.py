@@ -23,6 +23,7 @@ import numpy as np
 from heteromoe.cost.pim_bank import BankPimTiming
 from heteromoe.sim.dense import local_requests
 from heteromoe.sim.pim_truth import busy_s
+from heteromoe.sim.shapes import attention_shape, linear_attention_shape
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
 
@@ -109,9 +110,8 @@ def pim_attention_s(timing: BankPimTiming, model: MoEModelSpec, requests: np.nda
     same rows; bank-level PIM computes one column's dot product per column command against one vector, so
     each vector is its own sweep of the rows (no row reuse, the bank model's `tokens`). Context: the mean
     of the group's requests, rounded up."""
-    hd = model.head_dim or 128
-    kv_heads = model.num_kv_heads or max((model.num_attention_heads or 1) // 8, 1)
-    g = max((model.num_attention_heads or kv_heads) // kv_heads, 1)
+    shape = attention_shape(model)
+    hd, kv_heads, g = shape.head_dim, shape.kv_heads, shape.group
     busy, total = np.zeros(requests.shape), np.zeros(requests.shape)
     for i, (r, c) in enumerate(zip(requests.tolist(), context.tolist())):
         if r == 0 or c <= 0:
@@ -165,33 +165,27 @@ def sub_batch_work(model: MoEModelSpec, system: SystemSpec, timing: BankPimTimin
     ptok, preq = sub.prefill_tokens[s].astype(np.float64), sub.prefill_requests[s].astype(np.float64)
     zeros = np.zeros_like(tokens)
     linear = linear_attention and model.has_linear_attention and not full_attention
-    hd = model.head_dim or 128
-    q_width = (model.num_attention_heads or max(d // hd, 1)) * hd
-    kv_width = (model.num_kv_heads or max(q_width // (8 * hd), 1)) * hd
+    attn_shape = attention_shape(model)
+    q_width, kv_width = attn_shape.q_width, attn_shape.kv_width
     core = zeros.copy()
     attn_busy, attn_closed = zeros.copy(), zeros.copy()
     attn_gpu = zeros.copy()
     proj_shapes: list[tuple[int, int]] = []
     out_shapes: list[tuple[int, int]] = []
     if linear:
-        kd = model.linear_num_key_heads * model.linear_key_head_dim
-        vd = model.linear_num_value_heads * model.linear_value_head_dim
-        proj = d * (2 * kd + vd) + d * vd + 2 * d * model.linear_num_value_heads
-        out = vd * d
-        proj_shapes = [(d, 2 * kd + 2 * vd + 2 * model.linear_num_value_heads)]
-        out_shapes = [(vd, d)]
-        state = (model.linear_num_value_heads * model.linear_key_head_dim * model.linear_value_head_dim
-                 + (2 * kd + vd) * max(model.linear_conv_kernel_dim - 1, 0)) * ba
+        lin = linear_attention_shape(model)
+        proj_shapes, out_shapes = [lin.in_shape], [lin.out_shape]
+        proj, out = lin.in_shape[0] * lin.in_shape[1], lin.out_shape[0] * lin.out_shape[1]
+        state = lin.state_elements() * ba
         # decode: read and write each request's state; prefill: the chunked delta rule, ~6 FLOP per state
         # element per token (state update, output, intra-chunk terms)
-        flops = 6.0 * ptok * model.linear_num_value_heads * model.linear_key_head_dim * model.linear_value_head_dim
+        flops = 6.0 * ptok * lin.value_heads * lin.key_head_dim * lin.value_head_dim
         core = np.where(dec + preq > 0, np.maximum(2 * (dec + preq) * state * bw_s, flops * fl_s) + launch, 0.0)
     else:
-        gate = model.attn_output_gate and linear_attention  # the hybrid models' own shapes (item of the switch)
-        proj = d * (q_width * (2 if gate else 1) + 2 * kv_width)
-        out = q_width * d
-        proj_shapes = [(d, q_width * (2 if gate else 1) + 2 * kv_width)]
-        out_shapes = [(q_width, d)]
+        # the output gate is part of the hybrid models' own shapes (the linear_attention switch)
+        proj_shapes = [attn_shape.qkv_shape(attn_shape.output_gate and linear_attention)]
+        out_shapes = [attn_shape.out_shape]
+        proj, out = proj_shapes[0][0] * proj_shapes[0][1], q_width * d
         if not full_attention:
             pass  # a sliding / linear layer without given shapes: projections only, as the serialized model
         else:

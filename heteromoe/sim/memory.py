@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from heteromoe.sim.dense import context_per_gpu, local_requests
+from heteromoe.sim.shapes import attention_shape, linear_attention_shape
 from heteromoe.spec.hardware import SystemSpec
 from heteromoe.spec.model import MoEModelSpec
 
@@ -48,25 +49,21 @@ class MemoryCheck:
 def memory_check(model: MoEModelSpec, system: SystemSpec, gpus: int, batch: int, context) -> MemoryCheck:
     """Bytes on the fullest GPU for `batch` requests of `context` KV tokens (one length, or [batch])."""
     d, bw, ba = model.hidden_size, model.bytes_per_weight, model.bytes_per_activation
-    hd = model.head_dim or 128
-    q_width = (model.num_attention_heads or max(d // hd, 1)) * hd
-    kv_width = (model.num_kv_heads or max(q_width // (8 * hd), 1)) * hd
+    a, lin = attention_shape(model), linear_attention_shape(model)
+    kv_width = a.kv_width
     interval = max(model.full_attention_interval, 1)
     full_layers = model.num_layers // interval
     linear_layers = model.num_layers - full_layers if model.has_linear_attention else 0
     full_layers = model.num_layers - linear_layers
-    attn = d * (q_width * (2 if model.attn_output_gate else 1) + 2 * kv_width) + q_width * d
-    kd = model.linear_num_key_heads * model.linear_key_head_dim
-    vd = model.linear_num_value_heads * model.linear_value_head_dim
-    lin = d * (2 * kd + vd) + d * vd + 2 * d * model.linear_num_value_heads + vd * d
+    attn = a.qkv_shape()[0] * a.qkv_shape()[1] + a.out_shape[0] * a.out_shape[1]
+    lin_params = lin.in_shape[0] * lin.in_shape[1] + lin.out_shape[0] * lin.out_shape[1]
     shared = 3 * d * model.moe_intermediate_size * model.num_shared_experts
-    dense = (full_layers * attn + linear_layers * lin
+    dense = (full_layers * attn + linear_layers * lin_params
              + model.num_moe_layers * (d * model.num_experts + shared) + 2 * model.vocab_size * d) * bw
     experts = model.num_moe_layers * -(-model.num_experts // gpus) * model.expert_weight_bytes
     requests = int(local_requests(batch, gpus).max())
     tokens = float(context_per_gpu(context, batch, gpus).max()) if np.ndim(context) else requests * float(context)
-    state = (model.linear_num_value_heads * model.linear_key_head_dim * model.linear_value_head_dim
-             + (2 * kd + vd) * max(model.linear_conv_kernel_dim - 1, 0)) * ba
+    state = lin.state_elements() * ba
     kv = full_layers * tokens * 2 * kv_width * ba + requests * linear_layers * state
     cap = system.pim.capacity_per_stack_bytes * system.pim.stacks_per_gpu
     return MemoryCheck(expert_weights=experts, dense_weights=dense, kv_and_state=kv, capacity=cap)

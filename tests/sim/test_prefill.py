@@ -8,7 +8,8 @@ import pytest
 
 import heteromoe
 from heteromoe.cli import main
-from heteromoe.sim import StepSimulator, SyntheticWorkload, sweep
+from heteromoe.sim import (StepSimulator, SyntheticWorkload, chunked_prefill, sieve_prefill, sieve_prefill_requests,
+                           sweep)
 
 
 def test_prefill_tokens_join_the_step():
@@ -39,3 +40,18 @@ def test_simulate_prefill_option(tmp_path, capsys):
     assert json.loads(out.read_text())["records"][0]["prefill"] == [1, 64]
     assert main(["simulate", "--model", "qwen3-30b-a3b", "--system", "b200-hbm3e-pim", "--prefill", "2y"]) != 0
     assert "--prefill must be REQUESTSxTOKENS, e.g. 2x1024, got '2y'" in capsys.readouterr().err
+
+
+def test_sieve_schedule_two_then_eight_prefill_requests():
+    assert [sieve_prefill_requests(b) for b in (1, 3, 4, 16, 32, 33, 64, 256)] == [0, 0, 2, 2, 2, 8, 8, 8]
+    assert sieve_prefill(16) == (2, 1024) and sieve_prefill(64, 48) == (8, 48)
+    assert sieve_prefill(16, 0) == (0, 0) and sieve_prefill(2) == (0, 0)
+
+
+def test_chunked_prefill_shares_what_the_decodes_leave_of_the_budget():
+    assert chunked_prefill(16, 512) == (2, (512 - 14) // 2)
+    assert chunked_prefill(256, 512) == (8, (512 - 248) // 8)
+    assert chunked_prefill(256, 200) == (0, 0)  # decodes fill the budget
+    assert chunked_prefill(16, 512, requests=1) == (1, 497)
+    with pytest.raises(ValueError, match="budget must be >= 1"):
+        chunked_prefill(16, 0)
