@@ -13,7 +13,8 @@
 //     dropped (most before the weights went two chunks deep, when 8-tile passes were the best at 350 / 372 /
 //     444 us): 2 x 2 warps (386 / 401 / 446 us), 2 warps per block (446 / 475 / 604 us), 8 warps (354 / 376 /
 //     445 us); after it, 6- and 8-tile passes spill at 128 registers (8 tiles: 380 / 403 / 472 us), and a
-//     createpolicy per weight load instead of one per thread cost 5-8 %.
+//     createpolicy per weight load instead of one per thread cost 5-8 %. The wide pass (MmaPass, per call, off
+//     by default): 6 or 8 tiles with the weights one chunk deep, which fits 128 registers without spills.
 // expert_mma (bounds up to 16, or every bound with HETEROMOE_MMA_SMEM=0):
 //   tokens per pass: the bound rounded up to a tile of 8, at most HETEROMOE_MMA_TILES tiles (1, 2 or 4;
 //     default 4: 8 tiles take so many registers that too few warps stay resident, 601 us at 256;
