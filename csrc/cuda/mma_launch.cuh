@@ -14,7 +14,7 @@
 //     444 us): 2 x 2 warps (386 / 401 / 446 us), 2 warps per block (446 / 475 / 604 us), 8 warps (354 / 376 /
 //     445 us); after it, 6- and 8-tile passes spill at 128 registers (8 tiles: 380 / 403 / 472 us), and a
 //     createpolicy per weight load instead of one per thread cost 5-8 %. The wide pass (MmaPass, per call, off
-//     by default): 6 or 8 tiles with the weights one chunk deep, which fits 128 registers without spills.
+//     by default): 6, 8 or 16 tiles with the weights one chunk deep, which fits 128 registers without spills.
 // expert_mma (bounds up to 16, or every bound with HETEROMOE_MMA_SMEM=0):
 //   tokens per pass: the bound rounded up to a tile of 8, at most HETEROMOE_MMA_TILES tiles (1, 2 or 4;
 //     default 4: 8 tiles take so many registers that too few warps stay resident, 601 us at 256;
@@ -52,15 +52,15 @@ static bool mma_smem(int max_tokens) {
   return from && max_tokens >= from;
 }
 
-// A call's choice of expert_mma_smem's pass (the caller's, never a default): `tiles` 6 or 8 (48 / 64 tokens per
-// pass, expert_mma_smem_wide_kernel: the weights one K chunk deep) for launches whose max_tokens exceeds the
-// default pass of 32 tokens; 0 (or 4): the default kernels.
+// A call's choice of expert_mma_smem's pass (the caller's, never a default): `tiles` 6, 8 or 16 (48 / 64 / 128
+// tokens per pass, expert_mma_smem_wide_kernel: the weights one K chunk deep) for launches whose max_tokens
+// exceeds the default pass of 32 tokens; 0 (or 4): the default kernels.
 struct MmaPass {
   int tiles = 0;
 
   static MmaPass make(int tiles) {
-    if (tiles != 0 && tiles != kMmaSmemTiles && tiles != 6 && tiles != 8)
-      throw std::invalid_argument("pass_tiles must be 0 (the default), 4, 6 or 8, got " + std::to_string(tiles));
+    if (tiles != 0 && tiles != kMmaSmemTiles && tiles != 6 && tiles != 8 && tiles != 16)
+      throw std::invalid_argument("pass_tiles must be 0 (the default), 4, 6, 8 or 16, got " + std::to_string(tiles));
     return MmaPass{tiles == kMmaSmemTiles ? 0 : tiles};
   }
   // whether the wide kernel runs a launch (expert_mma_smem chosen, more tokens than one default pass)
@@ -155,7 +155,8 @@ static void launch_mma_smem_wide_kernel(bool silu, const MmaLaunch& m) {
 }
 template <typename T>
 static void launch_mma_smem_wide_dtype(const MmaPass& wide_pass, bool silu, const MmaLaunch& m) {
-  if (wide_pass.tiles == 8) launch_mma_smem_wide_kernel<T, 8>(silu, m);
+  if (wide_pass.tiles == 16) launch_mma_smem_wide_kernel<T, 16>(silu, m);
+  else if (wide_pass.tiles == 8) launch_mma_smem_wide_kernel<T, 8>(silu, m);
   else launch_mma_smem_wide_kernel<T, 6>(silu, m);
 }
 

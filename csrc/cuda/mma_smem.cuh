@@ -156,30 +156,35 @@ expert_mma_smem_split_kernel(const T* x, const int* in_pairs, int top_k, const T
       lists_ready, nullptr, k_split, rows_out, partial);
 }
 
-// The wide passes: kTiles = 6 or 8 (48 / 64 tokens), so that an expert of up to that many tokens is read once per
-// pass of 48 / 64. The weights stay one chunk deep (kDepth 1): the accumulators grow by 8 or 16 registers and the
-// weights shrink by 32, so the kernel keeps the default kernels' bound (16 warps per SM, at most 128 registers)
-// without spills. Two chunks deep they spill at that bound and even at 255 registers (2 blocks per SM: ptxas
-// -v, sm_90, 16-40 bytes), so that variant is not built. Chosen per call (MmaPass in mma_launch.cuh), never by
-// default.
+// The wide passes: kTiles = 6, 8 or 16 (48 / 64 / 128 tokens), so that an expert of up to that many tokens is
+// read once per pass. The weights stay one chunk deep (kDepth 1): the accumulators grow by 8 / 16 / 48 registers
+// and the weights shrink by 32 (16 tiles: K chunks of 2 steps, 64 elements, so the weights shrink by 48 and two
+// stages of 128 token rows fit the 48 KB of static shared memory), so the kernels keep the default kernels' bound
+// (16 warps per SM, at most 128 registers) without spills; the 16-tile split-K kernel spills there (8 bytes) and
+// runs at 8 warps per SM (255 registers, none spilled). Two chunks deep the kernels spill at 128 registers and
+// even at 255 (ptxas -v, sm_90: 16-40 bytes at 6 and 8 tiles), so that variant is not built. Chosen per call
+// (MmaPass in mma_launch.cuh), never by default.
+__host__ __device__ constexpr int mma_smem_wide_steps(int tiles) { return tiles > 8 ? 2 : 4; }
+__host__ __device__ constexpr int mma_smem_wide_split_blocks(int tiles, int warps) { return (tiles > 8 ? 8 : 16) / warps; }
+
 template <typename T, int kTiles, bool kSiluChunk, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)
 expert_mma_smem_wide_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* list_expert,
                             const int* list_begin, const int* list_count, const int* offs, int lists, bool passes,
                             int out_rows, int k_dim, bool lists_ready, T* out) {
-  expert_mma_smem_body<T, kTiles, kSiluChunk, kWarps, 1, 4, false, 1>(
+  expert_mma_smem_body<T, kTiles, kSiluChunk, kWarps, 1, mma_smem_wide_steps(kTiles), false, 1>(
       x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim,
       lists_ready, out, 0, 0, nullptr);
 }
 
 // expert_mma_smem_wide_kernel split along K (grid.z splits; no gate)
 template <typename T, int kTiles, int kWarps>
-__global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)
+__global__ void __launch_bounds__(kWarps * 32, mma_smem_wide_split_blocks(kTiles, kWarps))
 expert_mma_smem_wide_split_kernel(const T* x, const int* in_pairs, int top_k, const T* weight,
                                   const int* list_expert, const int* list_begin, const int* list_count,
                                   const int* offs, int lists, bool passes, int out_rows, int k_dim, bool lists_ready,
                                   int k_split, int rows_out, float* partial) {
-  expert_mma_smem_body<T, kTiles, false, kWarps, 1, 4, true, 1>(
+  expert_mma_smem_body<T, kTiles, false, kWarps, 1, mma_smem_wide_steps(kTiles), true, 1>(
       x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim,
       lists_ready, nullptr, k_split, rows_out, partial);
 }

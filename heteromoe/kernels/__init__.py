@@ -287,8 +287,8 @@ def _lists(prep: RoutePrep, side: str) -> tuple[int, ...]:
 
 
 #: `expert_mma`'s pass widths in tiles of 8 tokens: 0 (the default kernels, 4 tiles above 16 tokens), 4 (the
-#: same), 6 and 8 (the wide kernel, for launches of more than 32 tokens per expert).
-MMA_PASS_TILES = (0, 4, 6, 8)
+#: same), 6, 8 and 16 (the wide kernel, for launches of more than 32 tokens per expert).
+MMA_PASS_TILES = (0, 4, 6, 8, 16)
 
 
 def check_pass_tiles(pass_tiles: int) -> None:
@@ -308,9 +308,9 @@ def expert_mma(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pai
     """`expert_gemv` on the tensor cores (CUDA, bf16/fp16, K a multiple of 8): the same rows, the same
     roundings, fp32 sums in another order. `side="hot"` runs the hot side's rows instead (`prep.hot_offs`,
     read through `in_pairs=prep.hot_pairs`), where torch's grouped GEMM would otherwise go. `k_splits` as
-    for `expert_gemv` (split-K). `pass_tiles` 6 or 8: where `max_tokens` exceeds one default pass of 32 tokens,
-    the wide kernel reads each expert's weights once per 48 / 64 tokens (0 or 4: the default kernels; the sums
-    per token are the same, so the rows are too: docs/gpu-wide-pass.md).
+    for `expert_gemv` (split-K). `pass_tiles` 6, 8 or 16: where `max_tokens` exceeds one default pass of 32
+    tokens, the wide kernel reads each expert's weights once per 48 / 64 / 128 tokens (0 or 4: the default
+    kernels; the sums per token are the same, so the rows are too: docs/gpu-wide-pass.md).
     Elsewhere (CPU, fp32, other K) it is `expert_gemv` for the cold side and the reference for the hot one."""
     if side not in ("cold", "hot"):
         raise ValueError(f"side must be 'cold' or 'hot', got {side!r}")

@@ -40,8 +40,8 @@ class KernelTuning:
             and a plan's GPU set on the tensor cores; the default never splits; `splitk.H100_SPLIT_K` is the
             rule measured on an H100, `HETEROMOE_SPLIT_K=h100` selects it).
         mma_pass_tiles: the tensor-core kernel's pass in tiles of 8 tokens where a launch can give an expert more
-            than 32 tokens: 0 (default) the 32-token pass; 6 or 8 the wide kernel (48 / 64 tokens per reading of
-            an expert's weights, the weights one K chunk deep; docs/gpu-wide-pass.md). For measuring.
+            than 32 tokens: 0 (default) the 32-token pass; 6, 8 or 16 the wide kernel (48 / 64 / 128 tokens per
+            reading of an expert's weights, the weights one K chunk deep; docs/gpu-wide-pass.md). For measuring.
     """
 
     gemv_max_tokens: int = 2

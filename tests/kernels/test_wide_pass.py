@@ -1,6 +1,6 @@
-"""expert_mma's wide pass (`pass_tiles` 6 or 8: 48 / 64 tokens per reading of an expert's weights): the argument
-checks (CPU), and on a GPU the wide kernels against the default kernels (the same sums per token, so the same
-bits) and the reference, with and without split-K, through `kernels.expert_mma` and the layer paths."""
+"""expert_mma's wide pass (`pass_tiles` 6, 8, 16: 48 / 64 / 128 tokens per reading of an expert's weights): the
+argument checks (CPU), and on a GPU the wide kernels against the default kernels (the same sums per token, so the
+same bits) and the reference, with and without split-K, through `kernels.expert_mma` and the layer paths."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,13 +17,14 @@ gpu = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.HAS_CUDA_KER
 
 
 # -- the argument (CPU) -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("bad", [5, 16, -1, True])
+@pytest.mark.parametrize("bad", [5, 32, -1, True])
 def test_pass_tiles_are_checked_everywhere(bad):
     ids = np.array([[0, 1], [1, 2], [2, 0]])
     gen = torch.Generator().manual_seed(1)
     x, up = torch.randn(3, 16, generator=gen), torch.randn(3, 16, 16, generator=gen)
     prep = kernels.route_prep(torch.from_numpy(ids), 3)
-    with pytest.raises(ValueError, match=rf"pass_tiles must be one of \(0, 4, 6, 8\) \(0: the default\), got {bad!r}"):
+    message = rf"pass_tiles must be one of \(0, 4, 6, 8, 16\) \(0: the default\), got {bad!r}"
+    with pytest.raises(ValueError, match=message):
         kernels.expert_mma(x, up, prep, in_pairs=prep.cold_pairs, top_k=2, out_rows=8, silu_chunk=True, max_tokens=3,
                            pass_tiles=bad)
     with pytest.raises(ValueError, match="pass_tiles must be one of"):
@@ -53,7 +54,7 @@ def test_cuda_entry_point_checks_the_pass():
     args = dict(dtype=kernels._cuda.BF16, x=0, in_pairs=0, top_k=1, weight=0, list_expert=0, list_begin=0,
                 list_count=0, offs=0, lists=0, rows=0, out_rows=8, k_dim=16, silu_chunk=False, max_tokens=64,
                 lists_ready=False, out=0, stream=0)
-    with pytest.raises(ValueError, match="pass_tiles must be 0 \\(the default\\), 4, 6 or 8, got 5"):
+    with pytest.raises(ValueError, match="pass_tiles must be 0 \\(the default\\), 4, 6, 8 or 16, got 5"):
         kernels._cuda.expert_mma(**args, pass_tiles=5)
     for tiles in kernels.MMA_PASS_TILES:
         kernels._cuda.expert_mma(**args, pass_tiles=tiles)  # no lists: no launch
@@ -62,7 +63,8 @@ def test_cuda_entry_point_checks_the_pass():
 # -- CUDA: the wide kernels -----------------------------------------------------------------------------------
 def wide_routings():
     """(name, ids, E): experts of 41 / 35 tokens (one pass of any width, the last tile part full); of 97 tokens
-    (two 64-token passes, three of 48) beside cold ones; of 150 tokens (three 64-token passes, four of 48)."""
+    (one 128-token pass, two of 64, three of 48) beside cold ones; of 150 tokens (two 128-token passes, three of
+    64, four of 48)."""
     rng = np.random.default_rng(5)
     mid = np.stack([np.r_[0, 1 + (t < 35), rng.choice(np.arange(3, 12))] for t in range(41)])
     two = np.stack([np.r_[0, rng.choice(np.arange(1, 8), 2, replace=False)] for _ in range(97)])
@@ -76,7 +78,7 @@ ROUTINGS = wide_routings()
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("tiles", [6, 8])
+@pytest.mark.parametrize("tiles", [6, 8, 16])
 @pytest.mark.parametrize("routing", ROUTINGS, ids=[r[0] for r in ROUTINGS])
 def test_wide_pass_matches_the_default_kernel_and_the_reference(routing, tiles, dtype):
     """Both projections (the SiLU-gated up one, the down one unsplit and split in 3), cold and hot lists: the
@@ -113,12 +115,12 @@ def test_wide_pass_matches_the_default_kernel_and_the_reference(routing, tiles, 
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("tiles", [6, 8])
+@pytest.mark.parametrize("tiles", [6, 8, 16])
 def test_layer_paths_with_the_wide_pass_match_the_default(tiles):
     """gpu-only through `_cuda.gemv_layer` (unsplit and split in 2), the general path's hot side
     (`FusedLayerPath.run` with a GPU set) and a device-planned call (`_cuda.plan_layer`): the default pass's
     output bit for bit, also in a CUDA graph, and the module's within bf16's tolerance. 4 experts, 100 tokens:
-    about 50 tokens per expert, one or two passes of either width."""
+    about 50 tokens per expert, one or two passes of 48 or 64 tokens, one of 128."""
     import dataclasses
 
     import heteromoe
