@@ -10,7 +10,8 @@ Two clocks, both recorded:
          events (what a serving engine that graphs its decode step pays; no launch or Python cost);
   eager: wall time of one call from Python, synchronized (launches and host work included).
 test_heteromoe_gpu_only_split_k sweeps split-K of the down projection (HETEROMOE_BENCH_SPLIT_K, see there;
-bench/gpu_splitk.sh).
+bench/gpu_splitk.sh); test_heteromoe_gpu_only_wide_pass the tensor-core kernel's pass width with split-K
+(HETEROMOE_BENCH_WIDE, see there; bench/gpu_wide_pass.sh).
 extra_info holds the bytes of the weights the routing touches, the read bandwidth measured in the same
 run (summing a 4 GiB tensor), and the share of it each path reaches. `heteromoe` (the policy with a
 GPU/PIM plan) needs the counts on the host, so it has only the eager clock; its host time is recorded.
@@ -68,7 +69,8 @@ def routing(model: str, batch: int):
 
 
 def executor_for(model: str, policy: str, plan_ahead: bool = False, plan_on_device: bool = False,
-                 mma_max_tokens: int = 256, split_k=None):
+                 mma_max_tokens: int = 256, split_k=None, mma_min_warps_per_sm: int | None = None,
+                 mma_pass_tiles: int | None = None):
     import heteromoe
     from heteromoe.cost.model import CostModel
     from heteromoe.device import registry
@@ -82,8 +84,10 @@ def executor_for(model: str, policy: str, plan_ahead: bool = False, plan_on_devi
     cost = CostModel(heteromoe.systems.get("h100-hbm3-pim"), heteromoe.models.get(model))
     torch_backend = registry.get("torch")
     executor = MoEExecutor(get_policy(policy), torch_backend, registry.get("pim-emulator"), torch_backend,
-                           fused=FusedLayerPath(mma_max_tokens=mma_max_tokens, split_k=split_k), plan_ahead=plan_ahead,
-                           plan_on_device=plan_on_device)
+                           fused=FusedLayerPath(mma_max_tokens=mma_max_tokens, split_k=split_k,
+                                                mma_min_warps_per_sm=mma_min_warps_per_sm,
+                                                mma_pass_tiles=mma_pass_tiles),
+                           plan_ahead=plan_ahead, plan_on_device=plan_on_device)
     view = executor_views[model] = ExpertLayer.from_module("layer", layer(model))
     placement = Placement.from_homes(np.zeros(E, dtype=np.int64), 1)
     return lambda h, i, w: executor.run(view, cost, placement, h, i, w), executor
@@ -207,6 +211,61 @@ def test_heteromoe_gpu_only_split_k(benchmark, bandwidth, model, batch, setting)
                     path="heteromoe gpu-only", split_k=setting, down_k_splits=splits, kernel=kernel,
                     rule_kernel=rule_kernel, unsplit_warps_per_sm=warps_per_sm,
                     touched_unsplit_warps_per_sm=touched_warps_per_sm)
+    assert executor.generic_reasons == {}, executor.generic_reasons
+
+
+# Wide-pass sweep (bench/gpu_wide_pass.sh): HETEROMOE_BENCH_WIDE="default,4,6,8" runs gpu-only once per variant:
+# "default" is the shipped path (the kernel mma_ok picks: grouped_mm + GEMV where the tensor-core kernel is too
+# narrow); an integer P runs every expert on the tensor cores (mma_min_warps_per_sm=0) with passes of P tiles of 8
+# tokens (KernelTuning.mma_pass_tiles; 4 is the default 32-token pass), once per split-K setting in
+# HETEROMOE_BENCH_WIDE_SPLIT_K (SplitKRule.from_env values, default "1"); unset, the test is skipped.
+WIDE_VARIANTS = [v for v in os.environ.get("HETEROMOE_BENCH_WIDE", "").split(",") if v]
+WIDE_SPLITS = [v for v in os.environ.get("HETEROMOE_BENCH_WIDE_SPLIT_K", "1").split(",") if v]
+
+
+def expert_reads(ids: torch.Tensor, num_experts: int, pass_tokens: int) -> int:
+    """Readings of an expert's weights a call makes: passes of at most pass_tokens tokens over each expert."""
+    counts = np.bincount(ids.cpu().numpy().reshape(-1), minlength=num_experts)
+    return int(np.ceil(counts / pass_tokens).sum())
+
+
+@pytest.mark.parametrize("split", WIDE_SPLITS)
+@pytest.mark.parametrize("variant", WIDE_VARIANTS or ["unset"])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("model", list(SHAPES))
+def test_heteromoe_gpu_only_wide_pass(benchmark, bandwidth, model, batch, variant, split):
+    """gpu-only (graph clock) with the tensor-core kernel's pass `variant` tiles wide and the down projection
+    split by `split`; the kernel, the splits launched and the readings of expert weights are in extra_info."""
+    if not WIDE_VARIANTS:
+        pytest.skip("set HETEROMOE_BENCH_WIDE (e.g. default,4,6,8) to sweep the pass width")
+    if variant == "default" and split != WIDE_SPLITS[0]:
+        pytest.skip("the default path is measured once (its own split rule)")
+    from heteromoe.kernels.splitk import SplitKRule
+
+    tiles = 0 if variant == "default" else int(variant)
+    experts = layer(model)
+    hidden, ids, weights, touched = routing(model, batch)
+    if variant == "default":
+        run, executor = executor_for(model, "gpu-only")
+    else:
+        run, executor = executor_for(model, "gpu-only", split_k=SplitKRule.from_env(split), mma_min_warps_per_sm=0,
+                                     mma_pass_tiles=tiles)
+    fused, view = executor.fused, executor_views[model]
+    E, k, d, f = SHAPES[model]
+    mma = batch > fused.gemv_batch_tokens and fused.mma_ok(view, batch, batch * k, hidden.device)
+    kernel = "gemv" if batch <= fused.gemv_batch_tokens else "mma" if mma else "grouped_mm + gemv"
+    splits = 1 if kernel == "grouped_mm + gemv" else fused.down_k_splits(view, batch, batch * k, hidden.device,
+                                                                          "mma" if mma else "gemv")
+    # tokens per reading of an expert's weights on the tensor cores: the wide pass above 32 tokens, else one pass
+    # of 32 (the shared-memory kernel) or of the whole batch (up to 16 tokens)
+    pass_tokens = 8 * tiles if tiles > 4 and batch > 32 else 32 if batch >= 17 else batch
+    with torch.no_grad():
+        check(run(hidden, ids, weights), experts(hidden, ids, weights))
+        bench_graph(benchmark, lambda: run(hidden, ids, weights), touched, bandwidth, model=model, batch=batch,
+                    path="heteromoe gpu-only", wide_variant=variant, pass_tiles=tiles,
+                    split_k=split if variant != "default" else "default", down_k_splits=splits, kernel=kernel,
+                    expert_reads=expert_reads(ids, E, pass_tokens) if kernel == "mma" else None,
+                    touched_experts=touched // (3 * d * f * 2))
     assert executor.generic_reasons == {}, executor.generic_reasons
 
 

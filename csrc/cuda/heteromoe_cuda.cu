@@ -60,7 +60,7 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("tokens"), py::arg("top_k"), py::arg("num_experts"), py::arg("up_weight"), py::arg("down_weight"),
         py::arg("d"), py::arg("f"), py::arg("weights"), py::arg("round_products"), py::arg("mma_min_tokens"),
         py::arg("direct"), py::arg("workspace"), py::arg("out"), py::arg("err_out"), py::arg("stream"),
-        py::arg("down_k_splits") = 1);
+        py::arg("down_k_splits") = 1, py::arg("mma_pass_tiles") = 0);
   m.def("plan_layer_workspace", &plan_layer_workspace, py::arg("n_pairs"), py::arg("num_experts"), py::arg("d"),
         py::arg("f"), py::arg("elem_bytes"), py::arg("down_k_splits") = 1);
   m.def("plan_layer", &plan_layer, py::arg("dtype"), py::arg("w_dtype"), py::arg("hidden"), py::arg("ids"),
@@ -68,11 +68,13 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("d"), py::arg("f"), py::arg("weights"), py::arg("round_products"), py::arg("rule"), py::arg("flop"),
         py::arg("pim"), py::arg("table_len"), py::arg("read_s"), py::arg("launch_s"), py::arg("comm"), py::arg("gfix"),
         py::arg("pfix"), py::arg("plan_out"), py::arg("hot_mma"), py::arg("workspace"), py::arg("out"),
-        py::arg("err_out"), py::arg("stream"), py::arg("side"), py::arg("down_k_splits") = 1);
+        py::arg("err_out"), py::arg("stream"), py::arg("side"), py::arg("down_k_splits") = 1,
+        py::arg("mma_pass_tiles") = 0);
   m.def("expert_mma", &expert_mma_entry, py::arg("dtype"), py::arg("x"), py::arg("in_pairs"), py::arg("top_k"),
         py::arg("weight"), py::arg("list_expert"), py::arg("list_begin"), py::arg("list_count"), py::arg("offs"),
         py::arg("lists"), py::arg("rows"), py::arg("out_rows"), py::arg("k_dim"), py::arg("silu_chunk"), py::arg("max_tokens"),
-        py::arg("lists_ready"), py::arg("out"), py::arg("stream"), py::arg("k_splits") = 1, py::arg("partial") = 0);
+        py::arg("lists_ready"), py::arg("out"), py::arg("stream"), py::arg("k_splits") = 1, py::arg("partial") = 0,
+        py::arg("pass_tiles") = 0);
   m.def("split_k", [](int k_splits, int k_dim) {
           const SplitK s = SplitK::make(k_splits, k_dim, 0, 1);
           return py::make_tuple(s.splits, s.on() ? s.k_split : k_dim);

@@ -79,11 +79,12 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
                        int num_experts, std::uintptr_t up_weight, std::uintptr_t down_weight, int d, int f,
                        std::uintptr_t weights, bool round_products, int mma_min_tokens, bool direct,
                        std::uintptr_t workspace, std::uintptr_t out, std::uintptr_t err_out, std::uintptr_t stream,
-                       int down_k_splits) {
+                       int down_k_splits, int mma_pass_tiles) {
   const int n = tokens * top_k;
   if (n == 0) return;
   if (down_k_splits < 1)
     throw std::invalid_argument("gemv_layer: down_k_splits must be >= 1, got " + std::to_string(down_k_splits));
+  const MmaPass wide_pass = MmaPass::make(mma_pass_tiles);
   const int elem = dtype == kF32 ? 4 : 2;
   if (direct) {
     if (tokens != 1) throw std::invalid_argument("gemv_layer: direct is for one token, got " + std::to_string(tokens));
@@ -101,9 +102,9 @@ static void gemv_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
   if (mma_min_tokens > 0 && tokens >= mma_min_tokens && mma_supported(dtype, d) && mma_supported(dtype, f)) {
     // an expert has at most `tokens` tokens (a token's top-k experts are distinct)
     expert_mma(dtype, hidden, l.cold_pairs, top_k, up_weight, l.cold_expert, l.cold_begin, l.cold_count, 0, max_cold,
-               n, f, d, true, tokens, false, h, stream);
+               n, f, d, true, tokens, false, h, stream, SplitK{}, wide_pass);
     expert_mma(dtype, h, 0, top_k, down_weight, l.cold_expert, l.cold_begin, l.cold_count, 0, max_cold, n, d, f, false,
-               tokens, true, y, stream, down_split);
+               tokens, true, y, stream, down_split, wide_pass);
   } else {
     const int max_tokens = std::min(tokens, 8);
     const GemvLists lists = GemvLists::cold(l.cold_expert, l.cold_begin, l.cold_count, max_cold);
@@ -154,11 +155,13 @@ static void plan_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
                        std::uintptr_t weights, bool round_products, int rule, std::uintptr_t flop, std::uintptr_t pim,
                        int table_len, double read_s, double launch_s, double comm, double gfix, double pfix,
                        std::uintptr_t plan_out, bool hot_mma, std::uintptr_t workspace, std::uintptr_t out,
-                       std::uintptr_t err_out, std::uintptr_t stream, std::uintptr_t side, int down_k_splits) {
+                       std::uintptr_t err_out, std::uintptr_t stream, std::uintptr_t side, int down_k_splits,
+                       int mma_pass_tiles) {
   const int n = tokens * top_k;
   if (n == 0) return;
   if (down_k_splits < 1)
     throw std::invalid_argument("plan_layer: down_k_splits must be >= 1, got " + std::to_string(down_k_splits));
+  const MmaPass wide_pass = MmaPass::make(mma_pass_tiles);
   if (hot_mma && (!mma_supported(dtype, d) || !mma_supported(dtype, f)))
     throw std::invalid_argument("plan_layer: the GPU set runs on expert_mma: bf16/fp16 with d, f multiples of 8");
   const int elem = dtype == kF32 ? 4 : 2;
@@ -193,10 +196,10 @@ static void plan_layer(int dtype, int w_dtype, std::uintptr_t hidden, std::uintp
   run_gemv(dtype, h_cold, 0, top_k, down_weight, cold, d, f, false, tokens, true, y_cold, side);
   // the GPU set: every expert's hot rows (hot_offs), read through hot_pairs
   expert_mma(dtype, hidden, l.hot_pairs, top_k, up_weight, 0, 0, 0, l.hot_offs, num_experts, n, f, d, true, tokens,
-             false, h_hot, stream);
+             false, h_hot, stream, SplitK{}, wide_pass);
   const SplitK hot_split = SplitK::make(down_k_splits, f, n, y_cold + yd);  // split-K's sums after y_cold
   expert_mma(dtype, h_hot, 0, top_k, down_weight, 0, 0, 0, l.hot_offs, num_experts, n, d, f, false, tokens, true,
-             y_hot, stream, hot_split);
+             y_hot, stream, hot_split, wide_pass);
   check(cudaEventRecord(ev.join, as_stream(side)), "plan_layer: join");
   check(cudaStreamWaitEvent(as_stream(stream), ev.join, 0), "plan_layer: join");
   unpermute(dtype, w_dtype, y_hot, y_cold, l.pair_row, weights, tokens, top_k, d, round_products, out, stream);

@@ -13,7 +13,8 @@
 //     dropped (most before the weights went two chunks deep, when 8-tile passes were the best at 350 / 372 /
 //     444 us): 2 x 2 warps (386 / 401 / 446 us), 2 warps per block (446 / 475 / 604 us), 8 warps (354 / 376 /
 //     445 us); after it, 6- and 8-tile passes spill at 128 registers (8 tiles: 380 / 403 / 472 us), and a
-//     createpolicy per weight load instead of one per thread cost 5-8 %.
+//     createpolicy per weight load instead of one per thread cost 5-8 %. The wide pass (MmaPass, per call, off
+//     by default): 6, 8 or 16 tiles with the weights one chunk deep, which fits 128 registers without spills.
 // expert_mma (bounds up to 16, or every bound with HETEROMOE_MMA_SMEM=0):
 //   tokens per pass: the bound rounded up to a tile of 8, at most HETEROMOE_MMA_TILES tiles (1, 2 or 4;
 //     default 4: 8 tiles take so many registers that too few warps stay resident, 601 us at 256;
@@ -50,6 +51,21 @@ static bool mma_smem(int max_tokens) {
   static const int from = env_choice("HETEROMOE_MMA_SMEM", 17, {0, 17, 33});
   return from && max_tokens >= from;
 }
+
+// A call's choice of expert_mma_smem's pass (the caller's, never a default): `tiles` 6, 8 or 16 (48 / 64 / 128
+// tokens per pass, expert_mma_smem_wide_kernel: the weights one K chunk deep) for launches whose max_tokens
+// exceeds the default pass of 32 tokens; 0 (or 4): the default kernels.
+struct MmaPass {
+  int tiles = 0;
+
+  static MmaPass make(int tiles) {
+    if (tiles != 0 && tiles != kMmaSmemTiles && tiles != 6 && tiles != 8 && tiles != 16)
+      throw std::invalid_argument("pass_tiles must be 0 (the default), 4, 6, 8 or 16, got " + std::to_string(tiles));
+    return MmaPass{tiles == kMmaSmemTiles ? 0 : tiles};
+  }
+  // whether the wide kernel runs a launch (expert_mma_smem chosen, more tokens than one default pass)
+  bool wide(bool smem, int max_tokens) const { return tiles && smem && max_tokens > kMmaSmemTiles * 8; }
+};
 
 // One expert_mma launch's arguments (host side; the kernel takes them as scalars, measured faster than a
 // struct: bench/results/gpu-mma-args-struct-ab-h100.json).
@@ -130,17 +146,31 @@ static void launch_mma_smem_dtype(bool silu, const MmaLaunch& m) {
   else launch_mma_smem_kernel<T, kMmaSmemTiles, false, kMmaSmemWarps>(m);
 }
 
+template <typename T, int kTiles>
+static void launch_mma_smem_wide_kernel(bool silu, const MmaLaunch& m) {
+  constexpr int kWarps = kMmaSmemWarps;
+  if (m.partial) return launch_mma_split<T>(expert_mma_smem_wide_split_kernel<T, kTiles, kWarps>, kWarps, m);
+  if (silu) launch_mma<T>(expert_mma_smem_wide_kernel<T, kTiles, true, kWarps>, kWarps, m);
+  else launch_mma<T>(expert_mma_smem_wide_kernel<T, kTiles, false, kWarps>, kWarps, m);
+}
+template <typename T>
+static void launch_mma_smem_wide_dtype(const MmaPass& wide_pass, bool silu, const MmaLaunch& m) {
+  if (wide_pass.tiles == 16) launch_mma_smem_wide_kernel<T, 16>(silu, m);
+  else if (wide_pass.tiles == 8) launch_mma_smem_wide_kernel<T, 8>(silu, m);
+  else launch_mma_smem_wide_kernel<T, 6>(silu, m);
+}
+
 static bool mma_supported(int dtype, int k_dim) { return (dtype == kBF16 || dtype == kF16) && k_dim % 8 == 0; }
 
 // expert_gemv's arguments; lists: either (list_expert, list_begin, list_count) of length `lists` (the cold
 // side's compacted lists), or offs [lists] inclusive ends of every expert's rows (the hot side's hot_offs,
 // list_* ignored). max_tokens: the most tokens an expert can have here; rows: the most rows all the lists
-// hold together (the pairs), which bounds the work items.
+// hold together (the pairs), which bounds the work items; wide_pass: the caller's choice of a wide pass.
 static void expert_mma(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int top_k, std::uintptr_t weight,
                        std::uintptr_t list_expert, std::uintptr_t list_begin, std::uintptr_t list_count,
                        std::uintptr_t offs, int lists, int rows, int out_rows, int k_dim, bool silu_chunk,
                        int max_tokens, bool lists_ready, std::uintptr_t out, std::uintptr_t stream,
-                       const SplitK& split = SplitK{}) {
+                       const SplitK& split = SplitK{}, const MmaPass& wide_pass = MmaPass{}) {
   if (lists == 0 || max_tokens <= 0 || rows <= 0) return;
   if (split.on() && silu_chunk)
     throw std::invalid_argument("expert_mma: split-K is for projections without the SiLU gate");
@@ -149,7 +179,8 @@ static void expert_mma(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int
                                 std::to_string(dtype) + ", K = " + std::to_string(k_dim) + ")");
   if (x % 16 || weight % 16) throw std::invalid_argument("expert_mma: x and weight must be 16-byte aligned");
   const bool smem = mma_smem(max_tokens);
-  const int tiles = smem ? kMmaSmemTiles : mma_tiles(max_tokens);
+  const bool wide = wide_pass.wide(smem, max_tokens);
+  const int tiles = wide ? wide_pass.tiles : smem ? kMmaSmemTiles : mma_tiles(max_tokens);
   const int pass = tiles * 8;
   const i64 max_passes = (max_tokens + pass - 1) / pass;
   // items: one per entry when one pass holds any expert; else sum of ceil(n / pass) <= entries + rows / pass
@@ -163,7 +194,9 @@ static void expert_mma(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int
     m.grid.z = split.splits;
     m.k_split = split.k_split, m.rows_out = split.rows, m.partial = split.partial;
   }
-  if (smem && dtype == kBF16) launch_mma_smem_dtype<__nv_bfloat16>(silu_chunk, m);
+  if (wide && dtype == kBF16) launch_mma_smem_wide_dtype<__nv_bfloat16>(wide_pass, silu_chunk, m);
+  else if (wide) launch_mma_smem_wide_dtype<__half>(wide_pass, silu_chunk, m);
+  else if (smem && dtype == kBF16) launch_mma_smem_dtype<__nv_bfloat16>(silu_chunk, m);
   else if (smem) launch_mma_smem_dtype<__half>(silu_chunk, m);
   else if (dtype == kBF16) launch_mma_dtype<__nv_bfloat16>(tiles, silu_chunk, warps, frags, m);
   else launch_mma_dtype<__half>(tiles, silu_chunk, warps, frags, m);
@@ -172,12 +205,13 @@ static void expert_mma(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int
 }
 
 // The Python entry point: expert_mma, its K cut into `k_splits` ranges (1: none) with the fp32 partial sums in
-// `partial` (at least k_splits x rows x out_rows floats; 0 when k_splits is 1).
+// `partial` (at least k_splits x rows x out_rows floats; 0 when k_splits is 1); pass_tiles: MmaPass.
 static void expert_mma_entry(int dtype, std::uintptr_t x, std::uintptr_t in_pairs, int top_k, std::uintptr_t weight,
                              std::uintptr_t list_expert, std::uintptr_t list_begin, std::uintptr_t list_count,
                              std::uintptr_t offs, int lists, int rows, int out_rows, int k_dim, bool silu_chunk,
                              int max_tokens, bool lists_ready, std::uintptr_t out, std::uintptr_t stream, int k_splits,
-                             std::uintptr_t partial) {
+                             std::uintptr_t partial, int pass_tiles) {
+  const MmaPass wide_pass = MmaPass::make(pass_tiles);
   expert_mma(dtype, x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, rows, out_rows, k_dim,
-             silu_chunk, max_tokens, lists_ready, out, stream, SplitK::make(k_splits, k_dim, rows, partial));
+             silu_chunk, max_tokens, lists_ready, out, stream, SplitK::make(k_splits, k_dim, rows, partial), wide_pass);
 }

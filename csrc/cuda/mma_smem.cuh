@@ -33,13 +33,16 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
-template <typename T, int kTiles, bool kSiluChunk, int kWarps, int kFrags, int kSteps, bool kSplit>
+// kDepth: chunks of weights in registers (2, the default kernels; 1 for the wide passes: see
+// expert_mma_smem_wide_kernel).
+template <typename T, int kTiles, bool kSiluChunk, int kWarps, int kFrags, int kSteps, bool kSplit, int kDepth = 2>
 __device__ __forceinline__ void expert_mma_smem_body(const T* x, const int* in_pairs, int top_k, const T* weight,
                                                      const int* list_expert, const int* list_begin,
                                                      const int* list_count, const int* offs, int lists, bool passes,
                                                      int out_rows, int k_dim, bool lists_ready, T* out, int k_split,
                                                      int rows_out, float* partial) {
   static_assert(!(kSplit && kSiluChunk), "split-K sums need the whole row before the SiLU gate");
+  static_assert(kDepth == 1 || kDepth == 2, "weights one or two chunks deep");
   int k_begin = 0, k_end = k_dim;
   if constexpr (kSplit) {
     k_begin = blockIdx.z * k_split;
@@ -62,12 +65,13 @@ __device__ __forceinline__ void expert_mma_smem_body(const T* x, const int* in_p
   const int g = lane >> 2, q = lane & 3;
   const T* wp[kFrags][2];
   mma_weight_rows<T, kSiluChunk, kFrags>(wp, weight, it.expert, row0, out_rows, k_dim, g, q);
-  // weights two chunks deep: chunk c in a[c % 2]; a step's registers are refilled with chunk c + 2 as soon as
-  // its MMAs are issued, so the loads stay in flight through the MMAs, the barrier and the next chunk
-  uint4 a[2][kSteps][kFrags][2];
+  // weights kDepth chunks deep: chunk c in a[c % kDepth]; a step's registers are refilled with chunk c + kDepth
+  // as soon as its MMAs are issued, so the loads stay in flight through the MMAs, the barrier and (two deep) the
+  // next chunk
+  uint4 a[kDepth][kSteps][kFrags][2];
   const std::uint64_t policy = evict_first_policy();
   mma_load_a<T, kSteps, kFrags>(a[0], wp, k_begin, k_end, q, policy);  // weights do not depend on the kernel before
-  mma_load_a<T, kSteps, kFrags>(a[1], wp, k_begin + kChunk, k_end, q, policy);
+  if constexpr (kDepth == 2) mma_load_a<T, kSteps, kFrags>(a[1], wp, k_begin + kChunk, k_end, q, policy);
   if (lists_ready) pdl_wait();
   pdl_trigger();
   const int nt = min(kPass, it.count - it.t0);
@@ -107,7 +111,7 @@ __device__ __forceinline__ void expert_mma_smem_body(const T* x, const int* in_p
     if (c + kStages - 1 < chunks) copy_chunk(c + kStages - 1);
     cp_async_commit();
     const uint4(&stage)[kPass][kVecs] = tok[c % kStages];
-    const int k_next = k_begin + (c + 2) * kChunk;
+    const int k_next = k_begin + (c + kDepth) * kChunk;
 #pragma unroll
     for (int s = 0; s < kSteps; ++s) {
 #pragma unroll
@@ -121,9 +125,10 @@ __device__ __forceinline__ void expert_mma_smem_body(const T* x, const int* in_p
                                                              : make_uint4(0, 0, 0, 0);
     }
   };
-  for (int c = 0; c < chunks; c += 2) {
+  for (int c = 0; c < chunks; c += kDepth) {
     run_chunk(std::integral_constant<int, 0>{}, c);
-    if (c + 1 < chunks) run_chunk(std::integral_constant<int, 1>{}, c + 1);
+    if constexpr (kDepth == 2)
+      if (c + 1 < chunks) run_chunk(std::integral_constant<int, 1>{}, c + 1);
   }
   cp_async_wait<0>();
   if constexpr (kSplit) mma_store_partial<kTiles, kFrags>(acc, it, nt, row0, out_rows, g, q, partial);
@@ -147,6 +152,39 @@ expert_mma_smem_split_kernel(const T* x, const int* in_pairs, int top_k, const T
                              const int* list_begin, const int* list_count, const int* offs, int lists, bool passes,
                              int out_rows, int k_dim, bool lists_ready, int k_split, int rows_out, float* partial) {
   expert_mma_smem_body<T, kTiles, false, kWarps, kFrags, kSteps, true>(
+      x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim,
+      lists_ready, nullptr, k_split, rows_out, partial);
+}
+
+// The wide passes: kTiles = 6, 8 or 16 (48 / 64 / 128 tokens), so that an expert of up to that many tokens is
+// read once per pass. The weights stay one chunk deep (kDepth 1): the accumulators grow by 8 / 16 / 48 registers
+// and the weights shrink by 32 (16 tiles: K chunks of 2 steps, 64 elements, so the weights shrink by 48 and two
+// stages of 128 token rows fit the 48 KB of static shared memory), so the kernels keep the default kernels' bound
+// (16 warps per SM, at most 128 registers) without spills; the 16-tile split-K kernel spills there (8 bytes) and
+// runs at 8 warps per SM (255 registers, none spilled). Two chunks deep the kernels spill at 128 registers and
+// even at 255 (ptxas -v, sm_90: 16-40 bytes at 6 and 8 tiles), so that variant is not built. Chosen per call
+// (MmaPass in mma_launch.cuh), never by default.
+__host__ __device__ constexpr int mma_smem_wide_steps(int tiles) { return tiles > 8 ? 2 : 4; }
+__host__ __device__ constexpr int mma_smem_wide_split_blocks(int tiles, int warps) { return (tiles > 8 ? 8 : 16) / warps; }
+
+template <typename T, int kTiles, bool kSiluChunk, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)
+expert_mma_smem_wide_kernel(const T* x, const int* in_pairs, int top_k, const T* weight, const int* list_expert,
+                            const int* list_begin, const int* list_count, const int* offs, int lists, bool passes,
+                            int out_rows, int k_dim, bool lists_ready, T* out) {
+  expert_mma_smem_body<T, kTiles, kSiluChunk, kWarps, 1, mma_smem_wide_steps(kTiles), false, 1>(
+      x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim,
+      lists_ready, out, 0, 0, nullptr);
+}
+
+// expert_mma_smem_wide_kernel split along K (grid.z splits; no gate)
+template <typename T, int kTiles, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32, mma_smem_wide_split_blocks(kTiles, kWarps))
+expert_mma_smem_wide_split_kernel(const T* x, const int* in_pairs, int top_k, const T* weight,
+                                  const int* list_expert, const int* list_begin, const int* list_count,
+                                  const int* offs, int lists, bool passes, int out_rows, int k_dim, bool lists_ready,
+                                  int k_split, int rows_out, float* partial) {
+  expert_mma_smem_body<T, kTiles, false, kWarps, 1, mma_smem_wide_steps(kTiles), true, 1>(
       x, in_pairs, top_k, weight, list_expert, list_begin, list_count, offs, lists, passes, out_rows, k_dim,
       lists_ready, nullptr, k_split, rows_out, partial);
 }

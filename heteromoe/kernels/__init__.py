@@ -32,6 +32,8 @@ __all__ = [
     "cuda_load_error",
     "expert_gemv",
     "expert_histogram",
+    "MMA_PASS_TILES",
+    "check_pass_tiles",
     "expert_mma",
     "mma_supported",
     "gather_rows",
@@ -284,6 +286,17 @@ def _lists(prep: RoutePrep, side: str) -> tuple[int, ...]:
             prep.num_pairs)
 
 
+#: `expert_mma`'s pass widths in tiles of 8 tokens: 0 (the default kernels, 4 tiles above 16 tokens), 4 (the
+#: same), 6, 8 and 16 (the wide kernel, for launches of more than 32 tokens per expert).
+MMA_PASS_TILES = (0, 4, 6, 8, 16)
+
+
+def check_pass_tiles(pass_tiles: int) -> None:
+    """One clear line for a pass width `expert_mma` has no kernel for."""
+    if isinstance(pass_tiles, bool) or pass_tiles not in MMA_PASS_TILES:
+        raise ValueError(f"pass_tiles must be one of {MMA_PASS_TILES} (0: the default), got {pass_tiles!r}")
+
+
 def mma_supported(dtype: torch.dtype, *k_dims: int) -> bool:
     """Whether `expert_mma` runs for this dtype and these K dims (CUDA kernels built; bf16/fp16; K % 8 == 0)."""
     return HAS_CUDA_KERNELS and dtype in (torch.bfloat16, torch.float16) and all(k % 8 == 0 for k in k_dims)
@@ -291,14 +304,17 @@ def mma_supported(dtype: torch.dtype, *k_dims: int) -> bool:
 
 def expert_mma(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pairs: torch.Tensor | None, top_k: int,
                out_rows: int, silu_chunk: bool, max_tokens: int, side: str = "cold",
-               lists_ready: bool = False, k_splits: int = 1) -> torch.Tensor:
+               lists_ready: bool = False, k_splits: int = 1, pass_tiles: int = 0) -> torch.Tensor:
     """`expert_gemv` on the tensor cores (CUDA, bf16/fp16, K a multiple of 8): the same rows, the same
     roundings, fp32 sums in another order. `side="hot"` runs the hot side's rows instead (`prep.hot_offs`,
     read through `in_pairs=prep.hot_pairs`), where torch's grouped GEMM would otherwise go. `k_splits` as
-    for `expert_gemv` (split-K).
+    for `expert_gemv` (split-K). `pass_tiles` 6, 8 or 16: where `max_tokens` exceeds one default pass of 32
+    tokens, the wide kernel reads each expert's weights once per 48 / 64 / 128 tokens (0 or 4: the default
+    kernels; the sums per token are the same, so the rows are too: docs/gpu-wide-pass.md).
     Elsewhere (CPU, fp32, other K) it is `expert_gemv` for the cold side and the reference for the hot one."""
     if side not in ("cold", "hot"):
         raise ValueError(f"side must be 'cold' or 'hot', got {side!r}")
+    check_pass_tiles(pass_tiles)
     rows = prep.num_pairs
     if _on_cuda_kernels(x) and weight.dtype == x.dtype and mma_supported(x.dtype, weight.shape[2]):
         x, weight = x.contiguous(), weight.contiguous()
@@ -306,7 +322,8 @@ def expert_mma(x: torch.Tensor, weight: torch.Tensor, prep: RoutePrep, *, in_pai
         split = _split_args(k_splits, silu_chunk, rows, out_rows, x.device)
         _cuda.expert_mma(_DTYPE_CODE[x.dtype], x.data_ptr(), 0 if in_pairs is None else in_pairs.data_ptr(),
                          int(top_k), weight.data_ptr(), *_lists(prep, side), int(out_rows), int(weight.shape[2]),
-                         bool(silu_chunk), int(max_tokens), bool(lists_ready), out.data_ptr(), _stream(), *split)
+                         bool(silu_chunk), int(max_tokens), bool(lists_ready), out.data_ptr(), _stream(), *split,
+                         pass_tiles=int(pass_tiles))
         return out
     if side == "hot":
         _check_k_splits(k_splits, silu_chunk)  # the same argument checks everywhere

@@ -14,6 +14,7 @@ target measured on the device (`bench/gpu_splitk.sh` sweeps S). `H100_SPLIT_K`, 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -130,22 +131,31 @@ class SplitKRule:
     def from_env(cls, value: str | None) -> SplitKRule:
         """A rule from a setting such as HETEROMOE_SPLIT_K: unset, "" or "off" -> never split, "h100" ->
         H100_SPLIT_K, an integer N -> `fixed=N`, "warps:W" -> both targets W, "warps:G/M" -> GEMV target G,
-        tensor-core target M (no tokens-per-expert bound: for sweeps)."""
+        tensor-core target M (no tokens-per-expert bound: for sweeps). "h100" and "warps:..." take a bound on the
+        tensor cores' pairs per expert after a second colon (`mma_max_tokens_per_expert`): "h100:64" is
+        H100_SPLIT_K splitting up to 64 pairs per expert (one pass of the 8-tile kernel), "warps:256/30:64"."""
         if not value or value == "off":
             return cls()
-        if value == "h100":
-            return H100_SPLIT_K
         try:
-            if value.startswith("warps:"):
-                targets = value.split(":", 1)[1].split("/")
-                if len(targets) > 2:
-                    raise ValueError("at most two targets")
-                gemv, mma = float(targets[0]), float(targets[-1])
-                return cls(gemv_warps_per_sm=gemv, mma_warps_per_sm=mma)
-            return cls(fixed=int(value))
+            if value == "h100" or value.startswith("h100:") or value.count(":") == 2:
+                head, _, bound = value.rpartition(":") if value != "h100" else (value, "", "")
+                base = H100_SPLIT_K if head == "h100" else cls._targets(head)
+                return dataclasses.replace(base, mma_max_tokens_per_expert=float(bound)) if bound else base
+            return cls._targets(value)
         except ValueError as exc:
-            raise ValueError(f"split-K setting {value!r}: expected 'off', 'h100', an integer number of "
-                             f"splits, 'warps:W' or 'warps:G/M' ({exc})") from None
+            raise ValueError(f"split-K setting {value!r}: expected 'off', an integer number of splits, "
+                             f"'warps:W', 'warps:G/M' or 'h100', the last three optionally with ':T' pairs per "
+                             f"expert ({exc})") from None
+
+    @classmethod
+    def _targets(cls, value: str) -> SplitKRule:
+        """"warps:W", "warps:G/M" or an integer (from_env's settings without a bound)."""
+        if value.startswith("warps:"):
+            targets = value.split(":", 1)[1].split("/")
+            if len(targets) > 2:
+                raise ValueError("at most two targets")
+            return cls(gemv_warps_per_sm=float(targets[0]), mma_warps_per_sm=float(targets[-1]))
+        return cls(fixed=int(value))
 
 
 #: The rule measured on an H100, the fused path's default (`KernelTuning.split_k`), from

@@ -90,17 +90,20 @@ class FusedLayerPath(OneCallLaunches):
     Args:
         tuning: the kernel choices (`runtime.options.KernelTuning`; default: `DEFAULT_TUNING`, today's
             measured choices).
-        gemv_max_tokens / streams / gemv_batch_tokens / mma_max_tokens / mma_min_warps_per_sm / split_k:
-            each replaces that field of `tuning` where given (not None).
+        gemv_max_tokens / streams / gemv_batch_tokens / mma_max_tokens / mma_min_warps_per_sm / split_k /
+            mma_pass_tiles: each replaces that field of `tuning` where given (not None).
     """
 
     def __init__(self, gemv_max_tokens: int | None = None, streams: bool | None = None,
                  gemv_batch_tokens: int | None = None, mma_max_tokens: int | None = None,
                  mma_min_warps_per_sm: int | None = None, split_k: SplitKRule | None = None,
-                 tuning: KernelTuning | None = None) -> None:
+                 tuning: KernelTuning | None = None, mma_pass_tiles: int | None = None) -> None:
         given = dict(gemv_max_tokens=gemv_max_tokens, streams=streams, gemv_batch_tokens=gemv_batch_tokens,
-                     mma_max_tokens=mma_max_tokens, mma_min_warps_per_sm=mma_min_warps_per_sm, split_k=split_k)
+                     mma_max_tokens=mma_max_tokens, mma_min_warps_per_sm=mma_min_warps_per_sm, split_k=split_k,
+                     mma_pass_tiles=mma_pass_tiles)
         self.tuning = dataclasses.replace(tuning or DEFAULT_TUNING, **{k: v for k, v in given.items() if v is not None})
+        # the tensor-core pass, as the one-call entry points take it (no argument for the default)
+        self._mma_pass = {"mma_pass_tiles": self.tuning.mma_pass_tiles} if self.tuning.mma_pass_tiles else {}
         self._sms: dict[torch.device, int] = {}
         self._side: dict[torch.device, torch.cuda.Stream] = {}
         self._gate_fused: dict[int, bool] = {}
@@ -281,15 +284,16 @@ class FusedLayerPath(OneCallLaunches):
         GEMM would read its weights for nothing)."""
         fused_gate = self._silu_fused(layer)
         up = layer.up_weight
+        wide = {"pass_tiles": self.tuning.mma_pass_tiles} if kernel is kernels.expert_mma and self._mma_pass else {}
         h = kernel(x, up, prep, in_pairs=prep.hot_pairs if side == "hot" else prep.cold_pairs, top_k=top_k,
                    out_rows=layer.intermediate_size if fused_gate else up.shape[1], silu_chunk=fused_gate,
-                   max_tokens=max_tokens, side=side)
+                   max_tokens=max_tokens, side=side, **wide)
         if not fused_gate:
             h = layer.activate(h)
         # with the gate fused, the up projection is the kernel just before the down one on this stream
         return kernel(h.contiguous(), layer.down_weight, prep, in_pairs=None, top_k=top_k, out_rows=layer.hidden_size,
                       silu_chunk=False, max_tokens=max_tokens, side=side, lists_ready=fused_gate,
-                      k_splits=down_k_splits)
+                      k_splits=down_k_splits, **wide)
 
     @staticmethod
     def _hot_grouped(layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep) -> torch.Tensor:

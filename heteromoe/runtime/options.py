@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from heteromoe.kernels import check_pass_tiles
 from heteromoe.kernels.splitk import H100_SPLIT_K, SplitKRule
 
 __all__ = ["DEFAULT_TUNING", "FusedOptions", "KernelTuning"]
@@ -39,6 +40,9 @@ class KernelTuning:
             and a plan's GPU set on the tensor cores). Default: `splitk.H100_SPLIT_K`, the rule measured on an
             H100 (it splits only rows of at least 2048 elements: the Mixtral-8x7B shape's down projection);
             `SplitKRule()` never splits (`HETEROMOE_SPLIT_K=off`).
+        mma_pass_tiles: the tensor-core kernel's pass in tiles of 8 tokens where a launch can give an expert more
+            than 32 tokens: 0 (default) the 32-token pass; 6, 8 or 16 the wide kernel (48 / 64 / 128 tokens per
+            reading of an expert's weights, the weights one K chunk deep; docs/gpu-wide-pass.md). For measuring.
     """
 
     gemv_max_tokens: int = 2
@@ -47,8 +51,10 @@ class KernelTuning:
     mma_min_warps_per_sm: int = 8
     streams: bool = True
     split_k: SplitKRule = H100_SPLIT_K
+    mma_pass_tiles: int = 0
 
     def __post_init__(self) -> None:
+        check_pass_tiles(self.mma_pass_tiles)
         if self.gemv_max_tokens < 1:
             raise ValueError(f"gemv_max_tokens must be >= 1, got {self.gemv_max_tokens}")
         for name in ("gemv_batch_tokens", "mma_max_tokens", "mma_min_warps_per_sm"):

@@ -107,12 +107,29 @@ def test_fixed_rule_is_capped_by_k():
 @pytest.mark.parametrize("value, rule", [(None, SplitKRule()), ("", SplitKRule()), ("off", SplitKRule()),
                                          ("3", SplitKRule(fixed=3)),
                                          ("warps:24", SplitKRule(gemv_warps_per_sm=24.0, mma_warps_per_sm=24.0)),
-                                         ("warps:40/12.5", SplitKRule(gemv_warps_per_sm=40.0, mma_warps_per_sm=12.5))])
+                                         ("warps:40/12.5", SplitKRule(gemv_warps_per_sm=40.0, mma_warps_per_sm=12.5)),
+                                         ("warps:40/12.5:64", SplitKRule(gemv_warps_per_sm=40.0, mma_warps_per_sm=12.5,
+                                                                         mma_max_tokens_per_expert=64.0))])
 def test_rule_from_the_environment_setting(value, rule):
     assert SplitKRule.from_env(value) == rule
 
 
-@pytest.mark.parametrize("value", ["four", "warps:", "warps:1/2/3", "0"])
+def test_h100_rule_with_a_wider_pass_bound():
+    """'h100:64': H100_SPLIT_K splitting the tensor cores' launches up to 64 pairs per expert (one pass of the
+    8-tile kernel): the Mixtral-shaped layer at 256 tokens (64 pairs per touched expert) then splits in 2."""
+    import dataclasses
+
+    from heteromoe.kernels.splitk import H100_SPLIT_K
+
+    rule = SplitKRule.from_env("h100:64")
+    assert rule == dataclasses.replace(H100_SPLIT_K, mma_max_tokens_per_expert=64.0)
+    mixtral_256 = dict(k_dim=14336, out_rows=4096, experts=expected_experts(8, 2, 256), tokens=256, sms=132, pairs=512)
+    assert H100_SPLIT_K.splits("mma", **mixtral_256) == 1
+    assert rule.splits("mma", **mixtral_256) == 2
+    assert rule.splits("mma", **{**mixtral_256, "pairs": 1024}) == 1  # 128 pairs per expert: above the bound
+
+
+@pytest.mark.parametrize("value", ["four", "warps:", "warps:1/2/3", "0", "h100x", "h100:abc", "3:4", "h100:-1"])
 def test_bad_settings_name_the_value(value):
     with pytest.raises(ValueError, match=repr(value) if value != "0" else "fixed must be >= 1"):
         SplitKRule.from_env(value)
