@@ -252,8 +252,8 @@ def test_heteromoe_gpu_only_wide_pass(benchmark, bandwidth, model, batch, varian
                                      mma_pass_tiles=tiles)
     fused, view = executor.fused, executor_views[model]
     E, k, d, f = SHAPES[model]
-    mma = batch > fused.gemv_batch_tokens and fused.mma_ok(view, batch, batch * k, hidden.device)
-    kernel = "gemv" if batch <= fused.gemv_batch_tokens else "mma" if mma else "grouped_mm + gemv"
+    mma = batch > fused.tuning.gemv_batch_tokens and fused.mma_ok(view, batch, batch * k, hidden.device)
+    kernel = "gemv" if batch <= fused.tuning.gemv_batch_tokens else "mma" if mma else "grouped_mm + gemv"
     splits = 1 if kernel == "grouped_mm + gemv" else fused.down_k_splits(view, batch, batch * k, hidden.device,
                                                                           "mma" if mma else "gemv")
     # tokens per reading of an expert's weights on the tensor cores: the wide pass above 32 tokens, else one pass
