@@ -56,7 +56,8 @@ PAPER_COLOCATED = {16: 2.4, 32: 2.3}  # Sieve / NoExp speed-up with colocated pr
 PROMPT_SWEEP = [0, 8, 16, 32, 48, 64, 128, 256, 512, 1024]
 COLOCATED_BATCHES = [16, 32, 64, 128, 256]
 COLOCATED_POLICIES = ["no-exp", "all-exp", "pimoe", "sieve"]
-BUDGETS = {512: "vLLM's chunked-prefill default max_num_batched_tokens", 2048: "vLLM docs' smaller budget"}
+BUDGETS = {512: "vLLM V0's chunked-prefill default max_num_batched_tokens",
+           2048: "vLLM's current default max_num_batched_tokens"}
 
 
 def paper_prefill(batch: int) -> tuple[int, int]:

@@ -6,8 +6,9 @@ and gives no prompt length. Two readings of "prompt tokens in a step":
 - `sieve_prefill(batch, prompt_tokens)`: every prefill request brings its whole prompt into the step;
 - `chunked_prefill(batch, budget)`: a decode-first token budget per step, as vLLM's scheduler with chunked
   prefill (`max_num_batched_tokens`; vLLM docs, "Optimization and Tuning": decodes are batched first, the rest
-  of the budget goes to prefill chunks; the docs cite SARATHI, arXiv 2308.16369) does: the prefill requests
-  share `budget - decode requests` tokens evenly. A chunk's attention to the earlier chunks of its prompt is
+  of the budget goes to prefill chunks; the docs cite SARATHI, arXiv 2308.16369) does, with the prefill
+  requests sharing `budget - decode requests` tokens evenly (this model's choice: vLLM's default
+  `max_num_partial_prefills = 1` gives the remainder to the first prefill in the queue). A chunk's attention to the earlier chunks of its prompt is
   not added (the simulator costs each step's prompt tokens as a causal block).
 
 Each returns (prefill requests, prompt tokens each), the `prefill` argument of `sweep` and `StepSimulator`.
