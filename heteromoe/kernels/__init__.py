@@ -291,10 +291,10 @@ def _lists(prep: RoutePrep, side: str) -> tuple[int, ...]:
 MMA_PASS_TILES = (0, 4, 6, 8, 16)
 
 
-def check_pass_tiles(pass_tiles: int) -> None:
-    """One clear line for a pass width `expert_mma` has no kernel for."""
+def check_pass_tiles(pass_tiles: int, name: str = "pass_tiles") -> None:
+    """One clear line, naming the argument `name`, for a pass width `expert_mma` has no kernel for."""
     if isinstance(pass_tiles, bool) or pass_tiles not in MMA_PASS_TILES:
-        raise ValueError(f"pass_tiles must be one of {MMA_PASS_TILES} (0: the default), got {pass_tiles!r}")
+        raise ValueError(f"{name} must be one of {MMA_PASS_TILES} (0: the default), got {pass_tiles!r}")
 
 
 def mma_supported(dtype: torch.dtype, *k_dims: int) -> bool:

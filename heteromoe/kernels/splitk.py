@@ -129,18 +129,22 @@ class SplitKRule:
 
     @classmethod
     def from_env(cls, value: str | None) -> SplitKRule:
-        """A rule from a setting such as HETEROMOE_SPLIT_K: unset, "" or "off" -> never split, "h100" ->
-        H100_SPLIT_K, an integer N -> `fixed=N`, "warps:W" -> both targets W, "warps:G/M" -> GEMV target G,
+        """A rule from a setting such as HETEROMOE_SPLIT_K: unset, "" or "h100" -> H100_SPLIT_K (the default),
+        "off" -> never split, an integer N -> `fixed=N`, "warps:W" -> both targets W, "warps:G/M" -> GEMV target G,
         tensor-core target M (no tokens-per-expert bound: for sweeps). "h100" and "warps:..." take a bound on the
         tensor cores' pairs per expert after a second colon (`mma_max_tokens_per_expert`): "h100:64" is
         H100_SPLIT_K splitting up to 64 pairs per expert (one pass of the 8-tile kernel), "warps:256/30:64"."""
-        if not value or value == "off":
+        if not value or value == "h100":
+            return H100_SPLIT_K
+        if value == "off":
             return cls()
         try:
-            if value == "h100" or value.startswith("h100:") or value.count(":") == 2:
-                head, _, bound = value.rpartition(":") if value != "h100" else (value, "", "")
+            if value.startswith("h100:") or value.count(":") == 2:
+                head, _, bound = value.rpartition(":")
+                if not bound or math.isnan(float(bound)):
+                    raise ValueError(f"the bound after the last ':' must be a number, got {bound!r}")
                 base = H100_SPLIT_K if head == "h100" else cls._targets(head)
-                return dataclasses.replace(base, mma_max_tokens_per_expert=float(bound)) if bound else base
+                return dataclasses.replace(base, mma_max_tokens_per_expert=float(bound))
             return cls._targets(value)
         except ValueError as exc:
             raise ValueError(f"split-K setting {value!r}: expected 'off', an integer number of splits, "

@@ -9,7 +9,7 @@
 
 Policy `gpu-only` (no plan): batches of at most `gemv_batch_tokens` tokens run every expert on the GEMV,
 batches up to `mma_max_tokens` every expert on the tensor-core kernel (both read each weight once per pass
-of up to 8 / 32 tokens), all in one C++ call (one token: without route_prep, the GEMVs read the routing);
+of up to 8 / 32 tokens; `KernelTuning.mma_pass_tiles` widens the tensor cores' pass to 48-128), all in one C++ call (one token: without route_prep, the GEMVs read the routing);
 larger batches split by a kernel choice made on the device (experts with at most `gemv_max_tokens` tokens
 take the GEMV, the rest the grouped GEMM). Other policies: the cold experts are the plan's PIM set
 (`gpu_set`: the GPU's share of each expert; the cold rows are the PIM backend's, whose functional stand-in
@@ -240,7 +240,7 @@ class FusedLayerPath(OneCallLaunches):
         GEMM would read its weights for nothing)."""
         fused_gate = self._silu_fused(layer)
         up = layer.up_weight
-        wide = {"pass_tiles": self.tuning.mma_pass_tiles} if kernel is kernels.expert_mma and self._mma_pass else {}
+        wide = {"pass_tiles": self.tuning.mma_pass_tiles} if kernel is kernels.expert_mma else {}
         h = kernel(x, up, prep, in_pairs=prep.hot_pairs if side == "hot" else prep.cold_pairs, top_k=top_k,
                    out_rows=layer.intermediate_size if fused_gate else up.shape[1], silu_chunk=fused_gate,
                    max_tokens=max_tokens, side=side, **wide)

@@ -77,8 +77,8 @@ class _OneCall:
         splits = self._splits.get((num_tokens, num_pairs))
         if splits is None:
             layer = self.layer
-            mma = num_tokens > path.tuning.gemv_batch_tokens and kernels.mma_supported(layer.dtype, layer.hidden_size,
-                                                                                layer.intermediate_size)
+            mma = num_tokens > path.tuning.gemv_batch_tokens and kernels.mma_supported(
+                layer.dtype, layer.hidden_size, layer.intermediate_size)
             kernel = "mma" if mma else "gemv"  # as gemv_layer picks
             splits = self._splits[(num_tokens, num_pairs)] = path.down_k_splits(self.layer, num_tokens, num_pairs,
                                                                                  self.device, kernel)

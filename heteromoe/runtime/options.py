@@ -43,6 +43,8 @@ class KernelTuning:
         mma_pass_tiles: the tensor-core kernel's pass in tiles of 8 tokens where a launch can give an expert more
             than 32 tokens: 0 (default) the 32-token pass; 6, 8 or 16 the wide kernel (48 / 64 / 128 tokens per
             reading of an expert's weights, the weights one K chunk deep; docs/gpu-wide-pass.md). For measuring.
+            `H100_SPLIT_K` still splits only up to 32 pairs per expert (one default pass): a wider pass wants
+            a wider bound, e.g. `SplitKRule.from_env("h100:64")`.
     """
 
     gemv_max_tokens: int = 2
@@ -54,7 +56,7 @@ class KernelTuning:
     mma_pass_tiles: int = 0
 
     def __post_init__(self) -> None:
-        check_pass_tiles(self.mma_pass_tiles)
+        check_pass_tiles(self.mma_pass_tiles, name="mma_pass_tiles")
         if self.gemv_max_tokens < 1:
             raise ValueError(f"gemv_max_tokens must be >= 1, got {self.gemv_max_tokens}")
         for name in ("gemv_batch_tokens", "mma_max_tokens", "mma_min_warps_per_sm"):
@@ -63,10 +65,10 @@ class KernelTuning:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> KernelTuning:
-        """The defaults with the environment's override: `HETEROMOE_SPLIT_K` where set and not empty (see
-        `SplitKRule.from_env`; `off` never splits)."""
-        setting = environ.get("HETEROMOE_SPLIT_K")
-        return cls(split_k=SplitKRule.from_env(setting)) if setting else cls()
+        """The defaults with the environment's override, `HETEROMOE_SPLIT_K` (see `SplitKRule.from_env`; `off`
+        never splits). Only this constructor reads the environment: a `KernelTuning(...)` built in code takes
+        its `split_k` from its arguments (`dataclasses.replace(DEFAULT_TUNING, ...)` keeps the override)."""
+        return cls(split_k=SplitKRule.from_env(environ.get("HETEROMOE_SPLIT_K")))
 
 
 #: The tuning a FusedLayerPath gets by default: the defaults and the environment's override, read once.

@@ -9,7 +9,8 @@ import torch
 
 from heteromoe import kernels
 from heteromoe.kernels import reference
-from heteromoe.kernels.splitk import SPLIT_K_GRAIN, SplitKRule, down_warps, expected_experts, launched_splits
+from heteromoe.kernels.splitk import (H100_SPLIT_K, SPLIT_K_GRAIN, SplitKRule, down_warps, expected_experts,
+                                      launched_splits)
 
 gpu = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.HAS_CUDA_KERNELS),
                          reason="needs a CUDA GPU and heteromoe._cuda (run `pytest -m gpu` on one)")
@@ -104,7 +105,8 @@ def test_fixed_rule_is_capped_by_k():
     assert SplitKRule(fixed=4, min_k_per_split=256).splits("mma", **QWEN3_DOWN, tokens=4, sms=132) == 3
 
 
-@pytest.mark.parametrize("value, rule", [(None, SplitKRule()), ("", SplitKRule()), ("off", SplitKRule()),
+@pytest.mark.parametrize("value, rule", [(None, H100_SPLIT_K), ("", H100_SPLIT_K), ("h100", H100_SPLIT_K),
+                                         ("off", SplitKRule()),
                                          ("3", SplitKRule(fixed=3)),
                                          ("warps:24", SplitKRule(gemv_warps_per_sm=24.0, mma_warps_per_sm=24.0)),
                                          ("warps:40/12.5", SplitKRule(gemv_warps_per_sm=40.0, mma_warps_per_sm=12.5)),
@@ -129,7 +131,8 @@ def test_h100_rule_with_a_wider_pass_bound():
     assert rule.splits("mma", **{**mixtral_256, "pairs": 1024}) == 1  # 128 pairs per expert: above the bound
 
 
-@pytest.mark.parametrize("value", ["four", "warps:", "warps:1/2/3", "0", "h100x", "h100:abc", "3:4", "h100:-1"])
+@pytest.mark.parametrize("value", ["four", "warps:", "warps:1/2/3", "0", "h100x", "h100:abc", "3:4", "h100:-1",
+                                   "h100:", "warps:30/30:", "h100:nan"])
 def test_bad_settings_name_the_value(value):
     with pytest.raises(ValueError, match=repr(value) if value != "0" else "fixed must be >= 1"):
         SplitKRule.from_env(value)
