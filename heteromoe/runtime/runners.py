@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import torch
 
+from heteromoe.cost.ema import EmaPimCost
 from heteromoe.device import Backend
 from heteromoe.runtime.call import CallPlan, LayerCall
 from heteromoe.runtime.checks import BackendOutputError, check_backend_output
@@ -80,7 +81,7 @@ class BackendsRunner(ExpertsRunner):
         backend = self.gpu if side == GPU_SIDE else self.pim
         out, ran_on = self.run_with_fallback(backend, call.layer, hidden, top_k_weights, work, stats)
         learned = call.cost.pim
-        if backend is self.pim and ran_on is backend and hasattr(learned, "observe"):
+        if backend is self.pim and ran_on is backend and isinstance(learned, EmaPimCost):
             measured = backend.reported_times_s(work)
             if measured is not None:  # Sieve's learned table: what the PIM really took
                 learned.observe(work.tokens_per_expert, measured)
