@@ -173,6 +173,18 @@ def test_heteromoe_gpu_only(benchmark, bandwidth, model, batch, clock, hot):
     assert executor.generic_reasons == {}, executor.generic_reasons
 
 
+def gpu_only_kernel(fused, view, batch: int, top_k: int, device: torch.device) -> tuple[str, int]:
+    """The kernel a gpu-only call of `batch` tokens runs its experts on ("gemv", "mma" or "grouped_mm + gemv",
+    as the fused path chooses) and the splits of its down projection."""
+    if batch <= fused.tuning.gemv_batch_tokens:
+        kernel = "gemv"
+    elif fused.mma_ok(view, batch, batch * top_k, device):
+        kernel = "mma"
+    else:
+        return "grouped_mm + gemv", 1
+    return kernel, fused.down_k_splits(view, batch, batch * top_k, device, kernel)
+
+
 # Split-K sweep (bench/gpu_splitk.sh): HETEROMOE_BENCH_SPLIT_K="1,2,4,8" runs gpu-only once per setting, each
 # a fixed number of down-projection splits (heteromoe.kernels.splitk.SplitKRule(fixed=S); "warps:W" for the
 # warps-per-SM rule); unset, the test is skipped.
@@ -195,10 +207,7 @@ def test_heteromoe_gpu_only_split_k(benchmark, bandwidth, model, batch, setting)
     run, executor = executor_for(model, "gpu-only", split_k=rule)
     fused, view = executor.fused, executor_views[model]
     E, k, d, f = SHAPES[model]
-    mma = batch > fused.tuning.gemv_batch_tokens and fused.mma_ok(view, batch, batch * k, hidden.device)
-    kernel = "gemv" if batch <= fused.tuning.gemv_batch_tokens else "mma" if mma else "grouped_mm + gemv"
-    splits = 1 if kernel == "grouped_mm + gemv" else fused.down_k_splits(view, batch, batch * k, hidden.device,
-                                                                          "mma" if mma else "gemv")
+    kernel, splits = gpu_only_kernel(fused, view, batch, k, hidden.device)
     # the rule's input: the unsplit down projection's warps per SM (on the kernel S >= 2 would run, over the
     # experts a call of this batch touches under uniform routing), and the warps this routing gives
     rule_kernel = "gemv" if batch <= fused.tuning.gemv_batch_tokens else "mma"
@@ -252,10 +261,7 @@ def test_heteromoe_gpu_only_wide_pass(benchmark, bandwidth, model, batch, varian
                                      mma_pass_tiles=tiles)
     fused, view = executor.fused, executor_views[model]
     E, k, d, f = SHAPES[model]
-    mma = batch > fused.tuning.gemv_batch_tokens and fused.mma_ok(view, batch, batch * k, hidden.device)
-    kernel = "gemv" if batch <= fused.tuning.gemv_batch_tokens else "mma" if mma else "grouped_mm + gemv"
-    splits = 1 if kernel == "grouped_mm + gemv" else fused.down_k_splits(view, batch, batch * k, hidden.device,
-                                                                          "mma" if mma else "gemv")
+    kernel, splits = gpu_only_kernel(fused, view, batch, k, hidden.device)
     # tokens per reading of an expert's weights on the tensor cores: the wide pass above 32 tokens, else one pass
     # of 32 (the shared-memory kernel) or of the whole batch (up to 16 tokens)
     pass_tokens = 8 * tiles if tiles > 4 and batch > 32 else 32 if batch >= 17 else batch

@@ -10,26 +10,15 @@ Every JSON given is read; grouped_mm's graph-clock rows may come from any of the
 """
 from __future__ import annotations
 
-import json
 import sys
-from collections import defaultdict
+
+from show_layer_results import load_graph_sweep
 
 
 def load(paths: list[str]) -> tuple[dict, dict]:
     """({(model, batch): grouped_mm seconds}, {(model, batch): {setting: extra_info}})."""
-    grouped: dict = {}
-    sweep: dict = defaultdict(dict)
-    for path in paths:
-        for bench in json.load(open(path))["benchmarks"]:
-            info = bench["extra_info"]
-            if info.get("clock") != "graph":
-                continue
-            key = (info["model"], info["batch"])
-            if info["path"] == "grouped_mm":
-                grouped[key] = info["seconds_per_call"]
-            elif "split_k" in info:
-                sweep[key][info["split_k"]] = info
-    return grouped, sweep
+    grouped, sweep = load_graph_sweep(paths, lambda info: info.get("split_k"))
+    return {key: info["seconds_per_call"] for key, info in grouped.items()}, sweep
 
 
 def main(paths: list[str]) -> None:

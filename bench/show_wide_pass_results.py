@@ -8,27 +8,22 @@ summed over the experts), the splits launched and the kernel; the fastest of eac
 """
 from __future__ import annotations
 
-import json
 import sys
-from collections import defaultdict
+
+from show_layer_results import load_graph_sweep
+
+
+def column(info: dict) -> str | None:
+    """A wide-pass row's column: "default" or "P=.. S=.." (None: not a wide-pass row)."""
+    variant = info.get("wide_variant")
+    if variant is None:
+        return None
+    return "default" if variant == "default" else f"P={variant} S={info['split_k']}"
 
 
 def load(paths: list[str]) -> tuple[dict, dict]:
     """({(model, batch): grouped_mm extra_info}, {(model, batch): {column: extra_info}})."""
-    grouped: dict = {}
-    rows: dict = defaultdict(dict)
-    for path in paths:
-        for bench in json.load(open(path))["benchmarks"]:
-            info = bench["extra_info"]
-            if info.get("clock") != "graph":
-                continue
-            key = (info["model"], info["batch"])
-            if info["path"] == "grouped_mm":
-                grouped[key] = info
-            elif "wide_variant" in info:
-                variant = info["wide_variant"]
-                rows[key]["default" if variant == "default" else f"P={variant} S={info['split_k']}"] = info
-    return grouped, rows
+    return load_graph_sweep(paths, column)
 
 
 def line(batch: int, column: str, info: dict, best: bool) -> str:
