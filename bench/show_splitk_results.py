@@ -17,7 +17,8 @@ from show_layer_results import load_graph_sweep
 
 def load(paths: list[str]) -> tuple[dict, dict]:
     """({(model, batch): grouped_mm seconds}, {(model, batch): {setting: extra_info}})."""
-    grouped, sweep = load_graph_sweep(paths, lambda info: info.get("split_k"))
+    grouped, sweep = load_graph_sweep(  # the wide-pass sweep records split_k too: its rows are not this table's
+        paths, lambda info: None if "wide_variant" in info else info.get("split_k"))
     return {key: info["seconds_per_call"] for key, info in grouped.items()}, sweep
 
 
