@@ -9,9 +9,10 @@
 
 Policy `gpu-only` (no plan): batches of at most `gemv_batch_tokens` tokens run every expert on the GEMV,
 batches up to `mma_max_tokens` every expert on the tensor-core kernel (both read each weight once per pass
-of up to 8 / 32 tokens; `KernelTuning.mma_pass_tiles` widens the tensor cores' pass to 48-128), all in one C++ call (one token: without route_prep, the GEMVs read the routing);
-larger batches split by a kernel choice made on the device (experts with at most `gemv_max_tokens` tokens
-take the GEMV, the rest the grouped GEMM). Other policies: the cold experts are the plan's PIM set
+of up to 8 / 32 tokens; `KernelTuning.mma_pass_tiles` widens the tensor cores' pass to 48-128), all in one
+C++ call (one token: without route_prep, the GEMVs read the routing); larger batches split by a kernel
+choice made on the device (experts with at most `gemv_max_tokens` tokens take the GEMV, the rest the grouped
+GEMM). Other policies: the cold experts are the plan's PIM set
 (`gpu_set`: the GPU's share of each expert; the cold rows are the PIM backend's, whose functional stand-in
 is the same GEMV kernel); planned on the device, a call is one C++ call too, its GPU set on the GEMV or the
 tensor-core kernel by the same batch rule. Nothing waits on the host: the path can be captured in a CUDA
