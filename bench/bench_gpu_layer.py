@@ -11,7 +11,8 @@ Two clocks, both recorded:
   eager: wall time of one call from Python, synchronized (launches and host work included).
 test_heteromoe_gpu_only_split_k sweeps split-K of the down projection (HETEROMOE_BENCH_SPLIT_K, see there;
 bench/gpu_splitk.sh); test_heteromoe_gpu_only_wide_pass the tensor-core kernel's pass width with split-K
-(HETEROMOE_BENCH_WIDE, see there; bench/gpu_wide_pass.sh).
+(HETEROMOE_BENCH_WIDE, see there; bench/gpu_wide_pass.sh); test_heteromoe_gpu_only_grouped what runs the hot
+experts off the tensor cores (HETEROMOE_BENCH_GROUPED, see there; bench/gpu_grouped.sh).
 extra_info holds the bytes of the weights the routing touches, the read bandwidth measured in the same
 run (summing a 4 GiB tensor), and the share of it each path reaches. `heteromoe` (the policy with a
 GPU/PIM plan) needs the counts on the host, so it has only the eager clock; its host time is recorded.
@@ -70,7 +71,7 @@ def routing(model: str, batch: int):
 
 def executor_for(model: str, policy: str, plan_ahead: bool = False, plan_on_device: bool = False,
                  mma_max_tokens: int = 256, split_k=None, mma_min_warps_per_sm: int | None = None,
-                 mma_pass_tiles: int | None = None):
+                 mma_pass_tiles: int | None = None, grouped_gemm: str | None = None, grouped_tile=None):
     import heteromoe
     from heteromoe.cost.model import CostModel
     from heteromoe.device import registry
@@ -86,7 +87,8 @@ def executor_for(model: str, policy: str, plan_ahead: bool = False, plan_on_devi
     executor = MoEExecutor(get_policy(policy), torch_backend, registry.get("pim-emulator"), torch_backend,
                            fused=FusedLayerPath(mma_max_tokens=mma_max_tokens, split_k=split_k,
                                                 mma_min_warps_per_sm=mma_min_warps_per_sm,
-                                                mma_pass_tiles=mma_pass_tiles),
+                                                mma_pass_tiles=mma_pass_tiles, grouped_gemm=grouped_gemm,
+                                                grouped_tile=grouped_tile),
                            plan_ahead=plan_ahead, plan_on_device=plan_on_device)
     view = executor_views[model] = ExpertLayer.from_module("layer", layer(model))
     placement = Placement.from_homes(np.zeros(E, dtype=np.int64), 1)
@@ -174,14 +176,14 @@ def test_heteromoe_gpu_only(benchmark, bandwidth, model, batch, clock, hot):
 
 
 def gpu_only_kernel(fused, view, batch: int, top_k: int, device: torch.device) -> tuple[str, int]:
-    """The kernel a gpu-only call of `batch` tokens runs its experts on ("gemv", "mma" or "grouped_mm + gemv",
-    as the fused path chooses) and the splits of its down projection."""
+    """The kernel a gpu-only call of `batch` tokens runs its experts on ("gemv", "mma", "grouped_mm + gemv" or
+    "triton + gemv", as the fused path chooses) and the splits of its down projection."""
     if batch <= fused.tuning.gemv_batch_tokens:
         kernel = "gemv"
     elif fused.mma_ok(view, batch, batch * top_k, device):
         kernel = "mma"
     else:
-        return "grouped_mm + gemv", 1
+        return f"{fused.tuning.grouped_gemm} + gemv", 1
     return kernel, fused.down_k_splits(view, batch, batch * top_k, device, kernel)
 
 
@@ -273,6 +275,43 @@ def test_heteromoe_gpu_only_wide_pass(benchmark, bandwidth, model, batch, varian
                     expert_reads=expert_reads(ids, E, pass_tokens) if kernel == "mma" else None,
                     touched_experts=touched // (3 * d * f * 2))
     assert executor.generic_reasons == {}, executor.generic_reasons
+
+
+GROUPED_VARIANTS = [v for v in os.environ.get("HETEROMOE_BENCH_GROUPED", "").split(",") if v]
+
+
+@pytest.mark.parametrize("variant", GROUPED_VARIANTS or ["unset"])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("model", list(SHAPES))
+def test_heteromoe_gpu_only_grouped(benchmark, bandwidth, model, batch, variant):
+    """gpu-only (graph clock) with the hot experts (above gemv_max_tokens tokens) on `variant`, the tensor-core
+    kernel off (mma_max_tokens=0): "grouped_mm" (torch's, after gather_rows, the gate apart), "triton" (the Triton
+    grouped GEMM, its tile chosen by tokens per expert) or "triton:<tile>" (e.g. triton:128x64x64w8s4t);
+    "default" is the shipped path (its own kernel choice)."""
+    if not GROUPED_VARIANTS:
+        pytest.skip("set HETEROMOE_BENCH_GROUPED (e.g. default,grouped_mm,triton) to sweep the hot side's GEMM")
+    from heteromoe.kernels.grouped_triton import GroupedTile
+
+    experts = layer(model)
+    hidden, ids, weights, touched = routing(model, batch)
+    gemm, _, tile = variant.partition(":")
+    if variant == "default":
+        run, executor = executor_for(model, "gpu-only")
+    else:
+        run, executor = executor_for(model, "gpu-only", mma_max_tokens=0, grouped_gemm=gemm,
+                                     grouped_tile=GroupedTile.parse(tile) if tile else None)
+    fused, view = executor.fused, executor_views[model]
+    E, k, d, f = SHAPES[model]
+    kernel, splits = gpu_only_kernel(fused, view, batch, k, hidden.device)
+    counts = np.bincount(ids.cpu().numpy().reshape(-1), minlength=E)
+    with torch.no_grad():
+        check(run(hidden, ids, weights), experts(hidden, ids, weights))
+        bench_graph(benchmark, lambda: run(hidden, ids, weights), touched, bandwidth, model=model, batch=batch,
+                    path="heteromoe gpu-only", grouped_variant=variant, kernel=kernel, down_k_splits=splits,
+                    hot_experts=int((counts > fused.tuning.gemv_max_tokens).sum()), max_expert_tokens=int(counts.max()),
+                    touched_experts=touched // (3 * d * f * 2))
+    assert executor.generic_reasons == {}, executor.generic_reasons
+    assert fused.triton_fallbacks == 0, "the Triton kernel did not run"
 
 
 MODES = [("host", "eager"), ("plan-ahead", "eager"), ("device", "eager"), ("device", "graph")]

@@ -3,6 +3,7 @@
     route_prep (1 block: counts, hot/cold split, stable permutation)
       hot  side (main stream):   expert_mma(gate_up, SiLU gate fused) -> expert_mma(down)   (tensor cores)
                                  or, above `mma_max_tokens`, gather_rows -> grouped_mm -> gate -> grouped_mm
+                                 (or `grouped_gemm="triton"`: Triton up with the gate -> Triton down)
                                  or, up to `gemv_batch_tokens` tokens, the GEMV as on the cold side
       cold side (second stream): expert_gemv(gate_up, SiLU gate fused) -> expert_gemv(down)
     unpermute (weighted sum over each token's k slots; waits on both sides)
@@ -31,6 +32,8 @@ import numpy as np
 import torch
 
 from heteromoe import kernels
+from heteromoe.kernels import grouped_triton
+from heteromoe.kernels.grouped_triton import GroupedTile
 from heteromoe.kernels.splitk import SplitKRule, expected_experts, launched_splits
 from heteromoe.runtime.fused_checks import gate_is_silu_chunk, unsupported_reason
 from heteromoe.runtime.layer import ExpertLayer
@@ -48,16 +51,18 @@ class FusedLayerPath(OneCallLaunches):
         tuning: the kernel choices (`runtime.options.KernelTuning`; default: `DEFAULT_TUNING`, today's
             measured choices).
         gemv_max_tokens / streams / gemv_batch_tokens / mma_max_tokens / mma_min_warps_per_sm / split_k /
-            mma_pass_tiles: each replaces that field of `tuning` where given (not None).
+            mma_pass_tiles / grouped_gemm / grouped_tile: each replaces that field of `tuning` where given (not
+            None).
     """
 
     def __init__(self, gemv_max_tokens: int | None = None, streams: bool | None = None,
                  gemv_batch_tokens: int | None = None, mma_max_tokens: int | None = None,
                  mma_min_warps_per_sm: int | None = None, split_k: SplitKRule | None = None,
-                 tuning: KernelTuning | None = None, mma_pass_tiles: int | None = None) -> None:
+                 tuning: KernelTuning | None = None, mma_pass_tiles: int | None = None,
+                 grouped_gemm: str | None = None, grouped_tile: GroupedTile | None = None) -> None:
         given = dict(gemv_max_tokens=gemv_max_tokens, streams=streams, gemv_batch_tokens=gemv_batch_tokens,
                      mma_max_tokens=mma_max_tokens, mma_min_warps_per_sm=mma_min_warps_per_sm, split_k=split_k,
-                     mma_pass_tiles=mma_pass_tiles)
+                     mma_pass_tiles=mma_pass_tiles, grouped_gemm=grouped_gemm, grouped_tile=grouped_tile)
         self.tuning = dataclasses.replace(tuning or DEFAULT_TUNING, **{k: v for k, v in given.items() if v is not None})
         # the tensor-core pass, as the one-call entry points take it (no argument for the default)
         self._mma_pass = {"mma_pass_tiles": self.tuning.mma_pass_tiles} if self.tuning.mma_pass_tiles else {}
@@ -65,6 +70,9 @@ class FusedLayerPath(OneCallLaunches):
         self._side: dict[torch.device, torch.cuda.Stream] = {}
         self._gate_fused: dict[int, bool] = {}
         self._grouped_ok: dict[tuple, bool] = {}
+        self._triton_ok: dict[tuple, bool] = {}
+        #: hot-side calls the Triton grouped GEMM was asked for but grouped_mm ran (Triton missing or failed)
+        self.triton_fallbacks = 0
         self._err_host: dict[str, torch.Tensor] = {}
         self._err_view: dict[str, np.ndarray] = {}  # numpy views of _err_host (read on every call)
         self._last_prep_counts: torch.Tensor | None = None
@@ -222,6 +230,10 @@ class FusedLayerPath(OneCallLaunches):
         if splits:
             return self._projections(kernels.expert_mma, layer, hidden.to(layer.dtype), prep, top_k, num_tokens, "hot",
                                      down_k_splits=splits)
+        if self.tuning.grouped_gemm == "triton":
+            y = self._hot_triton(layer, hidden.to(layer.dtype), prep, top_k, num_tokens)
+            if y is not None:
+                return y
         x = kernels.gather_rows(hidden.to(layer.dtype), prep.hot_pairs, top_k)
         key = (layer.dtype, hidden.device.type)
         if self._grouped_ok.get(key, True):
@@ -251,6 +263,31 @@ class FusedLayerPath(OneCallLaunches):
         return kernel(h.contiguous(), layer.down_weight, prep, in_pairs=None, top_k=top_k, out_rows=layer.hidden_size,
                       silu_chunk=False, max_tokens=max_tokens, side=side, lists_ready=fused_gate,
                       k_splits=down_k_splits, **wide)
+
+    def _hot_triton(self, layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep, top_k: int,
+                    num_tokens: int) -> torch.Tensor | None:
+        """The hot side on `kernels.grouped_triton` (None where it cannot run: grouped_mm runs instead, the
+        reason logged once per dtype and device and every such call counted in `triton_fallbacks`)."""
+        key = (layer.dtype, x.device.type)
+        if self._triton_ok.get(key, True):
+            on_device = x.is_cuda or grouped_triton.interpreting()  # the interpreter runs CPU tensors (tests)
+            reason = (None if on_device else f"tensors on {x.device}") or grouped_triton.unavailable_reason()
+            if reason is None:
+                gated = self._silu_fused(layer)
+                try:
+                    h = grouped_triton.grouped_up(x, layer.up_weight, prep.hot_pairs, top_k, prep.hot_offs,
+                                                  gated=gated, max_tokens=num_tokens, tile=self.tuning.grouped_tile)
+                    if not gated:
+                        h = layer.activate(h)
+                    return grouped_triton.grouped_down(h.contiguous(), layer.down_weight, prep.hot_offs,
+                                                       max_tokens=num_tokens, tile=self.tuning.grouped_tile)
+                except Exception as exc:  # Triton raises its own types (compiler, resources): each falls back
+                    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self._triton_ok[key] = False
+            logger.warning("fused path: the Triton grouped GEMM cannot run for %s on %s (%s); grouped_mm runs",
+                           layer.dtype, x.device.type, reason)
+        self.triton_fallbacks += 1
+        return None
 
     @staticmethod
     def _hot_grouped(layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep) -> torch.Tensor:

@@ -12,9 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from heteromoe.kernels import check_pass_tiles
+from heteromoe.kernels.grouped_triton import GroupedTile
 from heteromoe.kernels.splitk import H100_SPLIT_K, SplitKRule
 
-__all__ = ["DEFAULT_TUNING", "FusedOptions", "KernelTuning"]
+__all__ = ["DEFAULT_TUNING", "GROUPED_GEMMS", "FusedOptions", "KernelTuning"]
+
+#: What can run the hot side's grouped GEMMs (`KernelTuning.grouped_gemm`).
+GROUPED_GEMMS = ("grouped_mm", "triton")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,11 @@ class KernelTuning:
             reading of an expert's weights, the weights one K chunk deep; docs/gpu-wide-pass.md). For measuring.
             `H100_SPLIT_K` still splits only up to 32 pairs per expert (one default pass): a wider pass wants
             a wider bound, e.g. `SplitKRule.from_env("h100:64")`.
+        grouped_gemm: what runs the hot experts where the tensor-core kernel does not (batches above
+            `mma_max_tokens`, or too few warps: `mma_min_warps_per_sm`): "grouped_mm" (torch's) or "triton"
+            (`kernels.grouped_triton`: the SiLU gate fused into the up projection, tokens read through the
+            pairs, no gather; grouped_mm where Triton or a GPU is missing). docs/gpu-grouped-triton.md.
+        grouped_tile: the Triton kernel's tile (None: `grouped_triton.tile_for`'s choice by tokens per expert).
     """
 
     gemv_max_tokens: int = 2
@@ -54,9 +63,16 @@ class KernelTuning:
     streams: bool = True
     split_k: SplitKRule = H100_SPLIT_K
     mma_pass_tiles: int = 0
+    grouped_gemm: str = "grouped_mm"
+    grouped_tile: GroupedTile | None = None
 
     def __post_init__(self) -> None:
         check_pass_tiles(self.mma_pass_tiles, name="mma_pass_tiles")
+        if self.grouped_gemm not in GROUPED_GEMMS:
+            raise ValueError(f"grouped_gemm must be one of {GROUPED_GEMMS}, got {self.grouped_gemm!r}")
+        if self.grouped_tile is not None and not isinstance(self.grouped_tile, GroupedTile):
+            raise ValueError(f"grouped_tile must be a GroupedTile or None, got {self.grouped_tile!r} "
+                             "(GroupedTile.parse('128x64x64w8s4') reads the spelled form)")
         if self.gemv_max_tokens < 1:
             raise ValueError(f"gemv_max_tokens must be >= 1, got {self.gemv_max_tokens}")
         for name in ("gemv_batch_tokens", "mma_max_tokens", "mma_min_warps_per_sm"):
