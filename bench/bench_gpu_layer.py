@@ -160,18 +160,23 @@ def test_transformers_grouped_mm(benchmark, bandwidth, model, batch, clock):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("model", list(SHAPES))
 def test_heteromoe_gpu_only(benchmark, bandwidth, model, batch, clock, hot):
-    """gpu-only: batches up to 4 tokens all on the GEMV; above, every expert on the tensor-core kernel (mma,
-    the default) or, for comparison, experts above 2 tokens on torch's grouped_mm and the rest on the GEMV."""
+    """gpu-only: the shipped path (`hot="mma"`: batches up to 4 tokens all on the GEMV, above every expert on the
+    tensor-core kernel or, where its down projection has too few warps unsplit and Triton runs, experts above 2
+    tokens on the Triton grouped GEMM beside the GEMV; the kernel is in extra_info) or, for comparison, experts
+    above 2 tokens on torch's grouped_mm and the rest on the GEMV."""
     if hot == "grouped_mm" and batch <= 4:
         pytest.skip("batches up to 4 tokens run all on the GEMV either way")
     experts = layer(model)
     hidden, ids, weights, touched = routing(model, batch)
-    run, executor = executor_for(model, "gpu-only", mma_max_tokens=256 if hot == "mma" else 0)
+    run, executor = executor_for(model, "gpu-only", mma_max_tokens=256 if hot == "mma" else 0,
+                                 grouped_gemm=None if hot == "mma" else "grouped_mm")
     path = "heteromoe gpu-only" if hot == "mma" else "heteromoe gpu-only (grouped_mm hot side)"
+    kernel, splits = gpu_only_kernel(executor.fused, executor_views[model], batch, SHAPES[model][1], hidden.device)
     with torch.no_grad():
         check(run(hidden, ids, weights), experts(hidden, ids, weights))
         (bench_graph if clock == "graph" else bench_eager)(benchmark, lambda: run(hidden, ids, weights), touched,
-                                                           bandwidth, model=model, batch=batch, path=path)
+                                                           bandwidth, model=model, batch=batch, path=path,
+                                                           kernel=kernel, down_k_splits=splits)
     assert executor.generic_reasons == {}, executor.generic_reasons
 
 
@@ -183,7 +188,7 @@ def gpu_only_kernel(fused, view, batch: int, top_k: int, device: torch.device) -
     elif fused.mma_ok(view, batch, batch * top_k, device):
         kernel = "mma"
     else:
-        return f"{fused.tuning.grouped_gemm} + gemv", 1
+        return ("triton" if fused.hot_on_triton(view, device) else "grouped_mm") + " + gemv", 1
     return kernel, fused.down_k_splits(view, batch, batch * top_k, device, kernel)
 
 
@@ -253,12 +258,13 @@ def test_heteromoe_gpu_only_wide_pass(benchmark, bandwidth, model, batch, varian
         pytest.skip("the default path is measured once (its own split rule)")
     from heteromoe.kernels.splitk import SplitKRule
 
-    tiles = 0 if variant == "default" else int(variant)
     experts = layer(model)
     hidden, ids, weights, touched = routing(model, batch)
     if variant == "default":
         run, executor = executor_for(model, "gpu-only")
+        tiles = executor.fused.tuning.pass_tiles(batch * SHAPES[model][1], SHAPES[model][0])  # the default's rule
     else:
+        tiles = int(variant)
         run, executor = executor_for(model, "gpu-only", split_k=SplitKRule.from_env(split), mma_min_warps_per_sm=0,
                                      mma_pass_tiles=tiles)
     fused, view = executor.fused, executor_views[model]

@@ -9,11 +9,12 @@
     unpermute (weighted sum over each token's k slots; waits on both sides)
 
 Policy `gpu-only` (no plan): batches of at most `gemv_batch_tokens` tokens run every expert on the GEMV,
-batches up to `mma_max_tokens` every expert on the tensor-core kernel (both read each weight once per pass
-of up to 8 / 32 tokens; `KernelTuning.mma_pass_tiles` widens the tensor cores' pass to 48-128), all in one
-C++ call (one token: without route_prep, the GEMVs read the routing); larger batches split by a kernel
-choice made on the device (experts with at most `gemv_max_tokens` tokens take the GEMV, the rest the grouped
-GEMM). Other policies: the cold experts are the plan's PIM set
+batches up to `mma_max_tokens` every expert on the tensor-core kernel where its down projection has enough
+warps (both read each weight once per pass of up to 8 / 32 tokens; `KernelTuning.pass_tiles` widens the
+tensor cores' pass to 48 from 16 pairs per expert on), all in one C++ call (one token: without route_prep, the
+GEMVs read the routing); other batches split by a kernel choice made on the device (experts with at most
+`gemv_max_tokens` tokens take the GEMV, the rest the grouped GEMM: Triton's where it runs, else torch's
+grouped_mm; `KernelTuning.grouped_gemm`). Other policies: the cold experts are the plan's PIM set
 (`gpu_set`: the GPU's share of each expert; the cold rows are the PIM backend's, whose functional stand-in
 is the same GEMV kernel); planned on the device, a call is one C++ call too, its GPU set on the GEMV or the
 tensor-core kernel by the same batch rule. Nothing waits on the host: the path can be captured in a CUDA
@@ -64,14 +65,13 @@ class FusedLayerPath(OneCallLaunches):
                      mma_max_tokens=mma_max_tokens, mma_min_warps_per_sm=mma_min_warps_per_sm, split_k=split_k,
                      mma_pass_tiles=mma_pass_tiles, grouped_gemm=grouped_gemm, grouped_tile=grouped_tile)
         self.tuning = dataclasses.replace(tuning or DEFAULT_TUNING, **{k: v for k, v in given.items() if v is not None})
-        # the tensor-core pass, as the one-call entry points take it (no argument for the default)
-        self._mma_pass = {"mma_pass_tiles": self.tuning.mma_pass_tiles} if self.tuning.mma_pass_tiles else {}
         self._sms: dict[torch.device, int] = {}
         self._side: dict[torch.device, torch.cuda.Stream] = {}
         self._gate_fused: dict[int, bool] = {}
         self._grouped_ok: dict[tuple, bool] = {}
         self._triton_ok: dict[tuple, bool] = {}
-        #: hot-side calls the Triton grouped GEMM was asked for but grouped_mm ran (Triton missing or failed)
+        #: hot-side calls where grouped_mm ran for the Triton kernel: it failed (any choice but grouped_mm), or
+        #: `grouped_gemm="triton"` and it cannot run here (no Triton, no GPU)
         self.triton_fallbacks = 0
         self._err_host: dict[str, torch.Tensor] = {}
         self._err_view: dict[str, np.ndarray] = {}  # numpy views of _err_host (read on every call)
@@ -180,8 +180,18 @@ class FusedLayerPath(OneCallLaunches):
                 layer.dtype, layer.hidden_size, layer.intermediate_size):
             return 0
         splits = self.down_k_splits(layer, num_tokens, num_pairs, device, "mma")  # 1 without split-K
-        warps = min(layer.num_experts, num_pairs) * (layer.hidden_size // 32) * splits
+        warps = min(layer.num_experts, num_pairs) * (layer.hidden_size // 32)
+        if not self.hot_on_triton(layer, device):
+            warps *= splits  # without Triton, split-K's warps count (the tensor cores beat grouped_mm there)
         return splits if warps >= tuning.mma_min_warps_per_sm * self._sm_count(device) else 0
+
+    def hot_on_triton(self, layer: ExpertLayer, device: torch.device) -> bool:
+        """Whether the hot experts this path runs off the tensor cores run on the Triton grouped GEMM (else
+        torch's grouped_mm): `grouped_gemm` is not "grouped_mm", Triton and a GPU are here, and it has not
+        failed for this dtype."""
+        if self.tuning.grouped_gemm == "grouped_mm" or not self._triton_ok.get((layer.dtype, device.type), True):
+            return False
+        return (device.type == "cuda" or grouped_triton.interpreting()) and grouped_triton.unavailable_reason() is None
 
     def down_k_splits(self, layer: ExpertLayer, num_tokens: int, num_pairs: int, device: torch.device,
                       kernel: str) -> int:
@@ -230,7 +240,7 @@ class FusedLayerPath(OneCallLaunches):
         if splits:
             return self._projections(kernels.expert_mma, layer, hidden.to(layer.dtype), prep, top_k, num_tokens, "hot",
                                      down_k_splits=splits)
-        if self.tuning.grouped_gemm == "triton":
+        if self.tuning.grouped_gemm != "grouped_mm":
             y = self._hot_triton(layer, hidden.to(layer.dtype), prep, top_k, num_tokens)
             if y is not None:
                 return y
@@ -253,7 +263,9 @@ class FusedLayerPath(OneCallLaunches):
         GEMM would read its weights for nothing)."""
         fused_gate = self._silu_fused(layer)
         up = layer.up_weight
-        wide = {"pass_tiles": self.tuning.mma_pass_tiles} if kernel is kernels.expert_mma else {}
+        wide = {}
+        if kernel is kernels.expert_mma:
+            wide = {"pass_tiles": self.tuning.pass_tiles(prep.num_pairs, layer.num_experts)}
         h = kernel(x, up, prep, in_pairs=prep.hot_pairs if side == "hot" else prep.cold_pairs, top_k=top_k,
                    out_rows=layer.intermediate_size if fused_gate else up.shape[1], silu_chunk=fused_gate,
                    max_tokens=max_tokens, side=side, **wide)
@@ -269,24 +281,29 @@ class FusedLayerPath(OneCallLaunches):
         """The hot side on `kernels.grouped_triton` (None where it cannot run: grouped_mm runs instead, the
         reason logged once per dtype and device and every such call counted in `triton_fallbacks`)."""
         key = (layer.dtype, x.device.type)
-        if self._triton_ok.get(key, True):
-            on_device = x.is_cuda or grouped_triton.interpreting()  # the interpreter runs CPU tensors (tests)
-            reason = (None if on_device else f"tensors on {x.device}") or grouped_triton.unavailable_reason()
-            if reason is None:
-                gated = self._silu_fused(layer)
-                try:
-                    h = grouped_triton.grouped_up(x, layer.up_weight, prep.hot_pairs, top_k, prep.hot_offs,
-                                                  gated=gated, max_tokens=num_tokens, tile=self.tuning.grouped_tile)
-                    if not gated:
-                        h = layer.activate(h)
-                    return grouped_triton.grouped_down(h.contiguous(), layer.down_weight, prep.hot_offs,
-                                                       max_tokens=num_tokens, tile=self.tuning.grouped_tile)
-                except Exception as exc:  # Triton raises its own types (compiler, resources): each falls back
-                    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            self._triton_ok[key] = False
-            logger.warning("fused path: the Triton grouped GEMM cannot run for %s on %s (%s); grouped_mm runs",
-                           layer.dtype, x.device.type, reason)
-        self.triton_fallbacks += 1
+        if self.hot_on_triton(layer, x.device):
+            gated = self._silu_fused(layer)
+            try:
+                h = grouped_triton.grouped_up(x, layer.up_weight, prep.hot_pairs, top_k, prep.hot_offs, gated=gated,
+                                              max_tokens=num_tokens, tile=self.tuning.grouped_tile)
+                if not gated:
+                    h = layer.activate(h)
+                return grouped_triton.grouped_down(h.contiguous(), layer.down_weight, prep.hot_offs,
+                                                   max_tokens=num_tokens, tile=self.tuning.grouped_tile)
+            except Exception as exc:  # Triton raises its own types (compiler, resources): each falls back
+                self._triton_ok[key] = False
+                logger.warning("fused path: the Triton grouped GEMM failed for %s on %s (%s: %s); grouped_mm runs",
+                               layer.dtype, x.device.type, type(exc).__name__, str(exc).splitlines()[:1])
+                self.triton_fallbacks += 1
+                return None
+        if self.tuning.grouped_gemm == "triton" or not self._triton_ok.get(key, True):
+            if self._triton_ok.get(key, True):
+                on_device = x.is_cuda or grouped_triton.interpreting()
+                reason = grouped_triton.unavailable_reason() if on_device else f"tensors on {x.device}"
+                logger.warning("fused path: the Triton grouped GEMM cannot run for %s on %s (%s); grouped_mm runs",
+                               layer.dtype, x.device.type, reason)
+                self._triton_ok[key] = False
+            self.triton_fallbacks += 1
         return None
 
     @staticmethod

@@ -100,7 +100,12 @@ class _OneCall:
 
 class OneCallLaunches:
     """The one-call launches of FusedLayerPath (its `_silu_fused`, `_err_word`, `_side_stream`, `tuning`,
-    `_mma_pass`, `_calls` and `_ws` are read here)."""
+    `_calls` and `_ws` are read here)."""
+
+    def _mma_pass(self, num_pairs: int, num_experts: int) -> dict[str, int]:
+        """The tensor-core pass as the one-call entry points take it (no argument for the default kernels)."""
+        tiles = self.tuning.pass_tiles(num_pairs, num_experts)
+        return {"mma_pass_tiles": tiles} if tiles else {}
 
     # -- the decode case in one host call ----------------------------------------------------------------
     def _one_call(self, layer: ExpertLayer, hidden: torch.Tensor, top_k_weights: torch.Tensor) -> _OneCall | None:
@@ -138,7 +143,8 @@ class OneCallLaunches:
                                  a.top_k, layer.num_experts, a.up.data_ptr(), a.down.data_ptr(), layer.hidden_size,
                                  layer.intermediate_size, a.weights.data_ptr(), call.round_products,
                                  self.tuning.gemv_batch_tokens + 1 if mma else 0, direct, a.workspace.data_ptr(),
-                                 a.out.data_ptr(), call.err_word.data_ptr(), a.stream, *extra, **self._mma_pass)
+                                 a.out.data_ptr(), call.err_word.data_ptr(), a.stream, *extra,
+                                 **self._mma_pass(tokens * top_k, layer.num_experts))
         if direct:
             self.last_counts = None
         else:
@@ -164,7 +170,8 @@ class OneCallLaunches:
                                  plan_out.data_ptr(), hot_mma, a.workspace.data_ptr(), a.out.data_ptr(),
                                  call.err_word.data_ptr(), a.stream,
                                  self._side_stream(call.device).cuda_stream if hot_mma else 0,  # fork only with hot_mma
-                                 *((splits,) if splits > 1 else ()), **self._mma_pass)
+                                 *((splits,) if splits > 1 else ()),
+                                 **self._mma_pass(tokens * top_k, layer.num_experts))
         self._last_ws = (a.workspace, layer.num_experts)
         return a.out
 

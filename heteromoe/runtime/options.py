@@ -17,8 +17,12 @@ from heteromoe.kernels.splitk import H100_SPLIT_K, SplitKRule
 
 __all__ = ["DEFAULT_TUNING", "GROUPED_GEMMS", "FusedOptions", "KernelTuning"]
 
+#: `KernelTuning.pass_tiles`'s rule: the 48-token pass from 16 routed pairs per expert on.
+WIDE_PASS_TILES = 6
+WIDE_PASS_PAIRS_PER_EXPERT = 16
+
 #: What can run the hot side's grouped GEMMs (`KernelTuning.grouped_gemm`).
-GROUPED_GEMMS = ("grouped_mm", "triton")
+GROUPED_GEMMS = ("auto", "grouped_mm", "triton")
 
 
 @dataclass(frozen=True)
@@ -45,14 +49,21 @@ class KernelTuning:
             H100 (it splits only rows of at least 2048 elements: the Mixtral-8x7B shape's down projection);
             `SplitKRule()` never splits (`HETEROMOE_SPLIT_K=off`).
         mma_pass_tiles: the tensor-core kernel's pass in tiles of 8 tokens where a launch can give an expert more
-            than 32 tokens: 0 (default) the 32-token pass; 6, 8 or 16 the wide kernel (48 / 64 / 128 tokens per
-            reading of an expert's weights, the weights one K chunk deep; docs/gpu-wide-pass.md). For measuring.
+            than 32 tokens: 0 the 32-token pass; 6, 8 or 16 the wide kernel (48 / 64 / 128 tokens per reading of
+            an expert's weights, the weights one K chunk deep; docs/gpu-wide-pass.md); None (default): 6 where
+            a call routes at least `WIDE_PASS_PAIRS_PER_EXPERT` (16) pairs per expert, else 0 (`pass_tiles`).
             `H100_SPLIT_K` still splits only up to 32 pairs per expert (one default pass): a wider pass wants
             a wider bound, e.g. `SplitKRule.from_env("h100:64")`.
-        grouped_gemm: what runs the hot experts where the tensor-core kernel does not (batches above
-            `mma_max_tokens`, or too few warps: `mma_min_warps_per_sm`): "grouped_mm" (torch's) or "triton"
+        grouped_gemm: what runs the hot experts where the tensor-core kernel does not: "triton"
             (`kernels.grouped_triton`: the SiLU gate fused into the up projection, tokens read through the
-            pairs, no gather; grouped_mm where Triton or a GPU is missing). docs/gpu-grouped-triton.md.
+            pairs, no gather), "grouped_mm" (torch's, after a gather, the gate apart), or "auto" (default):
+            Triton where it is installed and the tensors are on a GPU, else grouped_mm. Where Triton runs the
+            hot side, the tensor-core kernel takes a call only if its down projection has
+            `mma_min_warps_per_sm` warps per SM unsplit: on an H100 the Triton kernel beat the split-K'd
+            tensor-core kernel on the Mixtral-8x7B-shaped layer at 16 and 64 tokens (94.0 / 97.8 % of the read
+            bandwidth against 88.6 / 91.6 %) and grouped_mm at 256 (83.6 against 74.6 %), and lost to the
+            unsplit one on the Qwen3-30B-A3B shape at 64 (89.9 against 92.4 %): bench/results/gpu-grouped-h100.txt,
+            docs/gpu-grouped-triton.md. "triton" warns (once) and counts each call where it cannot run.
         grouped_tile: the Triton kernel's tile (None: `grouped_triton.tile_for`'s choice by tokens per expert).
     """
 
@@ -62,12 +73,13 @@ class KernelTuning:
     mma_min_warps_per_sm: int = 8
     streams: bool = True
     split_k: SplitKRule = H100_SPLIT_K
-    mma_pass_tiles: int = 0
-    grouped_gemm: str = "grouped_mm"
+    mma_pass_tiles: int | None = None
+    grouped_gemm: str = "auto"
     grouped_tile: GroupedTile | None = None
 
     def __post_init__(self) -> None:
-        check_pass_tiles(self.mma_pass_tiles, name="mma_pass_tiles")
+        if self.mma_pass_tiles is not None:
+            check_pass_tiles(self.mma_pass_tiles, name="mma_pass_tiles")
         if self.grouped_gemm not in GROUPED_GEMMS:
             raise ValueError(f"grouped_gemm must be one of {GROUPED_GEMMS}, got {self.grouped_gemm!r}")
         if self.grouped_tile is not None and not isinstance(self.grouped_tile, GroupedTile):
@@ -78,6 +90,17 @@ class KernelTuning:
         for name in ("gemv_batch_tokens", "mma_max_tokens", "mma_min_warps_per_sm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def pass_tiles(self, num_pairs: int, num_experts: int) -> int:
+        """The tensor-core pass of a call routing `num_pairs` pairs over `num_experts` experts: `mma_pass_tiles`,
+        or by the rule where it is None. The rule, measured on H100s (Qwen3-30B-A3B-shaped layer, gpu-only,
+        graph clock): at 256 tokens (16 pairs per expert, the busiest experts of 35-41 tokens) the 48-token pass
+        was 1.2 % and 0.4 % faster on two machines (one reading per expert instead of two for the busiest); at
+        128 tokens (8 per expert) 1.1 % slower, at 64 the same (bench/results/gpu-wide-pass-h100.txt,
+        gpu-wide6-h100-qwen3.txt)."""
+        if self.mma_pass_tiles is not None:
+            return self.mma_pass_tiles
+        return WIDE_PASS_TILES if num_pairs >= WIDE_PASS_PAIRS_PER_EXPERT * num_experts else 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> KernelTuning:

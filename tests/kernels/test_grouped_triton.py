@@ -40,20 +40,23 @@ def test_bad_tiles_are_named(text, message):
 
 
 def test_tile_for_cuts_the_token_tile_to_the_launch():
-    assert tile_for(256, gated=False) == GroupedTile(128, 64, 64, 8, 4)
-    assert tile_for(5, gated=False).block_m == 16 and tile_for(33, gated=False).block_m == 64
-    assert tile_for(1, gated=True).block_m == 16
-    wide = GroupedTile(128, 128, 64, 8, 4)
-    assert tile_for(256, gated=True, base=wide) == wide  # an explicit tile keeps its block_n
-    assert tile_for(40, gated=True, base=wide).block_m == 64
+    from heteromoe.kernels.grouped_triton import LARGE_TILE, SMALL_TILE
+
+    assert tile_for(256) == LARGE_TILE and tile_for(65) == LARGE_TILE
+    assert tile_for(64) == SMALL_TILE
+    assert tile_for(5).block_m == 16 and tile_for(33).block_m == 64 and tile_for(1).block_m == 16
+    assert tile_for(16) == GroupedTile(16, *(getattr(SMALL_TILE, f) for f in ("block_n", "block_k", "warps", "stages")))
+    wide = GroupedTile(128, 128, 64, 8, 4, tma=True)
+    assert tile_for(256, base=wide) == wide  # an explicit tile keeps its shape...
+    assert tile_for(40, base=wide) == GroupedTile(64, 128, 64, 8, 4, tma=True)  # ...its token tile cut to the launch
 
 
 def test_tuning_checks_the_choice():
-    with pytest.raises(ValueError, match=r"grouped_gemm must be one of \('grouped_mm', 'triton'\), got 'cutlass'"):
+    with pytest.raises(ValueError, match=r"grouped_gemm must be one of \('auto', 'grouped_mm', 'triton'\), got 'cutlass'"):
         KernelTuning(grouped_gemm="cutlass")
     with pytest.raises(ValueError, match="grouped_tile must be a GroupedTile or None, got '128x64x64w8s4'"):
         KernelTuning(grouped_tile="128x64x64w8s4")
-    assert KernelTuning().grouped_gemm == "grouped_mm"
+    assert KernelTuning().grouped_gemm == "auto"
 
 
 def _cpu_layer(E=4, k=2, d=32, f=48, seed=0):
@@ -218,3 +221,45 @@ def test_fused_path_on_triton_matches_the_module(tile):
         split = path.run(layer, hidden, ids, weights, gpu_set=counts)
         torch.testing.assert_close(split.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item())
     assert path.triton_fallbacks == 0
+
+
+def test_auto_without_triton_on_the_device_is_grouped_mm_silently(caplog):
+    """The default ("auto") off a GPU: grouped_mm's output, no warning, nothing counted."""
+    if grouped_triton.interpreting():
+        pytest.skip("under TRITON_INTERPRET=1 the Triton kernel runs on CPU tensors")
+    from heteromoe.runtime.fused import FusedLayerPath
+
+    module, layer = _cpu_layer()
+    gen = torch.Generator().manual_seed(4)
+    hidden = torch.randn(12, 32, generator=gen)
+    ids = torch.stack([torch.randperm(4, generator=gen)[:2] for _ in range(12)])
+    weights = torch.softmax(torch.randn(12, 2, generator=gen), -1)
+    auto = FusedLayerPath(mma_max_tokens=0)
+    with torch.no_grad(), caplog.at_level("WARNING", logger="heteromoe.runtime.fused"):
+        out = auto.run(layer, hidden, ids, weights)
+        ref = FusedLayerPath(mma_max_tokens=0, grouped_gemm="grouped_mm").run(layer, hidden, ids, weights)
+    assert torch.equal(out, ref) and auto.triton_fallbacks == 0 and not caplog.records
+
+
+@pytest.mark.parametrize("triton_here", [True, False])
+def test_split_k_warps_count_only_without_triton(monkeypatch, triton_here):
+    """The tensor-core kernel's warp bound: with the hot side on Triton, only unsplit warps count (a
+    Mixtral-shaped call at 64 tokens, 8 experts x 128 warps < 8 per SM on 132 SMs, goes to Triton); without
+    Triton, split-K's warps count too (the same call runs split on the tensor cores)."""
+    from heteromoe.runtime import fused as fused_mod
+
+    class Shape:  # the Mixtral-8x7B-shaped layer's facts the rule reads
+        num_experts, hidden_size, intermediate_size, dtype = 8, 4096, 14336, torch.bfloat16
+
+    layer = Shape()
+    monkeypatch.setattr(fused_mod.FusedLayerPath, "_sm_count", lambda self, device: 132)
+    monkeypatch.setattr(fused_mod.kernels, "mma_supported", lambda *a: True)
+    monkeypatch.setattr(fused_mod.grouped_triton, "unavailable_reason", lambda: None if triton_here else "no triton")
+    path = fused_mod.FusedLayerPath()
+    cuda = torch.device("cuda")
+    splits = path.down_k_splits(layer, 64, 128, cuda, "mma")
+    assert splits > 1  # H100_SPLIT_K cuts this down projection
+    assert path.hot_on_triton(layer, cuda) is triton_here
+    assert path.mma_ok(layer, 64, 128, cuda) is (not triton_here)
+    qwen = type("Qwen", (), dict(num_experts=128, hidden_size=2048, intermediate_size=768, dtype=torch.bfloat16))()
+    assert path.mma_ok(qwen, 64, 512, cuda)  # many experts: the tensor cores either way

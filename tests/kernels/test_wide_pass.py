@@ -43,9 +43,22 @@ def test_off_cuda_the_pass_changes_nothing():
 def test_fused_path_passes_the_choice_only_when_set():
     from heteromoe.runtime.fused import FusedLayerPath
 
-    assert FusedLayerPath()._mma_pass == {} and KernelTuning().mma_pass_tiles == 0
-    assert FusedLayerPath(mma_pass_tiles=8)._mma_pass == {"mma_pass_tiles": 8}
-    assert FusedLayerPath(tuning=KernelTuning(mma_pass_tiles=6))._mma_pass == {"mma_pass_tiles": 6}
+    assert FusedLayerPath(mma_pass_tiles=0)._mma_pass(2048, 128) == {}
+    assert FusedLayerPath(mma_pass_tiles=8)._mma_pass(64, 128) == {"mma_pass_tiles": 8}
+    assert FusedLayerPath(tuning=KernelTuning(mma_pass_tiles=6))._mma_pass(8, 128) == {"mma_pass_tiles": 6}
+
+
+def test_the_default_pass_follows_the_measured_rule():
+    """None (the default): the 48-token pass from 16 routed pairs per expert on, the 32-token one below."""
+    from heteromoe.runtime.fused import FusedLayerPath
+    from heteromoe.runtime.options import WIDE_PASS_PAIRS_PER_EXPERT, WIDE_PASS_TILES
+
+    tuning = KernelTuning()
+    assert tuning.mma_pass_tiles is None and (WIDE_PASS_TILES, WIDE_PASS_PAIRS_PER_EXPERT) == (6, 16)
+    assert tuning.pass_tiles(256 * 8, 128) == 6 and tuning.pass_tiles(128 * 8, 128) == 0  # Qwen3 at 256 / 128
+    assert tuning.pass_tiles(64 * 2, 8) == 6 and tuning.pass_tiles(16 * 2, 8) == 0        # Mixtral at 64 / 16
+    assert FusedLayerPath()._mma_pass(2048, 128) == {"mma_pass_tiles": 6}
+    assert FusedLayerPath()._mma_pass(1024, 128) == {}
 
 
 @pytest.mark.skipif(not kernels.HAS_CUDA_KERNELS, reason="heteromoe._cuda is not built")
