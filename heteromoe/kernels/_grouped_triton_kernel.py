@@ -7,9 +7,11 @@ import triton.language as tl
 def grouped_gemm_kernel(x_ptr, pairs_ptr, w_ptr, w_desc, offs_ptr, out_ptr, top_k, n_out, k_dim, m_tiles,
                         stride_we, stride_wn, gate_rows, rows_per_expert,
                         GATED: tl.constexpr, PAIRS: tl.constexpr, EVEN_K: tl.constexpr, TMA: tl.constexpr,
+                        IEEE: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # TMA: the weights through a tensor descriptor over [E * rows_per_expert, K] (Hopper's bulk copies; rows
     # past an expert's own are read and never stored, the K tail is zero-filled); else plain loads.
+    # IEEE (float32 tensors): full-precision products (Triton's default for float32 is tf32).
     # program (pid, e): expert e, token tile pid % m_tiles, output tile pid // m_tiles. The token tiles of
     # one output tile are neighbours in launch order, so an expert's second reading of a weight tile
     # (more than block_m tokens) runs beside the first and meets it in L2.
@@ -51,7 +53,10 @@ def grouped_gemm_kernel(x_ptr, pairs_ptr, w_ptr, w_desc, offs_ptr, out_ptr, top_
             b = tl.load(b_ptrs, mask=col_ok[None, :], other=0.0)
         else:
             b = tl.load(b_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc)
+        if IEEE:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
         if GATED:
             if TMA:
                 u = w_desc.load([desc_row + gate_rows, k0]).T
@@ -59,10 +64,16 @@ def grouped_gemm_kernel(x_ptr, pairs_ptr, w_ptr, w_desc, offs_ptr, out_ptr, top_
                 u = tl.load(b_ptrs + up_shift, mask=col_ok[None, :], other=0.0)
             else:
                 u = tl.load(b_ptrs + up_shift, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            acc_up = tl.dot(a, u, acc_up)
+            if IEEE:
+                acc_up = tl.dot(a, u, acc_up, input_precision="ieee")
+            else:
+                acc_up = tl.dot(a, u, acc_up)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
-    if GATED:
-        acc = acc / (1.0 + tl.exp(-acc)) * acc_up
+    if GATED:  # torch's roundings: gate and up in the output dtype, silu(gate) rounded, the product rounded
+        gate = acc.to(out_ptr.dtype.element_ty).to(tl.float32)
+        up = acc_up.to(out_ptr.dtype.element_ty).to(tl.float32)
+        act = (gate / (1.0 + tl.exp(-gate))).to(out_ptr.dtype.element_ty).to(tl.float32)
+        acc = act * up
     out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * n_out + cols[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])

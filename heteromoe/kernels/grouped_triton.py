@@ -10,7 +10,9 @@ warpgroup MMA where Triton picks it) streams the weights once per token tile wit
 Rows are grouped as `RoutePrep` groups the hot side: expert e owns rows [hot_offs[e-1], hot_offs[e]) (the
 offsets stay on the device; programs past an expert's rows return at once), and the up projection reads its
 tokens through `hot_pairs` (no gather). The up projection of a SiLU-gated layer computes the gate and up
-halves in one program and writes silu(gate) * up (one rounding, as `expert_mma` with `silu_chunk`).
+halves in one program and writes silu(gate) * up with torch's roundings (gate, up, silu(gate) and the product
+each rounded to the output dtype, as `expert_gemv` / `expert_mma` with `silu_chunk`). Float32 tensors take
+full-precision products (not Triton's default tf32).
 
 Optional: needs Triton and a CUDA GPU (`available()`); the fused path falls back to grouped_mm without it.
 Under `TRITON_INTERPRET=1` the same kernel runs on CPU tensors (how the CPU tests check its indexing).
@@ -128,6 +130,7 @@ def _launch(x: torch.Tensor, pairs: torch.Tensor | None, top_k: int, weight: tor
         x, pairs if pairs is not None else offs, weight, desc, offs, out, int(top_k), int(n_out), int(k_dim),
         m_tiles, weight.stride(0), weight.stride(1), int(gate_rows), int(rows_per_expert),
         GATED=gate_rows > 0, PAIRS=pairs is not None, EVEN_K=k_dim % tile.block_k == 0, TMA=tile.tma,
+        IEEE=x.dtype == torch.float32,
         BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k,
         num_warps=tile.warps, num_stages=tile.stages)
     return out
