@@ -39,10 +39,11 @@ class KernelTuning:
         mma_min_warps_per_sm: ...where the down projection gives every SM at least this many warps (32 rows
             each) over the experts the batch can touch: a kernel streaming each expert's weights once per warp
             needs that many loads in flight. Shapes with few experts and long rows (Mixtral-8x7B: at most 8
-            experts x 128 warps, K 14336) keep torch's grouped_mm for the hot experts (H100: Mixtral batch
+            experts x 128 warps, K 14336) run the hot experts on the grouped GEMM instead (H100: Mixtral batch
             16 / 256 on the kernel 879 / 1685 us, bench/results/gpu-mma-sweep-h100.json, on grouped_mm + GEMV
-            703 / 1239 us, gpu-layer-h100.json; Qwen3-30B-A3B 240.5 / 466.5 vs 262.5 / 489.0 us, the latter).
-            With split-K the down projection's warps count once per split.
+            703 / 1239 us, gpu-layer-h100-7c6e5be.json; Qwen3-30B-A3B 240.5 / 466.5 vs 262.5 / 489.0 us, the
+            latter). With split-K the down projection's warps count once per split, unless Triton runs the
+            grouped GEMM (`grouped_gemm`).
         streams: run the cold side on a second CUDA stream when both sides have work.
         split_k: how many K ranges the down projection is cut into (`heteromoe.kernels.splitk`: gpu-only calls,
             and a plan's GPU set on the tensor cores). Default: `splitk.H100_SPLIT_K`, the rule measured on an
