@@ -231,8 +231,8 @@ def test_heteromoe_gpu_only_split_k(benchmark, bandwidth, model, batch, setting)
 
 
 # Wide-pass sweep (bench/gpu_wide_pass.sh): HETEROMOE_BENCH_WIDE="default,4,6,8" runs gpu-only once per variant:
-# "default" is the shipped path (the kernel mma_ok picks: grouped_mm + GEMV where the tensor-core kernel is too
-# narrow); an integer P runs every expert on the tensor cores (mma_min_warps_per_sm=0) with passes of P tiles of 8
+# "default" is the shipped path (the kernel mma_ok picks: the grouped GEMM + GEMV where the tensor-core kernel is
+# too narrow); an integer P runs every expert on the tensor cores (mma_min_warps_per_sm=0) with passes of P tiles of 8
 # tokens (KernelTuning.mma_pass_tiles; 4 is the default 32-token pass), once per split-K setting in
 # HETEROMOE_BENCH_WIDE_SPLIT_K (SplitKRule.from_env values, default "1"); unset, the test is skipped.
 WIDE_VARIANTS = [v for v in os.environ.get("HETEROMOE_BENCH_WIDE", "").split(",") if v]

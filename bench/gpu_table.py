@@ -24,8 +24,8 @@ def rows_of(path: Path) -> dict[tuple[str, int, str, str], dict]:
     rows = {}
     for bench in json.loads(path.read_text())["benchmarks"]:
         info = bench["extra_info"]
-        if "wide_variant" in info or "split_k" in info:  # sweep rows (gpu_wide_pass.sh, gpu_splitk.sh)
-            continue
+        if any(k in info for k in ("wide_variant", "split_k", "grouped_variant")):  # sweep rows (gpu_wide_pass.sh,
+            continue                                                                # gpu_splitk.sh, gpu_grouped.sh)
         rows[(info["model"], info["batch"], info["path"], info["clock"])] = info
     return rows
 

@@ -104,7 +104,8 @@ def measure_table(name: str, num_experts: int, top_k: int, d: int, f: int, count
     layer = ExpertLayer.from_module(name, experts)
     runtime = FusedLayerPath()
     above = runtime.tuning.gemv_batch_tokens + 1  # the smallest batch past the all-GEMV regime
-    hot_kernel = "mma" if runtime.mma_ok(layer, above, above * top_k, layer.device) else "grouped_mm"
+    hot_kernel = ("mma" if runtime.mma_ok(layer, above, above * top_k, layer.device)
+                  else "triton" if runtime.hot_on_triton(layer, layer.device) else "grouped_mm")
     # each regime as the table models it: past the all-GEMV batches, every expert on the tensor-core kernel
     # where the runtime runs it so, else the kernel choice by token count (GEMV / grouped GEMM)
     path = (FusedLayerPath(gemv_max_tokens=gemv_max_tokens, gemv_batch_tokens=0, mma_min_warps_per_sm=0,

@@ -1,5 +1,5 @@
 """The hot side's grouped GEMMs in Triton: each busy expert's rows through one projection, tiled over tokens
-*and* weight rows, so an expert's weights are read once per `block_m` tokens (128 by default).
+*and* weight rows, so an expert's weights are read once per `block_m` tokens (64 with the default tiles).
 
 Why: the tensor-core kernel `expert_mma` keeps the weights in registers and streams tokens past them, one
 reading of an expert's weights per 32-128 tokens with few loads in flight; with a few long experts and a

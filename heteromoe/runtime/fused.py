@@ -2,8 +2,9 @@
 
     route_prep (1 block: counts, hot/cold split, stable permutation)
       hot  side (main stream):   expert_mma(gate_up, SiLU gate fused) -> expert_mma(down)   (tensor cores)
-                                 or, above `mma_max_tokens`, gather_rows -> grouped_mm -> gate -> grouped_mm
-                                 (or `grouped_gemm="triton"`: Triton up with the gate -> Triton down)
+                                 or, above `mma_max_tokens` or where its down projection has too few warps,
+                                 Triton up with the SiLU gate -> Triton down (`grouped_gemm`: by default where
+                                 Triton runs), else gather_rows -> grouped_mm -> gate -> grouped_mm
                                  or, up to `gemv_batch_tokens` tokens, the GEMV as on the cold side
       cold side (second stream): expert_gemv(gate_up, SiLU gate fused) -> expert_gemv(down)
     unpermute (weighted sum over each token's k slots; waits on both sides)
@@ -189,7 +190,7 @@ class FusedLayerPath(OneCallLaunches):
         """Whether the hot experts this path runs off the tensor cores run on the Triton grouped GEMM (else
         torch's grouped_mm): `grouped_gemm` is not "grouped_mm", Triton and a GPU are here, and it has not
         failed for this dtype."""
-        if self.tuning.grouped_gemm == "grouped_mm" or not self._triton_ok.get((layer.dtype, device.type), True):
+        if self.tuning.grouped_gemm == "grouped_mm" or not self._triton_ok.get(self._triton_key(layer, device), True):
             return False
         return (device.type == "cuda" or grouped_triton.interpreting()) and grouped_triton.unavailable_reason() is None
 
@@ -276,11 +277,19 @@ class FusedLayerPath(OneCallLaunches):
                       silu_chunk=False, max_tokens=max_tokens, side=side, lists_ready=fused_gate,
                       k_splits=down_k_splits, **wide)
 
+    @staticmethod
+    def _triton_key(layer: ExpertLayer, device: torch.device) -> tuple:
+        """What a Triton failure is remembered by: the dtype, the device type and the expert shape (a failure
+        of one shape's tiles leaves the others on Triton)."""
+        return layer.dtype, device.type, layer.hidden_size, layer.intermediate_size
+
     def _hot_triton(self, layer: ExpertLayer, x: torch.Tensor, prep: kernels.RoutePrep, top_k: int,
                     num_tokens: int) -> torch.Tensor | None:
-        """The hot side on `kernels.grouped_triton` (None where it cannot run: grouped_mm runs instead, the
-        reason logged once per dtype and device and every such call counted in `triton_fallbacks`)."""
-        key = (layer.dtype, x.device.type)
+        """The hot side on `kernels.grouped_triton` (None where it does not run: grouped_mm runs instead). A
+        failure is logged once per dtype, device type and expert shape, and every later call of that kind is
+        counted in `triton_fallbacks`; with `grouped_gemm="triton"` so is a call Triton cannot take (no Triton,
+        no GPU). With "auto" and no Triton here nothing is logged or counted."""
+        key = self._triton_key(layer, x.device)
         if self.hot_on_triton(layer, x.device):
             gated = self._silu_fused(layer)
             try:
@@ -292,16 +301,17 @@ class FusedLayerPath(OneCallLaunches):
                                                    max_tokens=num_tokens, tile=self.tuning.grouped_tile)
             except Exception as exc:  # Triton raises its own types (compiler, resources): each falls back
                 self._triton_ok[key] = False
-                logger.warning("fused path: the Triton grouped GEMM failed for %s on %s (%s: %s); grouped_mm runs",
-                               layer.dtype, x.device.type, type(exc).__name__, str(exc).splitlines()[:1])
+                logger.warning("fused path: the Triton grouped GEMM failed for %s %dx%d on %s (%s: %s); grouped_mm runs",
+                               layer.dtype, layer.hidden_size, layer.intermediate_size, x.device.type,
+                               type(exc).__name__, (str(exc).splitlines() or [""])[0])
                 self.triton_fallbacks += 1
                 return None
         if self.tuning.grouped_gemm == "triton" or not self._triton_ok.get(key, True):
             if self._triton_ok.get(key, True):
                 on_device = x.is_cuda or grouped_triton.interpreting()
                 reason = grouped_triton.unavailable_reason() if on_device else f"tensors on {x.device}"
-                logger.warning("fused path: the Triton grouped GEMM cannot run for %s on %s (%s); grouped_mm runs",
-                               layer.dtype, x.device.type, reason)
+                logger.warning("fused path: the Triton grouped GEMM cannot run for %s %dx%d on %s (%s); grouped_mm runs",
+                               layer.dtype, layer.hidden_size, layer.intermediate_size, x.device.type, reason)
                 self._triton_ok[key] = False
             self.triton_fallbacks += 1
         return None

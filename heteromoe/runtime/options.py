@@ -41,8 +41,8 @@ class KernelTuning:
             needs that many loads in flight. Shapes with few experts and long rows (Mixtral-8x7B: at most 8
             experts x 128 warps, K 14336) run the hot experts on the grouped GEMM instead (H100: Mixtral batch
             16 / 256 on the kernel 879 / 1685 us, bench/results/gpu-mma-sweep-h100.json, on grouped_mm + GEMV
-            703 / 1239 us, gpu-layer-h100-7c6e5be.json; Qwen3-30B-A3B 240.5 / 466.5 vs 262.5 / 489.0 us, the
-            latter). With split-K the down projection's warps count once per split, unless Triton runs the
+            704.4 / 1225.8 us, gpu-layer-h100-7c6e5be.json; Qwen3-30B-A3B 240.5 / 466.5 on the kernel, the
+            former, vs 263.8 / 486.0 us on grouped_mm + GEMV, the latter). With split-K the down projection's warps count once per split, unless Triton runs the
             grouped GEMM (`grouped_gemm`).
         streams: run the cold side on a second CUDA stream when both sides have work.
         split_k: how many K ranges the down projection is cut into (`heteromoe.kernels.splitk`: gpu-only calls,
@@ -63,7 +63,8 @@ class KernelTuning:
             `mma_min_warps_per_sm` warps per SM unsplit: on an H100 the Triton kernel beat the split-K'd
             tensor-core kernel on the Mixtral-8x7B-shaped layer at 16 and 64 tokens (94.0 / 97.8 % of the read
             bandwidth against 88.6 / 91.6 %) and grouped_mm at 256 (83.6 against 74.6 %), and lost to the
-            unsplit one on the Qwen3-30B-A3B shape at 64 (89.9 against 92.4 %): bench/results/gpu-grouped-h100.txt,
+            unsplit one on the Qwen3-30B-A3B shape at 64 (88.8 % with the tile the rule picks there against
+            92.4 %): bench/results/gpu-grouped-h100.txt,
             docs/gpu-grouped-triton.md. "triton" warns (once) and counts each call where it cannot run.
         grouped_tile: the Triton kernel's tile (None: `grouped_triton.tile_for`'s choice by tokens per expert).
     """

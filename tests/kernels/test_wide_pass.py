@@ -159,7 +159,7 @@ def test_layer_paths_with_the_wide_pass_match_the_default(tiles):
         ref = module(hidden, ids, weights)
         for splits in (1, 2):
             rule = SplitKRule(fixed=splits, min_k_per_split=256)
-            base = FusedLayerPath(mma_min_warps_per_sm=0, split_k=rule)
+            base = FusedLayerPath(mma_min_warps_per_sm=0, split_k=rule, mma_pass_tiles=0)  # the 32-token pass
             wide = FusedLayerPath(mma_min_warps_per_sm=0, split_k=rule, mma_pass_tiles=tiles)
             out = wide.run(layer, hidden, ids, weights)
             assert torch.equal(out, base.run(layer, hidden, ids, weights)), f"gemv_layer, {splits} splits"
@@ -178,8 +178,8 @@ def test_layer_paths_with_the_wide_pass_match_the_default(tiles):
         placement = Placement.from_homes(np.zeros(E, dtype=np.int64), 1)
         torch_backend = registry.get("torch")
         outs = []
-        for fused in (FusedLayerPath(mma_min_warps_per_sm=0), FusedLayerPath(mma_min_warps_per_sm=0,
-                                                                             mma_pass_tiles=tiles)):
+        for fused in (FusedLayerPath(mma_min_warps_per_sm=0, mma_pass_tiles=0),
+                      FusedLayerPath(mma_min_warps_per_sm=0, mma_pass_tiles=tiles)):
             executor = MoEExecutor(get_policy("heteromoe"), torch_backend, registry.get("pim-emulator"),
                                    torch_backend, fused=fused, plan_on_device=True)
             outs.append(executor.run(layer, cost, placement, hidden, ids, weights))

@@ -176,13 +176,19 @@ def test_fused_fp32_cuda_tokens_identical():
 
 @pytest.mark.gpu
 @needs_cuda_kernels
-@pytest.mark.parametrize("hot", ["mma", "grouped_mm"])
+@pytest.mark.parametrize("hot", ["mma", "grouped_mm", "triton"])
 @pytest.mark.parametrize("batch", [1, 5, 40])
 def test_fused_layer_captures_in_a_cuda_graph(batch, hot):
+    """Every hot-side kernel captures: the tensor cores, torch's grouped_mm and the Triton grouped GEMM."""
+    from heteromoe.kernels import grouped_triton
+
+    if hot == "triton" and not grouped_triton.available():
+        pytest.skip(grouped_triton.unavailable_reason())
     model = tiny_model("qwen3_moe", dtype=torch.bfloat16).to("cuda")
     layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
     # the tiny layer is far below the warps-per-SM bar: 0 lets the tensor-core kernel take it
-    path = FusedLayerPath(gemv_max_tokens=4, mma_min_warps_per_sm=0, mma_max_tokens=256 if hot == "mma" else 0)
+    path = FusedLayerPath(gemv_max_tokens=4, mma_min_warps_per_sm=0, mma_max_tokens=256 if hot == "mma" else 0,
+                          grouped_gemm="grouped_mm" if hot == "grouped_mm" else "auto")
     gen = torch.Generator("cuda").manual_seed(batch)
     hidden = torch.randn(batch, layer.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen)
     k = model.config.num_experts_per_tok
@@ -204,6 +210,7 @@ def test_fused_layer_captures_in_a_cuda_graph(batch, hot):
     assert torch.equal(captured, eager)
     torch.testing.assert_close(eager.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item())
     assert np.isfinite(eager.float().cpu().numpy()).all()
+    assert path.triton_fallbacks == 0
 
 
 @pytest.mark.gpu
@@ -214,7 +221,7 @@ def test_device_plan_captures_in_a_cuda_graph_and_settles_stats(policy, case):
     """Planning in the routing kernel: nothing waits on the host, so the heteromoe-policy layer captures
     in a CUDA graph; eager calls settle their plans lazily into the statistics. With the GPU set on
     expert_mma (one-call: the tiny layer let past the warps-per-SM bar) the whole call is one C++ call
-    (`_cuda.plan_layer`), else the general path's torch calls (grouped_mm for the GPU set). A decode-sized
+    (`_cuda.plan_layer`), else the general path's torch calls (the grouped GEMM for the GPU set). A decode-sized
     batch (one-call-gemv: 3 tokens, one expert with all three, which the B200 system's plan gives the GPU)
     is one C++ call too, its GPU set on the GEMV."""
     from heteromoe.sched import get_policy
@@ -362,7 +369,7 @@ def test_device_planned_token_runs_the_one_token_tail(policy):
 @pytest.mark.parametrize("batch", [5, 40, 300])
 def test_mma_paths_match_the_module(batch):
     """gpu-only with every expert on the tensor-core kernel, and a plan's GPU share on it, against the
-    module's own experts; 300 tokens (above mma_max_tokens) takes the grouped_mm path."""
+    module's own experts; 300 tokens (above mma_max_tokens) takes the grouped GEMM (Triton's where it runs)."""
     model = tiny_model("qwen3_moe", dtype=torch.bfloat16).to("cuda")
     layer = ExpertLayer.from_module("layer0", model.model.layers[0].mlp.experts)
     path = FusedLayerPath(mma_min_warps_per_sm=0)
