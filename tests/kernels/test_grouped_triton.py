@@ -74,6 +74,14 @@ def _cpu_layer(E=4, k=2, d=32, f=48, seed=0):
     return module, ExpertLayer.from_module("layer0", module)
 
 
+def _cpu_call(seed: int, tokens: int = 12, experts: int = 4, top_k: int = 2, d: int = 32):
+    """(hidden, top-k ids, routing weights) of one float32 call on CPU."""
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(tokens, d, generator=gen)
+    ids = torch.stack([torch.randperm(experts, generator=gen)[:top_k] for _ in range(tokens)])
+    return hidden, ids, torch.softmax(torch.randn(tokens, top_k, generator=gen), -1)
+
+
 def test_without_triton_on_the_device_the_hot_side_falls_back_and_counts(caplog):
     """On CPU tensors (no interpreter) the Triton choice cannot run: grouped_mm's output, one warning, every
     such call counted."""
@@ -81,11 +89,7 @@ def test_without_triton_on_the_device_the_hot_side_falls_back_and_counts(caplog)
         pytest.skip("under TRITON_INTERPRET=1 the Triton kernel runs on CPU tensors")
     from heteromoe.runtime.fused import FusedLayerPath
 
-    module, layer = _cpu_layer()
-    gen = torch.Generator().manual_seed(3)
-    hidden = torch.randn(12, 32, generator=gen)
-    ids = torch.stack([torch.randperm(4, generator=gen)[:2] for _ in range(12)])
-    weights = torch.softmax(torch.randn(12, 2, generator=gen), -1)
+    layer, (hidden, ids, weights) = _cpu_layer()[1], _cpu_call(seed=3)
     plain = FusedLayerPath(mma_max_tokens=0)
     triton_path = FusedLayerPath(mma_max_tokens=0, grouped_gemm="triton")
     with torch.no_grad(), caplog.at_level("WARNING", logger="heteromoe.runtime.fused"):
@@ -236,11 +240,7 @@ def test_auto_without_triton_on_the_device_is_grouped_mm_silently(caplog):
         pytest.skip("under TRITON_INTERPRET=1 the Triton kernel runs on CPU tensors")
     from heteromoe.runtime.fused import FusedLayerPath
 
-    module, layer = _cpu_layer()
-    gen = torch.Generator().manual_seed(4)
-    hidden = torch.randn(12, 32, generator=gen)
-    ids = torch.stack([torch.randperm(4, generator=gen)[:2] for _ in range(12)])
-    weights = torch.softmax(torch.randn(12, 2, generator=gen), -1)
+    layer, (hidden, ids, weights) = _cpu_layer()[1], _cpu_call(seed=4)
     auto = FusedLayerPath(mma_max_tokens=0)
     with torch.no_grad(), caplog.at_level("WARNING", logger="heteromoe.runtime.fused"):
         out = auto.run(layer, hidden, ids, weights)
