@@ -19,6 +19,7 @@ Under `TRITON_INTERPRET=1` the same kernel runs on CPU tensors (how the CPU test
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -63,7 +64,9 @@ class GroupedTile:
         return f"{self.block_m}x{self.block_n}x{self.block_k}w{self.warps}s{self.stages}" + ("t" if self.tma else "")
 
 
+@functools.lru_cache(maxsize=None)
 def _has_triton() -> bool:
+    """Triton is installed (asked once: a failed lookup scans the whole import path)."""
     return importlib.util.find_spec("triton") is not None
 
 

@@ -70,7 +70,9 @@ class FusedLayerPath(OneCallLaunches):
         self._side: dict[torch.device, torch.cuda.Stream] = {}
         self._gate_fused: dict[int, bool] = {}
         self._grouped_ok: dict[tuple, bool] = {}
-        self._triton_ok: dict[tuple, bool] = {}
+        self._triton_ok: dict[tuple, bool] = {}  # per _triton_key: whether the hot side runs on Triton
+        self._triton_failed: set[tuple] = set()
+        self._triton_warned: set[tuple] = set()
         #: hot-side calls where grouped_mm ran for the Triton kernel: it failed (any choice but grouped_mm), or
         #: `grouped_gemm="triton"` and it cannot run here (no Triton, no GPU)
         self.triton_fallbacks = 0
@@ -188,11 +190,16 @@ class FusedLayerPath(OneCallLaunches):
 
     def hot_on_triton(self, layer: ExpertLayer, device: torch.device) -> bool:
         """Whether the hot experts this path runs off the tensor cores run on the Triton grouped GEMM (else
-        torch's grouped_mm): `grouped_gemm` is not "grouped_mm", Triton and a GPU are here, and it has not
-        failed for this dtype."""
-        if self.tuning.grouped_gemm == "grouped_mm" or not self._triton_ok.get(self._triton_key(layer, device), True):
+        torch's grouped_mm): `grouped_gemm` is not "grouped_mm", Triton and a GPU are here (asked once per dtype,
+        device type and expert shape: this runs on every one-call layer call), and it has not failed there."""
+        if self.tuning.grouped_gemm == "grouped_mm":
             return False
-        return (device.type == "cuda" or grouped_triton.interpreting()) and grouped_triton.unavailable_reason() is None
+        key = self._triton_key(layer, device)
+        here = self._triton_ok.get(key)
+        if here is None:
+            on_device = device.type == "cuda" or grouped_triton.interpreting()
+            here = self._triton_ok[key] = on_device and grouped_triton.unavailable_reason() is None
+        return here
 
     def down_k_splits(self, layer: ExpertLayer, num_tokens: int, num_pairs: int, device: torch.device,
                       kernel: str) -> int:
@@ -301,18 +308,20 @@ class FusedLayerPath(OneCallLaunches):
                                                    max_tokens=num_tokens, tile=self.tuning.grouped_tile)
             except Exception as exc:  # Triton raises its own types (compiler, resources): each falls back
                 self._triton_ok[key] = False
+                self._triton_failed.add(key)
+                self._triton_warned.add(key)
                 logger.warning("fused path: the Triton grouped GEMM failed for %s %dx%d on %s (%s: %s); grouped_mm runs",
                                layer.dtype, layer.hidden_size, layer.intermediate_size, x.device.type,
                                type(exc).__name__, (str(exc).splitlines() or [""])[0])
                 self.triton_fallbacks += 1
                 return None
-        if self.tuning.grouped_gemm == "triton" or not self._triton_ok.get(key, True):
-            if self._triton_ok.get(key, True):
+        if self.tuning.grouped_gemm == "triton" or key in self._triton_failed:
+            if key not in self._triton_warned:
+                self._triton_warned.add(key)
                 on_device = x.is_cuda or grouped_triton.interpreting()
                 reason = grouped_triton.unavailable_reason() if on_device else f"tensors on {x.device}"
                 logger.warning("fused path: the Triton grouped GEMM cannot run for %s %dx%d on %s (%s); grouped_mm runs",
                                layer.dtype, layer.hidden_size, layer.intermediate_size, x.device.type, reason)
-                self._triton_ok[key] = False
             self.triton_fallbacks += 1
         return None
 

@@ -270,3 +270,28 @@ def test_split_k_warps_count_only_without_triton(monkeypatch, triton_here):
     assert path.mma_ok(layer, 64, 128, cuda) is (not triton_here)
     qwen = type("Qwen", (), dict(num_experts=128, hidden_size=2048, intermediate_size=768, dtype=torch.bfloat16))()
     assert path.mma_ok(qwen, 64, 512, cuda)  # many experts: the tensor cores either way
+
+
+def test_a_failing_triton_kernel_falls_back_logged_once_and_counted(monkeypatch, caplog):
+    """A Triton launch that raises mid-run (here: a stand-in that fails): the same output as grouped_mm, one
+    warning naming the error, every call of that shape counted, Triton not tried again for it."""
+    from heteromoe.runtime import fused as fused_mod
+
+    monkeypatch.setattr(fused_mod.grouped_triton, "interpreting", lambda: True)  # let CPU tensors through
+    monkeypatch.setattr(fused_mod.grouped_triton, "unavailable_reason", lambda: None)
+    tries = []
+
+    def broken(*args, **kwargs):
+        tries.append(1)
+        raise RuntimeError("out of resources: shared memory\nmore detail")
+
+    monkeypatch.setattr(fused_mod.grouped_triton, "grouped_up", broken)
+    layer, (hidden, ids, weights) = _cpu_layer()[1], _cpu_call(seed=5)
+    auto = fused_mod.FusedLayerPath(mma_max_tokens=0)
+    with torch.no_grad(), caplog.at_level("WARNING", logger="heteromoe.runtime.fused"):
+        outs = [auto.run(layer, hidden, ids, weights) for _ in range(3)]
+        ref = fused_mod.FusedLayerPath(mma_max_tokens=0, grouped_gemm="grouped_mm").run(layer, hidden, ids, weights)
+    assert all(torch.equal(o, ref) for o in outs)
+    assert len(tries) == 1 and auto.triton_fallbacks == 3 and not auto.hot_on_triton(layer, hidden.device)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "RuntimeError: out of resources: shared memory)" in messages[0], messages
