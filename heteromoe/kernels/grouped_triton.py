@@ -35,11 +35,11 @@ class GroupedTile:
     program, `stages` of the software pipeline; `tma`: the weights through a TMA tensor descriptor (Hopper
     and later) instead of plain loads. Spelled `MxNxK` + `wW` + `sS` (+ `t` for TMA), e.g. `128x64x64w8s4`."""
 
-    block_m: int = 128
-    block_n: int = 64
-    block_k: int = 64
-    warps: int = 8
-    stages: int = 4
+    block_m: int
+    block_n: int
+    block_k: int
+    warps: int
+    stages: int
     tma: bool = False
 
     def __post_init__(self) -> None:

@@ -71,8 +71,7 @@ class FusedLayerPath(OneCallLaunches):
         self._gate_fused: dict[int, bool] = {}
         self._grouped_ok: dict[tuple, bool] = {}
         self._triton_ok: dict[tuple, bool] = {}  # per _triton_key: whether the hot side runs on Triton
-        self._triton_failed: set[tuple] = set()
-        self._triton_warned: set[tuple] = set()
+        self._triton_failed: set[tuple] = set()  # keys whose calls fall back to grouped_mm, warned about once
         #: hot-side calls where grouped_mm ran for the Triton kernel: it failed (any choice but grouped_mm), or
         #: `grouped_gemm="triton"` and it cannot run here (no Triton, no GPU)
         self.triton_fallbacks = 0
@@ -242,17 +241,18 @@ class FusedLayerPath(OneCallLaunches):
 
     def _hot(self, layer: ExpertLayer, hidden: torch.Tensor, prep: kernels.RoutePrep, top_k: int) -> torch.Tensor:
         num_tokens = prep.num_pairs // top_k if top_k else 0
+        hidden = hidden.to(layer.dtype)
         if hidden.is_cuda and num_tokens <= self.tuning.gemv_batch_tokens and kernels.HAS_CUDA_KERNELS:
-            return self._projections(kernels.expert_gemv, layer, hidden.to(layer.dtype), prep, top_k, num_tokens, "hot")
+            return self._projections(kernels.expert_gemv, layer, hidden, prep, top_k, num_tokens, "hot")
         splits = self._mma_down_k_splits(layer, num_tokens, prep.num_pairs, hidden.device)
         if splits:
-            return self._projections(kernels.expert_mma, layer, hidden.to(layer.dtype), prep, top_k, num_tokens, "hot",
+            return self._projections(kernels.expert_mma, layer, hidden, prep, top_k, num_tokens, "hot",
                                      down_k_splits=splits)
         if self.tuning.grouped_gemm != "grouped_mm":
-            y = self._hot_triton(layer, hidden.to(layer.dtype), prep, top_k, num_tokens)
+            y = self._hot_triton(layer, hidden, prep, top_k, num_tokens)
             if y is not None:
                 return y
-        x = kernels.gather_rows(hidden.to(layer.dtype), prep.hot_pairs, top_k)
+        x = kernels.gather_rows(hidden, prep.hot_pairs, top_k)
         key = (layer.dtype, hidden.device.type)
         if self._grouped_ok.get(key, True):
             try:
@@ -309,15 +309,17 @@ class FusedLayerPath(OneCallLaunches):
             except Exception as exc:  # Triton raises its own types (compiler, resources): each falls back
                 self._triton_ok[key] = False
                 self._triton_failed.add(key)
-                self._triton_warned.add(key)
+                for call in self._calls.values():  # their cached kernel choices counted on Triton
+                    if call is not None:
+                        call._mma.clear()
                 logger.warning("fused path: the Triton grouped GEMM failed for %s %dx%d on %s (%s: %s); grouped_mm runs",
                                layer.dtype, layer.hidden_size, layer.intermediate_size, x.device.type,
                                type(exc).__name__, (str(exc).splitlines() or [""])[0])
                 self.triton_fallbacks += 1
                 return None
         if self.tuning.grouped_gemm == "triton" or key in self._triton_failed:
-            if key not in self._triton_warned:
-                self._triton_warned.add(key)
+            if key not in self._triton_failed:
+                self._triton_failed.add(key)
                 on_device = x.is_cuda or grouped_triton.interpreting()
                 reason = grouped_triton.unavailable_reason() if on_device else f"tensors on {x.device}"
                 logger.warning("fused path: the Triton grouped GEMM cannot run for %s %dx%d on %s (%s); grouped_mm runs",

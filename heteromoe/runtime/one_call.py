@@ -53,7 +53,7 @@ class _OneCall:
                  device: torch.device, err_word: torch.Tensor | None) -> None:
         self.dtype, self.weights_dtype, self.round_products = dtype, weights_dtype, round_products
         self.layer, self.device, self.err_word = layer, device, err_word
-        self._mma: dict[tuple[int, int, bool], bool] = {}
+        self._mma: dict[tuple[int, int], bool] = {}
         self._splits: dict[tuple[int, int], int] = {}
         self._ws_bytes: dict[tuple[int, int, bool, int], int] = {}
         self._up_name = "gate_up_proj" if layer.has_gate else "up_proj"
@@ -67,11 +67,10 @@ class _OneCall:
         return self.layer.up_weight, self.layer.down_weight
 
     def mma_ok(self, path: FusedLayerPath, num_tokens: int, num_pairs: int) -> bool:
-        """path.mma_ok, cached per shape and per hot-side GEMM (the answer changes if Triton fails)."""
-        key = (num_tokens, num_pairs, path.hot_on_triton(self.layer, self.device))
-        ok = self._mma.get(key)
+        """path.mma_ok, cached per shape (FusedLayerPath clears it where the answer changes: a Triton failure)."""
+        ok = self._mma.get((num_tokens, num_pairs))
         if ok is None:
-            ok = self._mma[key] = path.mma_ok(self.layer, num_tokens, num_pairs, self.device)
+            ok = self._mma[(num_tokens, num_pairs)] = path.mma_ok(self.layer, num_tokens, num_pairs, self.device)
         return ok
 
     def down_k_splits(self, path: FusedLayerPath, num_tokens: int, num_pairs: int) -> int:

@@ -42,8 +42,8 @@ class KernelTuning:
             experts x 128 warps, K 14336) run the hot experts on the grouped GEMM instead (H100: Mixtral batch
             16 / 256 on the kernel 879 / 1685 us, bench/results/gpu-mma-sweep-h100.json, on grouped_mm + GEMV
             704.4 / 1225.8 us, gpu-layer-h100-7c6e5be.json; Qwen3-30B-A3B 240.5 / 466.5 on the kernel, the
-            former, vs 263.8 / 486.0 us on grouped_mm + GEMV, the latter). With split-K the down projection's warps count once per split, unless Triton runs the
-            grouped GEMM (`grouped_gemm`).
+            former, vs 263.8 / 486.0 us on grouped_mm + GEMV, the latter). With split-K the down projection's
+            warps count once per split, unless Triton runs the grouped GEMM (`grouped_gemm`).
         streams: run the cold side on a second CUDA stream when both sides have work.
         split_k: how many K ranges the down projection is cut into (`heteromoe.kernels.splitk`: gpu-only calls,
             and a plan's GPU set on the tensor cores). Default: `splitk.H100_SPLIT_K`, the rule measured on an
@@ -64,8 +64,7 @@ class KernelTuning:
             tensor-core kernel on the Mixtral-8x7B-shaped layer at 16 and 64 tokens (94.0 / 97.8 % of the read
             bandwidth against 88.6 / 91.6 %) and grouped_mm at 256 (83.6 against 74.6 %), and lost to the
             unsplit one on the Qwen3-30B-A3B shape at 64 (88.8 % with the tile the rule picks there against
-            92.4 %): bench/results/gpu-grouped-h100.txt,
-            docs/gpu-grouped-triton.md. "triton" warns (once) and counts each call where it cannot run.
+            92.4 %): bench/results/gpu-grouped-h100.txt, docs/gpu-grouped-triton.md. "triton" warns (once) and counts each call where it cannot run.
         grouped_tile: the Triton kernel's tile (None: `grouped_triton.tile_for`'s choice by tokens per expert).
     """
 

@@ -274,7 +274,8 @@ def test_split_k_warps_count_only_without_triton(monkeypatch, triton_here):
 
 def test_a_failing_triton_kernel_falls_back_logged_once_and_counted(monkeypatch, caplog):
     """A Triton launch that raises mid-run (here: a stand-in that fails): the same output as grouped_mm, one
-    warning naming the error, every call of that shape counted, Triton not tried again for it."""
+    warning naming the error, every call of that shape counted, Triton not tried again for it, and the one-call
+    records' cached kernel choices (made counting on Triton) forgotten."""
     from heteromoe.runtime import fused as fused_mod
 
     monkeypatch.setattr(fused_mod.grouped_triton, "interpreting", lambda: True)  # let CPU tensors through
@@ -288,10 +289,15 @@ def test_a_failing_triton_kernel_falls_back_logged_once_and_counted(monkeypatch,
     monkeypatch.setattr(fused_mod.grouped_triton, "grouped_up", broken)
     layer, (hidden, ids, weights) = _cpu_layer()[1], _cpu_call(seed=5)
     auto = fused_mod.FusedLayerPath(mma_max_tokens=0)
+    record = fused_mod._OneCall(dtype=0, weights_dtype=0, round_products=False, layer=layer,
+                                device=torch.device("cpu"), err_word=None)
+    record._mma[(64, 128)] = False  # a choice made while Triton took the hot side
+    auto._calls[("a layer",)] = record
     with torch.no_grad(), caplog.at_level("WARNING", logger="heteromoe.runtime.fused"):
         outs = [auto.run(layer, hidden, ids, weights) for _ in range(3)]
         ref = fused_mod.FusedLayerPath(mma_max_tokens=0, grouped_gemm="grouped_mm").run(layer, hidden, ids, weights)
     assert all(torch.equal(o, ref) for o in outs)
     assert len(tries) == 1 and auto.triton_fallbacks == 3 and not auto.hot_on_triton(layer, hidden.device)
+    assert record._mma == {}
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 1 and "RuntimeError: out of resources: shared memory)" in messages[0], messages
